@@ -361,8 +361,7 @@ def _read_ast(sd: dict[str, np.ndarray], *, file: str, num_heads: int | None) ->
     n_labels = _need(sd, "mlp_head.1.weight", file=file, ndim=2)[0]
     spec = _vit_spec(width=w, depth=fields["depth"], mlp_dim=fields["mlp_dim"],
                      patch=fields["patch_size"], in_chans=1, dist=fields["dist_token"],
-                     num_pos=sd["v.pos_embed"].shape[1] if "v.pos_embed" in sd else -1,
-                     prefix="v.")
+                     num_pos=_need(sd, "v.pos_embed", file=file, ndim=3)[1], prefix="v.")
     spec.update({"mlp_head.0.weight": (w,), "mlp_head.0.bias": (w,),
                  "mlp_head.1.weight": (n_labels, w), "mlp_head.1.bias": (n_labels,)})
     # The DeiT heads inside `v` are unused by AST.

@@ -213,6 +213,17 @@ def test_original_ast_parity(tmp_path, original_ckpt, module_prefix):
     assert diff <= TOL
 
 
+def test_npz_and_dtype(tmp_path, original_ckpt):
+    """.npz state dicts load like .pth; `dtype` and other AST fields pass through."""
+    _, path = original_ckpt
+    sd = torch.load(path, weights_only=True)
+    np.savez(tmp_path / "ast.npz", **{k: v.numpy() for k, v in sd.items()})
+    a = convert.load(path, frames=256)
+    b = convert.load(tmp_path / "ast.npz", frames=256, dtype="bfloat16", dropout=0.1)
+    assert b.model.dtype == np.dtype("bfloat16") and b.model.dropout == 0.1
+    jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+
+
 def _ast_rule(pos: torch.Tensor, *, new_grid, prefix: int, old_grid) -> np.ndarray:
     """AST's position adaptation as ast_models.py writes it (cut from the middle, else
     F.interpolate bilinear; time axis first, then frequency)."""
