@@ -200,6 +200,12 @@ def test_pad_crop_and_normalise():
         features(long, frontend=frontend),
         normalize(fbank(long, frontend=frontend)[:128], frontend=frontend))
     assert pad_or_crop(np.ones((5, 3), np.float32), target_frames=5).shape == (5, 3)
+    # Skipping samples past the last kept frame changes nothing, dither included.
+    dithered = frontend.replace(dither=0.5)
+    np.testing.assert_array_equal(
+        features(long, frontend=dithered, rng=np.random.default_rng(3)),
+        normalize(fbank(long, frontend=dithered, rng=np.random.default_rng(3))[:128],
+                  frontend=dithered))
 
 
 def test_shorter_than_one_window_gives_all_padding():

@@ -50,7 +50,10 @@ def features(waveform: np.ndarray, *, frontend: FrontEnd, sr: int | None = None,
     if sr is not None:
         waveform = prepare_waveform(waveform, sr=sr, sample_rate=frontend.sample_rate,
                                     bit_depth=bit_depth)
-    feats = fbank(waveform, frontend=frontend, rng=rng)
+    # Samples past the last kept frame cannot change the output (frames are independent and
+    # dither draws row by row), so skip them: long clips cost no more than target_frames.
+    needed = frontend.window_size + (frontend.target_frames - 1) * frontend.hop_size
+    feats = fbank(np.asarray(waveform)[:needed], frontend=frontend, rng=rng)
     return normalize(pad_or_crop(feats, target_frames=frontend.target_frames),
                      frontend=frontend)
 

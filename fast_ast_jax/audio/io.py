@@ -1,11 +1,12 @@
 """Load audio files and arrays as float32 mono waveforms at a target sample rate.
 
 Files are decoded with soundfile (libsndfile: wav, flac, ogg, mp3, aiff, ...) and, when it
-cannot read them, with audioread (librosa's fallback decoder). Any channel count is downmixed by the
-mean over channels; any rate is resampled with soxr "HQ" (librosa's default `soxr_hq`, called
-directly because librosa's first resample call pays seconds of one-off set-up). Integer PCM becomes
-float32 in [-1, 1]; float files keep their values. Every problem raises `AudioError` with a
-one-line message that names the source and says what to do.
+cannot read them, with audioread (librosa's fallback decoder). Any channel count is
+downmixed by the mean over channels; any rate is resampled with soxr "HQ" (what librosa's
+default `soxr_hq` selects; called directly because librosa's first resample call pays
+seconds of one-off set-up). Integer PCM becomes float32 in [-1, 1]; float files keep their
+values. Every problem raises `AudioError` with a one-line message that names the source and
+says what to do.
 """
 from __future__ import annotations
 
@@ -31,7 +32,10 @@ def _resample(wave: np.ndarray, *, sr: int, sample_rate: int) -> np.ndarray:
 
 
 def _int_to_float(wave: np.ndarray, *, bit_depth: int | None, name: str) -> np.ndarray:
-    """Integer PCM (any int dtype) -> float32 in [-1, 1] by dividing by 2**(bit_depth - 1)."""
+    """Integer PCM -> float32 in [-1, 1] by dividing by 2**(bit_depth - 1).
+
+    Unsigned input is offset-binary PCM (WAV's 8-bit format): 2**(bit_depth - 1) is silence.
+    """
     if bit_depth is None:
         if wave.dtype.itemsize > 4:
             raise AudioError(f"{name}: {wave.dtype} samples have no implied bit depth; pass "
@@ -41,6 +45,8 @@ def _int_to_float(wave: np.ndarray, *, bit_depth: int | None, name: str) -> np.n
         raise AudioError(f"{name}: bit_depth={bit_depth} does not fit {wave.dtype} samples; "
                          f"pass the PCM bit depth the samples were recorded with")
     scale = float(2 ** (bit_depth - 1))
+    if np.issubdtype(wave.dtype, np.unsignedinteger):
+        wave = wave.astype(np.int64) - int(scale)
     if wave.size and (wave.min() < -scale or wave.max() > scale - 1):
         raise AudioError(f"{name}: integer samples span [{wave.min()}, {wave.max()}], outside "
                          f"{bit_depth}-bit PCM; pass the right bit_depth=")
