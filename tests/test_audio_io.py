@@ -97,6 +97,8 @@ def test_array_resample_and_layout():
     wave = prepare_waveform(stereo, sr=8000, sample_rate=SR)
     assert wave.shape == (SR,) and wave.dtype == np.float32 and wave.flags.c_contiguous
     assert abs(_peak_hz(wave, sr=SR) - 1000.0) <= 1.0
+    with pytest.raises(AudioError, match=r"clip_7: shape \(2, 8000\).*transpose"):
+        prepare_waveform(stereo.T, sr=8000, sample_rate=SR, name="clip_7")
     for bad in (np.zeros((2, 3, 4), np.float32), np.array(["a", "b"])):
         with pytest.raises(AudioError, match="clip_7"):
             prepare_waveform(bad, sr=SR, sample_rate=SR, name="clip_7")

@@ -264,9 +264,11 @@ def test_features_from_array_at_other_rate():
     np.testing.assert_array_equal(direct, via)
 
 
-def test_fbank_rejects_multichannel():
+def test_fbank_rejects_multichannel_and_integer_input():
     with pytest.raises(ValueError, match="mono"):
         fbank(np.zeros((16000, 2), np.float32), frontend=FrontEnd())
+    with pytest.raises(ValueError, match="prepare_waveform"):
+        fbank(np.zeros(16000, np.int16), frontend=FrontEnd())
 
 
 def test_frontend_roundtrip_unchanged():

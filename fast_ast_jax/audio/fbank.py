@@ -114,6 +114,9 @@ def fbank(waveform: np.ndarray, *, frontend: FrontEnd,
     if wave.ndim != 1:
         raise ValueError(f"fbank expects a mono waveform of shape (samples,), got shape "
                          f"{wave.shape}; downmix first (see prepare_waveform)")
+    if not np.issubdtype(wave.dtype, np.floating):
+        raise ValueError(f"fbank expects float samples in [-1, 1], got {wave.dtype}; convert "
+                         f"integer PCM with prepare_waveform (or features(..., sr=rate))")
     if frontend.dither > 0 and rng is None:
         raise ValueError(f"frontend.dither={frontend.dither} > 0 needs an explicit "
                          f"rng=np.random.default_rng(seed) so features are reproducible")

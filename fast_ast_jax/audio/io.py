@@ -75,6 +75,8 @@ def prepare_waveform(wave: np.ndarray, *, sr: int, sample_rate: int,
     if wave.ndim not in (1, 2):
         raise AudioError(f"{name}: waveform shape {wave.shape} is not (samples,) or "
                          f"(samples, channels); reshape it before loading")
+    if wave.shape[0] == 0:
+        raise AudioError(f"{name}: audio has 0 samples; remove this clip or re-export it")
     if np.issubdtype(wave.dtype, np.integer):
         wave = _int_to_float(wave, bit_depth=bit_depth, name=name)
     elif np.issubdtype(wave.dtype, np.floating):
@@ -86,9 +88,11 @@ def prepare_waveform(wave: np.ndarray, *, sr: int, sample_rate: int,
         if wave.shape[1] == 0:
             raise AudioError(f"{name}: waveform has 0 channels (shape {wave.shape}); pass "
                              f"(samples, channels) with at least one channel")
+        if wave.shape[1] > wave.shape[0]:
+            raise AudioError(f"{name}: shape {wave.shape} has more channels than samples; "
+                             f"the layout is (samples, channels), transpose (channels, "
+                             f"samples) arrays")
         wave = wave.mean(axis=1, dtype=np.float64).astype(np.float32)
-    if wave.shape[0] == 0:
-        raise AudioError(f"{name}: audio has 0 samples; remove this clip or re-export it")
     if not np.all(np.isfinite(wave)):
         bad = int(np.count_nonzero(~np.isfinite(wave)))
         raise AudioError(f"{name}: {bad} of {wave.shape[0]} samples are NaN or Inf; "
