@@ -97,14 +97,35 @@ def frame_signal(waveform: np.ndarray, *, window_size: int, hop_size: int) -> np
         waveform, shape=(n, window_size), strides=(hop_size * step, step), writeable=False)
 
 
+def _log_mel_block(frames: np.ndarray, *, frontend: FrontEnd, n_fft: int,
+                   rng: np.random.Generator | None) -> np.ndarray:
+    """(n, window) float64 frames -> (n, num_mel_bins) float32 log-mel."""
+    if frontend.dither > 0:
+        frames = frames + frontend.dither * rng.standard_normal(frames.shape)
+    if frontend.remove_dc_offset:
+        frames = frames - frames.mean(axis=1, keepdims=True)
+    if frontend.preemphasis:
+        # Kaldi replicates each frame's first sample: y[0] = x[0] - c * x[0].
+        previous = np.concatenate([frames[:, :1], frames[:, :-1]], axis=1)
+        frames = frames - frontend.preemphasis * previous
+    frames = frames * window_function(frontend.window, frames.shape[1])
+    power = np.abs(np.fft.rfft(frames, n=n_fft, axis=1)) ** 2
+    banks = mel_banks(num_bins=frontend.num_mel_bins, n_fft=n_fft,
+                      sample_rate=float(frontend.sample_rate), low_freq=frontend.low_freq,
+                      high_freq=frontend.high_freq)
+    return np.log(np.maximum(power @ banks, LOG_FLOOR)).astype(np.float32)
+
+
 def fbank(waveform: np.ndarray, *, frontend: FrontEnd,
-          rng: np.random.Generator | None = None) -> np.ndarray:
+          rng: np.random.Generator | None = None, block_frames: int = 4096) -> np.ndarray:
     """Kaldi log-mel filterbank of one mono waveform.
 
     Args:
         waveform: (samples,) float, mono, already at `frontend.sample_rate`, in [-1, 1].
         frontend: the front-end parameters.
         rng: numpy Generator for dither; required iff `frontend.dither > 0`.
+        block_frames: frames processed at once; bounds float64 temporaries (~40 MB at the
+            default) for hour-long audio. The result does not depend on it.
 
     Returns:
         (n_frames, frontend.num_mel_bins) float32, n_frames = 1 + (N - window) // hop, or
@@ -120,24 +141,13 @@ def fbank(waveform: np.ndarray, *, frontend: FrontEnd,
     if frontend.dither > 0 and rng is None:
         raise ValueError(f"frontend.dither={frontend.dither} > 0 needs an explicit "
                          f"rng=np.random.default_rng(seed) so features are reproducible")
-    win_size, hop = frontend.window_size, frontend.hop_size
-    n_fft = fft_size(win_size)
     frames = frame_signal(np.ascontiguousarray(wave, dtype=np.float64),
-                          window_size=win_size, hop_size=hop)
-    if frames.shape[0] == 0:
-        return np.zeros((0, frontend.num_mel_bins), dtype=np.float32)
-    if frontend.dither > 0:
-        frames = frames + frontend.dither * rng.standard_normal(frames.shape)
-    if frontend.remove_dc_offset:
-        frames = frames - frames.mean(axis=1, keepdims=True)
-    if frontend.preemphasis:
-        # Kaldi replicates each frame's first sample: y[0] = x[0] - c * x[0].
-        previous = np.concatenate([frames[:, :1], frames[:, :-1]], axis=1)
-        frames = frames - frontend.preemphasis * previous
-    frames = frames * window_function(frontend.window, win_size)
-    power = np.abs(np.fft.rfft(frames, n=n_fft, axis=1)) ** 2
-    banks = mel_banks(num_bins=frontend.num_mel_bins, n_fft=n_fft,
-                      sample_rate=float(frontend.sample_rate), low_freq=frontend.low_freq,
-                      high_freq=frontend.high_freq)
-    mel = power @ banks
-    return np.log(np.maximum(mel, LOG_FLOOR)).astype(np.float32)
+                          window_size=frontend.window_size, hop_size=frontend.hop_size)
+    n_fft = fft_size(frontend.window_size)
+    out = np.empty((frames.shape[0], frontend.num_mel_bins), dtype=np.float32)
+    # Dither draws row by row, so blockwise draws equal one draw for all frames.
+    for start in range(0, frames.shape[0], block_frames):
+        block = frames[start:start + block_frames]
+        out[start:start + block.shape[0]] = _log_mel_block(block, frontend=frontend,
+                                                           n_fft=n_fft, rng=rng)
+    return out
