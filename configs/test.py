@@ -21,6 +21,6 @@ def get_config():
                     "max_seconds": 0.5}
     c.data.eval = {"num_examples": 16, "split": "eval", "min_seconds": 0.2,
                    "max_seconds": 0.5}
-    c.model.update(width=64, depth=1, num_heads=2, mlp_dim=128, fstride=16, tstride=16)
+    c.model.update(width=64, depth=1, num_heads=2, mlp_dim=256, fstride=16, tstride=16)
     c.optim.lr = 1e-3
     return c
