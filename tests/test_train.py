@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def fast_compile():
     """Most XLA optimisations off: these tests compile many tiny programs (flax examples'
     train_test does the same); restored afterwards for other test modules."""
-    old = jax.config.jax_disable_most_optimizations
+    old = jax.config.values["jax_disable_most_optimizations"]
     jax.config.update("jax_disable_most_optimizations", True)
     yield
     jax.config.update("jax_disable_most_optimizations", old)
@@ -215,6 +215,7 @@ SHARDED = textwrap.dedent("""
     out = {}
     for mode in ("replicate", "fsdp"):
         c = m.get_config(); c.num_steps = 2; c.param_sharding = mode; c.data.eval = {}
+        c.log_every = 1
         final = loop.train_and_evaluate(c, sys.argv[2] + "/" + mode)
         flat = jax.tree_util.tree_flatten_with_path(final["state"].params)[0]
         out.update({mode + jax.tree_util.keystr(k): np.asarray(v) for k, v in flat})
@@ -231,14 +232,24 @@ def test_sharded_training_matches_one_device(tmp_path):
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     c = load_config("test")
-    c.num_steps, c.data.eval = 2, {}
+    c.num_steps, c.data.eval, c.log_every = 2, {}, 1
     one = loop.train_and_evaluate(c, str(tmp_path / "one"))
+
+    def logged(name):
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return np.array([[json.loads(s)[f"train/{k}"] for k in ("loss", "grad_norm")]
+                         for s in lines])
+
     flat = jax.tree_util.tree_flatten_with_path(one["state"].params)[0]
     with np.load(tmp_path / "params.npz") as eight:
         for mode in ("replicate", "fsdp"):
+            # Loss and gradient norm per step catch a wrong cross-device reduction (Adam's
+            # normalised updates would hide a scaled gradient); near-zero gradient entries
+            # make Adam updates of size ~lr sensitive to rounding, hence atol on params.
+            np.testing.assert_allclose(logged(mode), logged("one"), rtol=1e-4)
             for k, v in flat:
                 np.testing.assert_allclose(eight[mode + jax.tree_util.keystr(k)], v,
-                                           rtol=1e-4, atol=1e-5)
+                                           rtol=1e-3, atol=2e-4)
 
 
 def test_evaluate_sweep_and_predict(tmp_path):

@@ -69,7 +69,7 @@ def _macs(model: AST, frames: int) -> float | None:
         from fast_ast_jax.bench import ast_macs
     except ImportError:
         return None
-    return float(ast_macs(model, frames=frames))
+    return float(ast_macs(model, frames=frames).total)
 
 
 def evaluate_checkpoint(path: str | Path, *, config: ml_collections.ConfigDict | None = None,

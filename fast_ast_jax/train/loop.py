@@ -93,11 +93,12 @@ def evaluate(params, *, model: AST, pipeline: Pipeline, mesh, multi_label: bool,
     return result
 
 
-def _init_from(params, path: str, model: AST):
-    """Pretrained weights (fast_ast_jax.convert.load) adapted to this model's grid/head."""
+def _init_from(path: str, model: AST, *, seed: int):
+    """Pretrained weights (HF dir, AST .pth, timm DeiT) adapted to this model's position
+    grid, with a fresh head when the class count differs (fast_ast_jax.convert)."""
     from fast_ast_jax import convert
 
-    return convert.load(path, model=model, params=params)
+    return convert.load_into(model, path, seed=seed)
 
 
 class _Preemption:
@@ -125,6 +126,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir = Path(workdir)
     is_main = jax.process_index() == 0
     frontend = FrontEnd.from_dict(config.frontend.to_dict())
+    for name in ("batch_size", "eval_batch_size"):
+        if config[name] % jax.device_count():
+            raise ValueError(f"config.{name}={config[name]} must be a multiple of the "
+                             f"{jax.device_count()} devices (the batch is split over them)")
 
     # --- data ------------------------------------------------------------------------------
     train_data = build_pipeline(config, "train", frontend=frontend, train=True)
@@ -176,7 +181,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     else:
         state = jax.jit(init, out_shardings=shardings)(key)  # 3. random
         if config.init_from:  # 2. pretrained
-            params = _init_from(jax.device_get(state.params), config.init_from, model)
+            params = _init_from(config.init_from, model, seed=config.seed)
             params = jax.device_put(params, shardings.params)
             state = jax.jit(lambda p, s: s.replace(params=p, opt_state=tx.init(p)),
                             out_shardings=shardings)(params, state)
