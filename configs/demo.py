@@ -14,7 +14,7 @@ from fast_ast_jax.train.config import default_config
 def get_config():
     c = default_config()
     c.batch_size = 32
-    c.num_epochs = 6
+    c.num_epochs = 10
     c.log_every = 20
     c.checkpoint_every = 100
     c.frontend.num_mel_bins = 64
@@ -23,6 +23,6 @@ def get_config():
     c.data.eval = {"num_examples": 256, "split": "eval"}
     c.model.update(depth=4, fstride=16, tstride=16)
     c.augment.update(freqm=12, timem=24)
-    c.optim.lr = 5e-4
-    c.optim.warmup_steps = 20
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 30
     return c

@@ -252,13 +252,15 @@ def test_sharded_training_matches_one_device(tmp_path):
                                            rtol=1e-3, atol=2e-4)
 
 
-def test_evaluate_sweep_and_predict(tmp_path):
+def test_tome_training_evaluate_sweep_and_predict(tmp_path):
     c = load_config("test")
     c.num_steps = 1
+    c.model.tome_r = 1  # train with token merging (FastAST)
     loop.train_and_evaluate(c, str(tmp_path / "w"))
-    rows = evaluate_checkpoint(tmp_path / "w", settings=[{}, {}], plot=tmp_path / "s.png",
-                               echo=None)
+    rows = evaluate_checkpoint(tmp_path / "w", settings=[{"tome_r": 0}, {"tome_r": 2}],
+                               plot=tmp_path / "s.png", echo=None)
     assert len(rows) == 2 and rows[0]["speedup"] == 1.0 and (tmp_path / "s.png").stat().st_size
+    assert rows[1]["macs"] < rows[0]["macs"]
     assert parse_sweep("r=0,8") == [{"tome_r": 0}, {"tome_r": 8}]
     assert parse_sweep("keep_rate=0.7")[0]["prune_keep_rate"] == 0.7
     with pytest.raises(ValueError, match="NAME"):
@@ -271,3 +273,23 @@ def test_evaluate_sweep_and_predict(tmp_path):
     scores = [s for _, s in out[0]]
     assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0 + 1e-6
     assert meta.is_file()
+
+
+def test_init_from_pretrained_hf_directory(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from fast_ast_jax import convert
+
+    cfg = transformers.ASTConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=256, num_mel_bins=32, max_length=64,
+                                 frequency_stride=16, time_stride=16, num_labels=3)
+    transformers.ASTForAudioClassification(cfg).save_pretrained(tmp_path / "hf")
+    c = load_config("test")
+    c.update(num_steps=1, init_from=str(tmp_path / "hf"))
+    c.frontend.target_frames = 64
+    c.optim.lr = 0.0  # the step leaves the loaded weights as they are
+    c.data.eval = {}
+    final = loop.train_and_evaluate(c, str(tmp_path / "w"))
+    model = loop.build_model(c.model, num_classes=8, frontend=loop.FrontEnd(
+        **c.frontend.to_dict()))
+    expected = convert.load_into(model, tmp_path / "hf", seed=c.seed)
+    chex.assert_trees_all_close(final["state"].params, expected, atol=1e-7)

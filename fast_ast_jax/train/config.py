@@ -51,6 +51,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.dist_token = True
     c.model.dropout = 0.0
     c.model.dtype = "float32"  # "bfloat16" computes in bf16 (params stay float32)
+    # Token reduction (fast_ast_jax.models.tome / prune); 0 and 1.0 are off. A tome_r
+    # schedule ((r, inflection) or per-block tuple) is set in a config file, not a flag.
+    c.model.tome_r = 0
+    c.model.tome_prop_attn = True
+    c.model.prune_keep_rate = 1.0
+    c.model.prune_layers = (3, 6, 9)
+    c.model.prune_fuse = False
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adamw"  # "adamw" | "adam"
