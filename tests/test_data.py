@@ -161,3 +161,14 @@ def test_spec_augment_and_mixup():
     assert np.isclose(ym.sum(), 1.0) and np.allclose(xm, ym[0]) and 0.2 < ym[0] < 0.8
     with pytest.raises(ValueError, match="probability"):
         Augment(mixup=1.5)
+
+
+def test_training_imports_do_not_load_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys, fast_ast_jax.train.loop, fast_ast_jax.train.evaluation, "
+            "fast_ast_jax.predict; print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], check=True)
+    assert out.stdout.strip() == "False"

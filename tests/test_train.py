@@ -250,6 +250,9 @@ def test_sharded_training_matches_one_device(tmp_path):
             for k, v in flat:
                 np.testing.assert_allclose(eight[mode + jax.tree_util.keystr(k)], v,
                                            rtol=1e-3, atol=2e-4)
+    # A checkpoint written by 8 devices with sharded params restores on 1 device.
+    rows = evaluate_checkpoint(tmp_path / "fsdp", config=load_config("test"), echo=None)
+    assert 0.0 <= rows[0]["accuracy"] <= 1.0
 
 
 def test_tome_training_evaluate_sweep_and_predict(tmp_path):

@@ -41,8 +41,8 @@ def _sound(kind: str, n: int, sample_rate: int, rng: np.random.Generator) -> np.
         lo, hi = f0 / 2, min(f0 * rng.uniform(3.0, 6.0), nyq * 0.8)
         sweep = lo * (hi / lo) ** (t / t[-1])  # exponential sweep
         return np.sin(_phase(sweep if kind == "chirp_up" else sweep[::-1], sample_rate))
-    if kind == "am_tone":
-        rate = rng.uniform(4.0, 16.0)
+    if kind == "am_tone":  # full-depth tremolo, slow enough to span several 10 ms frames
+        rate = rng.uniform(3.0, 8.0)
         return (0.5 + 0.5 * np.sin(2 * np.pi * rate * t)) * np.sin(2 * np.pi * f0 * t)
     if kind == "noise_burst":
         # Band-passed noise: white noise filtered to a random band in the frequency domain.
@@ -66,7 +66,8 @@ def _sound(kind: str, n: int, sample_rate: int, rng: np.random.Generator) -> np.
         tilt = rng.uniform(0.3, 1.0)
         return sum(tilt ** (k - 1) * np.sin(2 * np.pi * k * f0 * t) for k in harmonics)
     if kind == "vibrato":
-        rate, depth = rng.uniform(4.0, 9.0), rng.uniform(0.03, 0.08)
+        # +-10-20 % (2-3 semitones): wider than a mel band, so visible in the fbank.
+        rate, depth = rng.uniform(3.0, 7.0), rng.uniform(0.1, 0.2)
         return np.sin(_phase(f0 * (1 + depth * np.sin(2 * np.pi * rate * t)), sample_rate))
     raise ValueError(f"unknown synthetic sound {kind!r}; known: {CLASSES}")
 

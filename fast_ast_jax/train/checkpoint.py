@@ -12,7 +12,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
 def _tuples(value):
@@ -37,7 +40,8 @@ class Checkpointer:
         self._mgr = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-            item_names=("state", "meta"))
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler()})
 
     def latest_step(self) -> int | None:
         return self._mgr.latest_step()
@@ -53,10 +57,16 @@ class Checkpointer:
 
     def restore(self, step: int | None = None, *, target=None) -> tuple[Any, dict]:
         """(state, meta) of `step` (default latest). `target`: abstract state with
-        shardings (jax.ShapeDtypeStruct leaves); None restores plain arrays as saved."""
+        shardings (jax.ShapeDtypeStruct leaves); None restores the saved tree (as nested
+        dicts) replicated over this process's devices, whatever topology saved it."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        if target is None:
+            replicated = NamedSharding(Mesh(np.asarray(jax.devices()), ("d",)), P())
+            target = jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated),
+                self._mgr.item_metadata(step)["state"])
         out = self._mgr.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
         return out.state, out.meta

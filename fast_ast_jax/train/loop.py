@@ -120,8 +120,12 @@ class _Preemption:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Train (resuming from workdir if it holds a checkpoint), evaluate, return the final
-    metrics {"step", "train_loss", "eval_accuracy", ...}."""
+    """Train (resuming from workdir if it holds a checkpoint), evaluate at the end.
+
+    Returns:
+        {"step", "train_loss", "eval_accuracy", "eval_clips_per_s", ... (mAP for
+        multi-label), "state": the final TrainState}.
+    """
     sharding.initialize_distributed(config.distributed)
     workdir = Path(workdir)
     is_main = jax.process_index() == 0
