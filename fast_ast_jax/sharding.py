@@ -13,10 +13,18 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA = "data"
 
 
+_initialized = False
+
+
 def initialize_distributed(enabled: bool) -> None:
-    """Multi-host: `jax.distributed.initialize()` (cluster settings from the environment)."""
-    if enabled and jax.process_count() == 1:
+    """Multi-host: `jax.distributed.initialize()` (cluster settings from the environment).
+
+    Must run before anything touches a JAX backend (so no jax.process_count() here).
+    """
+    global _initialized
+    if enabled and not _initialized:
         jax.distributed.initialize()
+        _initialized = True
 
 
 def make_mesh() -> Mesh:
