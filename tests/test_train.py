@@ -14,14 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ml_collections import config_flags  # noqa: F401  (config files import ml_collections)
 
 from fast_ast_jax.data.pipeline import Pipeline
 from fast_ast_jax.train import loop
 from fast_ast_jax.train.checkpoint import Checkpointer
 from fast_ast_jax.train.evaluation import evaluate_checkpoint, parse_sweep
 from fast_ast_jax.predict import predict
-from tests.test_data import SHARED, write_folder
+from tests.test_data import write_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
