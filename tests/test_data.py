@@ -189,3 +189,10 @@ def test_metrics_match_sklearn():
     onehot = np.eye(5)[rng.integers(0, 5, 40)]
     assert metrics.accuracy(logits=logits, targets=onehot) == pytest.approx(
         np.mean(logits.argmax(-1) == onehot.argmax(-1)))
+
+
+def test_make_source_rejects_unknown_arguments():
+    with pytest.raises(ValueError, match=r"no argument\(s\) \['csv_path'\].*num_examples"):
+        make_source("synthetic", sample_rate=16000, num_examples=4, csv_path="x.csv")
+    with pytest.raises(ValueError, match="unknown data source 'hf'"):
+        make_source("hf", sample_rate=16000)
