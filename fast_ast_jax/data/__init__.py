@@ -1,0 +1,37 @@
+"""Data sources (synthetic, folder + CSV, TFDS) and the batching pipeline.
+
+Every source is random access: `len(source)`, `source[i] -> {"id", "audio", "label"}`,
+plus `labels` (names in logit order), `multi_label` and `sample_rate`.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from fast_ast_jax.data.folder import FolderSource
+from fast_ast_jax.data.synthetic import SyntheticSource
+
+SOURCES = ("synthetic", "folder", "tfds")
+
+
+def make_source(kind: str, *, sample_rate: int, **kwargs: Any):
+    """Build a source by name; `kwargs` are the source's constructor arguments."""
+    if kind == "synthetic":
+        cls = SyntheticSource
+    elif kind == "folder":
+        cls = FolderSource
+    elif kind == "tfds":
+        from fast_ast_jax.data.tfds_source import TfdsSource  # lazy: imports TensorFlow
+
+        cls = TfdsSource
+    else:
+        raise ValueError(f"unknown data source {kind!r}; choose one of {SOURCES}")
+    allowed = set(inspect.signature(cls).parameters) - {"sample_rate"}
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise ValueError(f"data source {kind!r} has no argument(s) {unknown} (check "
+                         f"config.data.train / config.data.eval); it takes {sorted(allowed)}")
+    return cls(sample_rate=sample_rate, **kwargs)
+
+
+__all__ = ["FolderSource", "SOURCES", "SyntheticSource", "make_source"]
