@@ -55,6 +55,11 @@ class FrontEnd:
         if not 0 < self.frame_shift_ms <= self.frame_length_ms:
             problems.append(f"frame_shift_ms={self.frame_shift_ms} must be in "
                             f"(0, frame_length_ms={self.frame_length_ms}]")
+        elif self.window_size < 2 or self.hop_size < 1:
+            problems.append(f"frame_length_ms={self.frame_length_ms}, frame_shift_ms="
+                            f"{self.frame_shift_ms} give window_size={self.window_size} (need "
+                            f">= 2), hop_size={self.hop_size} (need >= 1) at "
+                            f"sample_rate={self.sample_rate}")
         if self.window not in ("hanning", "hamming", "povey"):
             problems.append(f"window={self.window!r} must be 'hanning', 'hamming' or 'povey'")
         if self.target_frames <= 0:
@@ -69,15 +74,17 @@ class FrontEnd:
         if problems:
             raise ValueError("invalid FrontEnd: " + "; ".join(problems))
 
+    # Kaldi (and torchaudio.compliance.kaldi) truncate: int(rate * ms * 0.001), evaluated in
+    # this order; rounding would differ at e.g. 11025 Hz (275.625 -> 275, not 276).
     @property
     def window_size(self) -> int:
         """Samples per analysis window."""
-        return int(round(self.sample_rate * self.frame_length_ms / 1000.0))
+        return int(self.sample_rate * self.frame_length_ms * 0.001)
 
     @property
     def hop_size(self) -> int:
         """Samples per hop."""
-        return int(round(self.sample_rate * self.frame_shift_ms / 1000.0))
+        return int(self.sample_rate * self.frame_shift_ms * 0.001)
 
     def replace(self, **changes) -> "FrontEnd":
         return dataclasses.replace(self, **changes)

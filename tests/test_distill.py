@@ -1,0 +1,98 @@
+"""Teacher-logits files: round trip (dense and top-k) and every error case."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fast_ast_jax import distill
+
+RNG = np.random.default_rng(0)
+LABELS = ["dog", "cat", "bird", "car"]
+
+
+def _write(tmp_path, **kw):
+    args = dict(ids=["a", "b", "c"], logits=RNG.normal(size=(3, 4)).astype(np.float32),
+                labels=LABELS, teacher={"model": "cnn", "stages": "tiny"})
+    args.update(kw)
+    path = tmp_path / "teacher.npz"
+    distill.save(path, **args)
+    return path, args
+
+
+def test_dense_round_trip(tmp_path):
+    path, args = _write(tmp_path)
+    t = distill.load(path)
+    assert t.labels == tuple(LABELS) and t.ids == ("a", "b", "c")
+    assert t.teacher == {"model": "cnn", "stages": "tiny"}
+    np.testing.assert_array_equal(t.lookup(["c", "a"]), args["logits"][[2, 0]])
+    t.check_labels(LABELS)
+
+
+def test_topk_round_trip_fills_the_rest(tmp_path):
+    logits = np.array([[0.0, 5.0, 1.0, -2.0], [3.0, 2.0, 1.0, 4.0], [1.0, 1.5, 9.0, 0.5]],
+                      np.float32)
+    path, _ = _write(tmp_path, logits=logits, top_k=2, fill_value=-50.0)
+    t = distill.load(path)
+    want = np.full_like(logits, -50.0)
+    for i, row in enumerate(logits):
+        top = np.argsort(-row)[:2]
+        want[i, top] = row[top]
+    np.testing.assert_array_equal(t.logits, want)
+
+
+def test_missing_id_names_file_and_first_id(tmp_path):
+    path, _ = _write(tmp_path)
+    t = distill.load(path)
+    with pytest.raises(distill.TeacherLogitsError, match=r"teacher\.npz.*'zz'.*2 clip"):
+        t.lookup(["a", "zz", "yy"])
+
+
+def test_label_mismatch_is_an_error(tmp_path):
+    path, _ = _write(tmp_path)
+    t = distill.load(path)
+    with pytest.raises(distill.TeacherLogitsError, match="4 classes.*3"):
+        t.check_labels(LABELS[:3])
+    with pytest.raises(distill.TeacherLogitsError, match="class 1 is 'cat'.*'cow'"):
+        t.check_labels(["dog", "cow", "bird", "car"])
+
+
+def test_nan_is_an_error_on_save_and_on_load(tmp_path):
+    bad = RNG.normal(size=(3, 4)).astype(np.float32)
+    bad[1, 2] = np.nan
+    with pytest.raises(distill.TeacherLogitsError, match="'b'"):
+        _write(tmp_path, logits=bad)
+    # An external writer that skipped our checks.
+    path = tmp_path / "ext.npz"
+    np.savez(path, ids=np.array(["x", "y"]), logits=np.array([[0.0, np.inf]], np.float32)
+             .repeat(2, 0), labels=np.array(["p", "q"]))
+    with pytest.raises(distill.TeacherLogitsError, match="ext.npz.*'x'"):
+        distill.load(path)
+
+
+def test_duplicate_ids_shape_mismatch_and_unreadable_files(tmp_path):
+    with pytest.raises(distill.TeacherLogitsError, match="'a' appears more than once"):
+        _write(tmp_path, ids=["a", "a", "c"])
+    with pytest.raises(distill.TeacherLogitsError, match=r"\(3, 4\).*classes=5"):
+        _write(tmp_path, labels=LABELS + ["x"])
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(distill.TeacherLogitsError, match="junk.npz.*not a readable"):
+        distill.load(junk)
+    with pytest.raises(distill.TeacherLogitsError, match="not found"):
+        distill.load(tmp_path / "nope.npz")
+    partial = tmp_path / "partial.npz"
+    np.savez(partial, ids=np.array(["a"]), labels=np.array(["p"]))
+    with pytest.raises(distill.TeacherLogitsError, match="missing array 'logits'"):
+        distill.load(partial)
+
+
+def test_external_writer_without_optional_fields(tmp_path):
+    path = tmp_path / "external.npz"
+    np.savez(path, ids=np.array(["k1", "k2"]), logits=np.eye(2, dtype=np.float32),
+             labels=np.array(["yes", "no"]))
+    t = distill.load(path)
+    assert t.teacher == {} and t.num_classes == 2
+    np.testing.assert_array_equal(t.lookup(["k2"]), [[0.0, 1.0]])
+    json.dumps(t.teacher)
