@@ -2,8 +2,8 @@
 
 Data comes from the checkpoint's own config unless --config is given. --tome_r /
 --keep_rate evaluate one token-reduction setting; --sweep evaluates several and prints a
-table (accuracy, clips/s, speedup; MACs when fast_ast_jax.bench is available) and writes a
-PNG of accuracy against throughput.
+table (accuracy, clips/s, speedup; MACs for an AST, XLA-counted flops for the CNN teacher)
+and writes a PNG of accuracy against throughput.
 """
 from __future__ import annotations
 

@@ -8,7 +8,15 @@ serialise; sources are random access, and a background thread hides the host wor
 Batches are dicts of NumPy arrays for this host:
     x (B_host, frames, bins) float32 normalised features;
     y (B_host, C) float32 targets (one-hot, multi-hot, or mixed);
-    mask (B_host,) float32, 1 for real examples, 0 for padding (eval only pads).
+    mask (B_host,) float32, 1 for real examples, 0 for padding (eval only pads);
+    teacher (B_host, C) float32 teacher logits, when the pipeline has a teacher.
+
+Teacher logits and mixup: the teacher's logits were computed once on the un-augmented clip
+(`distill dump`), so a mixed clip gets the same convex combination of its two clips'
+teacher logits as of their labels (weight lam ~ Beta(alpha, alpha)); SpecAugment and noise
+do not change them. CMKD's "consistent teaching" instead runs the teacher online on the
+very same augmented input; offline logits cannot, and mixing logits (not probabilities)
+is an approximation of the teacher's output on the mixture.
 """
 from __future__ import annotations
 
@@ -61,13 +69,15 @@ class Pipeline:
         cache_dir: also store them in an .npz there, named by a hash of `cache_key` (which
             must identify the source, e.g. its config as JSON) and the front-end.
         process_index, process_count: this host's shard (default: from jax).
+        teacher: distill.TeacherLogits; its labels must equal the source's and every clip
+            id of the source must have logits (checked here, before any feature work).
     """
 
     def __init__(self, source, *, frontend: FrontEnd, batch_size: int, train: bool,
                  seed: int = 0, augment: Augment = Augment(), cache: bool = True,
                  cache_dir: str | os.PathLike | None = None, cache_key: str = "",
                  process_index: int | None = None,
-                 process_count: int | None = None):
+                 process_count: int | None = None, teacher=None):
         if process_index is None or process_count is None:
             import jax
 
@@ -86,6 +96,12 @@ class Pipeline:
         self.batch_size, self.local_batch = batch_size, batch_size // process_count
         self.process_index = process_index
         self.num_classes = len(source.labels)
+        self._teacher = None  # (len(source), C) float32, row i = teacher logits of example i
+        if teacher is not None:
+            from fast_ast_jax.data import source_ids
+
+            teacher.check_labels(source.labels)
+            self._teacher = teacher.lookup(source_ids(source))
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
         if cache:
             self._fill_cache(cache_dir, cache_key)
@@ -154,28 +170,40 @@ class Pipeline:
         order = order[self.process_index * self.local_batch:
                       (self.process_index + 1) * self.local_batch]
         fill = (0.0 - self.frontend.mean) / (2 * self.frontend.std)
-        xs, ys = [], []
+        xs, ys, ts = [], [], []
         for j, i in enumerate(order):
             x, y = self.example(int(i))
+            t = None if self._teacher is None else self._teacher[int(i)]
             if self.train:
                 rng = np.random.default_rng([self.seed, epoch, index, self.process_index, j])
                 aug = self.augment
                 if aug.mixup > 0 and rng.random() < aug.mixup:
-                    x2, y2 = self.example(int(rng.integers(len(self.source))))
+                    other = int(rng.integers(len(self.source)))
+                    x2, y2 = self.example(other)
+                    if t is not None:  # mix teacher logits with the labels' weight
+                        y, y2 = np.concatenate([y, t]), np.concatenate([y2,
+                                                                       self._teacher[other]])
                     x, y = augment.mixup(x, y, x2, y2, rng=rng, alpha=aug.mixup_alpha)
+                    if t is not None:
+                        y, t = y[:self.num_classes], y[self.num_classes:]
                 x = augment.spec_augment(x, freqm=aug.freqm, timem=aug.timem, fill=fill,
                                          rng=rng)
                 if aug.noise:
                     x = augment.noise_and_roll(x, rng=rng)
             xs.append(x)
             ys.append(y)
+            ts.append(t)
         mask = np.ones(self.local_batch, np.float32)
         mask[len(xs):] = 0.0
         shape = (self.frontend.target_frames, self.frontend.num_mel_bins)
         while len(xs) < self.local_batch:  # eval: pad the last batch
             xs.append(np.zeros(shape, np.float32))
             ys.append(np.zeros(self.num_classes, np.float32))
-        return {"x": np.stack(xs), "y": np.stack(ys), "mask": mask}
+            ts.append(np.zeros(self.num_classes, np.float32))
+        batch = {"x": np.stack(xs), "y": np.stack(ys), "mask": mask}
+        if self._teacher is not None:
+            batch["teacher"] = np.stack(ts).astype(np.float32)
+        return batch
 
     def iterate(self, *, epoch: int = 0, index: int = 0, prefetch: int = 2
                 ) -> Iterator[tuple[dict[str, np.ndarray], tuple[int, int]]]:

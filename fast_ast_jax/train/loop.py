@@ -27,24 +27,33 @@ from fast_ast_jax import sharding
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import make_source
 from fast_ast_jax.data.pipeline import Augment, Pipeline
-from fast_ast_jax.models.ast import AST, create_ast, model_fields
+from fast_ast_jax.models import create_ast, create_cnn, model_fields, model_name
 from fast_ast_jax.train import metrics as metrics_lib
 from fast_ast_jax.train.checkpoint import Checkpointer
 from fast_ast_jax.train.state import TrainState, learning_rate_schedule, make_optimizer
 from fast_ast_jax.train.step import eval_step, train_step
 
 
-def build_model(model_config, *, num_classes: int, frontend: FrontEnd) -> AST:
-    """AST sized by config.model, with the input shape of the front-end."""
-    fields = {k: v for k, v in model_config.items() if k != "size" and v is not None}
+def build_model(model_config, *, num_classes: int, frontend: FrontEnd):
+    """config.model.name "ast" (sized by config.model) or "cnn" (config.model.cnn fields),
+    with the input shape of the front-end."""
+    name = model_config.get("name", "ast")
+    if name == "cnn":
+        return create_cnn(num_classes=num_classes, num_mel_bins=frontend.num_mel_bins,
+                          dtype=model_config.dtype, **model_config.cnn.to_dict())
+    if name != "ast":
+        raise ValueError(f"config.model.name={name!r}: use 'ast' or 'cnn'")
+    fields = {k: v for k, v in model_config.items()
+              if k not in ("size", "name", "cnn") and v is not None}
     return create_ast(model_config.size, num_classes=num_classes,
                       num_mel_bins=frontend.num_mel_bins, frames=frontend.target_frames,
                       **fields)
 
 
 def build_pipeline(config, split: str, *, frontend: FrontEnd, train: bool,
-                   source=None) -> Pipeline | None:
-    """Pipeline over config.data.<split> (None if that split has no arguments)."""
+                   source=None, teacher=None) -> Pipeline | None:
+    """Pipeline over config.data.<split> (None if that split has no arguments); `teacher`
+    (distill.TeacherLogits) adds each clip's teacher logits to its batches."""
     kwargs = config.data[split].to_dict()
     if not kwargs:
         return None
@@ -54,7 +63,8 @@ def build_pipeline(config, split: str, *, frontend: FrontEnd, train: bool,
     return Pipeline(source, frontend=frontend, batch_size=batch, train=train,
                     seed=config.seed, augment=Augment(**config.augment) if train else Augment(),
                     cache=config.data.cache, cache_dir=config.data.cache_dir or None,
-                    cache_key=json.dumps([config.data.source, kwargs], sort_keys=True))
+                    cache_key=json.dumps([config.data.source, kwargs], sort_keys=True),
+                    teacher=teacher)
 
 
 def loss_kind(config, multi_label: bool) -> str:
@@ -62,7 +72,7 @@ def loss_kind(config, multi_label: bool) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _eval_fns(model: AST, mesh):
+def _eval_fns(model, mesh):
     """Jitted forward and label gather, cached so periodic evals compile once."""
     replicated = NamedSharding(mesh, P())
     fwd = jax.jit(functools.partial(eval_step, model=model), out_shardings=replicated)
@@ -70,7 +80,7 @@ def _eval_fns(model: AST, mesh):
     return fwd, gather
 
 
-def evaluate(params, *, model: AST, pipeline: Pipeline, mesh, multi_label: bool,
+def evaluate(params, *, model, pipeline: Pipeline, mesh, multi_label: bool,
              desc: str = "eval") -> dict[str, float]:
     """accuracy (and mAP for multi-label) over one pass of `pipeline`, plus clips/s of the
     model alone (jitted forward, compilation excluded)."""
@@ -99,7 +109,7 @@ def evaluate(params, *, model: AST, pipeline: Pipeline, mesh, multi_label: bool,
     return result
 
 
-def _init_from(path: str, model: AST, *, seed: int):
+def _init_from(path: str, model, *, seed: int):
     """Pretrained weights (HF dir, AST .pth, timm DeiT) adapted to this model's position
     grid, with a fresh head when the class count differs (fast_ast_jax.convert)."""
     from fast_ast_jax import convert
@@ -142,7 +152,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                              f"{jax.device_count()} devices (the batch is split over them)")
 
     # --- data ------------------------------------------------------------------------------
-    train_data = build_pipeline(config, "train", frontend=frontend, train=True)
+    teacher = None
+    if config.distill.teacher_logits:  # checked against the whole split before step 1
+        from fast_ast_jax import distill
+
+        teacher = distill.load(config.distill.teacher_logits)
+    train_data = build_pipeline(config, "train", frontend=frontend, train=True,
+                                teacher=teacher)
     source = train_data.source
     labels = list(source.labels)
     eval_data = build_pipeline(config, "eval", frontend=frontend, train=False)
@@ -175,7 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         opt_state=sharding.param_shardings(abstract.opt_state, mesh,
                                            mode=config.param_sharding),
         step=replicated, rng=replicated)
-    meta = {"model": model_fields(model), "frontend": frontend.to_dict(), "labels": labels,
+    meta = {"model": model_fields(model), "model_class": model_name(model), "frontend": frontend.to_dict(), "labels": labels,
             "loss": loss, "config": json.loads(config.to_json_best_effort())}
 
     ckpt = Checkpointer(workdir / "checkpoints", every=config.checkpoint_every,
@@ -196,7 +212,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             state = jax.jit(lambda p, s: s.replace(params=p, opt_state=tx.init(p)),
                             out_shardings=shardings)(params, state)
 
-    step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, loss=loss, lr_fn=lr_fn),
+    kd = (float(config.distill.lam), float(config.distill.tau)) if teacher else None
+    step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, loss=loss, lr_fn=lr_fn,
+                                        distill=kd),
                       in_shardings=(shardings, sharding.batch_sharding(mesh)),
                       out_shardings=(shardings, replicated), donate_argnums=0)
 

@@ -19,11 +19,14 @@ def loss_fn_for(kind: str):
 
 
 def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
-               loss: str, lr_fn: optax.Schedule) -> tuple[TrainState, dict]:
+               loss: str, lr_fn: optax.Schedule,
+               distill: tuple[float, float] | None = None) -> tuple[TrainState, dict]:
     """One optimiser step.
 
-    batch: x (B, frames, bins), y (B, C) targets, mask (B,).
-    Returns the new state and scalar metrics (loss, accuracy, grad_norm, lr).
+    batch: x (B, frames, bins), y (B, C) targets, mask (B,); with `distill` = (lam, tau)
+        also teacher (B, C) teacher logits, and the loss is losses.distill_loss (CMKD).
+    Returns the new state and scalar metrics (loss, accuracy, grad_norm, lr; with
+    distillation also task_loss and kd_loss, the two unweighted terms).
     """
     rng = jax.random.fold_in(state.rng, state.step)
     xent = loss_fn_for(loss)
@@ -31,9 +34,18 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
     def objective(params):
         logits = model.apply({"params": params}, batch["x"], train=True,
                              rngs={"dropout": rng})
-        return xent(logits=logits, labels=batch["y"], weights=batch["mask"]), logits
+        if distill is None:
+            return xent(logits=logits, labels=batch["y"], weights=batch["mask"]), (logits, {})
+        lam, tau = distill
+        kw = dict(logits=logits, weights=batch["mask"], multilabel=loss == "sigmoid")
+        value = losses.distill_loss(labels=batch["y"], teacher_logits=batch["teacher"],
+                                    lam=lam, tau=tau, **kw)
+        terms = {"task_loss": losses.task_loss(labels=batch["y"], **kw),
+                 "kd_loss": losses.kd_loss(teacher_logits=batch["teacher"], tau=tau, **kw)}
+        return value, (logits, terms)
 
-    (value, logits), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    (value, (logits, terms)), grads = jax.value_and_grad(objective, has_aux=True)(
+        state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     correct = jnp.argmax(logits, -1) == jnp.argmax(batch["y"], -1)
@@ -42,6 +54,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
         "accuracy": (correct * batch["mask"]).sum() / jnp.maximum(batch["mask"].sum(), 1),
         "grad_norm": optax.global_norm(grads),
         "lr": lr_fn(state.step),
+        **terms,
     }
     return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
