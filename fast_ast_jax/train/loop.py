@@ -191,7 +191,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         opt_state=sharding.param_shardings(abstract.opt_state, mesh,
                                            mode=config.param_sharding),
         step=replicated, rng=replicated)
-    meta = {"model": model_fields(model), "model_class": model_name(model), "frontend": frontend.to_dict(), "labels": labels,
+    meta = {"model": model_fields(model), "model_class": model_name(model),
+            "frontend": frontend.to_dict(), "labels": labels,
             "loss": loss, "config": json.loads(config.to_json_best_effort())}
 
     ckpt = Checkpointer(workdir / "checkpoints", every=config.checkpoint_every,
