@@ -79,6 +79,10 @@ class TeacherLogits:
                 f"({len(missing)} clip(s) missing); re-run `python -m fast_ast_jax.distill dump` "
                 "on the same data source")
 
+    def index(self, clip_id: str) -> int:
+        """Row of `clip_id` in `logits` (KeyError if absent; check_ids gives the message)."""
+        return self._index[clip_id]
+
     def lookup(self, ids: Sequence[str]) -> np.ndarray:
         """(len(ids), C) float32 teacher logits, in the order of `ids`."""
         self.check_ids(ids)

@@ -104,6 +104,10 @@ def test_teacher_dump_then_fastast_student(tmp_path, capsys):
     assert logged["train/loss"] == pytest.approx(
         lam * logged["train/task_loss"] + (1 - lam) * logged["train/kd_loss"], rel=1e-5)
     assert np.isfinite(final["train_loss"])
+    # A trained AST serves as a teacher too.
+    ast_teacher = distill.dump(tmp_path / "student", out=tmp_path / "ast.npz", echo=None)
+    assert ast_teacher.teacher["model_class"] == "ast" and ast_teacher.ids == t.ids
+    assert ast_teacher.teacher["model"]["tome_r"] == 1
 
 
 def run_one_step_n(c, workdir, *, steps):

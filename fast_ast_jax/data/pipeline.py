@@ -53,6 +53,17 @@ class Augment:
             raise ValueError(f"mask widths freqm={self.freqm}, timem={self.timem} must be >= 0")
 
 
+class _Rows:
+    """Rows of a (N, C) array in a given order, without copying the array (teacher files
+    of large datasets hold millions of rows)."""
+
+    def __init__(self, array: np.ndarray, order: list[int]):
+        self.array, self.order = array, np.asarray(order, np.int64)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.array[self.order[i]]
+
+
 class Pipeline:
     """Features + batches over one source.
 
@@ -101,7 +112,9 @@ class Pipeline:
             from fast_ast_jax.data import source_ids
 
             teacher.check_labels(source.labels)
-            self._teacher = teacher.lookup(source_ids(source))
+            ids = source_ids(source)
+            teacher.check_ids(ids)
+            self._teacher = _Rows(teacher.logits, [teacher.index(cid) for cid in ids])
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
         if cache:
             self._fill_cache(cache_dir, cache_key)

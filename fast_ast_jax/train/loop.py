@@ -230,6 +230,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             print(f"resumed from step {int(state.step)} at data position {position}")
     else:
         state = jax.jit(init, out_shardings=shardings)(key)  # 3. random
+        if config.init_from and config.model.name != "ast":
+            raise ValueError(f"config.init_from={config.init_from!r} loads AST weights; "
+                             f"config.model.name={config.model.name!r} cannot use them")
         if config.init_from:  # 2. pretrained
             params = _init_from(config.init_from, model, seed=config.seed)
             params = jax.device_put(params, shardings.params)
