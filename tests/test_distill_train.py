@@ -200,3 +200,23 @@ def test_bad_teacher_file_fails_before_training(kind, match, tmp_path, monkeypat
     with pytest.raises(distill.TeacherLogitsError, match=match):
         loop.train_and_evaluate(c, str(tmp_path / "work"))
     assert not (tmp_path / "work" / "checkpoints").exists()
+
+
+def test_fsdd_table_script_overrides():
+    import importlib.util
+
+    from tests.test_train import ROOT
+
+    spec = importlib.util.spec_from_file_location("fsdd_fastast_bench",
+                                                  ROOT / "benchmarks" / "fsdd_fastast.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    c = bench.override(load_config("fsdd_fastast", "official"),
+                       ["num_steps=3", "model.tome_r=2", "distill.teacher_logits=t.npz",
+                        'data.train.select={"official_split": "train", "speaker": "theo"}'])
+    assert (c.num_steps, c.model.tome_r, c.distill.teacher_logits) == (3, 2, "t.npz")
+    assert c.data.train.select.speaker == "theo"
+    with pytest.raises(KeyError, match="no field 'model.bogus'"):
+        bench.override(c, ["model.bogus=1"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        bench.override(c, ["num_steps"])
