@@ -14,13 +14,13 @@ Parameter tree (what `fast_ast_jax.convert` fills):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fast_ast_jax.models import posemb
+from fast_ast_jax.models import posemb, prune, tome
 from fast_ast_jax.models.attention import SelfAttention
 
 # DeiT widths (reference.md §3.1); all have 12 blocks and head_dim 64.
@@ -54,7 +54,7 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block: x += attn(ln(x)); x += mlp(ln(x))."""
+    """Pre-LN transformer block: x += attn(ln(x)); x = reduce(x); x += mlp(ln(x))."""
 
     num_heads: int
     mlp_dim: int
@@ -63,17 +63,50 @@ class Block(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, *, bias=None, mask=None, deterministic: bool = True):
-        """x: (B, T, W) -> (B, T, W)."""
+    def __call__(self, x, *, bias=None, mask=None, deterministic: bool = True,
+                 reduce: Callable | None = None):
+        """x: (B, T, W) -> (B, T', W).
+
+        reduce: optional token reduction `(x, q, k) -> x` (B, T, W) -> (B, T', W) applied
+            on the residual stream between attention and MLP (ToMe / TopK), given the
+            attention's queries and keys (B, T, H, D).
+        """
         y = nn.LayerNorm(epsilon=self.ln_eps, use_fast_variance=False, dtype=self.dtype,
                          name="norm1")(x)
-        y, _, _ = SelfAttention(self.num_heads, dtype=self.dtype, name="attn")(
+        y, q, k = SelfAttention(self.num_heads, dtype=self.dtype, name="attn")(
             y, bias=bias, mask=mask)
         x = x + nn.Dropout(self.dropout)(y, deterministic=deterministic)
+        if reduce is not None:
+            x = reduce(x, q, k)
         y = nn.LayerNorm(epsilon=self.ln_eps, use_fast_variance=False, dtype=self.dtype,
                          name="norm2")(x)
         y = Mlp(self.mlp_dim, dtype=self.dtype, name="mlp")(y)
         return x + nn.Dropout(self.dropout)(y, deterministic=deterministic)
+
+
+class LayerPlan(NamedTuple):
+    """Static token bookkeeping of one block (all Python ints).
+
+    tokens_in: tokens entering the block (attention runs on these).
+    keep: patch tokens kept by TopK pruning in this block, or None.
+    r: ToMe merges in this block (after the clamp; 0 = none).
+    tokens_out: tokens leaving the block (the MLP runs on these).
+    """
+
+    tokens_in: int
+    keep: int | None
+    r: int
+    tokens_out: int
+
+
+class _ReductionState:
+    """Per-forward mutable carry of the token reduction (sizes, sources, aux outputs)."""
+
+    def __init__(self, size, source):
+        self.size = size  # (B, T, 1) float32, or None while all sizes are 1
+        self.source = source  # (B, T, T0) float32 0/1, or None
+        self.scores = None
+        self.kept = None
 
 
 class AST(nn.Module):
@@ -91,6 +124,26 @@ class AST(nn.Module):
         head_ln_eps: LayerNorm epsilon of the head (original AST 1e-5, HF 1e-12).
         dropout: dropout after attention and MLP (training only).
         dtype: compute dtype (float32 or bfloat16); parameters stay float32.
+        tome_r: ToMe merges per block: int (constant), (r, inflection) tuple (linear ramp,
+            `tome.parse_r`), or a list / tuple of another length with per-block values
+            (padded with zeros). 0 = off. Clamped per block to half the mergeable tokens.
+        tome_prop_attn: proportional attention: log(token size) added to the attention
+            logits of every key once tokens have been merged.
+        prune_keep_rate: TopK pruning keeps ceil(rate * patch tokens) in each pruning block
+            (1 = off).
+        prune_layers: 0-based blocks that prune.
+        prune_fuse: EViT fusion: the dropped tokens become one extra (score-weighted) token.
+        prune_score: "cls" (CLS attention, the reference) or "cls_dist" (mean of CLS and
+            DIST attention rows).
+        trace_source: record which input tokens every token holds (B, T, T0); costly.
+
+    Token reduction sits between the attention residual and the MLP of a block: pruning
+    first (scores from this block's attention), then merging. Token counts per block are
+    static (`token_plan`). Auxiliary outputs are sown into the "intermediates" collection
+    (`apply(..., mutable=["intermediates"])`): `prune_scores_{i}` (B, N_i) class-attention
+    scores and `prune_kept_{i}` (B, k_i) kept patch indices at each pruning block i,
+    `sizes` (B, T_final, 1) final token sizes (when any reduction runs) and, with
+    `trace_source`, `source` (B, T_final, T0) including the class-token columns.
     """
 
     num_classes: int = 527
@@ -108,6 +161,13 @@ class AST(nn.Module):
     head_ln_eps: float = 1e-5
     dropout: float = 0.0
     dtype: Any = jnp.float32
+    tome_r: int | tuple | list = 0
+    tome_prop_attn: bool = True
+    prune_keep_rate: float = 1.0
+    prune_layers: tuple = (3, 6, 9)
+    prune_fuse: bool = False
+    prune_score: str = "cls"
+    trace_source: bool = False
 
     @property
     def num_prefix(self) -> int:
@@ -117,6 +177,60 @@ class AST(nn.Module):
         return grid_shape(frames=self.frames if frames is None else frames,
                           num_mel_bins=self.num_mel_bins, patch_size=self.patch_size,
                           fstride=self.fstride, tstride=self.tstride)
+
+    def r_schedule(self) -> list[int]:
+        """Per-block ToMe r from `tome_r` (before the per-block clamp), validated."""
+        r = self.tome_r
+        if isinstance(r, (list, tuple)) and len(r) != 2:
+            r = list(r)
+            if len(r) > self.depth:
+                raise ValueError(f"AST.tome_r schedule has {len(r)} entries but the model "
+                                 f"has depth {self.depth}; give at most one r per block")
+        elif isinstance(r, list):
+            r = tuple(r)  # [r, inflection] read back from a JSON config
+        try:
+            rs = tome.parse_r(self.depth, r)
+        except ValueError as e:
+            raise ValueError(f"AST.tome_r={self.tome_r!r}: {e}") from None
+        if any(v < 0 for v in rs):
+            raise ValueError(f"AST.tome_r={self.tome_r!r} gives negative merges {rs}; r must "
+                             "be >= 0")
+        return rs
+
+    def token_plan(self, frames: int | None = None) -> list[LayerPlan]:
+        """Static per-block token counts for an input of `frames` frames (default: the
+        model's), validating the reduction fields. Used by MAC counting and the forward."""
+        try:
+            prune.check_keep_rate(self.prune_keep_rate)
+        except ValueError as e:
+            raise ValueError(f"AST.prune_keep_rate: {e}") from None
+        # Layers are only checked when pruning is on: the default (3, 6, 9) must not reject
+        # shallow models that do not prune.
+        bad = [i for i in self.prune_layers if not 0 <= int(i) < self.depth]
+        if bad and self.prune_keep_rate < 1.0:
+            raise ValueError(f"AST.prune_layers {tuple(self.prune_layers)} has block indices "
+                             f"{bad} outside [0, depth={self.depth})")
+        if self.prune_score not in prune.SCORES:
+            raise ValueError(f"AST.prune_score {self.prune_score!r} is not one of "
+                             f"{prune.SCORES}")
+        if self.prune_score == "cls_dist" and not self.dist_token:
+            raise ValueError("AST.prune_score='cls_dist' needs dist_token=True")
+        f_dim, t_dim = self.grid(frames)
+        tokens = self.num_prefix + f_dim * t_dim
+        plan = []
+        for i, r in enumerate(self.r_schedule()):
+            tokens_in, keep = tokens, None
+            if self.prune_keep_rate < 1.0 and i in self.prune_layers:
+                keep = prune.num_kept(tokens - self.num_prefix, self.prune_keep_rate)
+                tokens = self.num_prefix + keep + int(self.prune_fuse)
+            r = tome.clamp_r(tokens, r, self.num_prefix)
+            tokens -= r
+            plan.append(LayerPlan(tokens_in, keep, r, tokens))
+        return plan
+
+    def token_counts(self, frames: int | None = None) -> list[int]:
+        """Tokens leaving each block (static)."""
+        return [lp.tokens_out for lp in self.token_plan(frames)]
 
     def embed(self, x):
         """(B, frames, mel) fbank -> (B, prefix + f_dim*t_dim, W) tokens + positions."""
@@ -148,16 +262,84 @@ class AST(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool = False):
         """x: (B, frames, mel) -> logits (B, num_classes) in float32."""
+        plan = self.token_plan(x.shape[1] if x.ndim == 3 else None)
         x = self.embed(x)
-        for i in range(self.depth):
+        b, t0 = x.shape[:2]
+        reducing = any(lp.keep is not None or lp.r > 0 for lp in plan)
+        source = None
+        if self.trace_source:
+            source = jnp.broadcast_to(jnp.eye(t0, dtype=jnp.float32), (b, t0, t0))
+        state = _ReductionState(None, source)
+        for i, lp in enumerate(plan):
+            bias = None
+            if self.tome_prop_attn and state.size is not None:
+                bias = jnp.log(state.size)[:, None, None, :, 0]  # (B, 1, 1, T) key bias
+            reduce = None
+            if lp.keep is not None or lp.r > 0:
+                def reduce(x, q, k, lp=lp, bias=bias):
+                    return _reduce_tokens(self, x, q, k, plan=lp, bias=bias, state=state)
             x = Block(self.num_heads, self.mlp_dim, ln_eps=self.ln_eps, dropout=self.dropout,
-                      dtype=self.dtype, name=f"block_{i}")(x, deterministic=not train)
+                      dtype=self.dtype, name=f"block_{i}")(
+                x, bias=bias, deterministic=not train, reduce=reduce)
+            if lp.keep is not None:
+                self.sow("intermediates", f"prune_scores_{i}", state.scores)
+                self.sow("intermediates", f"prune_kept_{i}", state.kept)
+        if reducing:
+            size = state.size
+            if size is None:
+                size = jnp.ones(x.shape[:2] + (1,), jnp.float32)
+            self.sow("intermediates", "sizes", size)
+        if self.trace_source:
+            self.sow("intermediates", "source", state.source)
         x = nn.LayerNorm(epsilon=self.ln_eps, use_fast_variance=False, dtype=self.dtype,
                          name="norm")(x)
         x = self.pool(x)
         x = nn.LayerNorm(epsilon=self.head_ln_eps, use_fast_variance=False, dtype=self.dtype,
                          name="head_norm")(x)
         return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)
+
+
+def _reduce_tokens(model: AST, x, q, k, *, plan: LayerPlan, bias, state: _ReductionState):
+    """One block's token reduction on the residual stream: TopK pruning, then ToMe.
+
+    x: (B, T, W); q, k: (B, T, H, D) -> (B, plan.tokens_out, W). Updates `state`.
+    """
+    npre = model.num_prefix
+    metric = k.mean(axis=2)  # (B, T, D) head-averaged keys: ToMe's matching feature
+    if plan.keep is not None:
+        scores = prune.class_token_scores(q, k, num_prefix=npre, score=model.prune_score,
+                                          bias=bias)
+        x, kept = prune.topk_prune(x, scores, num_keep=plan.keep, num_prefix=npre,
+                                   fuse=model.prune_fuse)
+        state.scores, state.kept = scores, kept
+        fused = dict(metric=None, size=None, source=None)
+        if model.prune_fuse:
+            dropped = prune.dropped_mask(kept, scores.shape[1])  # (B, N)
+            weights = jnp.where(dropped, scores, 0.0)
+            fused["metric"] = prune.fuse_dropped(metric[:, npre:], weights)
+            size = state.size
+            if size is None:
+                size = jnp.ones(metric.shape[:2] + (1,), jnp.float32)
+            state.size = size
+            fused["size"] = jnp.sum(size[:, npre:] * dropped[..., None], axis=1)
+            if state.source is not None:
+                fused["source"] = jnp.max(state.source[:, npre:] * dropped[..., None], axis=1)
+        metric = prune.gather_tokens(metric, kept, num_prefix=npre, fused=fused["metric"])
+        if state.size is not None:
+            state.size = prune.gather_tokens(state.size, kept, num_prefix=npre,
+                                             fused=fused["size"])
+        if state.source is not None:
+            state.source = prune.gather_tokens(state.source, kept, num_prefix=npre,
+                                               fused=fused["source"])
+    if plan.r > 0:
+        merge, _ = tome.bipartite_soft_matching(metric, r=plan.r, class_token=True,
+                                                distill_token=model.dist_token)
+        if state.source is not None:
+            state.source = tome.merge_source(merge, x, state.source)
+        x, state.size = tome.merge_wavg(merge, x, state.size)
+    if x.shape[1] != plan.tokens_out:
+        raise AssertionError(f"token plan says {plan.tokens_out} tokens, got {x.shape[1]}")
+    return x
 
 
 def model_fields(model: nn.Module) -> dict[str, Any]:

@@ -1,0 +1,218 @@
+"""Token merging (ToMe, Bolya et al. 2023) as pure JAX functions with static shapes.
+
+Written from the description in reference.md §2 (the ToMe code itself is CC-BY-NC and is not
+used). The number of merges per layer is a Python int fixed at trace time, so every layer
+outputs a fixed, smaller token count and the arrays really shrink under `jax.jit`.
+
+Conventions: tokens are (B, T, C); `size` (B, T, 1) counts the original tokens a token
+represents; `source` (B, T, T0) is the 0/1 map from current to original tokens.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+MergeFn = Callable[..., jax.Array]
+MERGE_MODES = ("sum", "mean", "amax")
+
+
+def _identity(x: jax.Array, mode: str = "mean") -> jax.Array:
+    del mode
+    return x
+
+
+def bipartite_soft_matching(
+        metric: jax.Array,
+        *,
+        r: int,
+        class_token: bool = False,
+        distill_token: bool = False,
+) -> tuple[MergeFn, MergeFn]:
+    """ToMe's bipartite soft matching: plan the merge of r tokens.
+
+    Tokens at even positions form set A, odd positions set B. Every A token picks its most
+    similar B token (cosine similarity of `metric`); the r A tokens with the highest best
+    score are merged into their partners. CLS (token 0, in A) is never merged away and DIST
+    (token 1, in B) never receives merges.
+
+    Args:
+        metric: (B, T, C) matching features (ToMe: keys averaged over heads). Gradients are
+            stopped: the matching is a discrete decision.
+        r: tokens to remove; clamped to (T - protected) // 2. r <= 0 gives identities.
+        class_token: token 0 is a class token (protected, kept first).
+        distill_token: token 1 is a distillation token (protected, kept second).
+
+    Returns:
+        merge(x, mode="mean"): (B, T, D) -> (B, T - r, D), modes "sum", "mean" (plain mean
+            of a destination and its sources), "amax". Output order: CLS, DIST, unmerged A
+            tokens (original order when class_token, else by descending score), B tokens.
+        unmerge(x): (B, T - r, D) -> (B, T, D); every original token gets the value of the
+            token it was merged into (the exact inverse of merge's ordering).
+    """
+    b, t, _ = metric.shape
+    protected = int(class_token) + int(distill_token)
+    r = min(int(r), (t - protected) // 2)
+    if r <= 0:
+        return _identity, _identity
+
+    metric = jax.lax.stop_gradient(metric).astype(jnp.float32)
+    # Plain division, no epsilon, as the reference.
+    metric = metric / jnp.linalg.norm(metric, axis=-1, keepdims=True)
+    a, bside = metric[:, ::2], metric[:, 1::2]
+    num_a, num_b = a.shape[1], bside.shape[1]
+    scores = jnp.einsum("bic,bjc->bij", a, bside)
+    if class_token:
+        scores = scores.at[:, 0, :].set(-jnp.inf)
+    if distill_token:
+        scores = scores.at[:, :, 0].set(-jnp.inf)
+    node_max = scores.max(axis=-1)
+    node_idx = scores.argmax(axis=-1)
+    # Stable descending sort; -inf rows become +inf and sort last, as in torch.
+    edge_idx = jnp.argsort(-node_max, axis=-1)
+    src_idx = edge_idx[:, :r]  # (B, r) A tokens merged away
+    unm_idx = edge_idx[:, r:]  # (B, num_a - r) A tokens kept
+    if class_token:
+        unm_idx = jnp.sort(unm_idx, axis=-1)
+    dst_idx = jnp.take_along_axis(node_idx, src_idx, axis=-1)  # (B, r) B partners
+    batch = jnp.arange(b)[:, None]
+    num_unm = num_a - r
+
+    def merge(x: jax.Array, mode: str = "mean") -> jax.Array:
+        if mode not in MERGE_MODES:
+            raise ValueError(f"merge mode {mode!r} is not one of {MERGE_MODES}")
+        if x.shape[:2] != (b, t):
+            raise ValueError(f"merge planned for (batch, tokens) = {(b, t)}, got x of shape "
+                             f"{x.shape}")
+        src_side, dst = x[:, ::2], x[:, 1::2]
+        unm = jnp.take_along_axis(src_side, unm_idx[..., None], axis=1)
+        src = jnp.take_along_axis(src_side, src_idx[..., None], axis=1)
+        if mode == "amax":
+            dst = dst.at[batch, dst_idx].max(src)
+        else:
+            dst = dst.at[batch, dst_idx].add(src)
+            if mode == "mean":
+                # torch scatter_reduce(include_self=True): divide by 1 + number of sources.
+                count = jnp.ones((b, num_b), x.dtype).at[batch, dst_idx].add(1)
+                dst = dst / count[..., None]
+        if distill_token:
+            return jnp.concatenate([unm[:, :1], dst[:, :1], unm[:, 1:], dst[:, 1:]], axis=1)
+        return jnp.concatenate([unm, dst], axis=1)
+
+    def unmerge(x: jax.Array) -> jax.Array:
+        if x.shape[:2] != (b, t - r):
+            raise ValueError(f"unmerge expects (batch, tokens) = {(b, t - r)}, got "
+                             f"{x.shape}")
+        if distill_token:
+            unm = jnp.concatenate([x[:, :1], x[:, 2:num_unm + 1]], axis=1)
+            dst = jnp.concatenate([x[:, 1:2], x[:, num_unm + 1:]], axis=1)
+        else:
+            unm, dst = x[:, :num_unm], x[:, num_unm:]
+        src = jnp.take_along_axis(dst, dst_idx[..., None], axis=1)
+        out = jnp.zeros((b, t) + x.shape[2:], x.dtype)
+        out = out.at[:, 1::2].set(dst)
+        out = out.at[batch, 2 * unm_idx].set(unm)
+        return out.at[batch, 2 * src_idx].set(src)
+
+    return merge, unmerge
+
+
+def merge_wavg(merge: MergeFn, x: jax.Array,
+               size: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Size-weighted average merge.
+
+    Args:
+        merge: from `bipartite_soft_matching`.
+        x: (B, T, D) tokens.
+        size: (B, T, 1) float32 token sizes; None means all ones.
+
+    Returns:
+        (x (B, T', D) in x's dtype, size (B, T', 1) float32). Accumulates in float32.
+    """
+    if size is None:
+        size = jnp.ones(x.shape[:2] + (1,), jnp.float32)
+    xf = x.astype(jnp.float32)
+    total = merge(xf * size, mode="sum")
+    size = merge(size, mode="sum")
+    return (total / size).astype(x.dtype), size
+
+
+def merge_source(merge: MergeFn, x: jax.Array,
+                 source: jax.Array | None = None) -> jax.Array:
+    """Track which original tokens each token holds.
+
+    Args:
+        merge: from `bipartite_soft_matching`.
+        x: (B, T, D) the tokens being merged (only their shape is used).
+        source: (B, T, T0) 0/1 map; None means the identity (T0 = T).
+
+    Returns:
+        (B, T', T0) 0/1 map after the merge.
+    """
+    if source is None:
+        b, t = x.shape[:2]
+        source = jnp.broadcast_to(jnp.eye(t, dtype=jnp.float32), (b, t, t))
+    return merge(source, mode="amax")
+
+
+def parse_r(num_layers: int, r: int | tuple | list) -> list[int]:
+    """Per-layer merge counts (ToMe's `parse_r`, reference.md §2.4).
+
+    Args:
+        num_layers: number of blocks L.
+        r: int (constant), tuple (r, inflection) with inflection in [-1, 1] (linear ramp
+            with mean r: -1 decreasing from 2r to 0, +1 increasing), or list of per-layer
+            values (padded with zeros to L).
+
+    Returns:
+        list of L ints (before the per-layer clamp inside the matcher).
+    """
+    if isinstance(r, list):
+        if len(r) > num_layers:
+            raise ValueError(f"r schedule has {len(r)} entries for {num_layers} layers")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in r):
+            raise ValueError(f"explicit r schedule must hold ints, got {r}")
+        return list(r) + [0] * (num_layers - len(r))
+    if isinstance(r, tuple):
+        if len(r) != 2:
+            raise ValueError(f"r tuple must be (r, inflection), got {r}; give an explicit "
+                             "per-layer schedule as a list")
+        r0, inflect = r
+        if not -1 <= inflect <= 1:
+            raise ValueError(f"r inflection must lie in [-1, 1], got {inflect}")
+        min_val = int(r0 * (1.0 - inflect))
+        max_val = 2 * r0 - min_val
+        step = (max_val - min_val) / (num_layers - 1) if num_layers > 1 else 0.0
+        return [int(min_val + step * i) for i in range(num_layers)]
+    if isinstance(r, int) and not isinstance(r, bool):
+        return [r] * num_layers
+    raise ValueError(f"r must be an int, an (r, inflection) tuple or a list, got {r!r}")
+
+
+def clamp_r(num_tokens: int, r: int, protected: int) -> int:
+    """Merges actually done on num_tokens tokens (the matcher's clamp, never negative)."""
+    return max(0, min(int(r), (num_tokens - protected) // 2))
+
+
+def token_schedule(num_tokens: int, r_list: Sequence[int],
+                   protected: int) -> tuple[list[int], list[int]]:
+    """Static effective r and token count after each layer for a ToMe schedule.
+
+    Args:
+        num_tokens: tokens entering the first block (including class tokens).
+        r_list: per-layer r (e.g. from `parse_r`).
+        protected: number of class tokens (CLS + DIST).
+
+    Returns:
+        (effective r per layer, token count after each layer). E.g. 1214 tokens, r=300,
+        protected 2 -> r [300,300,300,156,78,...], counts [914,614,314,158,80,...].
+    """
+    eff, counts = [], []
+    t = num_tokens
+    for r in r_list:
+        r = clamp_r(t, r, protected)
+        t -= r
+        eff.append(r)
+        counts.append(t)
+    return eff, counts
