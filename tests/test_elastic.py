@@ -65,7 +65,7 @@ def test_no_leakage_between_samples_of_a_row(pool):
     model = ElasticAST(**KW, pool=pool)
     clips = [_clip(48), _clip(128), _clip(16), _clip(33)]  # 6 + 16 + 2 + 4 tokens
     packed = _batch(clips, max_tokens=32)
-    params = model.init(jax.random.PRNGKey(1), packed)["params"]
+    params = jax.jit(model.init)(jax.random.PRNGKey(1), packed)["params"]
     apply = jax.jit(model.apply)
     logits, valid = apply({"params": params}, packed)
     assert bool(valid.all())
@@ -79,7 +79,7 @@ def test_rows_and_unpack_restore_sample_order():
     clips = [_clip(n) for n in (128, 64, 32, 96, 16)]  # 16, 8, 4, 12, 2 tokens
     packed = _batch(clips, rows=3, max_tokens=24, max_slots=3)
     assert packed["slot_index"].tolist() == [[0, 1, -1], [2, 3, 4], [-1, -1, -1]]
-    params = model.init(jax.random.PRNGKey(2), packed)["params"]
+    params = jax.jit(model.init)(jax.random.PRNGKey(2), packed)["params"]
     apply = jax.jit(model.apply)
     logits, valid = apply({"params": params}, packed)
     per_sample = unpack_logits(logits, packed["slot_index"], len(clips))
@@ -93,13 +93,13 @@ def test_rows_and_unpack_restore_sample_order():
 def test_gradients_are_finite_with_padding_rows():
     model = ElasticAST(**KW, tome_r=3, prune_keep_rate=0.7, prune_layers=(0,))
     packed = _batch([_clip(40), _clip(20)], rows=2, max_tokens=24)
-    params = model.init(jax.random.PRNGKey(3), packed)["params"]
+    params = jax.jit(model.init)(jax.random.PRNGKey(3), packed)["params"]
 
     def loss(p):
         logits, valid = model.apply({"params": p}, packed)
         return jnp.where(valid[..., None], logits ** 2, 0.0).sum()
 
-    grads = jax.grad(loss)(params)
+    grads = jax.jit(jax.grad(loss))(params)
     assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
     assert float(jnp.abs(grads["pos_embed_time"]).sum()) > 0
 
