@@ -29,7 +29,7 @@ def _batch(clips, *, rows=1, max_tokens=64, max_slots=4):
 
 @pytest.fixture(scope="module")
 def ast_params():
-    return AST(**KW).init(jax.random.PRNGKey(0), jnp.zeros((1, 128, MEL)))["params"]
+    return jax.jit(AST(**KW).init)(jax.random.PRNGKey(0), jnp.zeros((1, 128, MEL)))["params"]
 
 
 def _plain_ast_mean(params, fbank):
