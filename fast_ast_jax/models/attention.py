@@ -3,12 +3,74 @@
 Every attention in the library goes through `dot_product_attention`, so a backend gets its
 best kernel in one place and the model code never changes (PERF.md: attention is the CPU
 bottleneck; cuDNN / splash attention are the GPU / TPU paths).
+
+Implementations (all give the same result to float32 rounding, fully-masked query rows
+included):
+    "xla":     einsum + softmax over the materialised (B, H, Tq, Tk) logits. On CPU this is
+               memory bound: every elementwise pass over the score matrix costs as much as a
+               matmul (PERF.md).
+    "chunked": a loop over (batch * head, query tile) in which a (tile, Tk) block of scores
+               stays in cache; the softmax is normalised after the value product, and the
+               backward pass recomputes each tile instead of storing (B, H, Tq, Tk) residuals.
+    "cudnn":   `jax.nn.dot_product_attention(implementation="cudnn")`, the fused GPU kernel
+               (float16 / bfloat16 only, no mask; raises elsewhere).
+    "auto":    "chunked" on CPU for long sequences, "cudnn" on GPU where it applies, else "xla".
+`default_implementation(name)` switches the default for code traced inside it (benchmarks use
+it to compare kernels inside a whole model).
 """
 from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+IMPLEMENTATIONS = ("auto", "xla", "chunked", "cudnn")
+# Score elements per chunked tile: 2**18 float32 = 1 MiB fits in L2 next to the keys / values.
+_TILE_ELEMENTS = 2 ** 18
+# Below this many score elements per (batch, head) the plain path is as fast and simpler.
+_CHUNKED_MIN_ELEMENTS = 2 ** 16
+
+_DEFAULT = contextvars.ContextVar("fast_ast_jax_attention_implementation", default="auto")
+
+
+@contextlib.contextmanager
+def default_implementation(name: str):
+    """Within the block, `dot_product_attention` calls without `implementation` use `name`.
+
+    Read at trace time: wrap the first call of a jitted function (its compilation), not later
+    calls that hit the cache.
+    """
+    _check_implementation(name)
+    token = _DEFAULT.set(name)
+    try:
+        yield
+    finally:
+        _DEFAULT.reset(token)
+
+
+def _check_implementation(name: str) -> None:
+    if name not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown attention implementation {name!r}; choose one of "
+                         f"{IMPLEMENTATIONS}")
+
+
+def resolve_implementation(name: str | None, *, q: jax.Array, k: jax.Array,
+                           mask: jax.Array | None) -> str:
+    """The concrete implementation ("xla", "chunked" or "cudnn") that `name` selects."""
+    name = _DEFAULT.get() if name is None else name
+    _check_implementation(name)
+    if name != "auto":
+        return name
+    backend = jax.default_backend()
+    if backend == "cpu":
+        return "chunked" if q.shape[1] * k.shape[1] >= _CHUNKED_MIN_ELEMENTS else "xla"
+    if backend == "gpu" and mask is None and q.dtype in (jnp.bfloat16, jnp.float16):
+        return "cudnn"
+    return "xla"
 
 
 def dot_product_attention(
@@ -18,6 +80,7 @@ def dot_product_attention(
         *,
         bias: jax.Array | None = None,
         mask: jax.Array | None = None,
+        implementation: str | None = None,
 ) -> jax.Array:
     """Softmax attention, scaled by head_dim ** -0.5.
 
@@ -30,21 +93,108 @@ def dot_product_attention(
         mask: boolean, broadcastable to (B, H, Tq, Tk); False removes the key for that query.
             A query with no valid key gets a uniform average (finite, never NaN); its output
             is meaningless and must be masked downstream.
+        implementation: "auto", "xla", "chunked" or "cudnn" (see the module docstring);
+            None = the current `default_implementation` ("auto" unless changed).
 
     Returns:
         (B, Tq, H, D) attended values, in q's dtype.
     """
-    scale = q.shape[-1] ** -0.5
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    if q.ndim != 4 or k.shape != v.shape or q.shape[::2] != k.shape[::2] or (
+            q.shape[-1] != k.shape[-1]):
+        raise ValueError(f"attention expects q (B, Tq, H, D) and k, v (B, Tk, H, D); got q "
+                         f"{q.shape}, k {k.shape}, v {v.shape}")
+    impl = resolve_implementation(implementation, q=q, k=k, mask=mask)
+    if impl == "cudnn":
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask,
+                                            implementation="cudnn")
+    # Scale the (Tq, D) queries, not the (Tq, Tk) logits: one pass fewer over the scores.
+    q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+    if impl == "chunked":
+        return _chunked_attention(q, k, v, bias=bias, mask=mask)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     # Softmax in float32 whatever the compute dtype: bf16 logits lose the small differences
     # that decide which keys matter.
-    logits = logits.astype(jnp.float32)
+    probs = jax.nn.softmax(_bias_and_mask(logits, bias=bias, mask=mask), axis=-1)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+
+
+def _bias_and_mask(logits, *, bias, mask):
+    """float32 logits + bias, with masked entries at the float32 minimum (finite)."""
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    return logits
+
+
+def _as_4d(x: jax.Array | None, name: str, target: tuple[int, int, int, int]):
+    """Left-pads x to 4 dims and checks it broadcasts to target (B, H, Tq, Tk)."""
+    if x is None:
+        return None
+    if x.ndim > 4:
+        raise ValueError(f"attention {name} has {x.ndim} dims; it must broadcast to "
+                         f"(B, H, Tq, Tk) = {target}")
+    x = x.reshape((1,) * (4 - x.ndim) + x.shape)
+    if any(s not in (1, t) for s, t in zip(x.shape, target)):
+        raise ValueError(f"attention {name} of shape {x.shape} does not broadcast to "
+                         f"(B, H, Tq, Tk) = {target}")
+    return x
+
+
+def _chunked_attention(q, k, v, *, bias, mask):
+    """Tiled attention on pre-scaled queries; shapes as in `dot_product_attention`.
+
+    One `lax.map` step handles one (batch, head) pair and one tile of queries against all
+    keys: the (tile, Tk) scores stay in cache, and the softmax denominator divides the
+    (tile, D) output instead of the scores. `jax.checkpoint` makes the backward pass
+    recompute each tile's probabilities rather than keep all (B, H, Tq, Tk) of them.
+    """
+    b, tq, h, d = q.shape
+    tk = k.shape[1]
+    target = (b, h, tq, tk)
+    bias, mask = _as_4d(bias, "bias", target), _as_4d(mask, "mask", target)
+    num_tiles = math.ceil(tq * tk / _TILE_ELEMENTS)
+    tile = math.ceil(tq / num_tiles)  # balanced tiles: at most num_tiles - 1 padded rows
+    pad = tile * num_tiles - tq
+    # (B, T, H, D) -> (B*H, T, D): one contiguous (T, D) block per (batch, head) pair.
+    q = jnp.pad(q.transpose(0, 2, 1, 3), ((0, 0), (0, 0), (0, pad), (0, 0)))
+    q = q.reshape(b * h * num_tiles, tile, d)
+    k = k.transpose(0, 2, 1, 3).reshape(b * h, tk, d)
+    v = v.transpose(0, 2, 1, 3).reshape(b * h, tk, d)
+
+    bias, mask = _pad_queries(bias, pad), _pad_queries(mask, pad)
+
+    def rows(x, pair, start):
+        """The (tile | 1, Tk) rows of a 4-d bias / mask for one pair and query tile."""
+        x = x[pair // h if x.shape[0] > 1 else 0, pair % h if x.shape[1] > 1 else 0]
+        return x if x.shape[0] == 1 else jax.lax.dynamic_slice_in_dim(x, start, tile, axis=0)
+
+    @jax.checkpoint
+    def step(args):
+        index, q_tile = args
+        pair, start = index // num_tiles, (index % num_tiles) * tile
+        logits = jnp.einsum("qd,kd->qk", q_tile, k[pair], preferred_element_type=jnp.float32)
+        logits = _bias_and_mask(
+                logits, bias=None if bias is None else rows(bias, pair, start),
+                mask=None if mask is None else rows(mask, pair, start))
+        # Unnormalised softmax: the max keeps exp finite (1 at the max, so the sum is >= 1
+        # and a fully masked row averages all values uniformly, as the "xla" path does).
+        probs = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+        out = jnp.einsum("qk,kd->qd", probs.astype(v.dtype), v[pair],
+                         preferred_element_type=jnp.float32)
+        return (out / probs.sum(axis=-1, keepdims=True)).astype(q.dtype)
+
+    out = jax.lax.map(step, (jnp.arange(b * h * num_tiles), q))
+    out = out.reshape(b, h, num_tiles * tile, d)[:, :, :tq]
+    return out.transpose(0, 2, 1, 3)
+
+
+def _pad_queries(x, pad):
+    """Pads the query axis of a 4-d bias / mask (when it has one) by `pad` rows."""
+    if x is None or x.shape[2] == 1 or pad == 0:
+        return x
+    return jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0)),
+                   constant_values=True if x.dtype == jnp.bool_ else 0)
 
 
 def class_attention(
@@ -67,13 +217,9 @@ def class_attention(
     Returns:
         (B, H, Q, Tk) float32 probabilities.
     """
-    scale = q_cls.shape[-1] ** -0.5
-    logits = (jnp.einsum("bqhd,bkhd->bhqk", q_cls, k) * scale).astype(jnp.float32)
-    if bias is not None:
-        logits = logits + bias.astype(jnp.float32)
-    if mask is not None:
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    return jax.nn.softmax(logits, axis=-1)
+    q_cls = q_cls * jnp.asarray(q_cls.shape[-1] ** -0.5, q_cls.dtype)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q_cls, k, preferred_element_type=jnp.float32)
+    return jax.nn.softmax(_bias_and_mask(logits, bias=bias, mask=mask), axis=-1)
 
 
 class SelfAttention(nn.Module):

@@ -1,0 +1,292 @@
+"""Throughput of AST forward passes and training steps: baseline vs ToMe vs TopK vs PyTorch.
+
+One command prints, for every --frames value (tstride = fstride = 10), a table of
+    baseline (chunked attention), baseline with the plain "xla" attention, ToMe at each --r
+    (constant r per block; "half" = the smallest r that halves the MACs), TopK at each
+    --keep-rates (pruning blocks 3, 6, 9), and PyTorch HF `ASTForAudioClassification`
+with MACs (G per clip), clips/s, speedup over the baseline, ideal speedup (MAC ratio) and
+efficiency (speedup / ideal). All forward variants are compiled first and then timed in
+interleaved rounds (one call of each per round, median over rounds), so every ratio is taken
+under the same machine load. With --train it also times a jitted value_and_grad + AdamW step
+(random data, sigmoid cross-entropy) with and without ToMe at the MAC-halving r and reports
+XLA's compiled temp memory.
+
+    python benchmarks/throughput.py --size base --frames 1024 512 --batch 2 --repeats 3 \
+        --r half 100 --keep-rates 0.9 0.7 0.5 --out docs/throughput.md
+
+No XLA flags are set here: on the 2-core CPU we measured, the defaults were fastest (oneDNN /
+XNNPACK / fast-math flags were equal or slower for the dense layers). Pass your own through
+XLA_FLAGS to try others.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fast_ast_jax import bench
+from fast_ast_jax.models import attention
+from fast_ast_jax.models.ast import SIZES, create_ast
+
+STRIDE = 10
+MEL = 128
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size", default="base", choices=sorted(SIZES))
+    p.add_argument("--depth", type=int, default=None,
+                   help="override the number of blocks (quick smoke runs)")
+    p.add_argument("--frames", type=int, nargs="+", default=[1024, 512])
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds (median reported)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--r", nargs="*", default=["half", "50"],
+                   help='ToMe r per block (ints, or "half" = r that halves MACs)')
+    p.add_argument("--keep-rates", type=float, nargs="*", default=[0.9, 0.8, 0.7, 0.6, 0.5])
+    p.add_argument("--no-xla-baseline", action="store_true",
+                   help="skip the baseline row with the plain einsum attention")
+    p.add_argument("--no-torch", action="store_true", help="skip PyTorch HF AST")
+    p.add_argument("--threads", type=int, nargs="+", default=[os.cpu_count()],
+                   help="PyTorch thread counts, one row each; JAX/PyTorch is relative to the "
+                        "first (default: all cores, as XLA uses)")
+    p.add_argument("--train", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time training steps and compiled temp memory")
+    p.add_argument("--train-frames", type=int, nargs="*", default=None,
+                   help="frames for the training rows (default: every --frames value)")
+    p.add_argument("--out", type=Path, default=None, help="write the tables (.md or .json)")
+    args = p.parse_args(argv)
+    if args.batch < 1 or args.repeats < 1:
+        p.error("--batch and --repeats must be >= 1")
+    for r in args.r:
+        if r != "half" and not r.isdigit():
+            p.error(f'--r values must be non-negative ints or "half", got {r!r}')
+    for k in args.keep_rates:
+        if not 0.0 < k <= 1.0:
+            p.error(f"--keep-rates must lie in (0, 1], got {k}")
+    return args
+
+
+def model_for(args, frames: int, **reduction):
+    depth = {} if args.depth is None else dict(depth=args.depth)
+    return create_ast(args.size, frames=frames, num_mel_bins=MEL, fstride=STRIDE,
+                      tstride=STRIDE, **depth, **reduction)
+
+
+def halving_r(args, frames: int) -> int:
+    """Smallest constant ToMe r whose MACs are at most half the baseline's."""
+    base = bench.ast_macs(model_for(args, frames)).total
+    tokens = bench.layer_tokens(model_for(args, frames), frames=frames)[0].tokens_in
+    for r in range(1, tokens // 2 + 1):
+        if bench.ast_macs(model_for(args, frames, tome_r=r)).total <= base / 2:
+            return r
+    raise ValueError(f"no constant r halves the MACs at {frames} frames")
+
+
+def variants(args, frames: int) -> list[tuple[str, dict, str | None]]:
+    """(label, AST reduction fields, attention implementation) for the forward table."""
+    out = [("baseline", {}, None)]
+    if not args.no_xla_baseline:
+        out.append(("baseline, xla attention", {}, "xla"))
+    for r in args.r:
+        r = halving_r(args, frames) if r == "half" else int(r)
+        out.append((f"ToMe r={r}", dict(tome_r=r), None))
+    for k in args.keep_rates:
+        out.append((f"TopK keep={k:g}", dict(prune_keep_rate=k), None))
+    return out
+
+
+def torch_forward(args, frames: int, batch: np.ndarray, threads: int):
+    """A callable running PyTorch HF AST (random weights, fp32, inference mode)."""
+    try:
+        import torch
+        from transformers import ASTConfig, ASTForAudioClassification
+    except ImportError as e:
+        log(f"PyTorch HF AST skipped: {e}")
+        return None
+    s = SIZES[args.size]
+    config = ASTConfig(hidden_size=s["width"], num_hidden_layers=args.depth or s["depth"],
+                       num_attention_heads=s["num_heads"], intermediate_size=s["mlp_dim"],
+                       max_length=frames, num_mel_bins=MEL, frequency_stride=STRIDE,
+                       time_stride=STRIDE, num_labels=527)
+    model = ASTForAudioClassification(config).eval()
+    x = torch.from_numpy(batch)
+
+    def run():
+        # Thread count is process-global in torch: set it on every call (interleaved rows).
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            return model(x).logits
+
+    log(f"torch {torch.__version__}, {threads} threads, attention "
+        f"{model.config._attn_implementation}")
+    return run
+
+
+def interleaved(fns: dict, *, warmup: int, repeats: int) -> dict[str, bench.Timing]:
+    """Times every callable once per round (after warm-up) so all see the same load."""
+    for name, fn in fns.items():
+        log(f"warm-up {name}")
+        bench.measure_throughput(fn, warmup=warmup, repeats=1)
+    times = {name: [] for name in fns}
+    for i in range(repeats):
+        for name, fn in fns.items():
+            times[name] += bench.measure_throughput(fn, warmup=0, repeats=1).times
+        log(f"round {i + 1}/{repeats}: " + ", ".join(
+            f"{n} {t[-1]:.2f}s" for n, t in times.items()))
+    return {name: bench.Timing(tuple(t)) for name, t in times.items()}
+
+
+def forward_table(args, frames: int) -> list[dict]:
+    x = np.random.default_rng(0).standard_normal((args.batch, frames, MEL), dtype=np.float32)
+    xj = jnp.asarray(x)
+    params = None
+    fns, macs = {}, {}
+    for label, fields, impl in variants(args, frames):
+        model = model_for(args, frames, **fields)
+        if params is None:
+            params = jax.jit(model.init)(jax.random.key(0), xj[:1])["params"]
+        macs[label] = bench.ast_macs(model, frames=frames)
+        log(f"compile {label} ({macs[label].gmacs:.1f} GMACs)")
+        fwd = jax.jit(lambda p, x, model=model: model.apply({"params": p}, x))
+        with attention.default_implementation(impl or "auto"):
+            compiled = fwd.lower(params, xj).compile()
+        fns[label] = lambda c=compiled: c(params, xj)
+    torch_label = None
+    for threads in [] if args.no_torch else args.threads:
+        run = torch_forward(args, frames, x, threads)
+        if run is None:
+            break
+        label = f"PyTorch HF AST, {threads} threads"
+        torch_label = torch_label or label
+        fns[label] = run
+        macs[label] = macs["baseline"]
+    timings = interleaved(fns, warmup=args.warmup, repeats=args.repeats)
+    base_rate = timings["baseline"].rate(args.batch)
+    rows = []
+    for label, timing in timings.items():
+        rate = timing.rate(args.batch)
+        ideal = macs["baseline"].total / macs[label].total
+        rows.append(dict(
+                table="forward", frames=frames, setting=label, batch=args.batch,
+                tokens_out=macs[label].layers[-1].tokens_out, gmacs=macs[label].gmacs,
+                clips_per_s=rate, speedup=rate / base_rate, ideal_speedup=ideal,
+                efficiency=rate / base_rate / ideal, seconds=list(timing.times)))
+    if torch_label:
+        torch_rate = timings[torch_label].rate(args.batch)
+        for row in rows:
+            row["vs_torch"] = row["clips_per_s"] / torch_rate
+    return rows
+
+
+def train_step_fn(model):
+    """Jitted-able AdamW step on a sigmoid cross-entropy loss: (params, opt, x, y) -> ..."""
+    tx = optax.adamw(1e-4, weight_decay=1e-4)
+
+    def loss_fn(params, x, y):
+        logits = model.apply({"params": params}, x, train=False)
+        return optax.sigmoid_binary_cross_entropy(logits, y).mean()
+
+    def step(params, opt_state, x, y):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return tx, step
+
+
+def train_table(args, frames: int) -> list[dict]:
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((args.batch, frames, MEL), dtype=np.float32))
+    y = jnp.asarray(rng.random((args.batch, 527)) < 0.05, jnp.float32)
+    r = halving_r(args, frames)
+    fns, macs, memory = {}, {}, {}
+    params = None
+    for label, fields in (("baseline", {}), (f"ToMe r={r}", dict(tome_r=r))):
+        model = model_for(args, frames, **fields)
+        if params is None:
+            params = jax.jit(model.init)(jax.random.key(0), x[:1])["params"]
+        tx, step = train_step_fn(model)
+        opt_state = tx.init(params)
+        macs[label] = bench.ast_macs(model, frames=frames)
+        log(f"compile train step {label}")
+        compiled = jax.jit(step).lower(params, opt_state, x, y).compile()
+        memory[label] = compiled.memory_analysis().temp_size_in_bytes
+        fns[label] = lambda c=compiled, o=opt_state: c(params, o, x, y)
+    timings = interleaved(fns, warmup=args.warmup, repeats=args.repeats)
+    base = timings["baseline"].rate(1)
+    rows = []
+    for label, timing in timings.items():
+        rate = timing.rate(1)
+        ideal = macs["baseline"].total / macs[label].total
+        rows.append(dict(
+                table="train", frames=frames, setting=label, batch=args.batch,
+                gmacs=macs[label].gmacs, steps_per_s=rate, speedup=rate / base,
+                ideal_speedup=ideal, efficiency=rate / base / ideal,
+                temp_mib=memory[label] / 2 ** 20,
+                temp_ratio=memory[label] / memory["baseline"], seconds=list(timing.times)))
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = []
+    fwd = [r for r in rows if r["table"] == "forward"]
+    if fwd:
+        torch = any("vs_torch" in r for r in fwd)
+        lines += ["| frames | setting | tokens out | GMACs/clip | clips/s | speedup | ideal | "
+                  "efficiency |" + (" JAX/PyTorch |" if torch else ""),
+                  "|---" * (8 + torch) + "|"]
+        for r in fwd:
+            lines.append(
+                    f"| {r['frames']} | {r['setting']} | {r['tokens_out']} | {r['gmacs']:.1f} "
+                    f"| {r['clips_per_s']:.3f} | {r['speedup']:.2f}x | "
+                    f"{r['ideal_speedup']:.2f}x | {r['efficiency']:.2f} |"
+                    + (f" {r['vs_torch']:.2f} |" if torch else ""))
+    train = [r for r in rows if r["table"] == "train"]
+    if train:
+        lines += ["", "| frames | train step | GMACs/clip (fwd) | steps/s | speedup | ideal | "
+                  "efficiency | temp MiB | temp ratio |", "|---" * 9 + "|"]
+        for r in train:
+            lines.append(
+                    f"| {r['frames']} | {r['setting']} | {r['gmacs']:.1f} | "
+                    f"{r['steps_per_s']:.3f} | {r['speedup']:.2f}x | {r['ideal_speedup']:.2f}x "
+                    f"| {r['efficiency']:.2f} | {r['temp_mib']:.0f} | {r['temp_ratio']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    log(f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}), "
+        f"{os.cpu_count()} cores, AST-{args.size}, batch {args.batch}")
+    rows = []
+    for frames in args.frames:
+        rows += forward_table(args, frames)
+    if args.train:
+        for frames in args.train_frames if args.train_frames is not None else args.frames:
+            rows += train_table(args, frames)
+    table = markdown(rows)
+    print(table)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        if args.out.suffix == ".json":
+            args.out.write_text(json.dumps(rows, indent=1) + "\n")
+        else:
+            args.out.write_text(table + "\n")
+        log(f"wrote {args.out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

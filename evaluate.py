@@ -1,0 +1,44 @@
+"""Evaluate a checkpoint: `python evaluate.py --checkpoint WORKDIR [--sweep r=0,8,16]`.
+
+Data comes from the checkpoint's own config unless --config is given. --tome_r /
+--keep_rate evaluate one token-reduction setting; --sweep evaluates several and prints a
+table (accuracy, clips/s, speedup; MACs when fast_ast_jax.bench is available) and writes a
+PNG of accuracy against throughput.
+"""
+from __future__ import annotations
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "data config (default: the checkpoint's)",
+                                lock_config=True)
+flags.DEFINE_string("checkpoint", None, "workdir or its checkpoints/ directory")
+flags.DEFINE_string("split", "eval", "config.data split to evaluate on")
+flags.DEFINE_integer("tome_r", None, "ToMe: tokens merged per block")
+flags.DEFINE_float("keep_rate", None, "TopK pruning keep rate")
+flags.DEFINE_string("sweep", None, "NAME=v1,v2,... with NAME r|tome_r|keep_rate")
+flags.DEFINE_string("plot", None, "PNG path for the sweep plot (default WORKDIR/sweep.png)")
+flags.mark_flags_as_required(["checkpoint"])
+
+
+def main(argv):
+    del argv
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    from pathlib import Path
+
+    from fast_ast_jax.train.evaluation import evaluate_checkpoint, parse_sweep
+
+    f = flags.FLAGS
+    base = {k: v for k, v in (("tome_r", f.tome_r), ("prune_keep_rate", f.keep_rate))
+            if v is not None}
+    settings = [{**base, **s} for s in parse_sweep(f.sweep)] if f.sweep else [base]
+    plot = f.plot or (Path(f.checkpoint) / "sweep.png" if f.sweep else None)
+    evaluate_checkpoint(f.checkpoint, config=f.config, split=f.split, settings=settings,
+                        plot=plot)
+    if plot:
+        print(f"plot: {plot}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,228 @@
+"""Batching pipeline: features on the host, per-epoch shuffle, per-host shard, fixed shapes.
+
+A plain NumPy, index-based pipeline instead of grain or tf.data: every batch is a pure
+function of (seed, epoch, batch index), so the data position (epoch, index-in-epoch) saved
+in a checkpoint is enough to resume the exact same sample order, with no iterator state to
+serialise; sources are random access, and a background thread hides the host work.
+
+Batches are dicts of NumPy arrays for this host:
+    x (B_host, frames, bins) float32 normalised features;
+    y (B_host, C) float32 targets (one-hot, multi-hot, or mixed);
+    mask (B_host,) float32, 1 for real examples, 0 for padding (eval only pads).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import queue
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from fast_ast_jax.audio import augment
+from fast_ast_jax.audio.features import features
+from fast_ast_jax.audio.frontend import FrontEnd
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+    """Training augmentation (all off by default). See fast_ast_jax.audio.augment."""
+
+    freqm: int = 0
+    timem: int = 0
+    mixup: float = 0.0  # probability of mixing an example with a random other one
+    mixup_alpha: float = 10.0
+    noise: bool = False
+
+    def __post_init__(self):
+        if not 0.0 <= self.mixup <= 1.0:
+            raise ValueError(f"mixup={self.mixup} is a probability; use a value in [0, 1]")
+        if self.freqm < 0 or self.timem < 0:
+            raise ValueError(f"mask widths freqm={self.freqm}, timem={self.timem} must be >= 0")
+
+
+class Pipeline:
+    """Features + batches over one source.
+
+    Args:
+        source: random-access source (fast_ast_jax.data).
+        frontend: turns waveforms into (target_frames, bins) normalised features.
+        batch_size: global batch size (all hosts); each host yields its
+            batch_size / process_count slice.
+        train: shuffle per epoch, drop the last partial batch, augment; otherwise keep the
+            source order and pad the last batch (mask = 0).
+        seed: shuffle / augmentation seed.
+        augment: training augmentation.
+        cache: keep every clip's features in memory after the first computation.
+        cache_dir: also store them in an .npz there, named by a hash of `cache_key` (which
+            must identify the source, e.g. its config as JSON) and the front-end.
+        process_index, process_count: this host's shard (default: from jax).
+    """
+
+    def __init__(self, source, *, frontend: FrontEnd, batch_size: int, train: bool,
+                 seed: int = 0, augment: Augment = Augment(), cache: bool = True,
+                 cache_dir: str | os.PathLike | None = None, cache_key: str = "",
+                 process_index: int | None = None,
+                 process_count: int | None = None):
+        if process_index is None or process_count is None:
+            import jax
+
+            process_index, process_count = jax.process_index(), jax.process_count()
+        if batch_size % process_count:
+            raise ValueError(f"batch_size={batch_size} must be divisible by the number of "
+                             f"hosts ({process_count})")
+        if train and len(source) < batch_size:
+            raise ValueError(f"training set of {len(source)} examples is smaller than one "
+                             f"batch ({batch_size}); lower config.batch_size")
+        if source.sample_rate != frontend.sample_rate:
+            raise ValueError(f"source audio is at {source.sample_rate} Hz but the front-end "
+                             f"expects {frontend.sample_rate} Hz")
+        self.source, self.frontend, self.train, self.seed = source, frontend, train, seed
+        self.augment = augment
+        self.batch_size, self.local_batch = batch_size, batch_size // process_count
+        self.process_index = process_index
+        self.num_classes = len(source.labels)
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
+        if cache:
+            self._fill_cache(cache_dir, cache_key)
+
+    # -- examples ---------------------------------------------------------------------------
+
+    def _target(self, label) -> np.ndarray:
+        if np.ndim(label) == 0:
+            y = np.zeros(self.num_classes, np.float32)
+            y[int(label)] = 1.0
+            return y
+        return np.asarray(label, np.float32)
+
+    def _compute(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        ex = self.source[index]
+        # Dither (off by default) is drawn once per clip, so cached features stay valid.
+        rng = np.random.default_rng([self.seed, index]) if self.frontend.dither > 0 else None
+        x = np.asarray(features(ex["audio"], frontend=self.frontend, rng=rng), np.float32)
+        return x, self._target(ex["label"])
+
+    def example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(frames, bins) features and (C,) target of source example `index`."""
+        if self._cache is None:
+            return self._compute(index)
+        if index not in self._cache:
+            self._cache[index] = self._compute(index)
+        return self._cache[index]
+
+    def _fill_cache(self, cache_dir, cache_key: str) -> None:
+        path = None
+        if cache_dir is not None:
+            key = hashlib.sha1((cache_key + self.frontend.to_json()).encode()).hexdigest()[:16]
+            path = Path(cache_dir) / f"features-{key}.npz"
+            if path.is_file():
+                with np.load(path) as f:
+                    xs, ys = f["x"], f["y"]
+                if len(xs) == len(self.source):
+                    self._cache = {i: (xs[i], ys[i]) for i in range(len(xs))}
+                    return
+        desc = f"features ({'train' if self.train else 'eval'})"
+        for i in tqdm(range(len(self.source)), desc=desc, leave=False):
+            self.example(i)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, x=np.stack([self._cache[i][0] for i in range(len(self.source))]),
+                     y=np.stack([self._cache[i][1] for i in range(len(self.source))]))
+            os.replace(tmp, path)
+
+    # -- batches ----------------------------------------------------------------------------
+
+    @property
+    def steps_per_epoch(self) -> int:
+        n = len(self.source)
+        return n // self.batch_size if self.train else -(-n // self.batch_size)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        n = len(self.source)
+        if not self.train:
+            return np.arange(n)
+        return np.random.default_rng([self.seed, epoch]).permutation(n)
+
+    def batch(self, epoch: int, index: int) -> dict[str, np.ndarray]:
+        """This host's part of global batch `index` of `epoch` (pure function of both)."""
+        order = self._order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+        order = order[self.process_index * self.local_batch:
+                      (self.process_index + 1) * self.local_batch]
+        fill = (0.0 - self.frontend.mean) / (2 * self.frontend.std)
+        xs, ys = [], []
+        for j, i in enumerate(order):
+            x, y = self.example(int(i))
+            if self.train:
+                rng = np.random.default_rng([self.seed, epoch, index, self.process_index, j])
+                aug = self.augment
+                if aug.mixup > 0 and rng.random() < aug.mixup:
+                    x2, y2 = self.example(int(rng.integers(len(self.source))))
+                    x, y = augment.mixup(x, y, x2, y2, rng=rng, alpha=aug.mixup_alpha)
+                x = augment.spec_augment(x, freqm=aug.freqm, timem=aug.timem, fill=fill,
+                                         rng=rng)
+                if aug.noise:
+                    x = augment.noise_and_roll(x, rng=rng)
+            xs.append(x)
+            ys.append(y)
+        mask = np.ones(self.local_batch, np.float32)
+        mask[len(xs):] = 0.0
+        shape = (self.frontend.target_frames, self.frontend.num_mel_bins)
+        while len(xs) < self.local_batch:  # eval: pad the last batch
+            xs.append(np.zeros(shape, np.float32))
+            ys.append(np.zeros(self.num_classes, np.float32))
+        return {"x": np.stack(xs), "y": np.stack(ys), "mask": mask}
+
+    def iterate(self, *, epoch: int = 0, index: int = 0, prefetch: int = 2
+                ) -> Iterator[tuple[dict[str, np.ndarray], tuple[int, int]]]:
+        """Yield (batch, position after it) from data position (epoch, index) onwards.
+
+        Training runs forever (epoch after epoch); eval yields one pass. Batches are built
+        in a background thread, `prefetch` ahead.
+        """
+        def positions():
+            e, i = epoch, index
+            while True:
+                if i >= self.steps_per_epoch:
+                    if not self.train:
+                        return
+                    e, i = e + 1, 0
+                yield e, i
+                i += 1
+
+        q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+        stop = threading.Event()
+        done = object()
+
+        def work():
+            try:
+                for e, i in positions():
+                    if stop.is_set():
+                        return
+                    nxt = (e, i + 1) if i + 1 < self.steps_per_epoch else (e + 1, 0)
+                    q.put((self.batch(e, i), nxt))
+                q.put(done)
+            except BaseException as err:  # surface worker errors in the consumer
+                q.put(err)
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = q.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while thread.is_alive():  # unblock a worker waiting on a full queue
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    thread.join(timeout=0.05)

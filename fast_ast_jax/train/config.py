@@ -1,0 +1,74 @@
+"""The default training config; recipe files in configs/ start from it and override fields.
+
+Every field exists here so that `--config.<key>=<value>` overrides are checked against it
+(train.py locks the config: a typo is an error, not a silently new field).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from fast_ast_jax.audio.frontend import FrontEnd
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.batch_size = 32  # global, over all devices and hosts
+    c.num_epochs = 10
+    c.num_steps = 0  # > 0 overrides num_epochs
+    c.loss = ""  # "softmax" | "sigmoid"; "" = sigmoid for multi-label data, else softmax
+    c.log_every = 50
+    c.eval_every = 0  # steps; 0 = at the end only
+    c.checkpoint_every = 500
+    c.keep_checkpoints = 2
+    c.init_from = ""  # pretrained weights (fast_ast_jax.convert.load)
+    c.distributed = False  # jax.distributed.initialize() for multi-host runs
+    c.param_sharding = "replicate"  # or "fsdp" (split large params over the data axis)
+    c.eval_batch_size = 0  # 0 = 2 x batch_size (as AST)
+
+    c.frontend = ml_collections.ConfigDict(FrontEnd().to_dict())
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "synthetic"  # "synthetic" | "folder" | "tfds"
+    # Constructor arguments of the train / eval sources (fast_ast_jax.data); an eval
+    # source with no arguments means no evaluation.
+    c.data.train = ml_collections.ConfigDict({"num_examples": 512, "split": "train"})
+    c.data.eval = ml_collections.ConfigDict({"num_examples": 128, "split": "eval"})
+    c.data.cache = True  # keep features in memory
+    c.data.cache_dir = ""  # also store them as .npz there ("" = memory only)
+
+    c.augment = ml_collections.ConfigDict(
+        dict(freqm=0, timem=0, mixup=0.0, mixup_alpha=10.0, noise=False))
+
+    c.model = ml_collections.ConfigDict()
+    c.model.size = "tiny"  # fast_ast_jax.models.SIZES; None fields below keep the size's
+    c.model.width = ml_collections.config_dict.placeholder(int)
+    c.model.depth = ml_collections.config_dict.placeholder(int)
+    c.model.num_heads = ml_collections.config_dict.placeholder(int)
+    c.model.mlp_dim = ml_collections.config_dict.placeholder(int)
+    c.model.fstride = 10
+    c.model.tstride = 10
+    c.model.dist_token = True
+    c.model.dropout = 0.0
+    c.model.dtype = "float32"  # "bfloat16" computes in bf16 (params stay float32)
+    # Token reduction (fast_ast_jax.models.tome / prune); 0 and 1.0 are off. A tome_r
+    # schedule ((r, inflection) or per-block tuple) is set in a config file, not a flag.
+    c.model.tome_r = 0
+    c.model.tome_prop_attn = True
+    c.model.prune_keep_rate = 1.0
+    c.model.prune_layers = (3, 6, 9)
+    c.model.prune_fuse = False
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adamw"  # "adamw" | "adam"
+    c.optim.lr = 1e-4
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.weight_decay = 1e-4
+    c.optim.clip_norm = 1.0  # 0 = off
+    c.optim.warmup_steps = 0
+    c.optim.schedule = "cosine"  # "cosine" | "step" | "constant"
+    c.optim.decay_start_epoch = 5  # "step": AST's MultiStepLR(range(start, ., step), rate)
+    c.optim.decay_epochs = 1
+    c.optim.decay_rate = 0.85
+    return c

@@ -1,0 +1,152 @@
+"""Evaluate a checkpoint: accuracy / mAP, with ToMe / TopK overrides and sweeps."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+
+from fast_ast_jax import sharding
+from fast_ast_jax.audio.frontend import FrontEnd
+from fast_ast_jax.models.ast import AST
+from fast_ast_jax.train.checkpoint import Checkpointer, model_fields_from_meta
+
+# Short names accepted by --sweep / overrides -> AST fields.
+FIELD_ALIASES = {"r": "tome_r", "tome_r": "tome_r", "keep_rate": "prune_keep_rate",
+                 "prune_keep_rate": "prune_keep_rate"}
+
+
+@dataclasses.dataclass
+class Restored:
+    """What a checkpoint holds for inference."""
+
+    params: Any
+    model: AST
+    frontend: FrontEnd
+    labels: list[str]
+    loss: str
+    config: ml_collections.ConfigDict
+    step: int
+
+
+def checkpoint_dir(path: str | Path) -> Path:
+    """A workdir (holding checkpoints/) or the checkpoints directory itself."""
+    path = Path(path)
+    return path / "checkpoints" if (path / "checkpoints").is_dir() else path
+
+
+def load_checkpoint(path: str | Path, *, step: int | None = None) -> Restored:
+    """Params (as saved, on the host), model, front-end and labels of a checkpoint."""
+    ckpt = Checkpointer(checkpoint_dir(path))
+    try:
+        state, meta = ckpt.restore(step)
+        step = ckpt.latest_step() if step is None else step
+    finally:
+        ckpt.close()
+    fields = model_fields_from_meta(meta)
+    return Restored(params=state["params"], model=AST(**fields),
+                    frontend=FrontEnd.from_dict(meta["frontend"]), labels=list(meta["labels"]),
+                    loss=meta["loss"], config=ml_collections.ConfigDict(meta["config"]),
+                    step=int(step))
+
+
+def parse_sweep(spec: str) -> list[dict[str, Any]]:
+    """"r=0,8,16" -> [{"tome_r": 0}, {"tome_r": 8}, {"tome_r": 16}] (floats allowed)."""
+    name, _, values = spec.partition("=")
+    field = FIELD_ALIASES.get(name.strip())
+    if field is None or not values:
+        raise ValueError(f"--sweep {spec!r}: use NAME=v1,v2,... with NAME in "
+                         f"{sorted(FIELD_ALIASES)}")
+    cast = float if field == "prune_keep_rate" else int
+    return [{field: cast(v)} for v in values.split(",") if v.strip()]
+
+
+def _macs(model: AST, frames: int) -> float | None:
+    """Forward MACs per clip from fast_ast_jax.bench, when that module is available."""
+    try:
+        from fast_ast_jax.bench import ast_macs
+    except ImportError:
+        return None
+    return float(ast_macs(model, frames=frames).total)
+
+
+def evaluate_checkpoint(path: str | Path, *, config: ml_collections.ConfigDict | None = None,
+                        split: str = "eval", settings: Sequence[dict] = ({},),
+                        plot: str | Path | None = None, echo=print) -> list[dict[str, Any]]:
+    """Evaluate a checkpoint under each model setting (e.g. {"tome_r": 8}).
+
+    Args:
+        path: workdir or checkpoints directory.
+        config: data config to evaluate on (default: the checkpoint's own).
+        split: "eval" or "train" (config.data.<split>).
+        settings: AST field overrides, one evaluation each (the first is the baseline of
+            the speedup column).
+        plot: write a PNG of accuracy (or mAP) against clips/s there.
+    Returns:
+        one row per setting: the overrides, accuracy (mAP), clips_per_s, speedup (and
+        macs when fast_ast_jax.bench is available).
+    """
+    from fast_ast_jax.train.loop import build_pipeline, evaluate
+
+    restored = load_checkpoint(path)
+    config = config or restored.config
+    pipeline = build_pipeline(config, split, frontend=restored.frontend, train=False)
+    if pipeline is None:
+        raise ValueError(f"config.data.{split} is empty: nothing to evaluate on")
+    if list(pipeline.source.labels) != restored.labels:
+        raise ValueError(f"the {split} data labels {list(pipeline.source.labels)} differ from "
+                         f"the checkpoint's {restored.labels}")
+    mesh = sharding.make_mesh()
+    params = jax.device_put(restored.params, sharding.param_shardings(restored.params, mesh))
+    rows = []
+    for setting in settings:
+        model = restored.model.clone(**setting)
+        result = evaluate(params, model=model, pipeline=pipeline, mesh=mesh,
+                          multi_label=restored.loss == "sigmoid",
+                          desc=" ".join(f"{k}={v}" for k, v in setting.items()) or "eval")
+        row = {**setting, **result}
+        macs = _macs(model, restored.frontend.target_frames)
+        if macs is not None:
+            row["macs"] = macs
+        row["speedup"] = row["clips_per_s"] / (rows[0]["clips_per_s"] if rows
+                                               else row["clips_per_s"])
+        rows.append(row)
+    if echo:
+        echo(format_table(rows))
+    if plot:
+        plot_sweep(rows, plot)
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    keys = list(dict.fromkeys(k for r in rows for k in r if k != "num_clips"))
+    lines = [" | ".join(f"{k:>12}" for k in keys)]
+    for r in rows:
+        lines.append(" | ".join(
+            f"{r[k]:>12.4g}" if isinstance(r.get(k), float) else f"{str(r.get(k, '')):>12}"
+            for k in keys))
+    return "\n".join(lines)
+
+
+def plot_sweep(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """Accuracy (mAP if present) against clips/s, one labelled point per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = "mAP" if "mAP" in rows[0] else "accuracy"
+    fig, ax = plt.subplots(figsize=(5, 4))
+    xs, ys = [r["clips_per_s"] for r in rows], [r[metric] for r in rows]
+    ax.plot(xs, ys, "o-")
+    for r, x, y in zip(rows, xs, ys):
+        name = ", ".join(f"{k}={r[k]}" for k in FIELD_ALIASES.values() if k in r) or "base"
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("throughput (clips/s)")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,244 @@
+"""train_and_evaluate(config, workdir): the whole training run, resumable.
+
+Resume order (first that applies):
+  1. the latest checkpoint in `workdir/checkpoints` (state + data position: the run goes on
+     with the exact batch it would have seen next);
+  2. `config.init_from`: pretrained weights for the encoder, fresh optimiser state;
+  3. random initialisation from `config.seed`.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from fast_ast_jax import sharding
+from fast_ast_jax.audio.frontend import FrontEnd
+from fast_ast_jax.data import make_source
+from fast_ast_jax.data.pipeline import Augment, Pipeline
+from fast_ast_jax.models.ast import AST, create_ast, model_fields
+from fast_ast_jax.train import metrics as metrics_lib
+from fast_ast_jax.train.checkpoint import Checkpointer
+from fast_ast_jax.train.state import TrainState, learning_rate_schedule, make_optimizer
+from fast_ast_jax.train.step import eval_step, train_step
+
+
+def build_model(model_config, *, num_classes: int, frontend: FrontEnd) -> AST:
+    """AST sized by config.model, with the input shape of the front-end."""
+    fields = {k: v for k, v in model_config.items() if k != "size" and v is not None}
+    return create_ast(model_config.size, num_classes=num_classes,
+                      num_mel_bins=frontend.num_mel_bins, frames=frontend.target_frames,
+                      **fields)
+
+
+def build_pipeline(config, split: str, *, frontend: FrontEnd, train: bool,
+                   source=None) -> Pipeline | None:
+    """Pipeline over config.data.<split> (None if that split has no arguments)."""
+    kwargs = config.data[split].to_dict()
+    if not kwargs:
+        return None
+    source = source or make_source(config.data.source, sample_rate=frontend.sample_rate,
+                                   **kwargs)
+    batch = config.batch_size if train else (config.eval_batch_size or 2 * config.batch_size)
+    return Pipeline(source, frontend=frontend, batch_size=batch, train=train,
+                    seed=config.seed, augment=Augment(**config.augment) if train else Augment(),
+                    cache=config.data.cache, cache_dir=config.data.cache_dir or None,
+                    cache_key=json.dumps([config.data.source, kwargs], sort_keys=True))
+
+
+def loss_kind(config, multi_label: bool) -> str:
+    return config.loss or ("sigmoid" if multi_label else "softmax")
+
+
+def evaluate(params, *, model: AST, pipeline: Pipeline, mesh, multi_label: bool,
+             desc: str = "eval") -> dict[str, float]:
+    """accuracy (and mAP for multi-label) over one pass of `pipeline`, plus clips/s of the
+    model alone (jitted forward, compilation excluded)."""
+    replicated = NamedSharding(mesh, P())
+    fwd = jax.jit(functools.partial(eval_step, model=model),
+                  out_shardings=replicated)
+    gather = jax.jit(lambda b: (b["y"], b["mask"]), out_shardings=replicated)
+    logits, targets, masks, seconds, clips = [], [], [], 0.0, 0
+    for i, (local, _) in enumerate(tqdm(pipeline.iterate(), total=pipeline.steps_per_epoch,
+                                        desc=desc, leave=False,
+                                        disable=jax.process_index() != 0)):
+        batch = sharding.global_batch(local, mesh)
+        if i == 0:
+            jax.block_until_ready(fwd(params, batch))  # compile outside the timing
+        start = time.perf_counter()
+        out = jax.block_until_ready(fwd(params, batch))
+        seconds += time.perf_counter() - start
+        y, m = gather(batch)
+        logits.append(np.asarray(out))
+        targets.append(np.asarray(y))
+        masks.append(np.asarray(m))
+        clips += int(masks[-1].sum())
+    mask = np.concatenate(masks) > 0
+    logits, targets = np.concatenate(logits)[mask], np.concatenate(targets)[mask]
+    result = {"accuracy": metrics_lib.accuracy(logits=logits, targets=targets),
+              "clips_per_s": clips / max(seconds, 1e-9), "num_clips": float(len(logits))}
+    if multi_label:
+        result["mAP"] = metrics_lib.mean_average_precision(logits=logits, targets=targets)
+    return result
+
+
+def _init_from(path: str, model: AST, *, seed: int):
+    """Pretrained weights (HF dir, AST .pth, timm DeiT) adapted to this model's position
+    grid, with a fresh head when the class count differs (fast_ast_jax.convert)."""
+    from fast_ast_jax import convert
+
+    return convert.load_into(model, path, seed=seed)
+
+
+class _Preemption:
+    """SIGTERM (preemption notice) -> save a checkpoint and stop at the next step."""
+
+    def __init__(self):
+        self.requested = False
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no handler
+            self._old = None
+
+    def _handle(self, *_):
+        self.requested = True
+
+    def restore(self):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Train (resuming from workdir if it holds a checkpoint), evaluate at the end.
+
+    Returns:
+        {"step", "train_loss", "eval_accuracy", "eval_clips_per_s", ... (mAP for
+        multi-label), "state": the final TrainState}.
+    """
+    sharding.initialize_distributed(config.distributed)
+    workdir = Path(workdir)
+    is_main = jax.process_index() == 0
+    frontend = FrontEnd.from_dict(config.frontend.to_dict())
+    for name in ("batch_size", "eval_batch_size"):
+        if config[name] % jax.device_count():
+            raise ValueError(f"config.{name}={config[name]} must be a multiple of the "
+                             f"{jax.device_count()} devices (the batch is split over them)")
+
+    # --- data ------------------------------------------------------------------------------
+    train_data = build_pipeline(config, "train", frontend=frontend, train=True)
+    source = train_data.source
+    labels = list(source.labels)
+    eval_data = build_pipeline(config, "eval", frontend=frontend, train=False)
+    if eval_data is not None and list(eval_data.source.labels) != labels:
+        raise ValueError(f"train labels {labels} differ from eval labels "
+                         f"{list(eval_data.source.labels)}; give config.data.*.labels")
+    loss = loss_kind(config, source.multi_label)
+    steps_per_epoch = train_data.steps_per_epoch
+    total_steps = config.num_steps or config.num_epochs * steps_per_epoch
+
+    # --- model, optimiser, state -------------------------------------------------------------
+    model = build_model(config.model, num_classes=len(labels), frontend=frontend)
+    lr_fn = learning_rate_schedule(config.optim, total_steps=total_steps,
+                                   steps_per_epoch=steps_per_epoch)
+    tx = make_optimizer(config.optim, lr_fn)
+    mesh = sharding.make_mesh()
+    replicated = NamedSharding(mesh, P())
+
+    def init(key):
+        init_key, train_key = jax.random.split(key)
+        dummy = jnp.zeros((1, frontend.target_frames, frontend.num_mel_bins), jnp.float32)
+        params = model.init({"params": init_key}, dummy)["params"]
+        return TrainState(params=params, opt_state=tx.init(params),
+                          step=jnp.zeros((), jnp.int32), rng=train_key)
+
+    key = jax.random.PRNGKey(config.seed)
+    abstract = jax.eval_shape(init, key)
+    shardings = TrainState(
+        params=sharding.param_shardings(abstract.params, mesh, mode=config.param_sharding),
+        opt_state=sharding.param_shardings(abstract.opt_state, mesh,
+                                           mode=config.param_sharding),
+        step=replicated, rng=replicated)
+    meta = {"model": model_fields(model), "frontend": frontend.to_dict(), "labels": labels,
+            "loss": loss, "config": json.loads(config.to_json_best_effort())}
+
+    ckpt = Checkpointer(workdir / "checkpoints", every=config.checkpoint_every,
+                        keep=config.keep_checkpoints)
+    position = (0, 0)
+    if ckpt.latest_step() is not None:  # 1. resume
+        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                              abstract, shardings)
+        state, saved = ckpt.restore(target=target)
+        position = tuple(saved["data_position"])
+        if is_main:
+            print(f"resumed from step {int(state.step)} at data position {position}")
+    else:
+        state = jax.jit(init, out_shardings=shardings)(key)  # 3. random
+        if config.init_from:  # 2. pretrained
+            params = _init_from(config.init_from, model, seed=config.seed)
+            params = jax.device_put(params, shardings.params)
+            state = jax.jit(lambda p, s: s.replace(params=p, opt_state=tx.init(p)),
+                            out_shardings=shardings)(params, state)
+
+    step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, loss=loss, lr_fn=lr_fn),
+                      in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                      out_shardings=(shardings, replicated), donate_argnums=0)
+
+    # --- train loop --------------------------------------------------------------------------
+    writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+    preemption = _Preemption()
+    step = int(state.step)
+    final: dict[str, Any] = {"step": step}
+    batches = train_data.iterate(epoch=position[0], index=position[1])
+    bar = tqdm(total=total_steps, initial=step, desc="train", disable=not is_main)
+    window, window_start = [], time.perf_counter()
+    try:
+        while step < total_steps:
+            local, position = next(batches)
+            state, m = step_fn(state, sharding.global_batch(local, mesh))
+            step += 1
+            bar.update(1)
+            window.append(m)
+            if step % config.log_every == 0 or step == total_steps:
+                scalars = {k: float(np.mean([float(w[k]) for w in window])) for k in window[0]}
+                if not math.isfinite(scalars["loss"]):
+                    raise FloatingPointError(f"non-finite loss {scalars['loss']} at step {step}")
+                scalars["clips_per_s"] = (len(window) * config.batch_size
+                                          / (time.perf_counter() - window_start))
+                scalars["epoch"] = step / steps_per_epoch
+                writer.write(step, {f"train/{k}": v for k, v in scalars.items()},
+                             echo=bar.write)
+                final["train_loss"] = scalars["loss"]
+                window, window_start = [], time.perf_counter()
+            last = step == total_steps
+            if eval_data is not None and (last or (config.eval_every
+                                                   and step % config.eval_every == 0)):
+                result = evaluate(state.params, model=model, pipeline=eval_data, mesh=mesh,
+                                  multi_label=source.multi_label)
+                writer.write(step, {f"eval/{k}": v for k, v in result.items()}, echo=bar.write)
+                final.update({f"eval_{k}": v for k, v in result.items()})
+                window_start = time.perf_counter()
+            ckpt.save(step, state, {**meta, "data_position": list(position)},
+                      force=last or preemption.requested)
+            if preemption.requested:
+                if is_main:
+                    bar.write(f"preempted: saved step {step}, stopping")
+                break
+    finally:
+        bar.close()
+        preemption.restore()
+        ckpt.close()
+        writer.close()
+    final["step"] = step
+    final["state"] = state
+    return final

@@ -1,0 +1,51 @@
+"""The jitted train and eval steps (pure functions of state and batch)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fast_ast_jax.train import losses
+from fast_ast_jax.train.state import TrainState
+
+
+def loss_fn_for(kind: str):
+    """"softmax" (single-label CE) or "sigmoid" (multi-label BCE)."""
+    if kind == "softmax":
+        return losses.softmax_xent
+    if kind == "sigmoid":
+        return losses.sigmoid_xent
+    raise ValueError(f"loss {kind!r} must be 'softmax' or 'sigmoid'")
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
+               loss: str, lr_fn: optax.Schedule) -> tuple[TrainState, dict]:
+    """One optimiser step.
+
+    batch: x (B, frames, bins), y (B, C) targets, mask (B,).
+    Returns the new state and scalar metrics (loss, accuracy, grad_norm, lr).
+    """
+    rng = jax.random.fold_in(state.rng, state.step)
+    xent = loss_fn_for(loss)
+
+    def objective(params):
+        logits = model.apply({"params": params}, batch["x"], train=True,
+                             rngs={"dropout": rng})
+        return xent(logits=logits, labels=batch["y"], weights=batch["mask"]), logits
+
+    (value, logits), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    correct = jnp.argmax(logits, -1) == jnp.argmax(batch["y"], -1)
+    metrics = {
+        "loss": value,
+        "accuracy": (correct * batch["mask"]).sum() / jnp.maximum(batch["mask"].sum(), 1),
+        "grad_norm": optax.global_norm(grads),
+        "lr": lr_fn(state.step),
+    }
+    return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
+
+
+def eval_step(params, batch: dict, *, model) -> jax.Array:
+    """batch x (B, frames, bins) -> logits (B, C) float32."""
+    return model.apply({"params": params}, batch["x"], train=False)

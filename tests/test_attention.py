@@ -1,0 +1,141 @@
+"""Attention implementations agree (values and gradients), with bias, mask and tiling."""
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fast_ast_jax.models import attention
+from fast_ast_jax.models.attention import (
+    SelfAttention, class_attention, default_implementation, dot_product_attention,
+    resolve_implementation)
+
+B, TQ, TK, H, D = 2, 37, 41, 3, 8
+
+
+@pytest.fixture(autouse=True)
+def small_tiles(monkeypatch):
+    # 200 score elements per tile -> several query tiles (and padding) even at toy sizes.
+    monkeypatch.setattr(attention, "_TILE_ELEMENTS", 200)
+
+
+def _inputs(tq=TQ, tk=TK, seed=0):
+    rng = np.random.default_rng(seed)
+    q = jnp.asarray(rng.standard_normal((B, tq, H, D), dtype=np.float32))
+    k = jnp.asarray(rng.standard_normal((B, tk, H, D), dtype=np.float32))
+    v = jnp.asarray(rng.standard_normal((B, tk, H, D), dtype=np.float32))
+    return q, k, v, rng
+
+
+def _reference(q, k, v, bias, mask):
+    """Plain numpy softmax attention (float64); fully masked rows average uniformly."""
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+    if bias is not None:
+        logits = logits + np.asarray(bias, np.float64)
+    if mask is not None:
+        logits = np.where(np.asarray(mask), logits, -1e30)
+    logits = logits - logits.max(-1, keepdims=True)
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    return np.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
+def _bias_mask(rng, kind):
+    bias = mask = None
+    if kind in ("bias", "both"):
+        bias = jnp.asarray(np.log(rng.integers(1, 5, (B, 1, 1, TK))).astype(np.float32))
+    if kind in ("query_bias",):
+        bias = jnp.asarray(rng.standard_normal((B, H, TQ, TK), dtype=np.float32))
+    if kind in ("mask", "both"):
+        m = rng.random((B, 1, TQ, TK)) > 0.4
+        m[0, 0, 3] = False  # a fully masked query row
+        m[1, 0, :, 7:] = False  # padding keys
+        mask = jnp.asarray(m)
+    return bias, mask
+
+
+@pytest.mark.parametrize("kind", ["none", "bias", "query_bias", "mask", "both"])
+def test_implementations_agree_with_reference(kind):
+    q, k, v, rng = _inputs()
+    bias, mask = _bias_mask(rng, kind)
+    want = _reference(q, k, v, bias, mask)
+    for impl in ("xla", "chunked", "auto"):
+        got = dot_product_attention(q, k, v, bias=bias, mask=mask, implementation=impl)
+        chex.assert_shape(got, (B, TQ, H, D))
+        assert np.isfinite(np.asarray(got)).all(), impl
+        np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5, err_msg=impl)
+
+
+def test_fully_masked_rows_are_finite_and_agree():
+    q, k, v, _ = _inputs()
+    mask = jnp.zeros((B, 1, TQ, TK), bool)
+    outs = [dot_product_attention(q, k, v, mask=mask, implementation=impl)
+            for impl in ("xla", "chunked")]
+    for out in outs:
+        assert np.isfinite(np.asarray(out)).all()
+    np.testing.assert_allclose(np.asarray(outs[0]), np.asarray(outs[1]), atol=1e-5)
+
+
+def test_gradients_agree():
+    q, k, v, rng = _inputs(seed=1)
+    bias, mask = _bias_mask(rng, "both")
+    w = jnp.asarray(rng.standard_normal((B, TQ, H, D), dtype=np.float32))
+
+    def loss(q, k, v, bias, impl):
+        out = dot_product_attention(q, k, v, bias=bias, mask=mask, implementation=impl)
+        return (out * w).sum()
+
+    grads = {impl: jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)), static_argnums=4)(
+        q, k, v, bias, impl) for impl in ("xla", "chunked")}
+    for a, b in zip(grads["xla"], grads["chunked"]):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
+
+
+def test_auto_choice_and_default_context():
+    q, k, v, _ = _inputs()
+    assert resolve_implementation("auto", q=q[:, :2], k=k[:, :2], mask=None) == "xla"
+    big = jnp.zeros((1, 512, 1, 8))
+    assert resolve_implementation("auto", q=big, k=big, mask=None) == (
+        "chunked" if jax.default_backend() == "cpu" else resolve_implementation(
+            "auto", q=big, k=big, mask=None))
+    with default_implementation("chunked"):
+        assert resolve_implementation(None, q=q, k=k, mask=None) == "chunked"
+    assert resolve_implementation(None, q=q, k=k, mask=None) in ("xla", "chunked", "cudnn")
+    with pytest.raises(ValueError, match="unknown attention implementation"):
+        dot_product_attention(q, k, v, implementation="flash")
+
+
+def test_bad_shapes_raise_clear_errors():
+    q, k, v, _ = _inputs()
+    with pytest.raises(ValueError, match="does not broadcast"):
+        dot_product_attention(q, k, v, bias=jnp.zeros((B, 1, 1, TK + 1)),
+                              implementation="chunked")
+    with pytest.raises(ValueError, match="attention expects"):
+        dot_product_attention(q, k[:, :, :2], v, implementation="xla")
+
+
+def test_class_attention_matches_full_rows():
+    q, k, v, rng = _inputs(tq=TK, tk=TK)
+    bias = jnp.asarray(np.log(rng.integers(1, 5, (B, 1, 1, TK))).astype(np.float32))
+    probs = class_attention(q[:, :2], k, bias=bias)
+    chex.assert_shape(probs, (B, H, 2, TK))
+    np.testing.assert_allclose(np.asarray(probs.sum(-1)), 1.0, atol=1e-6)
+    # Probabilities @ v reproduce the first two rows of the full attention output.
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    full = dot_product_attention(q, k, v, bias=bias, implementation="chunked")
+    np.testing.assert_allclose(np.asarray(out), np.asarray(full[:, :2]), atol=1e-5)
+
+
+def test_self_attention_param_shapes_and_implementations():
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 30, 12), dtype=np.float32))
+    module = SelfAttention(num_heads=3)
+    params = module.init(jax.random.key(0), x)["params"]
+    chex.assert_shape(params["qkv"]["kernel"], (12, 3, 3, 4))
+    chex.assert_shape(params["out"]["kernel"], (3, 4, 12))
+    outs = []
+    for impl in ("xla", "chunked"):
+        with default_implementation(impl):
+            outs.append(module.apply({"params": params}, x)[0])
+    np.testing.assert_allclose(np.asarray(outs[0]), np.asarray(outs[1]), atol=1e-5)

@@ -1,0 +1,86 @@
+"""MAC counting (by hand and against XLA), token plans, timing and memory helpers."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import throughput
+from fast_ast_jax import bench
+from fast_ast_jax.models import attention
+from fast_ast_jax.models.ast import create_ast
+
+# width 8, 2 heads, mlp 16, 2 blocks; 16 mel x 36 frames -> 1 x 3 patches + CLS + DIST = 5.
+TOY = dict(width=8, depth=2, num_heads=2, mlp_dim=16, num_mel_bins=16, frames=36,
+           num_classes=3)
+
+
+def test_macs_by_hand():
+    macs = bench.ast_macs(create_ast("tiny", **TOY))
+    t, w = 5, 8
+    per_block = dict(qkv=3 * t * w * w, attn_scores=t * t * w, attn_values=t * t * w,
+                     attn_out=t * w * w, mlp=2 * t * w * 16)
+    want = dict(patch_embed=3 * 16 * 16 * w, head=w * 3, tome_match=0, topk_cls_attn=0,
+                **{k: 2 * v for k, v in per_block.items()})
+    assert macs.parts == want
+    assert macs.total == 3 * 256 * 8 + 2 * (960 + 200 + 200 + 320 + 1280) + 24 == 12088
+    assert [(lt.tokens_in, lt.tokens_out) for lt in macs.layers] == [(5, 5), (5, 5)]
+
+
+def test_macs_scale_with_frames():
+    model = create_ast("base")
+    full, half = bench.ast_macs(model), bench.ast_macs(model, frames=512)
+    assert full.layers[0].tokens_in == 2 + 12 * 101 == 1214
+    assert half.layers[0].tokens_in == 2 + 12 * 50
+    # AST-base at 1024 frames: ~130 GMACs of transformer blocks (T=1214, W=768).
+    blocks = 12 * (4 * 1214 * 768 ** 2 + 2 * 1214 ** 2 * 768 + 2 * 1214 * 768 * 3072)
+    assert full.total - full.parts["patch_embed"] - full.parts["head"] == blocks
+    assert half.total < full.total / 2
+
+
+def _xla_ratio(model, frames, mel):
+    x = jnp.zeros((1, frames, mel))
+    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
+    # The plain attention: XLA's cost analysis counts a loop body once, not per iteration.
+    with attention.default_implementation("xla"):
+        flops = bench.xla_flops(lambda p, x: model.apply({"params": p}, x), params, x)
+    return flops / (2 * bench.ast_macs(model, frames=frames).total)
+
+
+def test_macs_match_xla_cost_analysis():
+    # XLA also counts elementwise flops (LayerNorm, GELU, softmax, adds): ~8% here.
+    model = create_ast("tiny", width=128, depth=2, num_heads=2, mlp_dim=512, frames=256,
+                       num_mel_bins=64, num_classes=10)
+    assert 1.0 <= _xla_ratio(model, 256, 64) <= 1.10
+
+
+def test_measure_throughput_and_memory():
+    x = jnp.ones((64, 64))
+    fn = jax.jit(lambda x: jnp.tanh(x @ x).sum())
+    timing = bench.measure_throughput(fn, x, warmup=1, repeats=3)
+    assert len(timing.times) == 3 and all(t > 0 for t in timing.times)
+    assert timing.median > 0 and timing.rate(4) > 0
+    memory = bench.compiled_memory(jax.grad(lambda x: jnp.tanh(x @ x).sum()), x)
+    assert memory["temp"] > 0 and memory["argument"] == 64 * 64 * 4
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        bench.measure_throughput(fn, x, repeats=0)
+
+
+def test_throughput_script_smoke(tmp_path, capsys):
+    out = tmp_path / "t.json"
+    rows = throughput.main(["--size", "tiny", "--depth", "2", "--frames", "48", "--batch", "1",
+                            "--repeats", "1", "--r", "--keep-rates", "--no-torch",
+                            "--no-train", "--out", str(out)])
+    assert [r["setting"] for r in rows] == ["baseline", "baseline, xla attention"]
+    assert all(r["clips_per_s"] > 0 and r["gmacs"] > 0 for r in rows)
+    assert out.exists() and "| 48 | baseline |" in capsys.readouterr().out
+
+
+def test_markdown_table_columns():
+    rows = [dict(table="forward", frames=8, setting="baseline", tokens_out=5, gmacs=1.0,
+                 clips_per_s=2.0, speedup=1.0, ideal_speedup=1.0, efficiency=1.0,
+                 vs_torch=1.5)]
+    text = throughput.markdown(rows)
+    assert "JAX/PyTorch" in text and "| 8 | baseline | 5 | 1.0 | 2.000 |" in text
+    assert np.isclose(rows[0]["vs_torch"], 1.5)

@@ -1,0 +1,174 @@
+"""Data sources, the batching pipeline and augmentation."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from fast_ast_jax.audio import augment
+from fast_ast_jax.audio.frontend import FrontEnd
+from fast_ast_jax.data import FolderSource, SyntheticSource, make_source
+from fast_ast_jax.data.pipeline import Augment, Pipeline
+from fast_ast_jax.data.synthetic import CLASSES
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+FE = FrontEnd(num_mel_bins=32, target_frames=48)
+
+
+def write_folder(root: Path, rows: list[tuple[str, str, str]], *, sr: int = 8000,
+                 header=("filename", "label", "fold")) -> Path:
+    """Generated wavs (chirps of label-dependent pitch) and a CSV describing them."""
+    (root / "audio").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name, label, _ in rows:
+        f0 = 300 + 200 * (abs(hash(label)) % 5)
+        t = np.arange(int(sr * rng.uniform(0.2, 0.4))) / sr
+        sf.write(root / "audio" / name, 0.5 * np.sin(2 * np.pi * f0 * t), sr)
+    with open(root / "meta.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return root / "meta.csv"
+
+
+def test_synthetic_is_deterministic_varied_and_balanced():
+    src = SyntheticSource(num_examples=16, seed=3, sample_rate=16000)
+    a, b = src[5], src[5]
+    np.testing.assert_array_equal(a["audio"], b["audio"])
+    assert a["audio"].dtype == np.float32 and a["audio"].ndim == 1
+    assert len({len(src[i]["audio"]) for i in range(16)}) > 8  # variable length
+    assert sorted(src[i]["label"] for i in range(16)) == sorted(list(range(8)) * 2)
+    assert len(CLASSES) >= 8 and src.labels == list(CLASSES)
+    other = SyntheticSource(num_examples=16, seed=3, split="eval")
+    assert not np.array_equal(other[5]["audio"][:100], a["audio"][:100])
+    for i in range(8):  # every class renders, finite, not silent
+        x = src[i]["audio"]
+        assert np.isfinite(x).all() and np.abs(x).max() > 0.1
+
+
+def test_folder_source_selects_labels_and_resamples(tmp_path):
+    rows = [(f"{i}.wav", lab, fold) for i, (lab, fold) in
+            enumerate([("dog", "1"), ("cat", "1"), ("dog", "2"), ("bird", "2")])]
+    meta = write_folder(tmp_path, rows)
+    src = make_source("folder", sample_rate=16000, csv_path=meta, audio_dir=tmp_path / "audio",
+                      select={"fold": "2"})
+    assert len(src) == 2 and src.labels == ["bird", "cat", "dog"]  # labels from all rows
+    ex = src[1]
+    assert ex["label"] == 0 and ex["id"] == "3.wav"
+    n = sf.info(tmp_path / "audio" / "3.wav").frames
+    assert abs(len(ex["audio"]) - 2 * n) <= 2  # 8 kHz -> 16 kHz
+    both = FolderSource(csv_path=meta, audio_dir=tmp_path / "audio", select={"fold": ["1", "2"]},
+                        labels=["dog", "cat", "bird"])
+    assert len(both) == 4 and both[0]["label"] == 0
+
+
+def test_folder_source_multi_label(tmp_path):
+    meta = write_folder(tmp_path, [("a.wav", "x;y", "1"), ("b.wav", "z", "1")])
+    src = FolderSource(csv_path=meta, audio_dir=tmp_path / "audio", multi_label=True)
+    np.testing.assert_array_equal(src[0]["label"], [1, 1, 0])
+    with pytest.raises(ValueError, match="multi_label"):
+        FolderSource(csv_path=meta, audio_dir=tmp_path / "audio")
+
+
+def test_folder_source_errors(tmp_path):
+    meta = write_folder(tmp_path, [("a.wav", "x", "1"), ("b.wav", "y", "1")])
+    audio = tmp_path / "audio"
+    with pytest.raises(ValueError, match="no column 'split'"):
+        FolderSource(csv_path=meta, audio_dir=audio, select={"split": "train"})
+    with pytest.raises(ValueError, match="unknown label"):
+        FolderSource(csv_path=meta, audio_dir=audio, labels=["x"])
+    with pytest.raises(ValueError, match="no rows match"):
+        FolderSource(csv_path=meta, audio_dir=audio, select={"fold": "9"})
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        FolderSource(csv_path=tmp_path / "nope.csv")
+    (audio / "b.wav").unlink()
+    with pytest.raises(FileNotFoundError, match="b.wav"):
+        FolderSource(csv_path=meta, audio_dir=audio)
+
+
+def test_fsdd_meta_csv():
+    fsdd = SHARED / "fsdd"
+    if not (fsdd / "meta.csv").is_file():
+        pytest.skip("../shared/data/fsdd is absent (same behaviour covered on generated audio)")
+    held_out = FolderSource(csv_path=fsdd / "meta.csv", select={"fold": "test"})
+    official = FolderSource(csv_path=fsdd / "meta.csv", select={"official_split": "test"})
+    assert (len(held_out), len(official)) == (500, 300)
+    assert held_out.labels == [str(d) for d in range(10)]
+    ex = held_out[0]
+    assert ex["audio"].dtype == np.float32 and 0.1 * 16000 < len(ex["audio"]) < 2.5 * 16000
+
+
+def pipeline(n=24, batch=8, train=True, **kw):
+    src = SyntheticSource(num_examples=n, seed=0, min_seconds=0.1, max_seconds=0.3)
+    return Pipeline(src, frontend=FE, batch_size=batch, train=train, seed=1,
+                    process_index=kw.pop("process_index", 0),
+                    process_count=kw.pop("process_count", 1), **kw)
+
+
+def test_pipeline_shapes_shuffle_and_resume():
+    p = pipeline(augment=Augment(freqm=8, timem=8, mixup=0.5))
+    assert p.steps_per_epoch == 3
+    b = p.batch(0, 0)
+    assert b["x"].shape == (8, 48, 32) and b["y"].shape == (8, 8) and b["mask"].all()
+    np.testing.assert_array_equal(b["x"], pipeline(augment=p.augment).batch(0, 0)["x"])
+    assert not np.array_equal(p.batch(0, 0)["y"], p.batch(1, 0)["y"])  # reshuffled
+    full = [(bt["x"], pos) for _, (bt, pos) in zip(range(7), p.iterate())]
+    resumed = [(bt["x"], pos) for (bt, pos), _ in zip(p.iterate(epoch=1, index=1), range(3))]
+    for (x1, p1), (x2, p2) in zip(full[4:], resumed):
+        np.testing.assert_array_equal(x1, x2)
+        assert p1 == p2
+    assert [pos for _, pos in full[:4]] == [(0, 1), (0, 2), (1, 0), (1, 1)]
+
+
+def test_pipeline_hosts_partition_the_global_batch():
+    one = pipeline(process_count=1)
+    halves = [pipeline(process_index=i, process_count=2) for i in range(2)]
+    np.testing.assert_array_equal(
+        np.concatenate([h.batch(2, 1)["x"] for h in halves]), one.batch(2, 1)["x"])
+
+
+def test_eval_pipeline_pads_with_mask():
+    p = pipeline(n=10, batch=4, train=False)
+    batches = [b for b, _ in p.iterate()]
+    assert len(batches) == 3 and batches[-1]["mask"].tolist() == [1, 1, 0, 0]
+    assert batches[-1]["y"][2:].sum() == 0
+
+
+def test_feature_cache_file(tmp_path):
+    p = pipeline(cache_dir=tmp_path, cache_key="k")
+    files = list(tmp_path.glob("features-*.npz"))
+    assert len(files) == 1
+    q = pipeline(cache_dir=tmp_path, cache_key="k")
+    np.testing.assert_array_equal(p.example(3)[0], q.example(3)[0])
+
+
+def test_spec_augment_and_mixup():
+    rng = np.random.default_rng(0)
+    x = np.zeros((50, 20), np.float32)
+    masked = [augment.spec_augment(x, freqm=10, timem=20, fill=1.0, rng=rng)
+              for _ in range(20)]
+    for m in masked:
+        cols, rows = np.where(m.all(axis=0))[0], np.where(m.all(axis=1))[0]
+        for idx in (cols, rows):  # one contiguous band each
+            assert len(idx) == 0 or idx[-1] - idx[0] + 1 == len(idx)
+        assert len(cols) < 10 and len(rows) < 20
+    assert any(m.any() for m in masked)
+    y1, y2 = np.eye(3)[0], np.eye(3)[2]
+    xm, ym = augment.mixup(np.ones((2, 2)), y1, np.zeros((2, 2)), y2, rng=rng)
+    assert np.isclose(ym.sum(), 1.0) and np.allclose(xm, ym[0]) and 0.2 < ym[0] < 0.8
+    with pytest.raises(ValueError, match="probability"):
+        Augment(mixup=1.5)
+
+
+def test_training_imports_do_not_load_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys, fast_ast_jax.train.loop, fast_ast_jax.train.evaluation, "
+            "fast_ast_jax.predict; print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], check=True)
+    assert out.stdout.strip() == "False"
