@@ -25,7 +25,7 @@ from fast_ast_jax.data import make_source
 from fast_ast_jax.data.packed import PackedPipeline, PackSpec
 from fast_ast_jax.data.pipeline import Augment
 from fast_ast_jax.models.ast import SIZES, model_fields
-from fast_ast_jax.models.elastic import ElasticAST
+from fast_ast_jax.models.elastic import ElasticAST, check_positions
 from fast_ast_jax.train import metrics as metrics_lib
 from fast_ast_jax.train.checkpoint import Checkpointer
 from fast_ast_jax.train.state import TrainState, learning_rate_schedule, make_optimizer
@@ -111,6 +111,7 @@ def evaluate_packed(params, *, model: ElasticAST, pipeline: PackedPipeline,
     eval_fn = eval_fn or jax.jit(functools.partial(packed_eval_step, model=model))
     logits, targets = [], []
     for batch, _ in pipeline.iterate():
+        check_positions(model, batch["positions"])
         out = np.asarray(eval_fn(params, {k: batch[k] for k in
                                           ("patches", "segment_ids", "positions",
                                            "slot_index")}))
@@ -205,6 +206,7 @@ def train_elastic(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     try:
         while step < total_steps:
             batch, position = next(batches)
+            check_positions(model, batch["positions"])
             state, m = step_fn(state, batch)
             step += 1
             if step % config.log_every == 0 or step == total_steps:
