@@ -128,7 +128,8 @@ class AST(nn.Module):
             `tome.parse_r`), or a list / tuple of another length with per-block values
             (padded with zeros). 0 = off. Clamped per block to half the mergeable tokens.
         tome_prop_attn: proportional attention: log(token size) added to the attention
-            logits of every key once tokens have been merged.
+            logits of every key once tokens have been merged (only when ToMe is on; the
+            sizes then include EViT-fused tokens).
         prune_keep_rate: TopK pruning keeps ceil(rate * patch tokens) in each pruning block
             (1 = off).
         prune_layers: 0-based blocks that prune.
@@ -270,9 +271,12 @@ class AST(nn.Module):
         if self.trace_source:
             source = jnp.broadcast_to(jnp.eye(t0, dtype=jnp.float32), (b, t0, t0))
         state = _ReductionState(None, source)
+        # Proportional attention belongs to ToMe: pure pruning (with or without EViT
+        # fusion) keeps plain attention, as in the pruning reference.
+        prop_attn = self.tome_prop_attn and any(lp.r > 0 for lp in plan)
         for i, lp in enumerate(plan):
             bias = None
-            if self.tome_prop_attn and state.size is not None:
+            if prop_attn and state.size is not None:
                 bias = jnp.log(state.size)[:, None, None, :, 0]  # (B, 1, 1, T) key bias
             reduce = None
             if lp.keep is not None or lp.r > 0:
