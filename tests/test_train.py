@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -13,14 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ml_collections import config_flags  # noqa: F401  (config files import ml_collections)
 
 from fast_ast_jax.data.pipeline import Pipeline
 from fast_ast_jax.train import loop
 from fast_ast_jax.train.checkpoint import Checkpointer
 from fast_ast_jax.train.evaluation import evaluate_checkpoint, parse_sweep
 from fast_ast_jax.predict import predict
-from tests.test_data import SHARED, write_folder
+from tests.test_data import write_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,14 +107,15 @@ def test_esc50_recipe_one_step(tmp_path):
     run_one_step(c, tmp_path)
 
 
-def test_speechcommands_recipe_one_step(tmp_path):
+def test_speechcommands_recipe_one_step_bf16(tmp_path):
     c = tiny(load_config("speechcommands"))
+    c.model.dtype = "bfloat16"
     rows = [(f"{i}.wav", ["yes", "no", "up"][i % 3], "train" if i < 8 else "valid")
             for i in range(12)]
     paths = folder_data(tmp_path, ("filename", "label", "split"), rows)
     c.data.train.update(paths)
     c.data.eval.update(paths)
-    run_one_step(c, tmp_path)
+    run_one_step(c, tmp_path, reevaluate=True)
 
 
 def test_audioset_recipe_one_step(tmp_path):
@@ -199,6 +200,22 @@ def test_interrupted_run_resumes_same_order_and_params(tmp_path, monkeypatch):
     a, b = losses("a"), losses("b")
     assert len(b) == 4 + 2  # steps 1-4, then 5-6 after the resume from step 4
     np.testing.assert_allclose(b, a, rtol=1e-5)
+
+    # Preemption: SIGTERM -> checkpoint at the current step (not a multiple of
+    # checkpoint_every) and stop; the next run resumes there.
+    def preempted(self, **kw):
+        for k, item in enumerate(original(self, **kw)):
+            if k == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield item
+
+    monkeypatch.setattr(Pipeline, "iterate", preempted)
+    stopped = loop.train_and_evaluate(config(), str(tmp_path / "c"))
+    assert stopped["step"] == 4  # finished the step under way, then saved and stopped
+    monkeypatch.setattr(Pipeline, "iterate", original)
+    resumed = loop.train_and_evaluate(config(), str(tmp_path / "c"))
+    chex.assert_trees_all_close(resumed["state"].params, straight["state"].params,
+                                rtol=1e-6, atol=1e-7)
 
 
 SHARDED = textwrap.dedent("""

@@ -5,6 +5,7 @@ plus `labels` (names in logit order), `multi_label` and `sample_rate`.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from fast_ast_jax.data.folder import FolderSource
@@ -16,14 +17,21 @@ SOURCES = ("synthetic", "folder", "tfds")
 def make_source(kind: str, *, sample_rate: int, **kwargs: Any):
     """Build a source by name; `kwargs` are the source's constructor arguments."""
     if kind == "synthetic":
-        return SyntheticSource(sample_rate=sample_rate, **kwargs)
-    if kind == "folder":
-        return FolderSource(sample_rate=sample_rate, **kwargs)
-    if kind == "tfds":
+        cls = SyntheticSource
+    elif kind == "folder":
+        cls = FolderSource
+    elif kind == "tfds":
         from fast_ast_jax.data.tfds_source import TfdsSource  # lazy: imports TensorFlow
 
-        return TfdsSource(sample_rate=sample_rate, **kwargs)
-    raise ValueError(f"unknown data source {kind!r}; choose one of {SOURCES}")
+        cls = TfdsSource
+    else:
+        raise ValueError(f"unknown data source {kind!r}; choose one of {SOURCES}")
+    allowed = set(inspect.signature(cls).parameters) - {"sample_rate"}
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise ValueError(f"data source {kind!r} has no argument(s) {unknown} (check "
+                         f"config.data.train / config.data.eval); it takes {sorted(allowed)}")
+    return cls(sample_rate=sample_rate, **kwargs)
 
 
 __all__ = ["FolderSource", "SOURCES", "SyntheticSource", "make_source"]

@@ -52,7 +52,8 @@ class TfdsSource:
         self.labels = list(label_feature.names)
         self.source_rate = int(getattr(features[audio_key], "sample_rate", None) or sample_rate)
         self.sample_rate, self.bit_depth, self.name = sample_rate, bit_depth, name
-        self.split, self.audio_key, self.label_key, self.id_key = split, audio_key, label_key, id_key
+        self.split, self.id_key = split, id_key
+        self.audio_key, self.label_key = audio_key, label_key
         if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
             self._data = builder.as_data_source(split=split)
         else:

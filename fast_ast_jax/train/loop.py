@@ -61,14 +61,20 @@ def loss_kind(config, multi_label: bool) -> str:
     return config.loss or ("sigmoid" if multi_label else "softmax")
 
 
+@functools.lru_cache(maxsize=8)
+def _eval_fns(model: AST, mesh):
+    """Jitted forward and label gather, cached so periodic evals compile once."""
+    replicated = NamedSharding(mesh, P())
+    fwd = jax.jit(functools.partial(eval_step, model=model), out_shardings=replicated)
+    gather = jax.jit(lambda b: (b["y"], b["mask"]), out_shardings=replicated)
+    return fwd, gather
+
+
 def evaluate(params, *, model: AST, pipeline: Pipeline, mesh, multi_label: bool,
              desc: str = "eval") -> dict[str, float]:
     """accuracy (and mAP for multi-label) over one pass of `pipeline`, plus clips/s of the
     model alone (jitted forward, compilation excluded)."""
-    replicated = NamedSharding(mesh, P())
-    fwd = jax.jit(functools.partial(eval_step, model=model),
-                  out_shardings=replicated)
-    gather = jax.jit(lambda b: (b["y"], b["mask"]), out_shardings=replicated)
+    fwd, gather = _eval_fns(model, mesh)
     logits, targets, masks, seconds, clips = [], [], [], 0.0, 0
     for i, (local, _) in enumerate(tqdm(pipeline.iterate(), total=pipeline.steps_per_epoch,
                                         desc=desc, leave=False,
