@@ -16,6 +16,15 @@ from fast_ast_jax.models.elastic import ElasticAST
 RNG = np.random.default_rng(0)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def fast_compile():
+    """Most XLA optimisations off (tiny programs, compile time dominates), restored after."""
+    old = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)
+
+
 def _segments(lengths, total):
     """Row of segment ids: samples of the given lengths, then padding up to `total`."""
     seg = np.concatenate([np.full(n, s + 1) for s, n in enumerate(lengths)]
@@ -71,7 +80,8 @@ def _merge_layer(x, metric, seg, size, source, *, r, slots):
 def test_quota_is_each_samples_share_when_padding_absorbs():
     seg = jnp.asarray(_segments([8, 4, 6], 40))[None]
     metric = jnp.asarray(RNG.normal(size=(1, 40, 8)), jnp.float32)
-    merge, new_seg = pr.packed_bipartite_matching(metric, seg, r=10, num_slots=3)
+    new_seg = jax.jit(lambda m, s: pr.packed_bipartite_matching(m, s, r=10, num_slots=3)[1])(
+        metric, seg)
     counts = [int((new_seg == s).sum()) for s in range(4)]
     # floor(10 * n / 40) merges per sample: 2, 1, 1; padding (22 tokens) takes the other 6.
     assert counts == [22 - 6, 8 - 2, 4 - 1, 6 - 1]
@@ -81,16 +91,19 @@ def test_single_sample_equals_tome():
     t, r = 16, 5
     metric = jnp.asarray(RNG.normal(size=(1, t, 8)), jnp.float32)
     x = jnp.asarray(RNG.normal(size=(1, t, 3)), jnp.float32)
-    ref_merge, _ = tome.bipartite_soft_matching(metric, r=r)
-    merge, _ = pr.packed_bipartite_matching(metric, jnp.ones((1, t), jnp.int32), r=r,
-                                            num_slots=1)
+
+    @jax.jit
+    def per_token(metric, x):
+        """Each original token's merged value, for ToMe and the packed matcher."""
+        ref_merge, _ = tome.bipartite_soft_matching(metric, r=r)
+        merge, _ = pr.packed_bipartite_matching(metric, jnp.ones((1, t), jnp.int32), r=r,
+                                                num_slots=1)
+        ref_x, got_x = tome.merge_wavg(ref_merge, x)[0], tome.merge_wavg(merge, x)[0]
+        return (jnp.einsum("rjt,rjc->rtc", tome.merge_source(ref_merge, x), ref_x),
+                jnp.einsum("rjt,rjc->rtc", tome.merge_source(merge, x), got_x), ref_x, got_x)
+
     # Same groups and values; only the order of the output tokens differs.
-    ref_x, _ = tome.merge_wavg(ref_merge, x)
-    got_x, _ = tome.merge_wavg(merge, x)
-    ref_src = tome.merge_source(ref_merge, x)
-    got_src = tome.merge_source(merge, x)
-    per_token_ref = jnp.einsum("rjt,rjc->rtc", ref_src, ref_x)
-    per_token_got = jnp.einsum("rjt,rjc->rtc", got_src, got_x)
+    per_token_ref, per_token_got, ref_x, got_x = per_token(metric, x)
     assert got_x.shape == ref_x.shape == (1, t - r, 3)
     np.testing.assert_allclose(per_token_got, per_token_ref, atol=1e-6)
 
@@ -99,10 +112,16 @@ def test_topk_keeps_each_samples_best_tokens():
     lengths, t, slots, rate = [[7, 1, 4], [12], [1, 1, 1, 1]], 12, 4, 0.5
     seg = jnp.asarray(np.stack([_segments(n, t) for n in lengths]))
     score = jnp.asarray(RNG.normal(size=(3, t)), jnp.float32)
-    select, new_seg = pr.packed_topk(score, seg, keep_rate=rate, num_slots=slots)
+
+    @jax.jit
+    def run(score, seg):
+        select, new_seg = pr.packed_topk(score, seg, keep_rate=rate, num_slots=slots)
+        return select(score), new_seg
+
+    kept_score, new_seg = run(score, seg)
+    kept_score = np.asarray(kept_score)
     keep = pr.row_keep_count(t, rate, slots)
     assert new_seg.shape == (3, keep) == (3, min(t, 6 + 4))
-    kept_score = np.asarray(select(score))
     for b, row in enumerate(lengths):
         for s, n in enumerate(row, start=1):
             mine = np.asarray(new_seg[b]) == s
