@@ -20,7 +20,7 @@ from fast_ast_jax.train.elastic import elastic_defaults
 def get_config(arg: str = "fold"):
     c = fsdd_config(arg)
     c.elastic = elastic_defaults()
-    c.elastic.update(rows=4, max_tokens=256, max_slots=16, hops_ms=(10.0, 20.0, 30.0, 40.0),
+    c.elastic.update(rows=4, max_tokens=256, max_slots=32, hops_ms=(10.0, 20.0, 30.0, 40.0),
                      max_frames=256, token_dropout=0.1, pos_embedding="factorised",
                      pool="attn", eval_hops_ms=(10.0, 20.0, 30.0, 40.0),
                      eval_max_frames=(64, 128, 256))

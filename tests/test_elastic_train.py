@@ -58,6 +58,8 @@ def test_pipeline_native_lengths_hops_and_fixed_shapes(source):
             np.testing.assert_array_equal(b["mask"] > 0, b["slot_index"] >= 0)
             np.testing.assert_array_equal(b["y"][b["mask"] == 0], 0.0)
     assert len(shapes) == 1 and hops == {10.0, 40.0}
+    real = sum(int((pipe.batch(0, i)["segment_ids"] > 0).sum()) for i in range(pipe.steps(0)))
+    assert pipe.efficiency(0) == pytest.approx(real / (pipe.steps(0) * 2 * 40))
     assert len(set(seen)) > 6  # clips of both epochs, several steps
     again = PackedPipeline(source, frontend=FRONTEND, spec=SPEC, train=True,
                            hops_ms=(10.0, 40.0), max_frames=48, token_dropout=0.1, seed=1)

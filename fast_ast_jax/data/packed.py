@@ -159,6 +159,11 @@ class PackedPipeline:
     def steps(self, epoch: int = 0) -> int:
         return len(self.plan(epoch))
 
+    def efficiency(self, epoch: int = 0) -> float:
+        """Real tokens / all token places over the epoch's batches (1 = no padding)."""
+        real = sum(self._num_tokens(i, h) for step in self.plan(epoch) for i, h in step)
+        return real / (self.steps(epoch) * self.spec.rows * self.spec.max_tokens)
+
     # -- batches ----------------------------------------------------------------------------
 
     def batch(self, epoch: int, index: int) -> dict[str, np.ndarray]:
