@@ -10,7 +10,7 @@ import pytest
 from fast_ast_jax import packing
 from fast_ast_jax.models.ast import AST, Block
 from fast_ast_jax.models.elastic import (ElasticAST, check_positions, factorise_pos_embed,
-                                         masked_mean_pool, unpack_logits)
+                                         masked_mean_pool, params_from_ast, unpack_logits)
 
 MEL = 32
 KW = dict(num_classes=5, width=32, depth=2, num_heads=2, mlp_dim=64, fstride=16, tstride=16,
@@ -149,3 +149,19 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="prune_layers"):
         ElasticAST(**KW, prune_keep_rate=0.5, prune_layers=(5,)).init(
             jax.random.PRNGKey(0), packed)
+
+
+def test_params_from_ast(ast_params):
+    packed = _batch([_clip(128), _clip(40)])
+    same = ElasticAST(**KW, pos_embedding="ast", pool="mean")
+    init = jax.jit(same.init)(jax.random.PRNGKey(4), packed)["params"]
+    converted = params_from_ast(same, ast_params, ast_grid=(2, 8), num_prefix=2, init=init)
+    apply = jax.jit(same.apply)
+    np.testing.assert_allclose(apply({"params": converted}, packed)[0],
+                               apply({"params": ast_params}, packed)[0], atol=1e-6)
+    longer = ElasticAST(**{**KW, "frames": 256, "num_classes": 7})  # factorised, new head
+    init = jax.jit(longer.init)(jax.random.PRNGKey(4), packed)["params"]
+    converted = params_from_ast(longer, ast_params, ast_grid=(2, 8), num_prefix=2, init=init)
+    assert converted["pos_embed_time"].shape == (16, 32)
+    assert converted["head"] is init["head"] and converted["block_1"] is ast_params["block_1"]
+    assert converted["attn_pool"] is init["attn_pool"]

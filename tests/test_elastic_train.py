@@ -5,6 +5,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -134,3 +135,29 @@ def test_recipe_configs_build():
         from fast_ast_jax.data.pipeline import Augment
         PackedPipeline(SyntheticSource(num_examples=2, sample_rate=16000), frontend=FRONTEND,
                        spec=SPEC, train=True, augment=Augment(mixup=0.5))
+
+
+def test_init_from_pretrained_hf_directory(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from fast_ast_jax import convert
+    from fast_ast_jax.models.ast import AST
+
+    cfg = transformers.ASTConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=256, num_mel_bins=32, max_length=64,
+                                 frequency_stride=16, time_stride=16, num_labels=8)
+    transformers.ASTForAudioClassification(cfg).save_pretrained(tmp_path / "hf")
+    c = load_config("test_elastic")
+    c.update(num_steps=1, init_from=str(tmp_path / "hf"))
+    c.model.update(tome_r=0)
+    c.elastic.update(pos_embedding="ast", pool="mean")
+    c.optim.update(lr=0.0, weight_decay=0.0)  # the step leaves the loaded weights as they are
+    c.data.eval = {}
+    final = elastic.train_elastic(c, str(tmp_path / "w"))
+    params = final["state"].params
+    ast = AST(num_classes=8, width=64, depth=1, num_heads=2, mlp_dim=256, fstride=16,
+              tstride=16, num_mel_bins=32, frames=64)
+    expected = convert.load_into(ast, tmp_path / "hf", seed=c.seed)
+    for name in ("patch_embed", "block_0", "norm", "head_norm", "head"):
+        chex.assert_trees_all_close(params[name], expected[name], atol=1e-7)
+    np.testing.assert_allclose(params["pos_embed"][0, 2:], expected["pos_embed"][0, 2:],
+                               atol=1e-7)

@@ -351,3 +351,38 @@ def factorise_pos_embed(pos_embed: np.ndarray, *, grid: tuple[int, int], num_pre
     if new_grid is not None:
         g = posemb.resize_grid(g, new_shape=new_grid, method="ast")
     return np.asarray(g.mean(axis=1)), np.asarray(g.mean(axis=0))
+
+
+def params_from_ast(model: ElasticAST, ast_params: Mapping[str, Any], *,
+                    ast_grid: tuple[int, int], num_prefix: int,
+                    init: Mapping[str, Any]) -> dict[str, Any]:
+    """An ElasticAST parameter tree from a trained AST's (fine-tuning initialisation).
+
+    Copies patch_embed, blocks, norm, head_norm and head (the head only when its shape
+    matches, e.g. the same class count); adapts the position table to the model's grid
+    (AST rule: centre cut or bilinear), factorised like ElasticAST when
+    pos_embedding="factorised"; attention pooling keeps its fresh initialisation.
+
+    Args:
+        ast_params: AST tree (pos_embed (1, num_prefix + f*t, W) on `ast_grid`).
+        init: a freshly initialised tree of `model` (supplies what AST lacks).
+    """
+    out = {k: v for k, v in init.items()}
+    for name, value in ast_params.items():
+        if name in ("pos_embed", "cls_token", "dist_token") or name not in out:
+            continue
+        if jax.tree.structure(value) == jax.tree.structure(out[name]) and all(
+                np.shape(a) == np.shape(b) for a, b in
+                zip(jax.tree.leaves(value), jax.tree.leaves(out[name]))):
+            out[name] = value
+    grid = model.grid
+    if model.pos_embedding == "factorised":
+        out["pos_embed_freq"], out["pos_embed_time"] = factorise_pos_embed(
+            ast_params["pos_embed"], grid=ast_grid, num_prefix=num_prefix, new_grid=grid)
+    else:
+        table = posemb.resize_tokens(np.asarray(ast_params["pos_embed"]), old_grid=ast_grid,
+                                     new_grid=grid, num_prefix=num_prefix, method="ast")
+        # The packed path never reads the CLS/DIST rows: zeros keep the AST layout.
+        prefix = np.zeros((1, model.num_prefix, table.shape[-1]), table.dtype)
+        out["pos_embed"] = np.concatenate([prefix, np.asarray(table)[:, num_prefix:]], 1)
+    return out

@@ -24,8 +24,8 @@ from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import make_source
 from fast_ast_jax.data.packed import PackedPipeline, PackSpec
 from fast_ast_jax.data.pipeline import Augment
-from fast_ast_jax.models.ast import SIZES, model_fields
-from fast_ast_jax.models.elastic import ElasticAST, check_positions
+from fast_ast_jax.models.ast import AST, SIZES, model_fields
+from fast_ast_jax.models.elastic import ElasticAST, check_positions, params_from_ast
 from fast_ast_jax.train import metrics as metrics_lib
 from fast_ast_jax.train.checkpoint import Checkpointer
 from fast_ast_jax.train.state import TrainState, learning_rate_schedule, make_optimizer
@@ -145,6 +145,20 @@ def elastic_sweep(params, *, model: ElasticAST, source, frontend: FrontEnd, spec
     return rows
 
 
+def init_from_ast(path: str, model: ElasticAST, *, init, seed: int = 0):
+    """ElasticAST params from an AST checkpoint (HF dir, AST .pth, timm DeiT; see
+    fast_ast_jax.convert) of the same size and patch grid, via `params_from_ast`."""
+    from fast_ast_jax import convert
+
+    ast = AST(num_classes=model.num_classes, width=model.width, depth=model.depth,
+              num_heads=model.num_heads, mlp_dim=model.mlp_dim, patch_size=model.patch_size,
+              fstride=model.fstride, tstride=model.tstride, num_mel_bins=model.num_mel_bins,
+              frames=model.frames, dist_token=model.dist_token)
+    ast_params = convert.load_into(ast, path, seed=seed)
+    return params_from_ast(model, ast_params, ast_grid=ast.grid(), num_prefix=ast.num_prefix,
+                           init=init)
+
+
 def _pipeline(config, split: str, *, frontend: FrontEnd, spec: PackSpec, train: bool):
     kwargs = config.data[split].to_dict()
     if not kwargs:
@@ -198,6 +212,9 @@ def train_elastic(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     if ckpt.latest_step() is not None:
         state, saved = ckpt.restore(target=state)
         position = tuple(saved["data_position"])
+    elif config.init_from:
+        params = init_from_ast(config.init_from, model, init=state.params, seed=config.seed)
+        state = state.replace(params=params, opt_state=tx.init(params))
     step_fn = jax.jit(functools.partial(packed_train_step, model=model, tx=tx, loss=loss,
                                         lr_fn=lr_fn), donate_argnums=0)
     writer = metrics_lib.MetricWriter(workdir)
