@@ -11,7 +11,7 @@ Both: 12 clips per step become `rows` rows of 2048 tokens (16x16 patches, stride
 token dropout 0.1, Adam (0.95, 0.999), weight decay 5e-7, lr 1e-5, 1000 warm-up steps.
 Differences to ElasticAST: a fixed number of rows per step (static shapes) instead of 12
 clips per step, attention scaled by 1/sqrt(d), ImageNet/SSAST initialisation via
-config.init_from is not wired into train_elastic (random or AST-checkpoint init only).
+config.init_from takes an AST-layout checkpoint (fast_ast_jax.convert), not a raw ViT.
 """
 from __future__ import annotations
 

@@ -91,10 +91,11 @@ def test_sweep_runs_every_length_and_hop_through_one_program(source):
 
 def test_one_step_test_config(tmp_path):
     c = load_config("test_elastic")
-    c.num_steps = 2
+    c.num_steps = 3
     c.log_every = 1
     final = elastic.train_elastic(c, str(tmp_path / "work"))
-    assert final["step"] == 2 and np.isfinite(final["train_loss"])
+    assert final["step"] == 3 and np.isfinite(final["train_loss"])
+    assert final["train_compilations"] == 1  # 3 steps of different lengths and hops
     table = final["eval_table"]
     assert [(r["hop_ms"], r["max_frames"]) for r in table] == [
         (10.0, 32), (10.0, 64), (20.0, 32), (20.0, 64)]
@@ -102,8 +103,8 @@ def test_one_step_test_config(tmp_path):
              .splitlines()]
     assert "train/loss" in lines[0] and any("eval/hop20_len64/accuracy" in s for s in lines)
     # resuming with a later target continues from the saved step
-    c.num_steps = 3
-    assert elastic.train_elastic(c, str(tmp_path / "work"))["step"] == 3
+    c.num_steps = 4
+    assert elastic.train_elastic(c, str(tmp_path / "work"))["step"] == 4
 
 
 def test_fsdd_elastic_config_on_generated_folder(tmp_path):

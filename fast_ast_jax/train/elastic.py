@@ -176,7 +176,8 @@ def train_elastic(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     """Train ElasticAST on packed batches (resuming from workdir), then evaluate the
     (eval_hops_ms x eval_max_frames) table on config.data.eval.
 
-    Returns {"step", "train_loss", "eval_table" (rows), "state"}.
+    Returns {"step", "train_loss", "eval_table" (rows), "state", "train_compilations"
+    (how often the train step was traced: 1 for any mix of lengths and hops)}.
     """
     workdir = Path(workdir)
     frontend = FrontEnd.from_dict(config.frontend.to_dict())
@@ -215,8 +216,13 @@ def train_elastic(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     elif config.init_from:
         params = init_from_ast(config.init_from, model, init=state.params, seed=config.seed)
         state = state.replace(params=params, opt_state=tx.init(params))
-    step_fn = jax.jit(functools.partial(packed_train_step, model=model, tx=tx, loss=loss,
-                                        lr_fn=lr_fn), donate_argnums=0)
+    traces = []
+
+    def counted_step(state, batch):
+        traces.append(1)  # Python runs once per trace, i.e. per compilation
+        return packed_train_step(state, batch, model=model, tx=tx, loss=loss, lr_fn=lr_fn)
+
+    step_fn = jax.jit(counted_step, donate_argnums=0)
     writer = metrics_lib.MetricWriter(workdir)
     step, final = int(state.step), {}
     batches = train_data.iterate(epoch=position[0], index=position[1])
@@ -249,4 +255,4 @@ def train_elastic(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
                                 for k, v in row.items() if k not in ("hop_ms", "max_frames")})
         final["eval_table"] = table
     writer.close()
-    return {**final, "step": step, "state": state}
+    return {**final, "step": step, "state": state, "train_compilations": len(traces)}
