@@ -7,11 +7,12 @@ datasets); the shapes and hyperparameters are ElasticAST's.
     :length      VoxCeleb-style length elasticity: native lengths up to 3072 frames at
                  10 ms, CE, evaluation over length caps 256..3072 frames.
 
-Both: 12 clips per step become `rows` rows of 2048 tokens (16x16 patches, stride 16),
-token dropout 0.1, Adam (0.95, 0.999), weight decay 5e-7, lr 1e-5, 1000 warm-up steps.
-Differences to ElasticAST: a fixed number of rows per step (static shapes) instead of 12
-clips per step, attention scaled by 1/sqrt(d), ImageNet/SSAST initialisation via
-config.init_from takes an AST-layout checkpoint (fast_ast_jax.convert), not a raw ViT.
+Both: 3 rows of 2048 tokens per step (ElasticAST takes 12 clips per step: 3 rows for 10 s
+clips at 10 ms after token dropout), 16x16 patches with stride 16, token dropout 0.1, Adam
+(0.95, 0.999), weight decay 5e-7, lr 1e-5, 1000 warm-up steps. Differences to ElasticAST:
+a fixed number of rows per step (static shapes) instead of 12 clips per step, attention
+scaled by 1/sqrt(d), and config.init_from takes an AST-layout checkpoint
+(fast_ast_jax.convert), not a raw ImageNet ViT / SSAST file.
 """
 from __future__ import annotations
 
