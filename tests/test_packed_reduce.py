@@ -181,3 +181,22 @@ def test_reduced_model_no_leakage():
     out2, _, _ = apply({"params": params}, _pack(clips, 18))
     np.testing.assert_allclose(out2[0, [0, 2]], out[0, [0, 2]], atol=1e-6)
     assert float(jnp.abs(out2[0, 1] - out[0, 1]).max()) > 1e-4
+
+
+def test_merge_modes_match_tome_definitions():
+    seg = jnp.asarray(_segments([5, 4], 12))[None]
+    metric = jnp.asarray(RNG.normal(size=(1, 12, 8)), jnp.float32)
+    x = jnp.asarray(RNG.normal(size=(1, 12, 3)), jnp.float32)
+
+    @jax.jit
+    def run(metric, x):
+        merge, _ = pr.packed_bipartite_matching(metric, seg, r=4, num_slots=2)
+        src = tome.merge_source(merge, x)
+        return merge(x, "sum"), merge(x, "mean"), merge(x, "amax"), src
+
+    total, mean, amax, src = (np.asarray(a) for a in run(metric, x))
+    for j, group in enumerate(src[0] > 0):
+        members = np.asarray(x)[0, group]
+        np.testing.assert_allclose(total[0, j], members.sum(0), atol=1e-6)
+        np.testing.assert_allclose(mean[0, j], members.mean(0), atol=1e-6)
+        np.testing.assert_allclose(amax[0, j], members.max(0), atol=1e-6)

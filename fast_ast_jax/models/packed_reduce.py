@@ -193,7 +193,9 @@ def packed_bipartite_matching(
             out = jnp.zeros_like(x).at[batch, dst].add(x)
             if mode == "mean":
                 count = jnp.zeros((rows, t), x.dtype).at[batch, dst].add(1)
-                out = out / count.reshape(count.shape + (1,) * (x.ndim - 2))
+                # Merged-away places have count 0 and are dropped; 1 keeps them finite.
+                count = jnp.maximum(count, 1).reshape(count.shape + (1,) * (x.ndim - 2))
+                out = out / count
         return _take(out, keep_idx)
 
     return merge, jnp.take_along_axis(segment_ids, keep_idx, axis=1)

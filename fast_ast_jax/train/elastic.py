@@ -28,6 +28,7 @@ from fast_ast_jax.models.ast import AST, SIZES, model_fields
 from fast_ast_jax.models.elastic import ElasticAST, check_positions, params_from_ast
 from fast_ast_jax.train import metrics as metrics_lib
 from fast_ast_jax.train.checkpoint import Checkpointer
+from fast_ast_jax.train.evaluation import format_table
 from fast_ast_jax.train.state import TrainState, learning_rate_schedule, make_optimizer
 from fast_ast_jax.train.step import loss_fn_for
 
@@ -254,5 +255,6 @@ def train_elastic(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
             writer.write(step, {f"eval/hop{row['hop_ms']:g}_len{row['max_frames']}/{k}": v
                                 for k, v in row.items() if k not in ("hop_ms", "max_frames")})
         final["eval_table"] = table
+        print(format_table(table))
     writer.close()
     return {**final, "step": step, "state": state, "train_compilations": len(traces)}
