@@ -33,7 +33,7 @@ def _clip(frames):
 
 def _batch(clips, *, rows=1, max_tokens=64, max_slots=4):
     samples = [packing.patchify(c) for c in clips]
-    return packing.pack(samples, rows=rows, max_tokens=max_tokens, max_slots=max_slots).__dict__
+    return packing.pack(samples, rows=rows, max_tokens=max_tokens, max_slots=max_slots).arrays()
 
 
 @pytest.fixture(scope="module")

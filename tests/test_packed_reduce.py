@@ -153,7 +153,7 @@ KW = dict(num_classes=4, width=32, depth=2, num_heads=2, mlp_dim=64, fstride=16,
 
 def _pack(clips, max_tokens, slots=4):
     return packing.pack([packing.patchify(c) for c in clips], rows=1, max_tokens=max_tokens,
-                        max_slots=slots).__dict__
+                        max_slots=slots).arrays()
 
 
 def _clip(frames):
