@@ -1,8 +1,6 @@
 """FSDD spoken digits with ElasticAST: native clip lengths and hops of 10-40 ms, packed.
 
-    python -c "from configs.fsdd_elastic import get_config; \
-        from fast_ast_jax.train.elastic import train_elastic; \
-        train_elastic(get_config(), '/tmp/fsdd_elastic')"
+    python train.py --config configs/fsdd_elastic.py:official --workdir /tmp/fsdd_elastic
 
 Same data and model size as configs/fsdd.py, but every clip keeps its own length (up to
 256 frames at its hop, 2.56 s at 10 ms: every FSDD digit) and, in training, a hop drawn

@@ -1,9 +1,7 @@
 """Tiny CPU config for the packed (ElasticAST) path: 1 block, width 64, synthetic clips of
 0.2-0.6 s at hops 10 or 20 ms packed into 2 rows x 48 tokens.
 
-    python -c "from configs.test_elastic import get_config; \
-        from fast_ast_jax.train.elastic import train_elastic; \
-        train_elastic(get_config(), '/tmp/test_elastic')"
+    python train.py --config configs/test_elastic.py --workdir /tmp/test_elastic
 """
 from __future__ import annotations
 
