@@ -7,7 +7,7 @@ Same data and model size as configs/fsdd.py, but every clip keeps its own length
 from {10, 20, 30, 40} ms; clips are packed into 4 rows x 256 tokens per step (16x16 patches
 with stride 16: a 1 s digit at 10 ms is 8 x 6 = 48 tokens). Evaluation reports a table over
 hops 10/20/30/40 ms x length caps 64/128/256 frames, all through one compiled program.
-No result is recorded yet (a full run is ~30 min on 2 CPU cores).
+No result is recorded yet (a full run was not made here).
 """
 from __future__ import annotations
 
