@@ -200,3 +200,21 @@ def test_merge_modes_match_tome_definitions():
         np.testing.assert_allclose(total[0, j], members.sum(0), atol=1e-6)
         np.testing.assert_allclose(mean[0, j], members.mean(0), atol=1e-6)
         np.testing.assert_allclose(amax[0, j], members.max(0), atol=1e-6)
+
+
+def test_received_attention_is_within_sample_attention():
+    seg = jnp.asarray(np.stack([_segments([3, 2], 6), _segments([6], 6)]))
+    q = jnp.asarray(RNG.normal(size=(2, 6, 2, 4)), jnp.float32)
+    k = jnp.asarray(RNG.normal(size=(2, 6, 2, 4)), jnp.float32)
+    got = np.asarray(jax.jit(pr.received_attention)(q, k, seg))
+    logits = np.einsum("rihd,rjhd->rhij", q, k) / 2.0
+    s = np.asarray(seg)
+    allowed = (s[:, :, None] == s[:, None, :]) & (s[:, None, :] > 0)
+    logits = np.where(allowed[:, None], logits, -np.inf)
+    with np.errstate(invalid="ignore"):  # padding queries: no allowed key, dropped below
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs = np.nan_to_num(probs / probs.sum(-1, keepdims=True))
+    want = (probs * (s > 0)[:, None, :, None]).mean(1).sum(1)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # each sample's scores sum to its token count (every real query's row sums to 1)
+    np.testing.assert_allclose(got[0, :3].sum(), 3, atol=1e-5)

@@ -213,9 +213,18 @@ def received_attention(q: jax.Array, k: jax.Array, segment_ids: jax.Array, *,
     Returns:
         (R, T) float32: sum over the sample's queries of the head-averaged probabilities.
     """
-    probs = class_attention(q, k, bias=bias, mask=segment_mask(segment_ids, segment_ids))
+    mask = segment_mask(segment_ids, segment_ids)
     real_q = (segment_ids > 0)[:, None, :, None]
-    return jnp.where(real_q, probs, 0.0).mean(axis=1).sum(axis=1)
+
+    def one_head(qk):
+        # One head at a time: the (R, T, T) probabilities of all heads at once would be the
+        # largest array of the model for long rows.
+        qh, kh = qk
+        probs = class_attention(qh[:, :, None], kh[:, :, None], bias=bias, mask=mask)
+        return jnp.where(real_q, probs, 0.0)[:, 0].sum(axis=1)  # (R, T)
+
+    heads = (jnp.moveaxis(q, 2, 0), jnp.moveaxis(k, 2, 0))  # (H, R, T, D)
+    return jax.lax.map(one_head, heads).mean(axis=0)
 
 
 def packed_topk(
