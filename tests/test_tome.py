@@ -141,7 +141,7 @@ def _np_unmerge(y, plans, t, distill_token):
 
 @pytest.mark.parametrize("t", [11, 12])
 @pytest.mark.parametrize("flags", [(False, False), (True, False), (True, True)])
-@pytest.mark.parametrize("r", [1, 3, 5])
+@pytest.mark.parametrize("r", [2, 5])
 def test_matches_numpy_reference(t, flags, r):
     class_token, distill_token = flags
     rng = np.random.default_rng(100 * t + 10 * r + sum(flags))

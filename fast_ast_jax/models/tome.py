@@ -88,6 +88,8 @@ def bipartite_soft_matching(
         src_side, dst = x[:, ::2], x[:, 1::2]
         unm = jnp.take_along_axis(src_side, unm_idx[..., None], axis=1)
         src = jnp.take_along_axis(src_side, src_idx[..., None], axis=1)
+        # Batched scatter (duplicates accumulate): on CPU 3x faster forward and 1.4x faster
+        # backward than a one-hot einsum (B=4, T=1214, D=768, r=100).
         if mode == "amax":
             dst = dst.at[batch, dst_idx].max(src)
         else:
