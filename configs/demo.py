@@ -4,7 +4,7 @@
     python evaluate.py --checkpoint /tmp/demo
 
 Expected: eval accuracy ~0.97 on 256 held-out clips (measured 0.973) after 512 steps of
-batch 32; 4 min 50 s wall on a shared 2-core CPU (2 min 41 s CPU time), of which ~30 s
+batch 32; 4.5-5 min wall on a shared, busy 2-core CPU (2 min 45 s CPU time), of which ~30 s
 computes the fbank features of the 2,304 clips once.
 """
 from __future__ import annotations

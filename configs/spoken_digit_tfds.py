@@ -34,6 +34,6 @@ def get_config(arg: str = "tfrecord"):
     c.data.train = {**common, "split": "train[:80%]"}
     c.data.eval = {**common, "split": "train[80%:]"}
     c.model.update(size="tiny", fstride=16, tstride=16, dropout=0.1)
-    c.augment.update(freqm=24, timem=24, noise=True)
-    c.optim.update(lr=5e-4, warmup_steps=100, weight_decay=0.05)
+    c.augment.update(freqm=24, timem=24)
+    c.optim.update(lr=1e-3, warmup_steps=100, weight_decay=0.05)
     return c
