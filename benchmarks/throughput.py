@@ -29,6 +29,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import flax.linen as nn
 import numpy as np
 import optax
 
@@ -66,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also time training steps and compiled temp memory")
     p.add_argument("--train-frames", type=int, nargs="*", default=None,
                    help="frames for the training rows (default: every --frames value)")
+    p.add_argument("--profile", action="store_true",
+                   help="also time the parts of one block (where the forward time goes)")
     p.add_argument("--out", type=Path, default=None, help="write the tables (.md or .json)")
     args = p.parse_args(argv)
     if args.batch < 1 or args.repeats < 1:
@@ -240,6 +243,52 @@ def train_table(args, frames: int) -> list[dict]:
     return rows
 
 
+def profile_table(args, frames: int) -> list[dict]:
+    """Seconds per forward spent in each part of the blocks, timed part by part.
+
+    Each part of one block is compiled alone on (batch, tokens, width) inputs and timed in
+    interleaved rounds; the row scales it by depth. The parts do not add up exactly to the
+    whole forward (fusion across parts, patch embedding and head are left out).
+    """
+    s = {**SIZES[args.size], **({} if args.depth is None else dict(depth=args.depth))}
+    w, heads, depth = s["width"], s["num_heads"], s["depth"]
+    tokens = bench.layer_tokens(model_for(args, frames), frames=frames)[0].tokens_in
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((args.batch, tokens, w), dtype=np.float32))
+    q, k, v = (jnp.asarray(rng.standard_normal((args.batch, tokens, heads, w // heads),
+                                               dtype=np.float32)) for _ in range(3))
+    ln = nn.LayerNorm(epsilon=1e-6, use_fast_variance=False)
+    dense = {name: nn.Dense(f) for name, f in (("qkv", 3 * w), ("out", w), ("fc1", s["mlp_dim"]))}
+    fc2 = nn.Dense(w)
+    key = jax.random.key(0)
+    p_ln, p_qkv, p_out, p_fc1 = (m.init(key, x) for m in (ln, *dense.values()))
+    h = jnp.zeros((args.batch, tokens, s["mlp_dim"]))
+    p_fc2 = fc2.init(key, h)
+
+    def mlp(x):
+        y = nn.gelu(dense["fc1"].apply(p_fc1, x), approximate=False)
+        return fc2.apply(p_fc2, y)
+
+    parts = {
+        "2x LayerNorm": (lambda x: ln.apply(p_ln, ln.apply(p_ln, x)), x),
+        "qkv + out projections": (
+                lambda x: dense["out"].apply(p_out, dense["qkv"].apply(p_qkv, x)[..., :w]), x),
+        "attention (chunked)": (lambda q, k, v: attention.dot_product_attention(
+                q, k, v, implementation="chunked"), q, k, v),
+        "attention (xla)": (lambda q, k, v: attention.dot_product_attention(
+                q, k, v, implementation="xla"), q, k, v),
+        "MLP (fc1, exact GELU, fc2)": (mlp, x),
+    }
+    fns = {}
+    for name, (fn, *fargs) in parts.items():
+        compiled = jax.jit(fn).lower(*fargs).compile()
+        fns[name] = lambda c=compiled, a=fargs: c(*a)
+    timings = interleaved(fns, warmup=args.warmup, repeats=args.repeats)
+    return [dict(table="profile", frames=frames, setting=name, batch=args.batch,
+                 tokens=tokens, seconds_per_forward=depth * t.median,
+                 seconds=list(t.times)) for name, t in timings.items()]
+
+
 def markdown(rows: list[dict]) -> str:
     lines = []
     fwd = [r for r in rows if r["table"] == "forward"]
@@ -263,6 +312,13 @@ def markdown(rows: list[dict]) -> str:
                     f"| {r['frames']} | {r['setting']} | {r['gmacs']:.1f} | "
                     f"{r['steps_per_s']:.3f} | {r['speedup']:.2f}x | {r['ideal_speedup']:.2f}x "
                     f"| {r['efficiency']:.2f} | {r['temp_mib']:.0f} | {r['temp_ratio']:.2f} |")
+    prof = [r for r in rows if r["table"] == "profile"]
+    if prof:
+        lines += ["", "| frames | block part (x depth) | tokens | s per forward |",
+                  "|---" * 4 + "|"]
+        for r in prof:
+            lines.append(f"| {r['frames']} | {r['setting']} | {r['tokens']} | "
+                         f"{r['seconds_per_forward']:.3f} |")
     return "\n".join(lines)
 
 
@@ -273,6 +329,8 @@ def main(argv=None) -> list[dict]:
     rows = []
     for frames in args.frames:
         rows += forward_table(args, frames)
+        if args.profile:
+            rows += profile_table(args, frames)
     if args.train:
         for frames in args.train_frames if args.train_frames is not None else args.frames:
             rows += train_table(args, frames)
