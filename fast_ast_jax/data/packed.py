@@ -191,13 +191,13 @@ class PackedPipeline:
             targets.append(y)
         packed = packing.pack(samples, rows=self.spec.rows, max_tokens=self.spec.max_tokens,
                               max_slots=self.spec.max_slots)
-        y = packed.slot_values(np.stack(targets))
-        return {"patches": packed.patches, "segment_ids": packed.segment_ids,
-                "positions": packed.positions,
-                "slot_index": np.where(packed.slot_index >= 0,
-                                       np.asarray([i for i, _ in items] + [-1])[
-                                           packed.slot_index], -1).astype(np.int32),
-                "y": y, "mask": (packed.slot_index >= 0).astype(np.float32)}
+        # Slots name source examples (not positions in this batch) so outputs can be
+        # matched to the dataset; empty slots stay -1.
+        source_index = packed.slot_values(np.asarray([i for i, _ in items], np.int32),
+                                          fill=-1)
+        return {**packed.arrays(), "slot_index": source_index,
+                "y": packed.slot_values(np.stack(targets)),
+                "mask": (packed.slot_index >= 0).astype(np.float32)}
 
     def iterate(self, *, epoch: int = 0, index: int = 0, prefetch: int = 2
                 ) -> Iterator[tuple[dict[str, np.ndarray], tuple[int, int]]]:
