@@ -102,6 +102,11 @@ def test_one_step_test_config(tmp_path):
     lines = [json.loads(s) for s in (tmp_path / "work" / "metrics.jsonl").read_text()
              .splitlines()]
     assert "train/loss" in lines[0] and any("eval/hop20_len64/accuracy" in s for s in lines)
+    rows = elastic.evaluate_elastic_checkpoint(tmp_path / "work", echo=None,
+                                               settings=({}, {"tome_r": 0}))
+    assert len(rows) == 8 and rows[4]["tome_r"] == 0
+    for got, want in zip(rows[:4], table):
+        assert got["accuracy"] == pytest.approx(want["accuracy"])
     # resuming with a later target continues from the saved step
     c.num_steps = 4
     assert elastic.train_elastic(c, str(tmp_path / "work"))["step"] == 4

@@ -27,10 +27,12 @@ from fast_ast_jax.data.pipeline import Augment
 from fast_ast_jax.models.ast import AST, SIZES, model_fields
 from fast_ast_jax.models.elastic import ElasticAST, check_positions, params_from_ast
 from fast_ast_jax.train import metrics as metrics_lib
-from fast_ast_jax.train.checkpoint import Checkpointer
-from fast_ast_jax.train.evaluation import format_table
+from fast_ast_jax.train.checkpoint import Checkpointer, model_fields_from_meta
+from fast_ast_jax.train.evaluation import checkpoint_dir, format_table
 from fast_ast_jax.train.state import TrainState, learning_rate_schedule, make_optimizer
 from fast_ast_jax.train.step import loss_fn_for
+
+MODEL_KIND = "elastic"  # checkpoint meta["model_kind"] of train_elastic runs
 
 # config.model fields that ElasticAST shares with AST.
 _SHARED = ("width", "depth", "num_heads", "mlp_dim", "fstride", "tstride", "dist_token",
@@ -207,8 +209,8 @@ def train_elastic(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
 
     ckpt = Checkpointer(workdir / "checkpoints", every=config.checkpoint_every,
                         keep=config.keep_checkpoints)
-    meta = {"model": model_fields(model), "frontend": frontend.to_dict(), "labels": labels,
-            "loss": loss, "config": json.loads(config.to_json_best_effort())}
+    meta = {"model": model_fields(model), "model_kind": MODEL_KIND,
+            "frontend": frontend.to_dict(), "labels": labels, "loss": loss, "config": json.loads(config.to_json_best_effort())}
     position = (0, 0)
     state = jax.jit(init)(jax.random.PRNGKey(config.seed))
     if ckpt.latest_step() is not None:
@@ -258,3 +260,49 @@ def train_elastic(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
         print(format_table(table))
     writer.close()
     return {**final, "step": step, "state": state, "train_compilations": len(traces)}
+
+
+def load_elastic_checkpoint(path: str | Path) -> tuple[Any, ElasticAST, dict]:
+    """(params, model, meta) of a `train_elastic` checkpoint (latest step).
+
+    Raises:
+        ValueError: if the checkpoint is not an ElasticAST one.
+    """
+    ckpt = Checkpointer(checkpoint_dir(path))
+    try:
+        state, meta = ckpt.restore()
+    finally:
+        ckpt.close()
+    if meta.get("model_kind") != MODEL_KIND:
+        raise ValueError(f"{path} holds a padded AST checkpoint, not an ElasticAST one; "
+                         "evaluate it with fast_ast_jax.train.evaluation")
+    fields = model_fields_from_meta(meta)
+    fields["dtype"] = jnp.dtype(fields["dtype"])
+    return state["params"], ElasticAST(**fields), meta
+
+
+def evaluate_elastic_checkpoint(path: str | Path, *, config=None, split: str = "eval",
+                                settings: Sequence[dict] = ({},),
+                                echo=print) -> list[dict[str, Any]]:
+    """The (eval_hops_ms x eval_max_frames) table of a checkpoint for each model setting
+    (e.g. {"tome_r": 8}); data and table axes from `config` (default: the checkpoint's)."""
+    params, model, meta = load_elastic_checkpoint(path)
+    config = config or ml_collections.ConfigDict(meta["config"])
+    kwargs = config.data[split].to_dict()
+    if not kwargs:
+        raise ValueError(f"config.data.{split} is empty: nothing to evaluate on")
+    frontend = FrontEnd.from_dict(meta["frontend"])
+    source = make_source(config.data.source, sample_rate=frontend.sample_rate, **kwargs)
+    if list(source.labels) != list(meta["labels"]):
+        raise ValueError(f"the {split} data labels {list(source.labels)} differ from the "
+                         f"checkpoint's {meta['labels']}")
+    rows = []
+    for setting in settings:
+        variant = model.clone(**setting)
+        rows += [{**setting, **row} for row in elastic_sweep(
+            params, model=variant, source=source, frontend=frontend,
+            spec=pack_spec(config, variant), hops_ms=config.elastic.eval_hops_ms,
+            max_frames=config.elastic.eval_max_frames, multi_label=meta["loss"] == "sigmoid")]
+    if echo:
+        echo(format_table(rows))
+    return rows
