@@ -49,6 +49,12 @@ def test_pipeline_native_lengths_hops_and_fixed_shapes(source):
                           hops_ms=(10.0, 40.0), max_frames=48, token_dropout=0.1, seed=1)
     frames10, frames40 = len(pipe.clip(0, 10.0)[0]), len(pipe.clip(0, 40.0)[0])
     assert frames40 < frames10 <= 48  # native length, capped; the hop recomputes the fbank
+    uncached = PackedPipeline(source, frontend=FRONTEND, spec=SPEC, train=True,
+                              hops_ms=(10.0, 40.0), max_frames=48, seed=1, cache=False)
+    for i in range(len(source)):  # planning lengths from the audio equal the fbank's
+        for hop in (10.0, 40.0):
+            assert uncached.num_frames(i, hop) == len(pipe.clip(i, hop)[0])
+    np.testing.assert_array_equal(uncached.clip(3, 40.0)[0], pipe.clip(3, 40.0)[0])
     shapes, hops, seen = set(), set(), []
     for e in range(2):
         for i in range(pipe.steps(e)):

@@ -26,7 +26,7 @@ import numpy as np
 
 from fast_ast_jax import packing
 from fast_ast_jax.audio import augment as augment_lib
-from fast_ast_jax.audio.fbank import fbank
+from fast_ast_jax.audio.fbank import fbank, num_frames
 from fast_ast_jax.audio.features import normalize
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data.pipeline import Augment
@@ -66,11 +66,15 @@ class PackedPipeline:
         token_dropout: fraction of each clip's tokens dropped in training (ElasticAST 0.1).
         seed: shuffle / hop / dropout / augmentation seed.
         augment: SpecAugment (timem is scaled by 10 ms / hop, as ElasticAST) and mixup off.
+        cache: keep every (clip, hop) fbank in memory; otherwise recompute per batch.
+            Planning an epoch needs every clip's length, so it reads each clip's audio
+            once (lengths are always cached: one int per clip and hop).
     """
 
     def __init__(self, source, *, frontend: FrontEnd, spec: PackSpec, train: bool,
                  hops_ms: Sequence[float] = (10.0,), max_frames: int = 1024,
-                 token_dropout: float = 0.0, seed: int = 0, augment: Augment = Augment()):
+                 token_dropout: float = 0.0, seed: int = 0, augment: Augment = Augment(),
+                 cache: bool = True):
         if source.sample_rate != frontend.sample_rate:
             raise ValueError(f"source audio is at {source.sample_rate} Hz but the front-end "
                              f"expects {frontend.sample_rate} Hz")
@@ -92,7 +96,9 @@ class PackedPipeline:
         self._frontends = {h: dataclasses.replace(
             frontend, frame_shift_ms=h, frame_length_ms=max(frontend.frame_length_ms, h))
             for h in self.hops_ms}
-        self._cache: dict[tuple[int, float], tuple[np.ndarray, np.ndarray]] = {}
+        self._cache: dict[tuple[int, float], tuple[np.ndarray, np.ndarray]] | None = (
+            {} if cache else None)
+        self._frames: dict[tuple[int, float], int] = {}
         self._plans: dict[int, list[list[tuple[int, float]]]] = {}
 
     # -- clips ------------------------------------------------------------------------------
@@ -110,7 +116,7 @@ class PackedPipeline:
         Capped at max_frames; clips shorter than one patch are zero-padded to one patch.
         """
         key = (index, hop_ms)
-        if key not in self._cache:
+        if self._cache is None or key not in self._cache:
             ex = self.source[index]
             fe = self._frontends[hop_ms]
             rng = np.random.default_rng([self.seed, index]) if fe.dither > 0 else None
@@ -124,11 +130,27 @@ class PackedPipeline:
             if len(feats) < self.spec.patch_size:
                 feats = np.concatenate([feats, np.zeros(
                     (self.spec.patch_size - len(feats), feats.shape[1]), np.float32)])
-            self._cache[key] = (feats, self._target(ex["label"]))
+            out = (feats, self._target(ex["label"]))
+            if self._cache is None:
+                return out
+            self._cache[key] = out
         return self._cache[key]
 
+    def num_frames(self, index: int, hop_ms: float) -> int:
+        """len(self.clip(index, hop_ms)[0]) from the audio length, without an fbank."""
+        key = (index, hop_ms)
+        if key not in self._frames:
+            if self._cache is not None and key in self._cache:
+                self._frames[key] = len(self._cache[key][0])
+            else:
+                fe = self._frontends[hop_ms]
+                n = num_frames(len(self.source[index]["audio"]), window_size=fe.window_size,
+                               hop_size=fe.hop_size)
+                self._frames[key] = max(min(n, self.max_frames), self.spec.patch_size)
+        return self._frames[key]
+
     def _num_tokens(self, index: int, hop: float) -> int:
-        frames = len(self.clip(index, hop)[0])
+        frames = self.num_frames(index, hop)
         f_dim = (self.frontend.num_mel_bins - self.spec.patch_size) // self.spec.fstride + 1
         t_dim = (frames - self.spec.patch_size) // self.spec.tstride + 1
         n = f_dim * t_dim

@@ -171,7 +171,7 @@ def _pipeline(config, split: str, *, frontend: FrontEnd, spec: PackSpec, train: 
     return PackedPipeline(source, frontend=frontend, spec=spec, train=train,
                           hops_ms=tuple(e.hops_ms), max_frames=int(e.max_frames),
                           token_dropout=float(e.token_dropout) if train else 0.0,
-                          seed=config.seed,
+                          seed=config.seed, cache=config.data.cache,
                           augment=Augment(**config.augment) if train else Augment())
 
 
