@@ -7,7 +7,7 @@ Both use 16x16 patches with stride 16 and random weights (speed does not depend 
 Forwards are compiled first, then timed in interleaved rounds (median), so the ratio is taken
 under the same machine load.
 
-    PYTHONPATH=. python benchmarks/packing.py --size tiny --clips 512  # --data DIR
+    PYTHONPATH=. python benchmarks/packing.py --size tiny --clips 512 --r 16  # --data DIR
 """
 from __future__ import annotations
 
@@ -51,6 +51,8 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--slots", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--r", type=int, nargs="*", default=[],
+                    help="also time packed ToMe with these merges per row and block")
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
@@ -69,6 +71,10 @@ def main():
     p_el = jax.jit(el.init)(jax.random.PRNGKey(0), packed)
     runs = {"padded": (jax.jit(ast.apply), p_ast, padded, args.batch),
             "packed": (jax.jit(lambda p, b: el.apply(p, b)[0]), p_el, packed, len(group))}
+    for r in args.r:
+        tome = el.clone(tome_r=r)
+        runs[f"packed r={r}"] = (jax.jit(lambda p, b, m=tome: m.apply(p, b)[0]), p_el,
+                                 packed, len(group))
     times = {k: [] for k in runs}
     for fn, params, x, _ in runs.values():
         jax.block_until_ready(fn(params, x))
@@ -85,7 +91,7 @@ def main():
     for k, (_, _, x, n) in runs.items():
         t = float(np.median(times[k]))
         extra = (f", {float((packed['segment_ids'] > 0).mean()):.3f} real tokens"
-                 if k == "packed" else "")
+                 if k.startswith("packed") else "")
         print(f"{k}: {n} clips per call{extra}: {t * 1e3:.0f} ms -> {n / t:.0f} clips/s")
 
 
