@@ -71,6 +71,14 @@ class Checkpointer:
             state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
         return out.state, out.meta
 
+    def restore_meta(self, step: int | None = None) -> dict:
+        """The JSON metadata of `step` (default latest), without touching the state."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        return self._mgr.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore())).meta
+
     def wait(self) -> None:
         self._mgr.wait_until_finished()
 

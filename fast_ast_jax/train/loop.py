@@ -125,6 +125,28 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._old)
 
 
+def check_resumable(saved: dict, requested: dict, *, directory) -> None:
+    """Refuse to resume a checkpoint made for another model, front-end or label set.
+
+    Orbax restores a subset of a larger tree without complaint (a 12-block checkpoint into a
+    6-block model), so resuming with a changed config would silently train something else.
+    """
+    for key in ("model", "frontend", "labels", "loss"):
+        # JSON round trip: tuples in the live config are lists in the saved metadata.
+        want = json.loads(json.dumps(requested[key]))
+        have = saved.get(key)
+        if have == want:
+            continue
+        if isinstance(want, dict) and isinstance(have, dict):
+            diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+            detail = ", ".join(f"{k}: checkpoint {have.get(k)!r} vs config {want.get(k)!r}"
+                               for k in diff)
+        else:
+            detail = f"checkpoint {have!r} vs config {want!r}"
+        raise ValueError(f"{directory}: cannot resume, the checkpoint's {key} differs from the "
+                         f"config ({detail}); use a new --workdir or the original config")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train (resuming from workdir if it holds a checkpoint), evaluate at the end.
 
@@ -182,6 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         keep=config.keep_checkpoints)
     position = (0, 0)
     if ckpt.latest_step() is not None:  # 1. resume
+        check_resumable(ckpt.restore_meta(), meta, directory=ckpt.directory)
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                               abstract, shardings)
         state, saved = ckpt.restore(target=target)
