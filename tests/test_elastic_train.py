@@ -108,6 +108,7 @@ def test_one_step_test_config(tmp_path):
     lines = [json.loads(s) for s in (tmp_path / "work" / "metrics.jsonl").read_text()
              .splitlines()]
     assert "train/loss" in lines[0] and any("eval/hop20_len64/accuracy" in s for s in lines)
+    assert elastic.is_elastic_checkpoint(tmp_path / "work")
     rows = elastic.evaluate_elastic_checkpoint(tmp_path / "work", echo=None,
                                                settings=({}, {"tome_r": 0}))
     assert len(rows) == 8 and rows[4]["tome_r"] == 0
@@ -173,3 +174,14 @@ def test_init_from_pretrained_hf_directory(tmp_path):
         chex.assert_trees_all_close(params[name], expected[name], atol=1e-7)
     np.testing.assert_allclose(params["pos_embed"][0, 2:], expected["pos_embed"][0, 2:],
                                atol=1e-7)
+
+
+def test_padded_checkpoint_is_not_elastic(tmp_path):
+    from fast_ast_jax.train.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(tmp_path / "checkpoints", every=1)
+    ckpt.save(1, {"params": {"w": np.zeros(2, np.float32)}}, {"model": {}, "loss": "softmax"})
+    ckpt.close()
+    assert not elastic.is_elastic_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match="padded AST checkpoint, not an ElasticAST"):
+        elastic.load_elastic_checkpoint(tmp_path)

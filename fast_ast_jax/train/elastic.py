@@ -262,6 +262,16 @@ def train_elastic(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     return {**final, "step": step, "state": state, "train_compilations": len(traces)}
 
 
+def is_elastic_checkpoint(path: str | Path) -> bool:
+    """Whether the latest checkpoint under `path` was written by `train_elastic`."""
+    ckpt = Checkpointer(checkpoint_dir(path))
+    try:
+        _, meta = ckpt.restore()
+    finally:
+        ckpt.close()
+    return meta.get("model_kind") == MODEL_KIND
+
+
 def load_elastic_checkpoint(path: str | Path) -> tuple[Any, ElasticAST, dict]:
     """(params, model, meta) of a `train_elastic` checkpoint (latest step).
 
