@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import signal
 import time
 from pathlib import Path
@@ -54,7 +53,8 @@ def build_pipeline(config, split: str, *, frontend: FrontEnd, train: bool,
     return Pipeline(source, frontend=frontend, batch_size=batch, train=train,
                     seed=config.seed, augment=Augment(**config.augment) if train else Augment(),
                     cache=config.data.cache, cache_dir=config.data.cache_dir or None,
-                    cache_key=json.dumps([config.data.source, kwargs], sort_keys=True))
+                    cache_key=json.dumps([config.data.source, kwargs], sort_keys=True),
+                    on_bad_clip=config.data.on_bad_clip)
 
 
 def loss_kind(config, multi_label: bool) -> str:
@@ -94,6 +94,7 @@ def evaluate(params, *, model: AST, pipeline: Pipeline, mesh, multi_label: bool,
     logits, targets = np.concatenate(logits)[mask], np.concatenate(targets)[mask]
     result = {"accuracy": metrics_lib.accuracy(logits=logits, targets=targets),
               "clips_per_s": clips / max(seconds, 1e-9), "num_clips": float(len(logits))}
+    result["bad_clips"] = float(len(pipeline.bad_clips))
     if multi_label:
         result["mAP"] = metrics_lib.mean_average_precision(logits=logits, targets=targets)
     return result
@@ -108,21 +109,28 @@ def _init_from(path: str, model: AST, *, seed: int):
 
 
 class _Preemption:
-    """SIGTERM (preemption notice) -> save a checkpoint and stop at the next step."""
+    """SIGTERM (preemption notice) or SIGINT (Ctrl-C) -> finish the step under way, save a
+    checkpoint and stop. A second SIGINT interrupts at once (the usual KeyboardInterrupt)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
-        try:
-            self._old = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no handler
-            self._old = None
+        self._old = {}
+        for sig in self.SIGNALS:
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handler
+                pass
 
-    def _handle(self, *_):
+    def _handle(self, signum, _frame):
         self.requested = True
+        if signum == signal.SIGINT:  # the next Ctrl-C is not deferred
+            signal.signal(signum, self._old[signum])
 
     def restore(self):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -184,7 +192,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if ckpt.latest_step() is not None:  # 1. resume
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                               abstract, shardings)
-        state, saved = ckpt.restore(target=target)
+        state, saved = ckpt.restore(target=target, fallback=True)
+        ckpt.quarantine(ckpt.unreadable)  # so that those steps can be saved again
         position = tuple(saved["data_position"])
         if is_main:
             print(f"resumed from step {int(state.step)} at data position {position}")
@@ -208,17 +217,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     batches = train_data.iterate(epoch=position[0], index=position[1])
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=not is_main)
     window, window_start = [], time.perf_counter()
+    nonfinite_run = 0  # consecutive skipped (non-finite) steps
     try:
         while step < total_steps:
-            local, position = next(batches)
+            try:
+                local, position = next(batches)
+            except Exception:  # a data error: keep the progress made so far
+                ckpt.save(step, state, {**meta, "data_position": list(position)}, force=True)
+                raise
             state, m = step_fn(state, sharding.global_batch(local, mesh))
             step += 1
             bar.update(1)
             window.append(m)
+            nonfinite_run = nonfinite_run + 1 if float(m["skipped_nonfinite"]) else 0
+            if nonfinite_run >= config.max_consecutive_nonfinite:
+                raise FloatingPointError(
+                    f"{nonfinite_run} consecutive steps (up to step {step}) had a non-finite "
+                    f"loss or gradient and were skipped; stopping. The last good checkpoint "
+                    f"is step {ckpt.latest_step()} in {ckpt.directory}. Lower optim.lr, check "
+                    "the data for NaN/Inf, or raise config.max_consecutive_nonfinite")
             if step % config.log_every == 0 or step == total_steps:
-                scalars = {k: float(np.mean([float(w[k]) for w in window])) for k in window[0]}
-                if not math.isfinite(scalars["loss"]):
-                    raise FloatingPointError(f"non-finite loss {scalars['loss']} at step {step}")
+                finite = [w for w in window if not float(w["skipped_nonfinite"])]
+                scalars = {k: float(np.mean([float(w[k]) for w in finite or window]))
+                           for k in window[0]}
+                scalars["skipped_nonfinite"] = float(len(window) - len(finite))
+                scalars["bad_clips"] = float(len(train_data.bad_clips))
                 scalars["clips_per_s"] = (len(window) * config.batch_size
                                           / (time.perf_counter() - window_start))
                 scalars["epoch"] = step / steps_per_epoch
