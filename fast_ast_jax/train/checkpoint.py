@@ -77,12 +77,13 @@ def model_fields_from_meta(meta: dict) -> dict[str, Any]:
 class Checkpointer:
     """Periodic saves every `every` steps, keeping the latest `keep`."""
 
-    def __init__(self, directory: str | os.PathLike, *, every: int = 1000, keep: int = 2):
+    def __init__(self, directory: str | os.PathLike, *, every: int = 1000, keep: int = 2,
+                 create: bool = True):
         self.directory = Path(directory).absolute()
         self.every = every
         self._mgr = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create),
             item_handlers={"state": ocp.StandardCheckpointHandler(),
                            "meta": ocp.JsonCheckpointHandler()})
 

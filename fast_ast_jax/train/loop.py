@@ -31,6 +31,7 @@ from fast_ast_jax.train import metrics as metrics_lib
 from fast_ast_jax.train.checkpoint import Checkpointer
 from fast_ast_jax.train.state import TrainState, learning_rate_schedule, make_optimizer
 from fast_ast_jax.train.step import eval_step, train_step
+from fast_ast_jax.train.validate import validate_config
 
 
 def build_model(model_config, *, num_classes: int, frontend: FrontEnd) -> AST:
@@ -100,9 +101,24 @@ def evaluate(params, *, model: AST, pipeline: Pipeline, mesh, multi_label: bool,
     return result
 
 
-def _init_from(path: str, model: AST, *, seed: int):
-    """Pretrained weights (HF dir, AST .pth, timm DeiT) adapted to this model's position
-    grid, with a fresh head when the class count differs (fast_ast_jax.convert)."""
+def _init_from(path: str, model: AST, *, seed: int, fresh):
+    """Pretrained weights: a fast_ast_jax training workdir / checkpoints dir (same model
+    geometry required; a fresh head when the class count differs), or HF dir, AST .pth,
+    timm DeiT adapted to this model's position grid (fast_ast_jax.convert).
+
+    fresh: this model's freshly initialised params (shapes to check against, and the head).
+    """
+    from fast_ast_jax.train.evaluation import checkpoint_dir, is_checkpoint_dir
+
+    if is_checkpoint_dir(path):
+        from fast_ast_jax.train.checkpoint import check_shapes
+        from fast_ast_jax.train.evaluation import load_checkpoint
+
+        params = dict(load_checkpoint(path).params)
+        if params["head"]["kernel"].shape != fresh["head"]["kernel"].shape:
+            params["head"] = fresh["head"]  # another label set: new classifier
+        check_shapes(params, fresh, where=f"config.init_from {checkpoint_dir(path)}")
+        return params
     from fast_ast_jax import convert
 
     return convert.load_into(model, path, seed=seed)
@@ -144,10 +160,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir = Path(workdir)
     is_main = jax.process_index() == 0
     frontend = FrontEnd.from_dict(config.frontend.to_dict())
-    for name in ("batch_size", "eval_batch_size"):
-        if config[name] % jax.device_count():
-            raise ValueError(f"config.{name}={config[name]} must be a multiple of the "
-                             f"{jax.device_count()} devices (the batch is split over them)")
+    validate_config(config, device_count=jax.device_count())
 
     # --- data ------------------------------------------------------------------------------
     train_data = build_pipeline(config, "train", frontend=frontend, train=True)
@@ -200,7 +213,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     else:
         state = jax.jit(init, out_shardings=shardings)(key)  # 3. random
         if config.init_from:  # 2. pretrained
-            params = _init_from(config.init_from, model, seed=config.seed)
+            params = _init_from(config.init_from, model, seed=config.seed,
+                                fresh=state.params)
             params = jax.device_put(params, shardings.params)
             state = jax.jit(lambda p, s: s.replace(params=p, opt_state=tx.init(p)),
                             out_shardings=shardings)(params, state)
