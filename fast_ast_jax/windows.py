@@ -47,14 +47,18 @@ def window_starts(num_samples: int, *, frontend: FrontEnd, hop_frames: int) -> l
 
 def _windows(wave: np.ndarray, *, frontend: FrontEnd, hop_frames: int
              ) -> Iterator[tuple[float, float, np.ndarray]]:
-    """(start_s, end_s, features (T, bins)) of each window of one mono waveform."""
+    """(start_s, end_s, features (T, bins)) of each window of one mono waveform; the last
+    window ends at the clip's end."""
     duration = len(wave) / frontend.sample_rate
-    for start in window_starts(len(wave), frontend=frontend, hop_frames=hop_frames):
+    starts = window_starts(len(wave), frontend=frontend, hop_frames=hop_frames)
+    for k, start in enumerate(starts):
         first = start * frontend.hop_size
         t0 = first / frontend.sample_rate
-        t1 = min(duration, (first + frontend.window_size
-                            + (frontend.target_frames - 1) * frontend.hop_size)
-                 / frontend.sample_rate)
+        # The last window reaches the end of the clip (a tail shorter than one frame hop
+        # is not seen by any frame; a short clip is padded).
+        t1 = duration if k + 1 == len(starts) else (
+            first + frontend.window_size + (frontend.target_frames - 1) * frontend.hop_size
+        ) / frontend.sample_rate
         # features() reads only the samples its target_frames need.
         yield t0, t1, features(wave[first:], frontend=frontend)
 
