@@ -19,11 +19,11 @@ root, port, pid, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv
 sys.path.insert(0, root)
 import jax
 import numpy as np
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.config.update("jax_disable_most_optimizations", True)
-jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
-                           process_id=pid)
-assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 4, 2)
+# The documented launch (docs/MULTIHOST.md): environment + config.distributed=True, which
+# calls jax.distributed.initialize with gloo CPU collectives.
+os.environ.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                  JAX_PROCESS_ID=str(pid))
 from absl import logging
 logging.set_verbosity(logging.WARNING)
 from fast_ast_jax.train import loop
@@ -34,7 +34,9 @@ def run(steps, workdir):
     c.update(num_steps=steps, checkpoint_every=2, log_every=1)
     c.optim.schedule = "constant"  # runs of 2 and 4 steps share their first 2
     c.data.eval.num_examples = 12  # not a multiple of the batch: padded, masked
+    c.distributed = True
     final = loop.train_and_evaluate(c, workdir)
+    assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 4, 2)
     digest = hashlib.sha256()
     for leaf in jax.tree.leaves(final["state"].params):
         digest.update(np.asarray(leaf).tobytes())  # replicated: every host has all of it
