@@ -25,7 +25,7 @@ import soundfile as sf
 from fast_ast_jax.audio import AudioError, load_audio
 from fast_ast_jax.audio.features import features
 from fast_ast_jax.audio.frontend import FrontEnd
-from fast_ast_jax.data import FolderSource, SyntheticSource
+from fast_ast_jax.data import FolderSource
 from fast_ast_jax.data.pipeline import Pipeline
 from fast_ast_jax.models.ast import create_ast
 from fast_ast_jax.predict import predict, predict_windows
@@ -315,7 +315,8 @@ def test_ctrl_c_saves_and_stops(tmp_path, monkeypatch):
     ("batch_size", 0, r"config\.batch_size=0: must be > 0"),
     ("model.prune_keep_rate", 0.0, r"config\.model\.prune_keep_rate=0\.0: .*\(0, 1\]"),
     ("model.prune_keep_rate", 1.5, r"config\.model\.prune_keep_rate=1\.5"),
-    ("model.tome_r", 50, r"config\.model\.tome_r=50: the first block can merge at most 3 of its 6 patch tokens"),
+    ("model.tome_r", 50, r"config\.model\.tome_r=50: the first block can merge at most 3 "
+                         r"of its 6 patch tokens"),
     ("model.dropout", 1.0, r"config\.model\.dropout=1\.0: must lie in \[0, 1\)"),
     ("model.num_heads", 3, r"config\.model\.width=64 is not divisible by num_heads=3"),
     ("model.size", "huge", r"config\.model\.size='huge'"),
