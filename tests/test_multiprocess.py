@@ -29,11 +29,13 @@ logging.set_verbosity(logging.WARNING)
 from fast_ast_jax.train import loop
 from tests.test_train import load_config
 
-def run(steps, workdir):
+def run(steps, workdir, evaluate=False):
     c = load_config("test")
     c.update(num_steps=steps, checkpoint_every=2, log_every=1)
     c.optim.schedule = "constant"  # runs of 2 and 4 steps share their first 2
     c.data.eval.num_examples = 12  # not a multiple of the batch: padded, masked
+    if not evaluate:
+        c.data.eval = {}
     c.distributed = True
     final = loop.train_and_evaluate(c, workdir)
     assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 4, 2)
@@ -41,10 +43,25 @@ def run(steps, workdir):
     for leaf in jax.tree.leaves(final["state"].params):
         digest.update(np.asarray(leaf).tobytes())  # replicated: every host has all of it
     return {"step": final["step"], "params": digest.hexdigest(),
-            "eval_accuracy": final["eval_accuracy"], "eval_num_clips": final["eval_num_clips"]}
+            "eval_accuracy": final.get("eval_accuracy"),
+            "eval_num_clips": final.get("eval_num_clips")}
 
 result = {"first": run(2, out + "/resumed"), "resumed": run(4, out + "/resumed"),
-          "straight": run(4, out + "/straight")}
+          "straight": run(4, out + "/straight", evaluate=True)}
+
+# SIGTERM on host 1 only, during step 3: both hosts save step 3 and stop together.
+import signal
+from fast_ast_jax.data.pipeline import Pipeline
+iterate = Pipeline.iterate
+
+def preempt_host_1(self, **kw):
+    for k, item in enumerate(iterate(self, **kw)):
+        if k == 2 and pid == 1 and self.train:
+            os.kill(os.getpid(), signal.SIGTERM)
+        yield item
+
+Pipeline.iterate = preempt_host_1
+result["preempted"] = run(8, out + "/preempted")
 with open(f"{out}/result_{pid}.json", "w") as f:
     json.dump(result, f)
 """
@@ -86,3 +103,6 @@ def test_two_processes_train_identically_and_resume(tmp_path):
              if "train/loss" in s]
     assert steps == [1, 2, 3, 4]
     assert "resumed from step 2" in outs[0] and "resumed from step 2" not in outs[1]
+    assert r["preempted"]["step"] == 3  # host 0 stopped with host 1 (no hang)
+    assert sorted(p.name for p in (tmp_path / "preempted" / "checkpoints").iterdir()) == [
+        "2", "3"]

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
@@ -271,9 +272,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 writer.write(step, {f"eval/{k}": v for k, v in result.items()}, echo=bar.write)
                 final.update({f"eval_{k}": v for k, v in result.items()})
                 window_start = time.perf_counter()
+            stop = preemption.requested
+            if jax.process_count() > 1:  # a signal on any host stops all at this step
+                stop = bool(multihost_utils.process_allgather(np.int32(stop)).max())
             ckpt.save(step, state, {**meta, "data_position": list(position)},
-                      force=last or preemption.requested)
-            if preemption.requested:
+                      force=last or stop)
+            if stop:
                 if is_main:
                     bar.write(f"preempted: saved step {step}, stopping")
                 break
