@@ -143,7 +143,8 @@ def evaluate_checkpoint(path: str | Path, *, config: ml_collections.ConfigDict |
 def _evaluate_windows(restored: Restored, config, *, split: str, settings: Sequence[dict],
                       hop_frames: int, echo) -> list[dict[str, Any]]:
     """evaluate_checkpoint over whole clips scored by sliding windows (bad clips skipped
-    and counted, or fatal, as config.data.on_bad_clip says)."""
+    and counted, or fatal, as config.data.on_bad_clip says). clips_per_s here includes
+    decoding and features (windows are featurised on the fly), unlike the cropped path."""
     import time
 
     import numpy as np
