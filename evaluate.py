@@ -1,10 +1,14 @@
 """Evaluate a checkpoint: `python evaluate.py --checkpoint WORKDIR [--sweep r=0,8,16]`.
 
+An ElasticAST checkpoint (train.py with an elastic config) prints its hop x length table
+instead, once per setting (fast_ast_jax.train.elastic).
+
 Data comes from the checkpoint's own config unless --config is given. --tome_r /
 --keep_rate evaluate one token-reduction setting; --sweep evaluates several and prints a
-table (accuracy, clips/s, speedup; MACs when fast_ast_jax.bench is available) and writes a
-PNG of accuracy against throughput. --hop_frames N scores clips longer than the trained
-length by sliding windows (mean window logits / max window sigmoid, fast_ast_jax.windows).
+table (accuracy, clips/s, speedup; MACs for an AST, XLA-counted flops for the CNN teacher)
+and writes a PNG of accuracy against throughput. --hop_frames N scores clips longer than
+the trained length by sliding windows (mean window logits / max window sigmoid,
+fast_ast_jax.windows).
 """
 from __future__ import annotations
 
@@ -37,6 +41,12 @@ def main(argv):
             if v is not None}
     settings = [{**base, **s} for s in parse_sweep(f.sweep)] if f.sweep else [base]
     plot = f.plot or (Path(f.checkpoint) / "sweep.png" if f.sweep else None)
+    from fast_ast_jax.train.elastic import evaluate_elastic_checkpoint, is_elastic_checkpoint
+
+    if is_elastic_checkpoint(f.checkpoint):  # packed ElasticAST: hop x length table
+        evaluate_elastic_checkpoint(f.checkpoint, config=f.config, split=f.split,
+                                    settings=settings)
+        return
     evaluate_checkpoint(f.checkpoint, config=f.config, split=f.split, settings=settings,
                         plot=plot, hop_frames=f.hop_frames)
     if plot:

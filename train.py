@@ -1,5 +1,8 @@
 """Train (and evaluate) an AST: `python train.py --config configs/demo.py --workdir DIR`.
 
+Configs with an `elastic` block (configs/fsdd_elastic.py, ...) train the packed ElasticAST
+(fast_ast_jax.train.elastic) instead.
+
 Any config field can be overridden: `--config.batch_size=16 --config.model.depth=4`.
 Re-running with the same workdir resumes from its latest checkpoint.
 """
@@ -17,7 +20,10 @@ def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
         logging.set_verbosity(logging.WARNING)
-    from fast_ast_jax.train.loop import train_and_evaluate
+    if "elastic" in flags.FLAGS.config:  # packed ElasticAST recipes (configs/*elastic*.py)
+        from fast_ast_jax.train.elastic import train_elastic as train_and_evaluate
+    else:
+        from fast_ast_jax.train.loop import train_and_evaluate
 
     train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 

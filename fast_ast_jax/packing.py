@@ -102,6 +102,10 @@ class PackedBatch:
     def num_samples(self) -> int:
         return int((self.slot_index >= 0).sum())
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The model input of `models.elastic.ElasticAST` (a dict of the four arrays)."""
+        return dataclasses.asdict(self)
+
     def slot_values(self, values: np.ndarray, fill=0) -> np.ndarray:
         """Arrange per-sample values (N, ...) into slots (R, S, ...) (`fill` where empty)."""
         values = np.asarray(values)

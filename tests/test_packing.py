@@ -74,3 +74,11 @@ def test_token_dropout_keeps_fraction_in_order():
     assert len(packing.token_dropout(3, rate=0.9, rng=np.random.default_rng(1))) == 1
     with pytest.raises(ValueError, match="rate=1.0"):
         packing.token_dropout(5, rate=1.0, rng=np.random.default_rng(0))
+
+
+def test_arrays_is_the_model_input():
+    batch = packing.pack([_sample(3, 1.0), _sample(2, 2.0)], rows=1, max_tokens=6,
+                         max_slots=2)
+    arrays = batch.arrays()
+    assert sorted(arrays) == ["patches", "positions", "segment_ids", "slot_index"]
+    np.testing.assert_array_equal(arrays["segment_ids"], [[1, 1, 1, 2, 2, 0]])

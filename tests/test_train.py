@@ -170,6 +170,18 @@ def test_checkpoint_roundtrip(tmp_path):
     assert meta2 == meta
 
 
+def test_resume_with_another_model_config_is_refused(tmp_path):
+    """Orbax would restore a 2-block checkpoint into a 1-block model without complaint."""
+    c = tiny(load_config("test"))
+    c.model.depth = 2
+    loop.train_and_evaluate(c, str(tmp_path / "work"))
+    c.model.depth = 1
+    c.num_steps = 2
+    with pytest.raises(ValueError, match="cannot resume.*model.*depth: checkpoint 2 vs "
+                                         "config 1"):
+        loop.train_and_evaluate(c, str(tmp_path / "work"))
+
+
 def test_interrupted_run_resumes_same_order_and_params(tmp_path, monkeypatch):
     def config():
         c = load_config("test")

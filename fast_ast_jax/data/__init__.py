@@ -34,4 +34,13 @@ def make_source(kind: str, *, sample_rate: int, **kwargs: Any):
     return cls(sample_rate=sample_rate, **kwargs)
 
 
-__all__ = ["FolderSource", "SOURCES", "SyntheticSource", "make_source"]
+def source_ids(source) -> list[str]:
+    """Every clip id of a source in example order: its `ids` attribute when it has one
+    (no audio decoding), else `source[i]["id"]` for each example."""
+    ids = getattr(source, "ids", None)
+    if ids is None:
+        ids = [source[i]["id"] for i in range(len(source))]
+    return [str(i) for i in ids]
+
+
+__all__ = ["FolderSource", "SOURCES", "SyntheticSource", "make_source", "source_ids"]

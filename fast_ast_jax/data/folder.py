@@ -106,6 +106,11 @@ class FolderSource:
     def __len__(self) -> int:
         return len(self._items)
 
+    @property
+    def ids(self) -> list[str]:
+        """Clip ids (the filenames) in example order, without decoding audio."""
+        return [filename for filename, _ in self._items]
+
     def __getitem__(self, index: int) -> dict:
         from fast_ast_jax.audio.io import load_audio  # decoding needs librosa/soundfile
 

@@ -8,16 +8,25 @@ serialise; sources are random access, and a background thread hides the host wor
 Batches are dicts of NumPy arrays for this host:
     x (B_host, frames, bins) float32 normalised features;
     y (B_host, C) float32 targets (one-hot, multi-hot, or mixed);
-    mask (B_host,) float32, 1 for real examples, 0 for padding (eval only pads).
+    mask (B_host,) float32, 1 for real examples, 0 for padding (eval only pads);
+    teacher (B_host, C) float32 teacher logits, when the pipeline has a teacher.
+
+Teacher logits and mixup: the teacher's logits were computed once on the un-augmented clip
+(`distill dump`), so a mixed clip gets the same convex combination of its two clips'
+teacher logits as of their labels (weight lam ~ Beta(alpha, alpha)); SpecAugment and noise
+do not change them. CMKD's "consistent teaching" instead runs the teacher online on the
+very same augmented input; offline logits cannot, and mixing logits (not probabilities)
+is an approximation of the teacher's output on the mixture.
 
 Bad clips (a source example whose audio raises `AudioError`: missing, empty, undecodable,
 NaN samples) follow `on_bad_clip`: "fail" raises at once, naming the file; "skip" records
 the clip in `bad_clips` (index -> message), warns once, and goes on. A skipped training
 clip is replaced by the next good example in source order (index + 1, + 2, ... wrapping
-round), so batches stay full and remain a pure function of (seed, epoch, index): a resumed
-run sees exactly the batches an uninterrupted one would. A skipped eval clip is masked out
-(mask 0), so it counts nowhere. With `cache` on, every clip is featurised up front (progress
-bar), so bad clips are all found and reported before the first step.
+round; with its teacher logits), so batches stay full and remain a pure function of (seed,
+epoch, index): a resumed run sees exactly the batches an uninterrupted one would. A skipped
+eval clip is masked out (mask 0), so it counts nowhere. With `cache` on, every clip is
+featurised up front (progress bar), so bad clips are all found and reported before the
+first step.
 """
 from __future__ import annotations
 
@@ -57,6 +66,17 @@ class Augment:
             raise ValueError(f"mask widths freqm={self.freqm}, timem={self.timem} must be >= 0")
 
 
+class _Rows:
+    """Rows of a (N, C) array in a given order, without copying the array (teacher files
+    of large datasets hold millions of rows)."""
+
+    def __init__(self, array: np.ndarray, order: list[int]):
+        self.array, self.order = array, np.asarray(order, np.int64)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.array[self.order[i]]
+
+
 class Pipeline:
     """Features + batches over one source.
 
@@ -74,13 +94,16 @@ class Pipeline:
             must identify the source, e.g. its config as JSON) and the front-end.
         process_index, process_count: this host's shard (default: from jax).
         on_bad_clip: "skip" or "fail" (see the module docstring).
+        teacher: distill.TeacherLogits; its labels must equal the source's and every clip
+            id of the source must have logits (checked here, before any feature work).
     """
 
     def __init__(self, source, *, frontend: FrontEnd, batch_size: int, train: bool,
                  seed: int = 0, augment: Augment = Augment(), cache: bool = True,
                  cache_dir: str | os.PathLike | None = None, cache_key: str = "",
                  process_index: int | None = None,
-                 process_count: int | None = None, on_bad_clip: str = "skip"):
+                 process_count: int | None = None, teacher=None,
+                 on_bad_clip: str = "skip"):
         if on_bad_clip not in BAD_CLIP_POLICIES:
             raise ValueError(f"config.data.on_bad_clip={on_bad_clip!r}: use one of "
                              f"{BAD_CLIP_POLICIES}")
@@ -102,6 +125,14 @@ class Pipeline:
         self.batch_size, self.local_batch = batch_size, batch_size // process_count
         self.process_index = process_index
         self.num_classes = len(source.labels)
+        self._teacher = None  # (len(source), C) float32, row i = teacher logits of example i
+        if teacher is not None:
+            from fast_ast_jax.data import source_ids
+
+            teacher.check_labels(source.labels)
+            ids = source_ids(source)
+            teacher.check_ids(ids)
+            self._teacher = _Rows(teacher.logits, [teacher.index(cid) for cid in ids])
         self.on_bad_clip = on_bad_clip
         self.bad_clips: dict[int, str] = {}
         # index -> (features, target), or None for a bad clip.
@@ -148,13 +179,12 @@ class Pipeline:
             self._cache[index] = self._checked(index)
         return self._cache[index]
 
-    def good_example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """`example(index)`, or that of the next good index in source order (wrapping)."""
+    def good_index(self, index: int) -> int:
+        """`index`, or the next index in source order (wrapping) whose clip is good."""
         n = len(self.source)
         for k in range(n):
-            ex = self.example((index + k) % n)
-            if ex is not None:
-                return ex
+            if self.example((index + k) % n) is not None:
+                return (index + k) % n
         raise AudioError(f"all {n} clips of the source are bad, e.g. "
                          f"{next(iter(self.bad_clips.values()))}")
 
@@ -221,33 +251,47 @@ class Pipeline:
                       (self.process_index + 1) * self.local_batch]
         fill = (0.0 - self.frontend.mean) / (2 * self.frontend.std)
         shape = (self.frontend.target_frames, self.frontend.num_mel_bins)
-        xs, ys, mask = [], [], []
+        xs, ys, ts, mask = [], [], [], []
         for j, i in enumerate(order):
+            i = int(i)
             if not self.train:
-                ex = self.example(int(i))
+                ex = self.example(i)
                 ok = ex is not None
                 xs.append(ex[0] if ok else np.zeros(shape, np.float32))
                 ys.append(ex[1] if ok else np.zeros(self.num_classes, np.float32))
+                ts.append(None if self._teacher is None else self._teacher[i])
                 mask.append(float(ok))
                 continue
-            x, y = self.good_example(int(i))
+            i = self.good_index(i)
+            x, y = self.example(i)
+            t = None if self._teacher is None else self._teacher[i]
             rng = np.random.default_rng([self.seed, epoch, index, self.process_index, j])
             aug = self.augment
             if aug.mixup > 0 and rng.random() < aug.mixup:
-                x2, y2 = self.good_example(int(rng.integers(len(self.source))))
+                other = self.good_index(int(rng.integers(len(self.source))))
+                x2, y2 = self.example(other)
+                if t is not None:  # mix teacher logits with the labels' weight
+                    y, y2 = np.concatenate([y, t]), np.concatenate([y2, self._teacher[other]])
                 x, y = augment.mixup(x, y, x2, y2, rng=rng, alpha=aug.mixup_alpha)
+                if t is not None:
+                    y, t = y[:self.num_classes], y[self.num_classes:]
             x = augment.spec_augment(x, freqm=aug.freqm, timem=aug.timem, fill=fill,
                                      rng=rng)
             if aug.noise:
                 x = augment.noise_and_roll(x, rng=rng)
             xs.append(x)
             ys.append(y)
+            ts.append(t)
             mask.append(1.0)
         while len(xs) < self.local_batch:  # eval: pad the last batch
             xs.append(np.zeros(shape, np.float32))
             ys.append(np.zeros(self.num_classes, np.float32))
+            ts.append(np.zeros(self.num_classes, np.float32))
             mask.append(0.0)
-        return {"x": np.stack(xs), "y": np.stack(ys), "mask": np.asarray(mask, np.float32)}
+        batch = {"x": np.stack(xs), "y": np.stack(ys), "mask": np.asarray(mask, np.float32)}
+        if self._teacher is not None:
+            batch["teacher"] = np.stack(ts).astype(np.float32)
+        return batch
 
     def iterate(self, *, epoch: int = 0, index: int = 0, prefetch: int = 2
                 ) -> Iterator[tuple[dict[str, np.ndarray], tuple[int, int]]]:

@@ -98,6 +98,11 @@ class SyntheticSource:
     def __len__(self) -> int:
         return self.num_examples
 
+    @property
+    def ids(self) -> list[str]:
+        """Clip ids in example order (as `self[i]["id"]`)."""
+        return [f"{self.split}-{i}" for i in range(self.num_examples)]
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.num_examples:
             raise IndexError(f"synthetic index {index} out of range [0, {self.num_examples})")

@@ -1,4 +1,33 @@
 """Models: AST (with token merging and pruning) and teachers."""
-from fast_ast_jax.models.ast import AST, SIZES, create_ast, grid_shape, model_fields
+from __future__ import annotations
 
-__all__ = ["AST", "SIZES", "create_ast", "grid_shape", "model_fields"]
+from typing import Any
+
+import flax.linen as nn
+
+from fast_ast_jax.models.ast import AST, SIZES, create_ast, grid_shape, model_fields
+from fast_ast_jax.models.cnn import CNNTeacher, create_cnn
+
+# config.model.name / checkpoint "model_class" -> module class.
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"ast": AST, "cnn": CNNTeacher}
+
+
+def model_name(model: nn.Module) -> str:
+    """The registry name of a model instance ("ast" or "cnn")."""
+    for name, cls in MODEL_CLASSES.items():
+        if type(model) is cls:
+            return name
+    raise TypeError(f"{type(model).__name__} is not one of {sorted(MODEL_CLASSES)}")
+
+
+def model_from_fields(name: str, fields: dict[str, Any]) -> nn.Module:
+    """Rebuild a model from its registry name and constructor fields (checkpoint meta)."""
+    if name not in MODEL_CLASSES:
+        raise ValueError(f"unknown model class {name!r}; choose one of {sorted(MODEL_CLASSES)}")
+    if name == "cnn":
+        return create_cnn(**fields)
+    return AST(**fields)
+
+
+__all__ = ["AST", "CNNTeacher", "MODEL_CLASSES", "SIZES", "create_ast", "create_cnn",
+           "grid_shape", "model_fields", "model_from_fields", "model_name"]

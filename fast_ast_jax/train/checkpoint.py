@@ -2,7 +2,8 @@
 
 Each step directory holds two items:
     state: TrainState (params, opt_state, step, rng), restored with its shardings;
-    meta:  {"data_position": [epoch, index_in_epoch], "model": AST fields,
+    meta:  {"data_position": [epoch, index_in_epoch], "model": model fields,
+            "model_class": "ast" | "cnn" (absent in older checkpoints: "ast"),
             "frontend": FrontEnd.to_dict(), "labels": [...], "loss": "softmax"|"sigmoid",
             "config": the run's config} — everything inference and resumption need.
 

@@ -47,6 +47,7 @@ def default_config() -> ml_collections.ConfigDict:
         dict(freqm=0, timem=0, mixup=0.0, mixup_alpha=10.0, noise=False))
 
     c.model = ml_collections.ConfigDict()
+    c.model.name = "ast"  # "ast" | "cnn" (the CNN teacher: fields in c.model.cnn)
     c.model.size = "tiny"  # fast_ast_jax.models.SIZES; None fields below keep the size's
     c.model.width = ml_collections.config_dict.placeholder(int)
     c.model.depth = ml_collections.config_dict.placeholder(int)
@@ -64,6 +65,16 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.prune_keep_rate = 1.0
     c.model.prune_layers = (3, 6, 9)
     c.model.prune_fuse = False
+    # CNN teacher (fast_ast_jax.models.cnn; used when name = "cnn", with model.dtype).
+    c.model.cnn = ml_collections.ConfigDict(dict(
+        stages="small", stem_channels=32, feature_dim=256, pooling="attention", dropout=0.2))
+
+    # Cross-model knowledge distillation (CMKD) from precomputed teacher logits
+    # (`python -m fast_ast_jax.distill dump`): loss = lam * task + (1 - lam) * kd(tau).
+    c.distill = ml_collections.ConfigDict()
+    c.distill.teacher_logits = ""  # .npz path; "" = no distillation
+    c.distill.lam = 0.5  # weight of the ground-truth term (CMKD: 0.5)
+    c.distill.tau = 1.0  # temperature on the teacher logits only
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adamw"  # "adamw" | "adam"
@@ -78,3 +89,16 @@ def default_config() -> ml_collections.ConfigDict:
     c.optim.decay_epochs = 1
     c.optim.decay_rate = 0.85
     return c
+
+
+def recipe(path, arg: str | None = None) -> ml_collections.ConfigDict:
+    """get_config(arg) of the config file at `path` (for recipes building on another one,
+    e.g. `recipe(Path(__file__).with_name("fsdd.py"), "official")`)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(f"_recipe_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg is not None else module.get_config()

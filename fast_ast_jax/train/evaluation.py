@@ -10,7 +10,7 @@ import ml_collections
 
 from fast_ast_jax import sharding
 from fast_ast_jax.audio.frontend import FrontEnd
-from fast_ast_jax.models.ast import AST
+from fast_ast_jax.models import AST, model_from_fields
 from fast_ast_jax.train.checkpoint import Checkpointer, model_fields_from_meta
 
 # Short names accepted by --sweep / overrides -> AST fields.
@@ -23,7 +23,7 @@ class Restored:
     """What a checkpoint holds for inference."""
 
     params: Any
-    model: AST
+    model: Any  # AST or CNNTeacher (checkpoint meta "model_class")
     frontend: FrontEnd
     labels: list[str]
     loss: str
@@ -60,7 +60,8 @@ def load_checkpoint(path: str | Path, *, step: int | None = None) -> Restored:
     finally:
         ckpt.close()
     fields = model_fields_from_meta(meta)
-    return Restored(params=state["params"], model=AST(**fields),
+    model = model_from_fields(meta.get("model_class", "ast"), fields)
+    return Restored(params=state["params"], model=model,
                     frontend=FrontEnd.from_dict(meta["frontend"]), labels=list(meta["labels"]),
                     loss=meta["loss"], config=ml_collections.ConfigDict(meta["config"]),
                     step=int(step))
@@ -77,13 +78,25 @@ def parse_sweep(spec: str) -> list[dict[str, Any]]:
     return [{field: cast(v)} for v in values.split(",") if v.strip()]
 
 
-def _macs(model: AST, frames: int) -> float | None:
-    """Forward MACs per clip from fast_ast_jax.bench, when that module is available."""
-    try:
-        from fast_ast_jax.bench import ast_macs
-    except ImportError:
+def _macs(model, frames: int) -> float | None:
+    """Forward MACs per clip of an AST, counted from its token plan (fast_ast_jax.bench);
+    None for other models (see _xla_flops)."""
+    if not isinstance(model, AST):
         return None
+    from fast_ast_jax.bench import ast_macs
+
     return float(ast_macs(model, frames=frames).total)
+
+
+def _xla_flops(model, params, *, frames: int, bins: int) -> float:
+    """Forward flops per clip that XLA's cost analysis reports (batch of one), for models
+    without an analytic MAC count (the CNN teacher)."""
+    import jax.numpy as jnp
+
+    from fast_ast_jax.bench import xla_flops
+
+    x = jnp.zeros((1, frames, bins), jnp.float32)
+    return xla_flops(lambda p, x: model.apply({"params": p}, x, train=False), params, x)
 
 
 def evaluate_checkpoint(path: str | Path, *, config: ml_collections.ConfigDict | None = None,
@@ -102,8 +115,9 @@ def evaluate_checkpoint(path: str | Path, *, config: ml_collections.ConfigDict |
         hop_frames: score whole clips by sliding windows of target_frames every hop_frames
             frames (fast_ast_jax.windows) instead of cropping them to target_frames.
     Returns:
-        one row per setting: the overrides, accuracy (mAP), clips_per_s, speedup (and
-        macs when fast_ast_jax.bench is available).
+        one row per setting: the overrides, accuracy (mAP), clips_per_s, speedup, and
+        macs (AST: analytic count from fast_ast_jax.bench) or xla_flops (other models:
+        XLA's cost analysis of the forward pass, flops not MACs).
     """
     from fast_ast_jax.train.loop import build_pipeline, evaluate
 
@@ -118,6 +132,9 @@ def evaluate_checkpoint(path: str | Path, *, config: ml_collections.ConfigDict |
     if list(pipeline.source.labels) != restored.labels:
         raise ValueError(f"the {split} data labels {list(pipeline.source.labels)} differ from "
                          f"the checkpoint's {restored.labels}")
+    if not isinstance(restored.model, AST) and any(settings):
+        raise ValueError(f"token-reduction settings {list(settings)} apply to an AST only; "
+                         f"{path} holds a {type(restored.model).__name__}")
     mesh = sharding.make_mesh()
     params = jax.device_put(restored.params, sharding.param_shardings(restored.params, mesh))
     rows = []
@@ -130,6 +147,9 @@ def evaluate_checkpoint(path: str | Path, *, config: ml_collections.ConfigDict |
         macs = _macs(model, restored.frontend.target_frames)
         if macs is not None:
             row["macs"] = macs
+        else:  # labelled differently: XLA's count, not the analytic MACs
+            row["xla_flops"] = _xla_flops(model, params, frames=restored.frontend.target_frames,
+                                          bins=restored.frontend.num_mel_bins)
         row["speedup"] = row["clips_per_s"] / (rows[0]["clips_per_s"] if rows
                                                else row["clips_per_s"])
         rows.append(row)

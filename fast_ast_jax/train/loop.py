@@ -27,7 +27,7 @@ from fast_ast_jax import sharding
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import make_source
 from fast_ast_jax.data.pipeline import Augment, Pipeline
-from fast_ast_jax.models.ast import AST, create_ast, model_fields
+from fast_ast_jax.models import create_ast, create_cnn, model_fields, model_name
 from fast_ast_jax.train import metrics as metrics_lib
 from fast_ast_jax.train.checkpoint import Checkpointer
 from fast_ast_jax.train.state import TrainState, learning_rate_schedule, make_optimizer
@@ -35,17 +35,26 @@ from fast_ast_jax.train.step import eval_step, train_step
 from fast_ast_jax.train.validate import validate_config
 
 
-def build_model(model_config, *, num_classes: int, frontend: FrontEnd) -> AST:
-    """AST sized by config.model, with the input shape of the front-end."""
-    fields = {k: v for k, v in model_config.items() if k != "size" and v is not None}
+def build_model(model_config, *, num_classes: int, frontend: FrontEnd):
+    """config.model.name "ast" (sized by config.model) or "cnn" (config.model.cnn fields),
+    with the input shape of the front-end."""
+    name = model_config.get("name", "ast")
+    if name == "cnn":
+        return create_cnn(num_classes=num_classes, num_mel_bins=frontend.num_mel_bins,
+                          dtype=model_config.dtype, **model_config.cnn.to_dict())
+    if name != "ast":
+        raise ValueError(f"config.model.name={name!r}: use 'ast' or 'cnn'")
+    fields = {k: v for k, v in model_config.items()
+              if k not in ("size", "name", "cnn") and v is not None}
     return create_ast(model_config.size, num_classes=num_classes,
                       num_mel_bins=frontend.num_mel_bins, frames=frontend.target_frames,
                       **fields)
 
 
 def build_pipeline(config, split: str, *, frontend: FrontEnd, train: bool,
-                   source=None) -> Pipeline | None:
-    """Pipeline over config.data.<split> (None if that split has no arguments)."""
+                   source=None, teacher=None) -> Pipeline | None:
+    """Pipeline over config.data.<split> (None if that split has no arguments); `teacher`
+    (distill.TeacherLogits) adds each clip's teacher logits to its batches."""
     kwargs = config.data[split].to_dict()
     if not kwargs:
         return None
@@ -56,7 +65,7 @@ def build_pipeline(config, split: str, *, frontend: FrontEnd, train: bool,
                     seed=config.seed, augment=Augment(**config.augment) if train else Augment(),
                     cache=config.data.cache, cache_dir=config.data.cache_dir or None,
                     cache_key=json.dumps([config.data.source, kwargs], sort_keys=True),
-                    on_bad_clip=config.data.on_bad_clip)
+                    teacher=teacher, on_bad_clip=config.data.on_bad_clip)
 
 
 def loss_kind(config, multi_label: bool) -> str:
@@ -64,7 +73,7 @@ def loss_kind(config, multi_label: bool) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _eval_fns(model: AST, mesh):
+def _eval_fns(model, mesh):
     """Jitted forward and label gather, cached so periodic evals compile once."""
     replicated = NamedSharding(mesh, P())
     fwd = jax.jit(functools.partial(eval_step, model=model), out_shardings=replicated)
@@ -72,7 +81,7 @@ def _eval_fns(model: AST, mesh):
     return fwd, gather
 
 
-def evaluate(params, *, model: AST, pipeline: Pipeline, mesh, multi_label: bool,
+def evaluate(params, *, model, pipeline: Pipeline, mesh, multi_label: bool,
              desc: str = "eval") -> dict[str, float]:
     """accuracy (and mAP for multi-label) over one pass of `pipeline`, plus clips/s of the
     model alone (jitted forward, compilation excluded)."""
@@ -102,7 +111,7 @@ def evaluate(params, *, model: AST, pipeline: Pipeline, mesh, multi_label: bool,
     return result
 
 
-def _init_from(path: str, model: AST, *, seed: int, fresh):
+def _init_from(path: str, model, *, seed: int, fresh):
     """Pretrained weights: a fast_ast_jax training workdir / checkpoints dir (same model
     geometry required; a fresh head when the class count differs), or HF dir, AST .pth,
     timm DeiT adapted to this model's position grid (fast_ast_jax.convert).
@@ -150,6 +159,28 @@ class _Preemption:
             signal.signal(sig, old)
 
 
+def check_resumable(saved: dict, requested: dict, *, directory) -> None:
+    """Refuse to resume a checkpoint made for another model, front-end or label set.
+
+    Orbax restores a subset of a larger tree without complaint (a 12-block checkpoint into a
+    6-block model), so resuming with a changed config would silently train something else.
+    """
+    for key in ("model", "frontend", "labels", "loss"):
+        # JSON round trip: tuples in the live config are lists in the saved metadata.
+        want = json.loads(json.dumps(requested[key]))
+        have = saved.get(key)
+        if have == want:
+            continue
+        if isinstance(want, dict) and isinstance(have, dict):
+            diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+            detail = ", ".join(f"{k}: checkpoint {have.get(k)!r} vs config {want.get(k)!r}"
+                               for k in diff)
+        else:
+            detail = f"checkpoint {have!r} vs config {want!r}"
+        raise ValueError(f"{directory}: cannot resume, the checkpoint's {key} differs from the "
+                         f"config ({detail}); use a new --workdir or the original config")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train (resuming from workdir if it holds a checkpoint), evaluate at the end.
 
@@ -164,7 +195,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     validate_config(config, device_count=jax.device_count())
 
     # --- data ------------------------------------------------------------------------------
-    train_data = build_pipeline(config, "train", frontend=frontend, train=True)
+    teacher = None
+    if config.distill.teacher_logits:  # checked against the whole split before step 1
+        from fast_ast_jax import distill
+
+        teacher = distill.load(config.distill.teacher_logits)
+    train_data = build_pipeline(config, "train", frontend=frontend, train=True,
+                                teacher=teacher)
     source = train_data.source
     labels = list(source.labels)
     eval_data = build_pipeline(config, "eval", frontend=frontend, train=False)
@@ -197,7 +234,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         opt_state=sharding.param_shardings(abstract.opt_state, mesh,
                                            mode=config.param_sharding),
         step=replicated, rng=replicated)
-    meta = {"model": model_fields(model), "frontend": frontend.to_dict(), "labels": labels,
+    meta = {"model": model_fields(model), "model_class": model_name(model),
+            "frontend": frontend.to_dict(), "labels": labels,
             "loss": loss, "config": json.loads(config.to_json_best_effort())}
 
     ckpt = Checkpointer(workdir / "checkpoints", every=config.checkpoint_every,
@@ -207,12 +245,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                               abstract, shardings)
         state, saved = ckpt.restore(target=target, fallback=True)
+        check_resumable(saved, meta, directory=ckpt.directory)
         ckpt.quarantine(ckpt.unreadable)  # so that those steps can be saved again
         position = tuple(saved["data_position"])
         if is_main:
             print(f"resumed from step {int(state.step)} at data position {position}")
     else:
         state = jax.jit(init, out_shardings=shardings)(key)  # 3. random
+        if config.init_from and config.model.name != "ast":
+            raise ValueError(f"config.init_from={config.init_from!r} loads AST weights; "
+                             f"config.model.name={config.model.name!r} cannot use them")
         if config.init_from:  # 2. pretrained
             params = _init_from(config.init_from, model, seed=config.seed,
                                 fresh=state.params)
@@ -220,7 +262,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             state = jax.jit(lambda p, s: s.replace(params=p, opt_state=tx.init(p)),
                             out_shardings=shardings)(params, state)
 
-    step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, loss=loss, lr_fn=lr_fn),
+    kd = (float(config.distill.lam), float(config.distill.tau)) if teacher else None
+    step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, loss=loss, lr_fn=lr_fn,
+                                        distill=kd),
                       in_shardings=(shardings, sharding.batch_sharding(mesh)),
                       out_shardings=(shardings, replicated), donate_argnums=0)
 

@@ -19,12 +19,15 @@ def loss_fn_for(kind: str):
 
 
 def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
-               loss: str, lr_fn: optax.Schedule) -> tuple[TrainState, dict]:
+               loss: str, lr_fn: optax.Schedule,
+               distill: tuple[float, float] | None = None) -> tuple[TrainState, dict]:
     """One optimiser step.
 
-    batch: x (B, frames, bins), y (B, C) targets, mask (B,).
+    batch: x (B, frames, bins), y (B, C) targets, mask (B,); with `distill` = (lam, tau)
+        also teacher (B, C) teacher logits, and the loss is losses.distill_loss (CMKD).
     Returns the new state and scalar metrics (loss, accuracy, grad_norm, lr,
-    skipped_nonfinite).
+    skipped_nonfinite; with distillation also task_loss and kd_loss, the two unweighted
+    terms).
 
     A non-finite loss or gradient norm skips the update: params and opt_state stay as they
     were, `skipped_nonfinite` is 1, and the step counter still advances (the batch is
@@ -36,9 +39,18 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
     def objective(params):
         logits = model.apply({"params": params}, batch["x"], train=True,
                              rngs={"dropout": rng})
-        return xent(logits=logits, labels=batch["y"], weights=batch["mask"]), logits
+        if distill is None:
+            return xent(logits=logits, labels=batch["y"], weights=batch["mask"]), (logits, {})
+        lam, tau = distill
+        kw = dict(logits=logits, weights=batch["mask"], multilabel=loss == "sigmoid")
+        value = losses.distill_loss(labels=batch["y"], teacher_logits=batch["teacher"],
+                                    lam=lam, tau=tau, **kw)
+        terms = {"task_loss": losses.task_loss(labels=batch["y"], **kw),
+                 "kd_loss": losses.kd_loss(teacher_logits=batch["teacher"], tau=tau, **kw)}
+        return value, (logits, terms)
 
-    (value, logits), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    (value, (logits, terms)), grads = jax.value_and_grad(objective, has_aux=True)(
+        state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.global_norm(grads)
@@ -52,6 +64,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
         "grad_norm": grad_norm,
         "lr": lr_fn(state.step),
         "skipped_nonfinite": 1.0 - finite.astype(jnp.float32),
+        **terms,
     }
     return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
 

@@ -83,7 +83,10 @@ def _check_model(config, frontend: FrontEnd) -> None:
     """Build the model (no params) and check its token plan: strides, heads, ToMe r."""
     from fast_ast_jax.models.ast import create_ast
 
-    fields = {k: v for k, v in config.model.items() if k != "size" and v is not None}
+    if config.model.get("name", "ast") != "ast":
+        return  # the CNN teacher has no tokens to check
+    fields = {k: v for k, v in config.model.items()
+              if k not in ("size", "name", "cnn") and v is not None}
     try:
         model = create_ast(config.model.size, num_classes=2,
                            num_mel_bins=frontend.num_mel_bins, frames=frontend.target_frames,

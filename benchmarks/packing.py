@@ -1,0 +1,99 @@
+"""Padded vs packed AST inference on a real clip-length mix (FSDD by default).
+
+Padded: every clip padded/cropped to --frames (AST, batches of --batch clips, CLS+DIST).
+Packed: the clips at their native length (capped at --max-frames), packed greedily into
+--rows x --max-tokens rows with up to --slots clips per row (ElasticAST, same width/depth).
+Both use 16x16 patches with stride 16 and random weights (speed does not depend on them).
+Forwards are compiled first, then timed in interleaved rounds (median), so the ratio is taken
+under the same machine load.
+
+    PYTHONPATH=. python benchmarks/packing.py --size tiny --clips 512 --r 16  # --data DIR
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import soundfile as sf
+
+from fast_ast_jax import packing
+from fast_ast_jax.models.ast import SIZES, create_ast
+from fast_ast_jax.models.elastic import ElasticAST
+
+FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"
+
+
+def native_frames(data: Path, clips: int, max_frames: int) -> np.ndarray:
+    """Frames at 10 ms (25 ms window, Kaldi snip_edges) of the first `clips` clips."""
+    meta = data / "meta.csv"
+    if not meta.is_file():
+        raise SystemExit(f"{meta} not found; pass --data DIR with a meta.csv (filename column)")
+    with open(meta, newline="") as f:
+        rows = list(csv.DictReader(f))[:clips]
+    secs = np.array([sf.info(str(data / r["filename"])).duration for r in rows])
+    return np.clip(1 + (secs * 16000 - 400).astype(int) // 160, 16, max_frames)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=FSDD)
+    ap.add_argument("--size", default="tiny", choices=sorted(SIZES))
+    ap.add_argument("--clips", type=int, default=512)
+    ap.add_argument("--frames", type=int, default=128, help="padded length")
+    ap.add_argument("--max-frames", type=int, default=256, help="packed length cap")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--rows", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--slots", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--r", type=int, nargs="*", default=[],
+                    help="also time packed ToMe with these merges per row and block")
+    args = ap.parse_args()
+
+    rng = np.random.default_rng(0)
+    frames = native_frames(args.data, args.clips, args.max_frames)
+    ast = create_ast(args.size, num_classes=10, fstride=16, tstride=16, frames=args.frames)
+    p_ast = jax.jit(ast.init)(jax.random.PRNGKey(0), jnp.zeros((1, args.frames, 128)))
+    padded = jnp.asarray(rng.normal(size=(args.batch, args.frames, 128)), jnp.float32)
+    fields = SIZES[args.size]
+    el = ElasticAST(num_classes=10, frames=args.max_frames, pool="mean", **fields)
+    samples = [packing.patchify(rng.normal(size=(int(n), 128)).astype(np.float32))
+               for n in frames]
+    group = packing.greedy_batches([len(s[0]) for s in samples], rows=args.rows,
+                                   max_tokens=args.max_tokens, max_slots=args.slots)[0]
+    packed = packing.pack([samples[i] for i in group], rows=args.rows,
+                          max_tokens=args.max_tokens, max_slots=args.slots).arrays()
+    p_el = jax.jit(el.init)(jax.random.PRNGKey(0), packed)
+    runs = {"padded": (jax.jit(ast.apply), p_ast, padded, args.batch),
+            "packed": (jax.jit(lambda p, b: el.apply(p, b)[0]), p_el, packed, len(group))}
+    for r in args.r:
+        tome = el.clone(tome_r=r)
+        runs[f"packed r={r}"] = (jax.jit(lambda p, b, m=tome: m.apply(p, b)[0]), p_el,
+                                 packed, len(group))
+    times = {k: [] for k in runs}
+    for fn, params, x, _ in runs.values():
+        jax.block_until_ready(fn(params, x))
+    for _ in range(args.rounds):
+        for k, (fn, params, x, _) in runs.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(params, x))
+            times[k].append(time.perf_counter() - start)
+    f_dim = (128 - 16) // 16 + 1
+    tokens = f_dim * ((frames - 16) // 16 + 1)
+    print(f"{len(frames)} clips, native tokens per clip mean {tokens.mean():.1f}; "
+          f"padded to {args.frames} frames: {f_dim * ((args.frames - 16) // 16 + 1)} tokens "
+          f"+ CLS/DIST, {(frames > args.frames).mean():.3f} of clips cropped")
+    for k, (_, _, x, n) in runs.items():
+        t = float(np.median(times[k]))
+        extra = (f", {float((packed['segment_ids'] > 0).mean()):.3f} real tokens"
+                 if k.startswith("packed") else "")
+        print(f"{k}: {n} clips per call{extra}: {t * 1e3:.0f} ms -> {n / t:.0f} clips/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""Token merging (ToMe) and TopK pruning inside packed rows, with static shapes.
+
+A packed row holds several samples (segment ids 1..S) and padding (segment 0). Reducing
+tokens there must never mix samples, must keep every sample alive, and must remove a fixed,
+Python-int number of tokens per row so the arrays really shrink under `jax.jit`.
+
+Rules (docs/ELASTIC.md explains them with examples):
+
+- Segment-local bipartite split. Inside each segment, tokens alternate between set A (even
+  rank within the segment: 0, 2, 4, ...) and set B (odd rank), like ToMe's split of a single
+  sample. An A token may only match a B token of its own segment (other scores are -inf).
+  Padding is one more segment whose first token is its only B token: padding merges only
+  with padding. A merged token keeps its destination's segment id.
+- Static r per row. `row_merge_count(T, r, S)` clamps r to (T - S) // 2. Every segment of n
+  tokens can give floor(n / 2) merges, and at most S + 1 segments (S samples + padding) have
+  odd n, so a row of T tokens always offers at least (T - S) // 2 merges whatever its
+  packing: the clamp is ToMe's (T - protected) // 2 with one protected token per slot.
+- Per-sample quota, independent of the other samples' content. Sample s (n_s tokens now)
+  gets q_s = min(floor(n_s / 2), floor(r * n_s / T)) merges: its share of the row. Padding
+  takes the rest; if the padding cannot (a nearly full row), the leftover goes to samples
+  with spare capacity in slot order. Within a sample, its q_s A tokens with the most similar
+  partner (cosine of the metric) merge, as in ToMe. Quotas depend only on token counts, so
+  one sample's patches never change which tokens another sample merges; a sample in a row
+  with enough padding is reduced exactly as if it were packed alone.
+- TopK per sample. `row_keep_count(T, keep_rate, S)` = min(T, ceil(keep_rate * T) + S)
+  tokens stay in a row. Sample s keeps its ceil(keep_rate * n_s) most important tokens
+  (>= 1); padding fills the remaining places; if the padding cannot, the extra places go to
+  the samples' next-best tokens in slot order (a sample never keeps fewer than its quota).
+  Importance = attention a token receives from the queries of its own sample, averaged over
+  heads (the AudioMAE variant of reference.md §8; packed rows have no CLS token).
+- Order. Surviving tokens keep their relative row order (stable compaction), so a sample's
+  token order does not depend on its row-mates.
+
+Every plan returns a `reduce(x, mode)` with the contract of `tome.bipartite_soft_matching`'s
+merge, so `tome.merge_wavg` and `tome.merge_source` apply unchanged.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from fast_ast_jax.models.attention import class_attention
+
+ReduceFn = Callable[..., jax.Array]
+MERGE_MODES = ("sum", "mean", "amax")
+
+
+def segment_mask(seg_q: jax.Array, seg_k: jax.Array) -> jax.Array:
+    """Packed attention mask: a query sees the keys of its own sample, never padding.
+
+    Args:
+        seg_q: (R, Tq) int segment ids (0 = padding).
+        seg_k: (R, Tk) int segment ids.
+
+    Returns:
+        (R, 1, Tq, Tk) bool, broadcast over heads.
+    """
+    return ((seg_q[:, :, None] == seg_k[:, None, :]) & (seg_k[:, None, :] > 0))[:, None]
+
+
+def row_merge_count(num_tokens: int, r: int, num_slots: int) -> int:
+    """Merges done in a packed row of `num_tokens` with `num_slots` sample slots (static)."""
+    return max(0, min(int(r), (num_tokens - num_slots) // 2))
+
+
+def row_keep_count(num_tokens: int, keep_rate: float, num_slots: int) -> int:
+    """Tokens a packed row keeps after TopK pruning (static)."""
+    if not 0.0 < keep_rate <= 1.0:
+        raise ValueError(f"prune keep_rate={keep_rate} must be in (0, 1]")
+    if keep_rate >= 1.0:
+        return num_tokens
+    return min(num_tokens, math.ceil(keep_rate * num_tokens) + num_slots)
+
+
+def _segment_counts(seg: jax.Array, num_slots: int) -> jax.Array:
+    """(R, T) ids -> (R, S + 1) token counts per segment (index 0 = padding)."""
+    return jax.nn.one_hot(seg, num_slots + 1, dtype=jnp.int32).sum(axis=1)
+
+
+def _rank_in_segment(seg: jax.Array) -> jax.Array:
+    """(R, T) -> (R, T) number of earlier tokens of the same segment."""
+    t = seg.shape[1]
+    earlier = jnp.tril(jnp.ones((t, t), bool), k=-1)  # [i, j]: j < i
+    same = seg[:, :, None] == seg[:, None, :]
+    return (same & earlier).sum(axis=-1)
+
+
+def _fill_quota(base: jax.Array, cap: jax.Array, total: int) -> jax.Array:
+    """Raise per-segment quotas to sum to `total` without exceeding `cap`.
+
+    Args:
+        base: (R, S + 1) int quotas of the samples (column 0, padding, is 0 here).
+        cap: (R, S + 1) int most a segment can take; column 0 = padding.
+        total: the static count per row; the caller guarantees sum(cap) >= total.
+
+    Returns:
+        (R, S + 1) quotas: padding takes what it can first, then samples in slot order.
+    """
+    rest = total - base.sum(axis=1)  # (R,)
+    pad = jnp.minimum(cap[:, 0], rest)
+    rest = rest - pad
+    slack = (cap - base).at[:, 0].set(0)
+    before = jnp.cumsum(slack, axis=1) - slack
+    extra = jnp.clip(rest[:, None] - before, 0, slack)
+    return (base + extra).at[:, 0].add(pad)
+
+
+def _rank_by_score(score: jax.Array, seg: jax.Array, candidate: jax.Array) -> jax.Array:
+    """Rank of each candidate among the candidates of its segment, best score first.
+
+    Ties go to the earlier token. score, seg, candidate: (R, T) -> (R, T) int.
+    """
+    t = seg.shape[1]
+    si, sj = score[:, :, None], score[:, None, :]
+    idx = jnp.arange(t)
+    earlier = idx[None, :] < idx[:, None]  # [i, j]: j before i
+    better = (sj > si) | ((sj == si) & earlier[None])
+    same = (seg[:, :, None] == seg[:, None, :]) & candidate[:, None, :]
+    return (better & same).sum(axis=-1)
+
+
+def _compact(keep: jax.Array, count: int) -> jax.Array:
+    """(R, T) bool with `count` True per row -> (R, count) their indices in row order."""
+    return jnp.argsort(~keep, axis=1, stable=True)[:, :count]
+
+
+def _take(x: jax.Array, idx: jax.Array) -> jax.Array:
+    return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def packed_bipartite_matching(
+        metric: jax.Array,
+        segment_ids: jax.Array,
+        *,
+        r: int,
+        num_slots: int,
+) -> tuple[ReduceFn, jax.Array]:
+    """Plan ToMe merges inside packed rows (see the module docstring for the rules).
+
+    Args:
+        metric: (R, T, C) matching features (keys averaged over heads); gradients stopped.
+        segment_ids: (R, T) int, 1..num_slots per sample, 0 = padding.
+        r: merges per row before the static clamp `row_merge_count`.
+        num_slots: S, the most samples a row can hold.
+
+    Returns:
+        merge(x, mode="mean"): (R, T, D) -> (R, T - r_eff, D) with modes "sum", "mean"
+            (plain mean of a destination and its sources) and "amax", like ToMe's merge;
+        segment ids (R, T - r_eff) of the merged tokens.
+    """
+    rows, t, _ = metric.shape
+    r = row_merge_count(t, r, num_slots)
+    if r == 0:
+        return (lambda x, mode="mean": x), segment_ids
+
+    metric = jax.lax.stop_gradient(metric).astype(jnp.float32)
+    metric = metric / jnp.linalg.norm(metric, axis=-1, keepdims=True)
+    rank = _rank_in_segment(segment_ids)
+    real = segment_ids > 0
+    is_a = jnp.where(real, rank % 2 == 0, rank > 0)
+    is_b = jnp.where(real, rank % 2 == 1, rank == 0)
+    valid = (is_a[:, :, None] & is_b[:, None, :]
+             & (segment_ids[:, :, None] == segment_ids[:, None, :]))
+    scores = jnp.einsum("ric,rjc->rij", metric, metric)
+    scores = jnp.where(valid, scores, -jnp.inf)
+    node_max = scores.max(axis=-1)
+    node_idx = scores.argmax(axis=-1)
+    candidate = jnp.isfinite(node_max)  # A tokens with a partner in their segment
+
+    counts = _segment_counts(segment_ids, num_slots)
+    cap = counts // 2
+    cap = cap.at[:, 0].set(jnp.maximum(counts[:, 0] - 1, 0))
+    base = jnp.minimum(cap, (r * counts) // t).at[:, 0].set(0)
+    quota = _fill_quota(base, cap, r)
+    order = _rank_by_score(jnp.where(real, node_max, 0.0), segment_ids, candidate)
+    merged = candidate & (order < jnp.take_along_axis(quota, segment_ids, axis=1))
+    dst = jnp.where(merged, node_idx, jnp.arange(t)[None])
+    keep_idx = _compact(~merged, t - r)
+    batch = jnp.arange(rows)[:, None]
+
+    def merge(x: jax.Array, mode: str = "mean") -> jax.Array:
+        if mode not in MERGE_MODES:
+            raise ValueError(f"merge mode {mode!r} is not one of {MERGE_MODES}")
+        if x.shape[:2] != (rows, t):
+            raise ValueError(f"merge planned for (rows, tokens) = {(rows, t)}, got x of "
+                             f"shape {x.shape}")
+        if mode == "amax":
+            out = jnp.full_like(x, -jnp.inf).at[batch, dst].max(x)
+        else:
+            out = jnp.zeros_like(x).at[batch, dst].add(x)
+            if mode == "mean":
+                count = jnp.zeros((rows, t), x.dtype).at[batch, dst].add(1)
+                # Merged-away places have count 0 and are dropped; 1 keeps them finite.
+                count = jnp.maximum(count, 1).reshape(count.shape + (1,) * (x.ndim - 2))
+                out = out / count
+        return _take(out, keep_idx)
+
+    return merge, jnp.take_along_axis(segment_ids, keep_idx, axis=1)
+
+
+def received_attention(q: jax.Array, k: jax.Array, segment_ids: jax.Array, *,
+                       bias: jax.Array | None = None) -> jax.Array:
+    """Importance of each token: attention it receives from its own sample's queries.
+
+    Args:
+        q, k: (R, T, H, D) queries and keys of the block.
+        segment_ids: (R, T).
+        bias: optional (R, 1, 1, T) key bias (log size under proportional attention).
+
+    Returns:
+        (R, T) float32: sum over the sample's queries of the head-averaged probabilities.
+    """
+    mask = segment_mask(segment_ids, segment_ids)
+    real_q = (segment_ids > 0)[:, None, :, None]
+
+    def one_head(qk):
+        # One head at a time: the (R, T, T) probabilities of all heads at once would be the
+        # largest array of the model for long rows.
+        qh, kh = qk
+        probs = class_attention(qh[:, :, None], kh[:, :, None], bias=bias, mask=mask)
+        return jnp.where(real_q, probs, 0.0)[:, 0].sum(axis=1)  # (R, T)
+
+    heads = (jnp.moveaxis(q, 2, 0), jnp.moveaxis(k, 2, 0))  # (H, R, T, D)
+    return jax.lax.map(one_head, heads).mean(axis=0)
+
+
+def packed_topk(
+        score: jax.Array,
+        segment_ids: jax.Array,
+        *,
+        keep_rate: float,
+        num_slots: int,
+) -> tuple[ReduceFn, jax.Array]:
+    """Plan TopK pruning inside packed rows (see the module docstring for the rules).
+
+    Args:
+        score: (R, T) token importance (higher = keep); only compared within a segment.
+        segment_ids: (R, T) int, 1..num_slots per sample, 0 = padding.
+        keep_rate: fraction of each sample's tokens kept (rounded up).
+        num_slots: S.
+
+    Returns:
+        select(x, mode=None): (R, T, ...) -> (R, K, ...) the kept tokens in row order;
+        segment ids (R, K). K = `row_keep_count(T, keep_rate, S)`.
+    """
+    rows, t = segment_ids.shape
+    keep = row_keep_count(t, keep_rate, num_slots)
+    if keep == t:
+        return (lambda x, mode=None: x), segment_ids
+    score = jax.lax.stop_gradient(score).astype(jnp.float32)
+    counts = _segment_counts(segment_ids, num_slots)
+    base = jnp.ceil(keep_rate * counts.astype(jnp.float32)).astype(jnp.int32)
+    base = jnp.minimum(base, counts).at[:, 0].set(0)
+    quota = _fill_quota(base, counts, keep)
+    real = segment_ids > 0
+    order = _rank_by_score(jnp.where(real, score, 0.0), segment_ids,
+                           jnp.ones_like(real))
+    kept = order < jnp.take_along_axis(quota, segment_ids, axis=1)
+    keep_idx = _compact(kept, keep)
+
+    def select(x: jax.Array, mode=None) -> jax.Array:
+        del mode
+        if x.shape[:2] != (rows, t):
+            raise ValueError(f"pruning planned for (rows, tokens) = {(rows, t)}, got x of "
+                             f"shape {x.shape}")
+        return _take(x, keep_idx)
+
+    return select, jnp.take_along_axis(segment_ids, keep_idx, axis=1)

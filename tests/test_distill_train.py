@@ -1,0 +1,222 @@
+"""Distillation end to end: CNN teacher training, `distill dump`, FastAST students (ToMe +
+CMKD) for every FastAST config, teacher logits through the pipeline (mixup), and bad teacher
+files failing before any training step."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fast_ast_jax import distill
+from fast_ast_jax.audio.frontend import FrontEnd
+from fast_ast_jax.data import SyntheticSource, source_ids
+from fast_ast_jax.data.pipeline import Augment, Pipeline
+from fast_ast_jax.models import CNNTeacher
+from fast_ast_jax.predict import predict
+from fast_ast_jax.train import loop
+from fast_ast_jax.train.evaluation import evaluate_checkpoint, load_checkpoint
+from tests.test_train import (  # noqa: F401  (fast_compile: autouse fixture)
+    fast_compile, folder_data, load_config, run_one_step, tiny)
+
+FSDD_HEADER = ("filename", "label", "official_split")
+
+
+def fsdd_rows(n=12):
+    return [(f"{i}.wav", str(i % 3), "train" if i < 8 else "test") for i in range(n)]
+
+
+def tiny_cnn(c):
+    c = tiny(c)
+    c.model.cnn.update(stages="tiny", stem_channels=16, feature_dim=32)
+    return c
+
+
+def with_data(c, paths):
+    c.data.train.update(paths)
+    c.data.eval.update(paths)
+    return c
+
+
+def metrics(workdir):
+    return [json.loads(s) for s in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def random_teacher_file(path, *, ids, labels, seed=0):
+    logits = np.random.default_rng(seed).normal(size=(len(ids), len(labels)))
+    distill.save(path, ids=ids, logits=logits, labels=labels, teacher={"model": "random"})
+    return str(path)
+
+
+def test_cnn_teacher_trains_evaluates_and_predicts(tmp_path):
+    paths = folder_data(tmp_path, FSDD_HEADER, fsdd_rows())
+    c = with_data(tiny_cnn(load_config("fsdd_teacher_cnn", "official")), paths)
+    assert c.model.name == "cnn" and c.data.train.select.to_dict() == {"official_split": "train"}
+    run_one_step(c, tmp_path, reevaluate=True)
+    restored = load_checkpoint(tmp_path / "work")
+    assert isinstance(restored.model, CNNTeacher) and restored.model.stages == "tiny"
+    rows = evaluate_checkpoint(tmp_path / "work", echo=None)
+    assert rows[0]["xla_flops"] > 0 and "macs" not in rows[0]  # MACs are counted for ASTs
+    with pytest.raises(ValueError, match="apply to an AST only"):
+        evaluate_checkpoint(tmp_path / "work", settings=[{"tome_r": 2}], echo=None)
+    out = predict([tmp_path / "data" / "audio" / "0.wav"], checkpoint=tmp_path / "work",
+                  top_k=2)
+    assert len(out[0]) == 2
+
+
+def test_teacher_dump_then_fastast_student(tmp_path, capsys):
+    """CNN teacher (2 steps) -> `distill dump` -> FastAST student (ToMe + CMKD, mixup)."""
+    paths = folder_data(tmp_path, FSDD_HEADER, fsdd_rows())
+    teacher = with_data(tiny_cnn(load_config("fsdd_teacher_cnn", "official")), paths)
+    teacher.num_steps = 2
+    loop.train_and_evaluate(teacher, str(tmp_path / "teacher"))
+    out = tmp_path / "teacher.npz"
+    distill.main(["dump", "--checkpoint", str(tmp_path / "teacher"), "--split", "train",
+                  "--out", str(out)])
+    t = distill.load(out)
+    assert t.ids == tuple(f"{i}.wav" for i in range(8)) and t.labels == ("0", "1", "2")
+    assert t.teacher["model_class"] == "cnn" and t.teacher["step"] == 2
+    assert t.teacher["model"]["stages"] == "tiny"
+    # The dumped logits are the teacher's deterministic forward pass on its own features.
+    restored = load_checkpoint(tmp_path / "teacher")
+    pipe = loop.build_pipeline(restored.config, "train", frontend=restored.frontend,
+                               train=False)
+    x = np.stack([pipe.example(i)[0] for i in range(2)])
+    want = restored.model.apply({"params": restored.params}, x, train=False)
+    np.testing.assert_allclose(t.logits[:2], want, rtol=1e-4, atol=1e-5)
+    distill.main(["inspect", str(out)])
+    assert "8 clips x 3 classes, dense" in capsys.readouterr().out
+    distill.main(["dump", "--checkpoint", str(tmp_path / "teacher"), "--out",
+                  str(tmp_path / "top1.npz"), "--top_k", "1"])
+    distill.main(["inspect", str(tmp_path / "top1.npz")])
+    assert "top-1" in capsys.readouterr().out
+
+    student = with_data(tiny(load_config("fsdd_fastast", "official")), paths)
+    assert student.model.tome_r > 0
+    student.model.tome_r = 1
+    student.augment.mixup = 0.5
+    student.num_steps, student.log_every = 2, 1
+    student.distill.teacher_logits = str(out)
+    final = run_one_step_n(student, tmp_path / "student", steps=2)
+    logged = metrics(tmp_path / "student")[0]
+    assert np.isfinite(logged["train/kd_loss"]) and np.isfinite(logged["train/task_loss"])
+    lam = student.distill.lam
+    assert logged["train/loss"] == pytest.approx(
+        lam * logged["train/task_loss"] + (1 - lam) * logged["train/kd_loss"], rel=1e-5)
+    assert np.isfinite(final["train_loss"])
+    # A trained AST serves as a teacher too.
+    ast_teacher = distill.dump(tmp_path / "student", out=tmp_path / "ast.npz", echo=None)
+    assert ast_teacher.teacher["model_class"] == "ast" and ast_teacher.ids == t.ids
+    assert ast_teacher.teacher["model"]["tome_r"] == 1
+
+
+def run_one_step_n(c, workdir, *, steps):
+    final = loop.train_and_evaluate(c, str(workdir))
+    assert final["step"] == steps and np.isfinite(final["train_loss"])
+    return final
+
+
+@pytest.mark.parametrize("name,header,rows,multi", [
+    ("esc50_fastast", ("filename", "fold", "category"),
+     [(f"{i}.wav", str(i % 5 + 1), ["dog", "rain", "siren"][i % 3]) for i in range(15)],
+     False),
+    ("speechcommands_fastast", ("filename", "label", "split"),
+     [(f"{i}.wav", ["yes", "no", "up"][i % 3], "train" if i < 8 else "valid")
+      for i in range(12)], False),
+    ("audioset_fastast", ("filename", "label", "unused"),
+     [(f"{i}.wav", ["/m/a", "/m/a;/m/b", "/m/c", "/m/b;/m/c"][i % 4], "") for i in range(8)],
+     True),
+])
+def test_paper_fastast_recipes_one_step(name, header, rows, multi, tmp_path):
+    c = load_config(name)
+    assert c.model.tome_r > 0 and c.distill.lam == 0.1 and c.distill.tau == 1.0
+    c = with_data(tiny(c, frames=96), folder_data(tmp_path, header, rows))
+    c.optim.warmup_steps = min(c.optim.warmup_steps, 1)
+    src = loop.build_pipeline(c, "train", frontend=FrontEnd.from_dict(c.frontend.to_dict()),
+                              train=True).source
+    c.distill.teacher_logits = random_teacher_file(tmp_path / "t.npz", ids=source_ids(src),
+                                                   labels=src.labels)
+    run_one_step(c, tmp_path, expect_map=multi)
+    assert np.isfinite(metrics(tmp_path / "work")[0]["train/kd_loss"])
+
+
+def test_mixup_mixes_teacher_logits_like_labels():
+    src = SyntheticSource(num_examples=8, sample_rate=16000, min_seconds=0.1, max_seconds=0.2)
+    fe = FrontEnd(num_mel_bins=16, target_frames=16)
+    labels = [src[i]["label"] for i in range(8)]
+    # Teacher logits = 3 x one-hot label: after mixing they must equal 3 x the mixed target.
+    t = distill.TeacherLogits(path="t.npz", ids=tuple(source_ids(src)),
+                              logits=3 * np.eye(8, dtype=np.float32)[labels],
+                              labels=tuple(src.labels), teacher={})
+    pipe = Pipeline(src, frontend=fe, batch_size=8, train=True, teacher=t,
+                    augment=Augment(mixup=1.0), process_index=0, process_count=1)
+    batch = pipe.batch(0, 0)
+    assert batch["teacher"].shape == (8, 8)
+    assert (batch["y"].max(-1) < 1).any()  # some examples really were mixed
+    np.testing.assert_allclose(batch["teacher"], 3 * batch["y"], atol=1e-6)
+    eval_pipe = Pipeline(src, frontend=fe, batch_size=6, train=False, teacher=t,
+                         process_index=0, process_count=1)
+    last = eval_pipe.batch(0, 1)  # 2 real clips + 4 padding rows
+    np.testing.assert_array_equal(last["teacher"][:2], t.logits[6:8])
+    assert not last["teacher"][2:].any()
+
+
+def _bad_file(tmp_path, kind, ids, labels):
+    path = tmp_path / f"{kind}.npz"
+    logits = np.zeros((len(ids), len(labels)), np.float32)
+    if kind == "missing":
+        ids = ids[:3] + ids[4:]
+        logits = logits[1:]
+    elif kind == "labels":
+        labels = labels[:-1] + ["other"]
+    elif kind == "count":
+        labels = labels + ["extra"]
+        logits = np.zeros((len(ids), len(labels)), np.float32)
+    elif kind == "nan":
+        logits[5, 1] = np.nan
+        # save() refuses NaN; an external program might still write one.
+        np.savez(path, ids=np.asarray(ids), logits=logits, labels=np.asarray(labels))
+        return path
+    distill.save(path, ids=ids, logits=logits, labels=labels, teacher={})
+    return path
+
+
+@pytest.mark.parametrize("kind,match", [
+    ("missing", r"missing\.npz: no teacher logits for clip id '3\.wav'"),
+    ("labels", r"labels\.npz: class 2 is 'other' for the teacher but '2'"),
+    ("count", r"count\.npz: the teacher has 4 classes, the student's data has 3"),
+    ("nan", r"nan\.npz: non-finite .* clip id '5\.wav'"),
+])
+def test_bad_teacher_file_fails_before_training(kind, match, tmp_path, monkeypatch):
+    paths = folder_data(tmp_path, FSDD_HEADER, fsdd_rows())
+    c = with_data(tiny(load_config("fsdd_fastast", "official")), paths)
+    ids, labels = [f"{i}.wav" for i in range(8)], ["0", "1", "2"]
+    c.distill.teacher_logits = str(_bad_file(tmp_path, kind, ids, labels))
+
+    def no_features(self, *a, **k):
+        raise AssertionError("featurised clips before validating the teacher file")
+
+    monkeypatch.setattr(Pipeline, "_fill_cache", no_features)
+    with pytest.raises(distill.TeacherLogitsError, match=match):
+        loop.train_and_evaluate(c, str(tmp_path / "work"))
+    assert not (tmp_path / "work" / "checkpoints").exists()
+
+
+def test_fsdd_table_script_overrides():
+    import importlib.util
+
+    from tests.test_train import ROOT
+
+    spec = importlib.util.spec_from_file_location("fsdd_fastast_bench",
+                                                  ROOT / "benchmarks" / "fsdd_fastast.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    c = bench.override(load_config("fsdd_fastast", "official"),
+                       ["num_steps=3", "model.tome_r=2", "distill.teacher_logits=t.npz",
+                        'data.train.select={"official_split": "train", "speaker": "theo"}'])
+    assert (c.num_steps, c.model.tome_r, c.distill.teacher_logits) == (3, 2, "t.npz")
+    assert c.data.train.select.speaker == "theo"
+    with pytest.raises(KeyError, match="no field 'model.bogus'"):
+        bench.override(c, ["model.bogus=1"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        bench.override(c, ["num_steps"])
