@@ -100,8 +100,8 @@ class Checkpointer:
         return self._mgr.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
-    def restore(self, step: int | None = None, *, target=None,
-                fallback: bool = False) -> tuple[Any, dict]:
+    def restore(self, step: int | None = None, *, target=None, fallback: bool = False,
+                check_meta=None) -> tuple[Any, dict]:
         """(state, meta) of `step` (default latest). `target`: abstract state with
         shardings (jax.ShapeDtypeStruct leaves); None restores the saved tree (as nested
         dicts) replicated over this process's devices, whatever topology saved it.
@@ -109,6 +109,8 @@ class Checkpointer:
         fallback (only with step=None): an unreadable latest step is skipped with a warning
         naming its directory, and older steps are tried; `self.restored_step` says which
         step was used and `self.unreadable` lists the skipped ones.
+        check_meta: called with the step's metadata before its state is read; what it
+            raises (e.g. "another model config") propagates, it is not "unreadable".
         Raises CheckpointError (unreadable) or CheckpointMismatchError (wrong shapes).
         """
         if step is None:
@@ -122,7 +124,7 @@ class Checkpointer:
         self.unreadable: list[int] = []
         for i, s in enumerate(steps):
             try:
-                out = self._restore_step(s, target)
+                out = self._restore_step(s, target, check_meta)
             except CheckpointError as e:
                 if i + 1 == len(steps):
                     raise
@@ -133,8 +135,18 @@ class Checkpointer:
             return out
         raise AssertionError("unreachable")
 
-    def _restore_step(self, step: int, target) -> tuple[Any, dict]:
+    def _restore_step(self, step: int, target, check_meta) -> tuple[Any, dict]:
         where = f"checkpoint {self.directory / str(step)}"
+        try:
+            meta = self._mgr.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore())).meta
+            if meta is None:
+                raise ValueError("no meta")
+        except Exception as e:
+            raise CheckpointError(f"{where} is unreadable ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''})") from e
+        if check_meta is not None:
+            check_meta(meta)
         try:
             saved = self._mgr.item_metadata(step)["state"]
         except Exception as e:  # orbax raises many types for missing / corrupt files

@@ -244,8 +244,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if ckpt.latest_step() is not None:  # 1. resume
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                               abstract, shardings)
-        state, saved = ckpt.restore(target=target, fallback=True)
-        check_resumable(saved, meta, directory=ckpt.directory)
+        state, saved = ckpt.restore(target=target, fallback=True, check_meta=functools.partial(
+            check_resumable, requested=meta, directory=ckpt.directory))
         ckpt.quarantine(ckpt.unreadable)  # so that those steps can be saved again
         position = tuple(saved["data_position"])
         if is_main:
