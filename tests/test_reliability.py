@@ -314,8 +314,6 @@ def test_ctrl_c_saves_and_stops(tmp_path, monkeypatch):
     ("batch_size", 0, r"config\.batch_size=0: must be > 0"),
     ("model.prune_keep_rate", 0.0, r"config\.model\.prune_keep_rate=0\.0: .*\(0, 1\]"),
     ("model.prune_keep_rate", 1.5, r"config\.model\.prune_keep_rate=1\.5"),
-    ("model.tome_r", 50, r"config\.model\.tome_r=50: the first block can merge at most 3 "
-                         r"of its 6 patch tokens"),
     ("model.dropout", 1.0, r"config\.model\.dropout=1\.0: must lie in \[0, 1\)"),
     ("model.num_heads", 3, r"config\.model\.width=64 is not divisible by num_heads=3"),
     ("model.size", "huge", r"config\.model\.size='huge'"),
@@ -336,6 +334,15 @@ def test_impossible_config_values(field, value, match):
     with pytest.raises(ValueError, match=match) as info:
         validate_config(c, device_count=1)
     assert "\n" not in str(info.value)
+
+
+def test_tome_r_larger_than_the_tokens_warns():
+    """ToMe clamps r per block (as the reference), so a too-large r is legal: a warning."""
+    c = load_config("test")
+    c.model.tome_r = 50
+    with pytest.warns(UserWarning, match=r"config\.model\.tome_r=50: the first block can "
+                                         r"merge at most 3 of its 6 patch tokens"):
+        validate_config(c, device_count=1)
 
 
 def test_batch_not_divisible_by_devices_and_locked_config():

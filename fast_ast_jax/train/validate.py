@@ -8,6 +8,8 @@ after featurising the data or at the first evaluation.
 """
 from __future__ import annotations
 
+import warnings
+
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data.pipeline import BAD_CLIP_POLICIES
 from fast_ast_jax.models.ast import SIZES
@@ -101,8 +103,8 @@ def _check_model(config, frontend: FrontEnd) -> None:
     f_dim, t_dim = model.grid()
     most = (f_dim * t_dim) // 2
     first = model.r_schedule()[0] if plan else 0
-    if first > most:
-        raise ValueError(f"config.model.tome_r={config.model.tome_r!r}: the first block can "
-                         f"merge at most {most} of its {f_dim * t_dim} patch tokens "
-                         f"(frames={frontend.target_frames}, fstride={model.fstride}, "
-                         f"tstride={model.tstride}); lower tome_r")
+    if first > most:  # ToMe clamps r per block (reference semantics): legal, but suspicious
+        warnings.warn(f"config.model.tome_r={config.model.tome_r!r}: the first block can "
+                      f"merge at most {most} of its {f_dim * t_dim} patch tokens "
+                      f"(frames={frontend.target_frames}, fstride={model.fstride}, "
+                      f"tstride={model.tstride}); r is clamped to that", stacklevel=3)
