@@ -6,7 +6,9 @@ instead, once per setting (fast_ast_jax.train.elastic).
 Data comes from the checkpoint's own config unless --config is given. --tome_r /
 --keep_rate evaluate one token-reduction setting; --sweep evaluates several and prints a
 table (accuracy, clips/s, speedup; MACs for an AST, XLA-counted flops for the CNN teacher)
-and writes a PNG of accuracy against throughput.
+and writes a PNG of accuracy against throughput. --hop_frames N scores clips longer than
+the trained length by sliding windows (mean window logits / max window sigmoid,
+fast_ast_jax.windows).
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ flags.DEFINE_string("split", "eval", "config.data split to evaluate on")
 flags.DEFINE_integer("tome_r", None, "ToMe: tokens merged per block")
 flags.DEFINE_float("keep_rate", None, "TopK pruning keep rate")
 flags.DEFINE_string("sweep", None, "NAME=v1,v2,... with NAME r|tome_r|keep_rate")
+flags.DEFINE_integer("hop_frames", None, "score whole clips by sliding windows of the "
+                     "trained length every hop_frames frames (default: crop to it)")
 flags.DEFINE_string("plot", None, "PNG path for the sweep plot (default WORKDIR/sweep.png)")
 flags.mark_flags_as_required(["checkpoint"])
 
@@ -44,7 +48,7 @@ def main(argv):
                                     settings=settings)
         return
     evaluate_checkpoint(f.checkpoint, config=f.config, split=f.split, settings=settings,
-                        plot=plot)
+                        plot=plot, hop_frames=f.hop_frames)
     if plot:
         print(f"plot: {plot}")
 

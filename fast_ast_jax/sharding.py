@@ -6,6 +6,8 @@ largest dimension that the device count divides, so memory per device shrinks wi
 """
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -17,13 +19,20 @@ _initialized = False
 
 
 def initialize_distributed(enabled: bool) -> None:
-    """Multi-host: `jax.distributed.initialize()` (cluster settings from the environment).
+    """Multi-host: `jax.distributed.initialize()` (docs/MULTIHOST.md).
 
-    Must run before anything touches a JAX backend (so no jax.process_count() here).
+    Cluster settings come from the environment: auto-detected on Cloud TPU, SLURM, Open MPI
+    and Kubernetes; elsewhere JAX_COORDINATOR_ADDRESS (read by JAX) plus JAX_NUM_PROCESSES
+    and JAX_PROCESS_ID (read here). CPU processes exchange data with gloo. Must run before
+    anything touches a JAX backend (so no jax.process_count() here).
     """
     global _initialized
     if enabled and not _initialized:
-        jax.distributed.initialize()
+        kwargs = {name: int(os.environ[var]) for name, var in
+                  (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID"))
+                  if os.environ.get(var)}
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU backend only
+        jax.distributed.initialize(**kwargs)
         _initialized = True
 
 

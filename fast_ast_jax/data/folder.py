@@ -4,6 +4,10 @@ Multi-label rows separate labels with ';' (`dog;bark`). Rows are selected by col
 (e.g. FSDD's meta.csv: `fold=train` or `official_split=test`). Label names come from the
 config or, by default, from every row of the CSV (not only the selected ones), so the
 train and eval splits of one CSV always agree on the label order.
+
+Filenames must be relative paths inside `audio_dir` (checked lexically, so symlinked files
+are fine): an absolute path or one that climbs out with `..` is an error, as is a filename
+listed twice among the selected rows (it would be trained on twice as often).
 """
 from __future__ import annotations
 
@@ -71,9 +75,21 @@ class FolderSource:
         wanted = {c: {str(v) for v in (vals if isinstance(vals, (list, tuple)) else [vals])}
                   for c, vals in select.items()}
         self._items: list[tuple[str, list[int]]] = []
+        first_line: dict[str, int] = {}
+        root = os.path.normpath(self.audio_dir)
         for i, row in enumerate(rows):
             if not all(row[c] in vals for c, vals in wanted.items()):
                 continue
+            name = row[filename_column]
+            inside = os.path.normpath(os.path.join(root, name))
+            if os.path.isabs(name) or os.path.commonpath([root, inside]) != root:
+                raise ValueError(f"{csv_path} line {i + 2}: {filename_column} {name!r} is "
+                                 f"not inside the audio directory {self.audio_dir}; give "
+                                 "paths relative to it (or set config.data.*.audio_dir)")
+            if name in first_line:
+                raise ValueError(f"{csv_path} line {i + 2}: {name!r} is listed again (first "
+                                 f"on line {first_line[name]}); remove the duplicate row")
+            first_line[name] = i + 2
             names = split_labels(row, i + 2)
             unknown = [n for n in names if n not in index]
             if unknown:

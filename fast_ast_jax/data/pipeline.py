@@ -17,6 +17,16 @@ teacher logits as of their labels (weight lam ~ Beta(alpha, alpha)); SpecAugment
 do not change them. CMKD's "consistent teaching" instead runs the teacher online on the
 very same augmented input; offline logits cannot, and mixing logits (not probabilities)
 is an approximation of the teacher's output on the mixture.
+
+Bad clips (a source example whose audio raises `AudioError`: missing, empty, undecodable,
+NaN samples) follow `on_bad_clip`: "fail" raises at once, naming the file; "skip" records
+the clip in `bad_clips` (index -> message), warns once, and goes on. A skipped training
+clip is replaced by the next good example in source order (index + 1, + 2, ... wrapping
+round; with its teacher logits), so batches stay full and remain a pure function of (seed,
+epoch, index): a resumed run sees exactly the batches an uninterrupted one would. A skipped
+eval clip is masked out (mask 0), so it counts nowhere. With `cache` on, every clip is
+featurised up front (progress bar), so bad clips are all found and reported before the
+first step.
 """
 from __future__ import annotations
 
@@ -34,6 +44,9 @@ from tqdm import tqdm
 from fast_ast_jax.audio import augment
 from fast_ast_jax.audio.features import features
 from fast_ast_jax.audio.frontend import FrontEnd
+from fast_ast_jax.audio.io import AudioError
+
+BAD_CLIP_POLICIES = ("skip", "fail")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +93,7 @@ class Pipeline:
         cache_dir: also store them in an .npz there, named by a hash of `cache_key` (which
             must identify the source, e.g. its config as JSON) and the front-end.
         process_index, process_count: this host's shard (default: from jax).
+        on_bad_clip: "skip" or "fail" (see the module docstring).
         teacher: distill.TeacherLogits; its labels must equal the source's and every clip
             id of the source must have logits (checked here, before any feature work).
     """
@@ -88,7 +102,11 @@ class Pipeline:
                  seed: int = 0, augment: Augment = Augment(), cache: bool = True,
                  cache_dir: str | os.PathLike | None = None, cache_key: str = "",
                  process_index: int | None = None,
-                 process_count: int | None = None, teacher=None):
+                 process_count: int | None = None, teacher=None,
+                 on_bad_clip: str = "skip"):
+        if on_bad_clip not in BAD_CLIP_POLICIES:
+            raise ValueError(f"config.data.on_bad_clip={on_bad_clip!r}: use one of "
+                             f"{BAD_CLIP_POLICIES}")
         if process_index is None or process_count is None:
             import jax
 
@@ -115,7 +133,11 @@ class Pipeline:
             ids = source_ids(source)
             teacher.check_ids(ids)
             self._teacher = _Rows(teacher.logits, [teacher.index(cid) for cid in ids])
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
+        self.on_bad_clip = on_bad_clip
+        self.bad_clips: dict[int, str] = {}
+        # index -> (features, target), or None for a bad clip.
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray] | None] | None = (
+            {} if cache else None)
         if cache:
             self._fill_cache(cache_dir, cache_key)
 
@@ -135,13 +157,36 @@ class Pipeline:
         x = np.asarray(features(ex["audio"], frontend=self.frontend, rng=rng), np.float32)
         return x, self._target(ex["label"])
 
-    def example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(frames, bins) features and (C,) target of source example `index`."""
-        if self._cache is None:
+    def _checked(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """`_compute`, or None (recorded in bad_clips) for a bad clip under "skip"."""
+        try:
             return self._compute(index)
+        except AudioError as e:
+            if self.on_bad_clip == "fail":
+                raise AudioError(f"{e} [example {index}; config.data.on_bad_clip='skip' "
+                                 "skips bad clips]") from e
+            if index not in self.bad_clips:
+                self.bad_clips[index] = str(e)
+                tqdm.write(f"warning: skipping bad clip {index}: {e}")
+            return None
+
+    def example(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(frames, bins) features and (C,) target of source example `index`; None if the
+        clip is bad and skipped (see `on_bad_clip`)."""
+        if self._cache is None:
+            return self._checked(index)
         if index not in self._cache:
-            self._cache[index] = self._compute(index)
+            self._cache[index] = self._checked(index)
         return self._cache[index]
+
+    def good_index(self, index: int) -> int:
+        """`index`, or the next index in source order (wrapping) whose clip is good."""
+        n = len(self.source)
+        for k in range(n):
+            if self.example((index + k) % n) is not None:
+                return (index + k) % n
+        raise AudioError(f"all {n} clips of the source are bad, e.g. "
+                         f"{next(iter(self.bad_clips.values()))}")
 
     def _fill_cache(self, cache_dir, cache_key: str) -> None:
         path = None
@@ -150,19 +195,41 @@ class Pipeline:
             path = Path(cache_dir) / f"features-{key}.npz"
             if path.is_file():
                 with np.load(path) as f:
-                    xs, ys = f["x"], f["y"]
+                    xs, ys, bad = f["x"], f["y"], f["bad"] if "bad" in f else []
+                    reasons = f["reasons"] if "reasons" in f else []
                 if len(xs) == len(self.source):
+                    if len(bad) and self.on_bad_clip == "fail":
+                        raise AudioError(f"{path} records {len(bad)} bad clip(s), e.g. "
+                                         f"{reasons[0]}; config.data.on_bad_clip='skip' "
+                                         "skips them")
+                    self.bad_clips = {int(i): str(r) for i, r in zip(bad, reasons)}
                     self._cache = {i: (xs[i], ys[i]) for i in range(len(xs))}
+                    self._cache.update({i: None for i in self.bad_clips})
+                    self._report_bad()
                     return
         desc = f"features ({'train' if self.train else 'eval'})"
         for i in tqdm(range(len(self.source)), desc=desc, leave=False):
             self.example(i)
+        self._report_bad()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp.npz")
-            np.savez(tmp, x=np.stack([self._cache[i][0] for i in range(len(self.source))]),
-                     y=np.stack([self._cache[i][1] for i in range(len(self.source))]))
+            shape = (self.frontend.target_frames, self.frontend.num_mel_bins)
+            cached = [self._cache[i] or (np.zeros(shape, np.float32),
+                                         np.zeros(self.num_classes, np.float32))
+                      for i in range(len(self.source))]
+            np.savez(tmp, x=np.stack([x for x, _ in cached]), y=np.stack([y for _, y in cached]),
+                     bad=np.asarray(sorted(self.bad_clips), np.int64),
+                     reasons=np.asarray([self.bad_clips[i] for i in sorted(self.bad_clips)],
+                                        dtype=str))
             os.replace(tmp, path)
+
+    def _report_bad(self) -> None:
+        if self.bad_clips:
+            first = next(iter(self.bad_clips.values()))
+            tqdm.write(f"{len(self.bad_clips)} of {len(self.source)} "
+                       f"{'train' if self.train else 'eval'} clips are bad and skipped, "
+                       f"e.g. {first}")
 
     # -- batches ----------------------------------------------------------------------------
 
@@ -183,37 +250,45 @@ class Pipeline:
         order = order[self.process_index * self.local_batch:
                       (self.process_index + 1) * self.local_batch]
         fill = (0.0 - self.frontend.mean) / (2 * self.frontend.std)
-        xs, ys, ts = [], [], []
+        shape = (self.frontend.target_frames, self.frontend.num_mel_bins)
+        xs, ys, ts, mask = [], [], [], []
         for j, i in enumerate(order):
-            x, y = self.example(int(i))
-            t = None if self._teacher is None else self._teacher[int(i)]
-            if self.train:
-                rng = np.random.default_rng([self.seed, epoch, index, self.process_index, j])
-                aug = self.augment
-                if aug.mixup > 0 and rng.random() < aug.mixup:
-                    other = int(rng.integers(len(self.source)))
-                    x2, y2 = self.example(other)
-                    if t is not None:  # mix teacher logits with the labels' weight
-                        y, y2 = np.concatenate([y, t]), np.concatenate([y2,
-                                                                       self._teacher[other]])
-                    x, y = augment.mixup(x, y, x2, y2, rng=rng, alpha=aug.mixup_alpha)
-                    if t is not None:
-                        y, t = y[:self.num_classes], y[self.num_classes:]
-                x = augment.spec_augment(x, freqm=aug.freqm, timem=aug.timem, fill=fill,
-                                         rng=rng)
-                if aug.noise:
-                    x = augment.noise_and_roll(x, rng=rng)
+            i = int(i)
+            if not self.train:
+                ex = self.example(i)
+                ok = ex is not None
+                xs.append(ex[0] if ok else np.zeros(shape, np.float32))
+                ys.append(ex[1] if ok else np.zeros(self.num_classes, np.float32))
+                ts.append(None if self._teacher is None else self._teacher[i])
+                mask.append(float(ok))
+                continue
+            i = self.good_index(i)
+            x, y = self.example(i)
+            t = None if self._teacher is None else self._teacher[i]
+            rng = np.random.default_rng([self.seed, epoch, index, self.process_index, j])
+            aug = self.augment
+            if aug.mixup > 0 and rng.random() < aug.mixup:
+                other = self.good_index(int(rng.integers(len(self.source))))
+                x2, y2 = self.example(other)
+                if t is not None:  # mix teacher logits with the labels' weight
+                    y, y2 = np.concatenate([y, t]), np.concatenate([y2, self._teacher[other]])
+                x, y = augment.mixup(x, y, x2, y2, rng=rng, alpha=aug.mixup_alpha)
+                if t is not None:
+                    y, t = y[:self.num_classes], y[self.num_classes:]
+            x = augment.spec_augment(x, freqm=aug.freqm, timem=aug.timem, fill=fill,
+                                     rng=rng)
+            if aug.noise:
+                x = augment.noise_and_roll(x, rng=rng)
             xs.append(x)
             ys.append(y)
             ts.append(t)
-        mask = np.ones(self.local_batch, np.float32)
-        mask[len(xs):] = 0.0
-        shape = (self.frontend.target_frames, self.frontend.num_mel_bins)
+            mask.append(1.0)
         while len(xs) < self.local_batch:  # eval: pad the last batch
             xs.append(np.zeros(shape, np.float32))
             ys.append(np.zeros(self.num_classes, np.float32))
             ts.append(np.zeros(self.num_classes, np.float32))
-        batch = {"x": np.stack(xs), "y": np.stack(ys), "mask": mask}
+            mask.append(0.0)
+        batch = {"x": np.stack(xs), "y": np.stack(ys), "mask": np.asarray(mask, np.float32)}
         if self._teacher is not None:
             batch["teacher"] = np.stack(ts).astype(np.float32)
         return batch

@@ -25,6 +25,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.distributed = False  # jax.distributed.initialize() for multi-host runs
     c.param_sharding = "replicate"  # or "fsdp" (split large params over the data axis)
     c.eval_batch_size = 0  # 0 = 2 x batch_size (as AST)
+    # A step with a non-finite loss or gradient is skipped (no update, counted in
+    # train/skipped_nonfinite); this many in a row stop the run.
+    c.max_consecutive_nonfinite = 10
 
     c.frontend = ml_collections.ConfigDict(FrontEnd().to_dict())
 
@@ -36,6 +39,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.eval = ml_collections.ConfigDict({"num_examples": 128, "split": "eval"})
     c.data.cache = True  # keep features in memory
     c.data.cache_dir = ""  # also store them as .npz there ("" = memory only)
+    # A clip that fails to load (fast_ast_jax.audio.AudioError): "skip" (replaced by the next
+    # good clip in training, masked out in eval; counted in */bad_clips) or "fail".
+    c.data.on_bad_clip = "skip"
 
     c.augment = ml_collections.ConfigDict(
         dict(freqm=0, timem=0, mixup=0.0, mixup_alpha=10.0, noise=False))

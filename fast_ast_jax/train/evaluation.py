@@ -37,12 +37,26 @@ def checkpoint_dir(path: str | Path) -> Path:
     return path / "checkpoints" if (path / "checkpoints").is_dir() else path
 
 
+def is_checkpoint_dir(path: str | Path) -> bool:
+    """Whether `path` is a training workdir or checkpoints dir (numeric step dirs)."""
+    path = checkpoint_dir(path)
+    return path.is_dir() and any(p.name.isdigit() and p.is_dir() for p in path.iterdir())
+
+
 def load_checkpoint(path: str | Path, *, step: int | None = None) -> Restored:
-    """Params (as saved, on the host), model, front-end and labels of a checkpoint."""
-    ckpt = Checkpointer(checkpoint_dir(path))
+    """Params (as saved, on the host), model, front-end and labels of a checkpoint.
+
+    Without `step`, the latest readable step (an unreadable newer one is skipped with a
+    warning naming it). Raises FileNotFoundError (no checkpoint) or CheckpointError.
+    """
+    directory = checkpoint_dir(path)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass a training workdir "
+                                "or its checkpoints/ directory")
+    ckpt = Checkpointer(directory, create=False)
     try:
-        state, meta = ckpt.restore(step)
-        step = ckpt.latest_step() if step is None else step
+        state, meta = ckpt.restore(step, fallback=True)
+        step = ckpt.restored_step
     finally:
         ckpt.close()
     fields = model_fields_from_meta(meta)
@@ -87,7 +101,8 @@ def _xla_flops(model, params, *, frames: int, bins: int) -> float:
 
 def evaluate_checkpoint(path: str | Path, *, config: ml_collections.ConfigDict | None = None,
                         split: str = "eval", settings: Sequence[dict] = ({},),
-                        plot: str | Path | None = None, echo=print) -> list[dict[str, Any]]:
+                        plot: str | Path | None = None, echo=print,
+                        hop_frames: int | None = None) -> list[dict[str, Any]]:
     """Evaluate a checkpoint under each model setting (e.g. {"tome_r": 8}).
 
     Args:
@@ -97,6 +112,8 @@ def evaluate_checkpoint(path: str | Path, *, config: ml_collections.ConfigDict |
         settings: AST field overrides, one evaluation each (the first is the baseline of
             the speedup column).
         plot: write a PNG of accuracy (or mAP) against clips/s there.
+        hop_frames: score whole clips by sliding windows of target_frames every hop_frames
+            frames (fast_ast_jax.windows) instead of cropping them to target_frames.
     Returns:
         one row per setting: the overrides, accuracy (mAP), clips_per_s, speedup, and
         macs (AST: analytic count from fast_ast_jax.bench) or xla_flops (other models:
@@ -106,6 +123,9 @@ def evaluate_checkpoint(path: str | Path, *, config: ml_collections.ConfigDict |
 
     restored = load_checkpoint(path)
     config = config or restored.config
+    if hop_frames is not None:
+        return _evaluate_windows(restored, config, split=split, settings=settings,
+                                 hop_frames=hop_frames, echo=echo)
     pipeline = build_pipeline(config, split, frontend=restored.frontend, train=False)
     if pipeline is None:
         raise ValueError(f"config.data.{split} is empty: nothing to evaluate on")
@@ -137,6 +157,73 @@ def evaluate_checkpoint(path: str | Path, *, config: ml_collections.ConfigDict |
         echo(format_table(rows))
     if plot:
         plot_sweep(rows, plot)
+    return rows
+
+
+def _evaluate_windows(restored: Restored, config, *, split: str, settings: Sequence[dict],
+                      hop_frames: int, echo) -> list[dict[str, Any]]:
+    """evaluate_checkpoint over whole clips scored by sliding windows (bad clips skipped
+    and counted, or fatal, as config.data.on_bad_clip says). clips_per_s here includes
+    decoding and features (windows are featurised on the fly), unlike the cropped path."""
+    import time
+
+    import numpy as np
+
+    from fast_ast_jax.audio.io import AudioError
+    from fast_ast_jax.data import make_source
+    from fast_ast_jax.train import metrics as metrics_lib
+    from fast_ast_jax.windows import windowed_scores
+
+    kwargs = config.data[split].to_dict()
+    if not kwargs:
+        raise ValueError(f"config.data.{split} is empty: nothing to evaluate on")
+    source = make_source(config.data.source, sample_rate=restored.frontend.sample_rate,
+                         **kwargs)
+    if list(source.labels) != restored.labels:
+        raise ValueError(f"the {split} data labels {list(source.labels)} differ from "
+                         f"the checkpoint's {restored.labels}")
+    multi = restored.loss == "sigmoid"
+    batch = config.get("eval_batch_size") or 2 * config.batch_size
+    rows = []
+    for setting in settings:
+        model = restored.model.clone(**setting)
+        forward = jax.jit(lambda p, x, m=model: m.apply({"params": p}, x, train=False))
+        targets, bad = [], []
+
+        def waves():
+            for i in range(len(source)):
+                try:
+                    ex = source[i]
+                except AudioError as e:
+                    if config.data.get("on_bad_clip", "skip") == "fail":
+                        raise
+                    bad.append(str(e))
+                    continue
+                label = ex["label"]
+                y = np.zeros(len(source.labels), np.float32)
+                if np.ndim(label) == 0:
+                    y[int(label)] = 1.0
+                else:
+                    y = np.asarray(label, np.float32)
+                targets.append(y)
+                yield ex["audio"]
+
+        start = time.perf_counter()
+        scores = np.stack([c.scores for c in windowed_scores(
+            waves(), apply=lambda x: forward(restored.params, x), frontend=restored.frontend,
+            multi_label=multi, hop_frames=hop_frames, batch_size=batch)])
+        seconds = time.perf_counter() - start
+        y = np.stack(targets)
+        row = {**setting, "accuracy": metrics_lib.accuracy(logits=scores, targets=y),
+               "clips_per_s": len(y) / seconds, "num_clips": float(len(y)),
+               "bad_clips": float(len(bad))}
+        if multi:
+            row["mAP"] = metrics_lib.mean_average_precision(logits=scores, targets=y)
+        row["speedup"] = row["clips_per_s"] / (rows[0]["clips_per_s"] if rows
+                                               else row["clips_per_s"])
+        rows.append(row)
+    if echo:
+        echo(format_table(rows))
     return rows
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import signal
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
@@ -32,6 +32,7 @@ from fast_ast_jax.train import metrics as metrics_lib
 from fast_ast_jax.train.checkpoint import Checkpointer
 from fast_ast_jax.train.state import TrainState, learning_rate_schedule, make_optimizer
 from fast_ast_jax.train.step import eval_step, train_step
+from fast_ast_jax.train.validate import validate_config
 
 
 def build_model(model_config, *, num_classes: int, frontend: FrontEnd):
@@ -64,7 +65,7 @@ def build_pipeline(config, split: str, *, frontend: FrontEnd, train: bool,
                     seed=config.seed, augment=Augment(**config.augment) if train else Augment(),
                     cache=config.data.cache, cache_dir=config.data.cache_dir or None,
                     cache_key=json.dumps([config.data.source, kwargs], sort_keys=True),
-                    teacher=teacher)
+                    teacher=teacher, on_bad_clip=config.data.on_bad_clip)
 
 
 def loss_kind(config, multi_label: bool) -> str:
@@ -104,35 +105,58 @@ def evaluate(params, *, model, pipeline: Pipeline, mesh, multi_label: bool,
     logits, targets = np.concatenate(logits)[mask], np.concatenate(targets)[mask]
     result = {"accuracy": metrics_lib.accuracy(logits=logits, targets=targets),
               "clips_per_s": clips / max(seconds, 1e-9), "num_clips": float(len(logits))}
+    result["bad_clips"] = float(len(pipeline.bad_clips))
     if multi_label:
         result["mAP"] = metrics_lib.mean_average_precision(logits=logits, targets=targets)
     return result
 
 
-def _init_from(path: str, model, *, seed: int):
-    """Pretrained weights (HF dir, AST .pth, timm DeiT) adapted to this model's position
-    grid, with a fresh head when the class count differs (fast_ast_jax.convert)."""
+def _init_from(path: str, model, *, seed: int, fresh):
+    """Pretrained weights: a fast_ast_jax training workdir / checkpoints dir (same model
+    geometry required; a fresh head when the class count differs), or HF dir, AST .pth,
+    timm DeiT adapted to this model's position grid (fast_ast_jax.convert).
+
+    fresh: this model's freshly initialised params (shapes to check against, and the head).
+    """
+    from fast_ast_jax.train.evaluation import checkpoint_dir, is_checkpoint_dir
+
+    if is_checkpoint_dir(path):
+        from fast_ast_jax.train.checkpoint import check_shapes
+        from fast_ast_jax.train.evaluation import load_checkpoint
+
+        params = dict(load_checkpoint(path).params)
+        if params["head"]["kernel"].shape != fresh["head"]["kernel"].shape:
+            params["head"] = fresh["head"]  # another label set: new classifier
+        check_shapes(params, fresh, where=f"config.init_from {checkpoint_dir(path)}")
+        return params
     from fast_ast_jax import convert
 
     return convert.load_into(model, path, seed=seed)
 
 
 class _Preemption:
-    """SIGTERM (preemption notice) -> save a checkpoint and stop at the next step."""
+    """SIGTERM (preemption notice) or SIGINT (Ctrl-C) -> finish the step under way, save a
+    checkpoint and stop. A second SIGINT interrupts at once (the usual KeyboardInterrupt)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
-        try:
-            self._old = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no handler
-            self._old = None
+        self._old = {}
+        for sig in self.SIGNALS:
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handler
+                pass
 
-    def _handle(self, *_):
+    def _handle(self, signum, _frame):
         self.requested = True
+        if signum == signal.SIGINT:  # the next Ctrl-C is not deferred
+            signal.signal(signum, self._old[signum])
 
     def restore(self):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def check_resumable(saved: dict, requested: dict, *, directory) -> None:
@@ -168,10 +192,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir = Path(workdir)
     is_main = jax.process_index() == 0
     frontend = FrontEnd.from_dict(config.frontend.to_dict())
-    for name in ("batch_size", "eval_batch_size"):
-        if config[name] % jax.device_count():
-            raise ValueError(f"config.{name}={config[name]} must be a multiple of the "
-                             f"{jax.device_count()} devices (the batch is split over them)")
+    validate_config(config, device_count=jax.device_count())
 
     # --- data ------------------------------------------------------------------------------
     teacher = None
@@ -221,10 +242,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         keep=config.keep_checkpoints)
     position = (0, 0)
     if ckpt.latest_step() is not None:  # 1. resume
-        check_resumable(ckpt.restore_meta(), meta, directory=ckpt.directory)
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                               abstract, shardings)
-        state, saved = ckpt.restore(target=target)
+        state, saved = ckpt.restore(target=target, fallback=True, check_meta=functools.partial(
+            check_resumable, requested=meta, directory=ckpt.directory))
+        ckpt.quarantine(ckpt.unreadable)  # so that those steps can be saved again
         position = tuple(saved["data_position"])
         if is_main:
             print(f"resumed from step {int(state.step)} at data position {position}")
@@ -234,7 +256,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             raise ValueError(f"config.init_from={config.init_from!r} loads AST weights; "
                              f"config.model.name={config.model.name!r} cannot use them")
         if config.init_from:  # 2. pretrained
-            params = _init_from(config.init_from, model, seed=config.seed)
+            params = _init_from(config.init_from, model, seed=config.seed,
+                                fresh=state.params)
             params = jax.device_put(params, shardings.params)
             state = jax.jit(lambda p, s: s.replace(params=p, opt_state=tx.init(p)),
                             out_shardings=shardings)(params, state)
@@ -253,17 +276,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     batches = train_data.iterate(epoch=position[0], index=position[1])
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=not is_main)
     window, window_start = [], time.perf_counter()
+    nonfinite_run = 0  # consecutive skipped (non-finite) steps
     try:
         while step < total_steps:
-            local, position = next(batches)
+            try:
+                local, position = next(batches)
+            except Exception:  # a data error: keep the progress made so far
+                ckpt.save(step, state, {**meta, "data_position": list(position)}, force=True)
+                raise
             state, m = step_fn(state, sharding.global_batch(local, mesh))
             step += 1
             bar.update(1)
             window.append(m)
+            nonfinite_run = nonfinite_run + 1 if float(m["skipped_nonfinite"]) else 0
+            if nonfinite_run >= config.max_consecutive_nonfinite:
+                raise FloatingPointError(
+                    f"{nonfinite_run} consecutive steps (up to step {step}) had a non-finite "
+                    f"loss or gradient and were skipped; stopping. The last good checkpoint "
+                    f"is step {ckpt.latest_step()} in {ckpt.directory}. Lower optim.lr, check "
+                    "the data for NaN/Inf, or raise config.max_consecutive_nonfinite")
             if step % config.log_every == 0 or step == total_steps:
-                scalars = {k: float(np.mean([float(w[k]) for w in window])) for k in window[0]}
-                if not math.isfinite(scalars["loss"]):
-                    raise FloatingPointError(f"non-finite loss {scalars['loss']} at step {step}")
+                finite = [w for w in window if not float(w["skipped_nonfinite"])]
+                scalars = {k: float(np.mean([float(w[k]) for w in finite or window]))
+                           for k in window[0]}
+                scalars["skipped_nonfinite"] = float(len(window) - len(finite))
+                scalars["bad_clips"] = float(len(train_data.bad_clips))
                 scalars["clips_per_s"] = (len(window) * config.batch_size
                                           / (time.perf_counter() - window_start))
                 scalars["epoch"] = step / steps_per_epoch
@@ -279,9 +316,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 writer.write(step, {f"eval/{k}": v for k, v in result.items()}, echo=bar.write)
                 final.update({f"eval_{k}": v for k, v in result.items()})
                 window_start = time.perf_counter()
+            stop = preemption.requested
+            if jax.process_count() > 1:  # a signal on any host stops all at this step
+                stop = bool(multihost_utils.process_allgather(np.int32(stop)).max())
             ckpt.save(step, state, {**meta, "data_position": list(position)},
-                      force=last or preemption.requested)
-            if preemption.requested:
+                      force=last or stop)
+            if stop:
                 if is_main:
                     bar.write(f"preempted: saved step {step}, stopping")
                 break

@@ -25,8 +25,13 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
 
     batch: x (B, frames, bins), y (B, C) targets, mask (B,); with `distill` = (lam, tau)
         also teacher (B, C) teacher logits, and the loss is losses.distill_loss (CMKD).
-    Returns the new state and scalar metrics (loss, accuracy, grad_norm, lr; with
-    distillation also task_loss and kd_loss, the two unweighted terms).
+    Returns the new state and scalar metrics (loss, accuracy, grad_norm, lr,
+    skipped_nonfinite; with distillation also task_loss and kd_loss, the two unweighted
+    terms).
+
+    A non-finite loss or gradient norm skips the update: params and opt_state stay as they
+    were, `skipped_nonfinite` is 1, and the step counter still advances (the batch is
+    consumed, so the data position, dropout key and lr schedule stay tied to the step).
     """
     rng = jax.random.fold_in(state.rng, state.step)
     xent = loss_fn_for(loss)
@@ -48,12 +53,17 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
         state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
     correct = jnp.argmax(logits, -1) == jnp.argmax(batch["y"], -1)
     metrics = {
         "loss": value,
         "accuracy": (correct * batch["mask"]).sum() / jnp.maximum(batch["mask"].sum(), 1),
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": grad_norm,
         "lr": lr_fn(state.step),
+        "skipped_nonfinite": 1.0 - finite.astype(jnp.float32),
         **terms,
     }
     return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics

@@ -1,0 +1,108 @@
+"""Multi-process training on one machine: 2 JAX processes x 2 CPU devices (gloo collectives),
+as a 2-host pod would run (docs/MULTIHOST.md)."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+WORKER = """
+import hashlib, json, os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["JAX_PLATFORMS"] = "cpu"
+root, port, pid, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+sys.path.insert(0, root)
+import jax
+import numpy as np
+jax.config.update("jax_disable_most_optimizations", True)
+# The documented launch (docs/MULTIHOST.md): environment + config.distributed=True, which
+# calls jax.distributed.initialize with gloo CPU collectives.
+os.environ.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                  JAX_PROCESS_ID=str(pid))
+from absl import logging
+logging.set_verbosity(logging.WARNING)
+from fast_ast_jax.train import loop
+from tests.test_train import load_config
+
+def run(steps, workdir, evaluate=False):
+    c = load_config("test")
+    c.update(num_steps=steps, checkpoint_every=2, log_every=1)
+    c.optim.schedule = "constant"  # runs of 2 and 4 steps share their first 2
+    c.data.eval.num_examples = 12  # not a multiple of the batch: padded, masked
+    if not evaluate:
+        c.data.eval = {}
+    c.distributed = True
+    final = loop.train_and_evaluate(c, workdir)
+    assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 4, 2)
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(final["state"].params):
+        digest.update(np.asarray(leaf).tobytes())  # replicated: every host has all of it
+    return {"step": final["step"], "params": digest.hexdigest(),
+            "eval_accuracy": final.get("eval_accuracy"),
+            "eval_num_clips": final.get("eval_num_clips")}
+
+result = {"first": run(2, out + "/resumed"), "resumed": run(4, out + "/resumed"),
+          "straight": run(4, out + "/straight", evaluate=True)}
+
+# SIGTERM on host 1 only, during step 3: both hosts save step 3 and stop together.
+import signal
+from fast_ast_jax.data.pipeline import Pipeline
+iterate = Pipeline.iterate
+
+def preempt_host_1(self, **kw):
+    for k, item in enumerate(iterate(self, **kw)):
+        if k == 2 and pid == 1 and self.train:
+            os.kill(os.getpid(), signal.SIGTERM)
+        yield item
+
+Pipeline.iterate = preempt_host_1
+result["preempted"] = run(8, out + "/preempted")
+with open(f"{out}/result_{pid}.json", "w") as f:
+    json.dump(result, f)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_identically_and_resume(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(ROOT), str(port), str(i),
+                               str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-4000:]
+    results = [json.loads((tmp_path / f"result_{i}.json").read_text()) for i in range(2)]
+    assert results[0] == results[1]  # same params (hash), steps and eval on both hosts
+    r = results[0]
+    assert r["first"]["step"] == 2 and r["resumed"]["step"] == 4
+    assert r["resumed"]["params"] == r["straight"]["params"]  # resume is exact
+    assert r["straight"]["eval_num_clips"] == 12.0
+    # One writer: one set of checkpoint files and one metrics log for both processes.
+    ckpts = tmp_path / "resumed" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["2", "4"]
+    assert sorted(p.name for p in (ckpts / "4" / "state").glob("ocdbt.process_*")) == [
+        "ocdbt.process_0", "ocdbt.process_1"]  # each host writes its shard files once
+    steps = [json.loads(s)["step"] for s in
+             (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+             if "train/loss" in s]
+    assert steps == [1, 2, 3, 4]
+    assert "resumed from step 2" in outs[0] and "resumed from step 2" not in outs[1]
+    assert r["preempted"]["step"] == 3  # host 0 stopped with host 1 (no hang)
+    assert sorted(p.name for p in (tmp_path / "preempted" / "checkpoints").iterdir()) == [
+        "2", "3"]
