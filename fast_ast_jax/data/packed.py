@@ -18,8 +18,6 @@ position. Single host only (the packing of a step is not split across hosts).
 from __future__ import annotations
 
 import dataclasses
-import queue
-import threading
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -29,7 +27,7 @@ from fast_ast_jax.audio import augment as augment_lib
 from fast_ast_jax.audio.fbank import fbank, num_frames
 from fast_ast_jax.audio.features import normalize
 from fast_ast_jax.audio.frontend import FrontEnd
-from fast_ast_jax.data.pipeline import Augment
+from fast_ast_jax.data.pipeline import Augment, in_background
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,34 +232,9 @@ class PackedPipeline:
                 yield e, i
                 i += 1
 
-        q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
-        stop, done = threading.Event(), object()
+        def items():
+            for e, i in positions():
+                nxt = (e, i + 1) if i + 1 < self.steps(e) else (e + 1, 0)
+                yield self.batch(e, i), nxt
 
-        def work():
-            try:
-                for e, i in positions():
-                    if stop.is_set():
-                        return
-                    nxt = (e, i + 1) if i + 1 < self.steps(e) else (e + 1, 0)
-                    q.put((self.batch(e, i), nxt))
-                q.put(done)
-            except BaseException as err:  # surface worker errors in the consumer
-                q.put(err)
-
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-        try:
-            while True:
-                item = q.get()
-                if item is done:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            while thread.is_alive():
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    thread.join(timeout=0.05)
+        return in_background(items(), prefetch=prefetch)

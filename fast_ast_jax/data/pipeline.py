@@ -310,35 +310,47 @@ class Pipeline:
                 yield e, i
                 i += 1
 
-        q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
-        stop = threading.Event()
-        done = object()
+        def items():
+            for e, i in positions():
+                nxt = (e, i + 1) if i + 1 < self.steps_per_epoch else (e + 1, 0)
+                yield self.batch(e, i), nxt
 
-        def work():
-            try:
-                for e, i in positions():
-                    if stop.is_set():
-                        return
-                    nxt = (e, i + 1) if i + 1 < self.steps_per_epoch else (e + 1, 0)
-                    q.put((self.batch(e, i), nxt))
-                q.put(done)
-            except BaseException as err:  # surface worker errors in the consumer
-                q.put(err)
+        return in_background(items(), prefetch=prefetch)
 
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
+
+def in_background(items: Iterator, *, prefetch: int) -> Iterator:
+    """Run a generator in a daemon thread, `prefetch` items ahead of the consumer.
+
+    Worker errors are re-raised in the consumer; closing the consumer (or an exception in
+    it) stops the worker, which may be blocked on a full queue.
+    """
+    q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+    stop, done = threading.Event(), object()
+
+    def work():
         try:
-            while True:
-                item = q.get()
-                if item is done:
+            for item in items:
+                if stop.is_set():
                     return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            while thread.is_alive():  # unblock a worker waiting on a full queue
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    thread.join(timeout=0.05)
+                q.put(item)
+            q.put(done)
+        except BaseException as err:  # surface worker errors in the consumer
+            q.put(err)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a worker waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
