@@ -248,9 +248,12 @@ def plot_sweep(rows: list[dict[str, Any]], path: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 4))
     xs, ys = [r["clips_per_s"] for r in rows], [r[metric] for r in rows]
     ax.plot(xs, ys, "o-")
-    for r, x, y in zip(rows, xs, ys):
-        name = ", ".join(f"{k}={r[k]}" for k in FIELD_ALIASES.values() if k in r) or "base"
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    fields = dict.fromkeys(FIELD_ALIASES.values())  # several aliases name one field
+    for n, (r, x, y) in enumerate(zip(rows, xs, ys)):
+        name = ", ".join(f"{k}={r[k]}" for k in fields if k in r) or "base"
+        # Alternate above/below: neighbouring settings often share an accuracy.
+        ax.annotate(name, (x, y), textcoords="offset points",
+                    xytext=(4, 6 if n % 2 == 0 else -12), fontsize=8)
     ax.set_xlabel("throughput (clips/s)")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
