@@ -27,7 +27,7 @@ from fast_ast_jax.audio import augment as augment_lib
 from fast_ast_jax.audio.fbank import fbank, num_frames
 from fast_ast_jax.audio.features import normalize
 from fast_ast_jax.audio.frontend import FrontEnd
-from fast_ast_jax.data.pipeline import Augment, in_background
+from fast_ast_jax.data.pipeline import Augment, batch_positions, in_background
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,19 +222,6 @@ class PackedPipeline:
     def iterate(self, *, epoch: int = 0, index: int = 0, prefetch: int = 2
                 ) -> Iterator[tuple[dict[str, np.ndarray], tuple[int, int]]]:
         """Yield (batch, position after it) from (epoch, index) on; eval: one pass."""
-        def positions():
-            e, i = epoch, index
-            while True:
-                if i >= self.steps(e):
-                    if not self.train:
-                        return
-                    e, i = e + 1, 0
-                yield e, i
-                i += 1
-
-        def items():
-            for e, i in positions():
-                nxt = (e, i + 1) if i + 1 < self.steps(e) else (e + 1, 0)
-                yield self.batch(e, i), nxt
-
-        return in_background(items(), prefetch=prefetch)
+        items = ((self.batch(e, i), nxt) for e, i, nxt in batch_positions(
+            epoch=epoch, index=index, steps=self.steps, train=self.train))
+        return in_background(items, prefetch=prefetch)

@@ -36,7 +36,7 @@ import os
 import queue
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -300,22 +300,26 @@ class Pipeline:
         Training runs forever (epoch after epoch); eval yields one pass. Batches are built
         in a background thread, `prefetch` ahead.
         """
-        def positions():
-            e, i = epoch, index
-            while True:
-                if i >= self.steps_per_epoch:
-                    if not self.train:
-                        return
-                    e, i = e + 1, 0
-                yield e, i
-                i += 1
+        items = ((self.batch(e, i), nxt) for e, i, nxt in batch_positions(
+            epoch=epoch, index=index, steps=lambda e: self.steps_per_epoch, train=self.train))
+        return in_background(items, prefetch=prefetch)
 
-        def items():
-            for e, i in positions():
-                nxt = (e, i + 1) if i + 1 < self.steps_per_epoch else (e + 1, 0)
-                yield self.batch(e, i), nxt
 
-        return in_background(items(), prefetch=prefetch)
+def batch_positions(*, epoch: int, index: int, steps: Callable[[int], int],
+                    train: bool) -> Iterator[tuple[int, int, tuple[int, int]]]:
+    """(epoch, index, position after it) from (epoch, index) on.
+
+    Training walks epoch after epoch forever; eval stops after the epoch it starts in.
+    `steps(e)` is the number of batches in epoch e (packed epochs differ in length).
+    """
+    e, i = epoch, index
+    while True:
+        if i >= steps(e):
+            if not train:
+                return
+            e, i = e + 1, 0
+        yield e, i, ((e, i + 1) if i + 1 < steps(e) else (e + 1, 0))
+        i += 1
 
 
 def in_background(items: Iterator, *, prefetch: int) -> Iterator:
