@@ -42,7 +42,11 @@ def get_config(arg: str = "fold"):
     c.data.source = "folder"
     c.data.train = {**common, "select": {column: "train"}}
     c.data.eval = {**common, "select": {column: test}}
-    c.model.update(size="tiny", fstride=16, tstride=16, dropout=0.1)
-    c.augment.update(freqm=24, timem=24)
+    # AST-tiny width (192, 3 heads) with 6 of its 12 blocks: a full 30-epoch run fits in
+    # ~25 min on 2 CPU cores (12 blocks: ~35 clips/s, 40 min).
+    c.model.update(size="tiny", depth=6, fstride=16, tstride=16, dropout=0.1)
+    # Mild masks: a digit fills only ~45 of the 128 frames, a 24-frame time mask erased half
+    # of it (train accuracy stayed at 0.75 with freqm=timem=24 after 15 epochs).
+    c.augment.update(freqm=16, timem=8)
     c.optim.update(lr=1e-3, warmup_steps=100, weight_decay=0.05)
     return c

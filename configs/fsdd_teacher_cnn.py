@@ -22,8 +22,9 @@ from fast_ast_jax.train.config import recipe
 def get_config(arg: str = "fold"):
     c = recipe(Path(__file__).with_name("fsdd.py"), arg)
     c.model.name = "cnn"
-    # 128 frames x 128 bins: 4 stride-2 stages leave 8 x 8 maps before pooling.
-    c.model.cnn.update(stages="small", stem_channels=32, feature_dim=256,
+    # 128 frames x 128 bins: the stem and 3 stride-2 stages leave 16 x 16 maps before
+    # pooling. "tiny" stages train ~2.5x faster than "small" on 2 CPU cores (55 vs 22 clips/s).
+    c.model.cnn.update(stages="tiny", stem_channels=32, feature_dim=256,
                        pooling="attention", dropout=0.2)
     c.optim.update(lr=1e-3, warmup_steps=100, weight_decay=0.05)
     return c

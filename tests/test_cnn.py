@@ -4,11 +4,13 @@ from __future__ import annotations
 import functools
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from fast_ast_jax.models.cnn import create_cnn
+from fast_ast_jax.models.cnn import DepthwiseConv3x3, create_cnn
 
 
 def _init(model, x):
@@ -51,3 +53,20 @@ def test_clear_errors():
         model.init(jax.random.PRNGKey(0), jnp.zeros((2, 50, 64)))
     with pytest.raises(ValueError, match="unknown CNN stages 'huge'"):
         create_cnn("huge", num_classes=2).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 128)))
+
+
+@pytest.mark.parametrize("shape", [(2, 32, 32, 8), (2, 33, 17, 8), (1, 5, 4, 16), (2, 1, 2, 8)])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_matches_grouped_conv(shape, stride):
+    """Shifted multiply-adds == nn.Conv(feature_group_count=C, SAME): values, params, init."""
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    ref = nn.Conv(shape[-1], (3, 3), strides=stride, padding="SAME",
+                  feature_group_count=shape[-1], use_bias=False)
+    ours = DepthwiseConv3x3(stride)
+    params = ref.init(jax.random.PRNGKey(1), x)
+    np.testing.assert_array_equal(ours.init(jax.random.PRNGKey(1), x)["params"]["kernel"],
+                                  params["params"]["kernel"])
+    np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), atol=2e-6)
+    grads = [jax.grad(lambda p, m=m: (m.apply(p, x) ** 2).sum())(params)["params"]["kernel"]
+             for m in (ref, ours)]
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-5, atol=1e-4)
