@@ -4,7 +4,7 @@ An ElasticAST checkpoint (train.py with an elastic config) prints its hop x leng
 instead, once per setting (fast_ast_jax.train.elastic).
 
 Data comes from the checkpoint's own config unless --config is given. --tome_r /
---keep_rate evaluate one token-reduction setting; --sweep evaluates several and prints a
+--keep_rate (with --prune_layers) evaluate one token-reduction setting; --sweep evaluates several and prints a
 table (accuracy, clips/s, speedup; MACs for an AST, XLA-counted flops for the CNN teacher)
 and writes a PNG of accuracy against throughput. --hop_frames N scores clips longer than
 the trained length by sliding windows (mean window logits / max window sigmoid,
@@ -21,6 +21,8 @@ flags.DEFINE_string("checkpoint", None, "workdir or its checkpoints/ directory")
 flags.DEFINE_string("split", "eval", "config.data split to evaluate on")
 flags.DEFINE_integer("tome_r", None, "ToMe: tokens merged per block")
 flags.DEFINE_float("keep_rate", None, "TopK pruning keep rate")
+flags.DEFINE_list("prune_layers", None, "0-based blocks that prune (default: the "
+                  "checkpoint's), e.g. 2,3,4 for a 6-block model")
 flags.DEFINE_string("sweep", None, "NAME=v1,v2,... with NAME r|tome_r|keep_rate")
 flags.DEFINE_integer("hop_frames", None, "score whole clips by sliding windows of the "
                      "trained length every hop_frames frames (default: crop to it)")
@@ -37,8 +39,9 @@ def main(argv):
     from fast_ast_jax.train.evaluation import evaluate_checkpoint, parse_sweep
 
     f = flags.FLAGS
-    base = {k: v for k, v in (("tome_r", f.tome_r), ("prune_keep_rate", f.keep_rate))
-            if v is not None}
+    layers = tuple(int(i) for i in f.prune_layers) if f.prune_layers else None
+    base = {k: v for k, v in (("tome_r", f.tome_r), ("prune_keep_rate", f.keep_rate),
+                              ("prune_layers", layers)) if v is not None}
     settings = [{**base, **s} for s in parse_sweep(f.sweep)] if f.sweep else [base]
     plot = f.plot or (Path(f.checkpoint) / "sweep.png" if f.sweep else None)
     from fast_ast_jax.train.elastic import evaluate_elastic_checkpoint, is_elastic_checkpoint

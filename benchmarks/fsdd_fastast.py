@@ -129,11 +129,15 @@ def main(argv=None):
                         help="config override for the CNN teacher only (repeatable)")
     parser.add_argument("--out", help="write the markdown table here too")
     args = parser.parse_args(argv)
-    table = run(args)
+    emit(run(args), args.out)
+
+
+def emit(table: str, out: str | None) -> None:
+    """Print a markdown table, and write it to `out` too when given."""
     print(table)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(table + "\n")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(table + "\n")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@ def get_config(arg: str = "fold"):
     column, test = ("fold", "test") if arg == "fold" else ("official_split", "test")
     c = default_config()
     c.batch_size = 32
-    c.num_epochs = 30
+    # The official split's 2,700 clips need the longer schedule to pass 0.95 (30 epochs with
+    # dropout 0.1: 0.913 at epoch 25, train accuracy still below eval accuracy).
+    c.num_epochs = 50 if arg == "official" else 30
     c.log_every = 20
     c.eval_every = 200
     c.checkpoint_every = 200
@@ -44,7 +46,10 @@ def get_config(arg: str = "fold"):
     c.data.eval = {**common, "select": {column: test}}
     # AST-tiny width (192, 3 heads) with 6 of its 12 blocks: a full 30-epoch run fits in
     # ~25 min on 2 CPU cores (12 blocks: ~35 clips/s, 40 min).
-    c.model.update(size="tiny", depth=6, fstride=16, tstride=16, dropout=0.1)
+    # TopK pruning (evaluate.py --keep_rate) in blocks 2, 3, 4: AST's (3, 6, 9) of 12 blocks
+    # scaled to 6 (1.5, 3, 4.5) and rounded inwards.
+    c.model.update(size="tiny", depth=6, fstride=16, tstride=16, dropout=0.0,
+                   prune_layers=(2, 3, 4))
     # Mild masks: a digit fills only ~45 of the 128 frames, a 24-frame time mask erased half
     # of it (train accuracy stayed at 0.75 with freqm=timem=24 after 15 epochs).
     c.augment.update(freqm=16, timem=8)

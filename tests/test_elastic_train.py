@@ -185,3 +185,40 @@ def test_padded_checkpoint_is_not_elastic(tmp_path):
     assert not elastic.is_elastic_checkpoint(tmp_path)
     with pytest.raises(ValueError, match="padded AST checkpoint, not an ElasticAST"):
         elastic.load_elastic_checkpoint(tmp_path)
+
+
+def test_fsdd_elastic_table_script(tmp_path):
+    """benchmarks/fsdd_elastic.py end to end on generated clips: a padded AST run, the
+    packed run, and the table (padded at other hops/caps, packed with and without ToMe)."""
+    from benchmarks import fsdd_elastic
+    from fast_ast_jax.train import loop
+
+    rows = [(f"{i}.wav", str(i % 3), "train" if i < 8 else "test") for i in range(12)]
+    meta = write_folder(tmp_path / "data", rows, header=("filename", "label",
+                                                         "official_split"))
+    paths = {"csv_path": str(meta), "audio_dir": str(tmp_path / "data" / "audio")}
+    tiny = {"model.width": 32, "model.depth": 1, "model.num_heads": 2, "model.mlp_dim": 64,
+            "frontend.num_mel_bins": 32, "num_steps": 2, "log_every": 1}
+    padded = load_config("fsdd", "official")
+    for key, value in tiny.items():
+        section, _, field = key.rpartition(".")
+        (padded[section] if section else padded)[field] = value
+    padded.data.train.update(paths)
+    padded.data.eval.update(paths)
+    loop.train_and_evaluate(padded, str(tmp_path / "padded"))
+    sets = [f"{k}={v}" for k, v in tiny.items()] + [
+        f"data.{split}.{k}={v}" for split in ("train", "eval") for k, v in paths.items()] + [
+        "elastic.rows=2", "elastic.max_tokens=64", "elastic.eval_hops_ms=(10.0, 40.0)",
+        "elastic.eval_max_frames=(32, 64)"]
+    out = tmp_path / "table.md"
+    fsdd_elastic.main(["--split", "official", "--padded", str(tmp_path / "padded"),
+                       "--workdir", str(tmp_path / "packed"), "--r", "1", "--out", str(out)]
+                      + [a for s in sets for a in ("--set", s)])
+    lines = [line for line in out.read_text().splitlines() if line.startswith("| ")]
+    assert "10 ms / 32 | 10 ms / 64 | 40 ms / 32 | 40 ms / 64" in lines[0]
+    assert [line.split(" | ")[0] for line in lines[2:]] == [
+        "| padded AST (10 ms, 128 frames)", "| packed ElasticAST",
+        "| packed ElasticAST + ToMe r=1"]
+    for line in lines[2:]:
+        cells = line.strip("| ").split(" | ")
+        assert 0 < float(cells[2]) <= 1 and all(0 <= float(c) <= 1 for c in cells[3:])

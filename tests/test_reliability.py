@@ -290,17 +290,22 @@ def test_killed_process_resumes(tmp_path):
     chex.assert_trees_all_equal(resumed["state"].params, straight["state"].params)
 
 
-def test_ctrl_c_saves_and_stops(tmp_path, monkeypatch):
-    """SIGINT (Ctrl-C) is handled like SIGTERM: finish the step, save it, stop cleanly."""
-    original = Pipeline.iterate
+def sigint_at_batch(monkeypatch, pipeline_class, k: int):
+    """Send this process SIGINT (Ctrl-C) while the k-th batch (0-based) is handed out."""
+    original = pipeline_class.iterate
 
     def interrupted(self, **kw):
-        for k, item in enumerate(original(self, **kw)):
-            if k == 2:
+        for i, item in enumerate(original(self, **kw)):
+            if i == k:
                 os.kill(os.getpid(), signal.SIGINT)
             yield item
 
-    monkeypatch.setattr(Pipeline, "iterate", interrupted)
+    monkeypatch.setattr(pipeline_class, "iterate", interrupted)
+
+
+def test_ctrl_c_saves_and_stops(tmp_path, monkeypatch):
+    """SIGINT (Ctrl-C) is handled like SIGTERM: finish the step, save it, stop cleanly."""
+    sigint_at_batch(monkeypatch, Pipeline, 2)
     stopped = loop.train_and_evaluate(config(num_steps=8, checkpoint_every=100), str(tmp_path))
     assert stopped["step"] == 3
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["3"]
@@ -386,6 +391,14 @@ def test_checkpoint_of_another_size(trained, tmp_path):
     with pytest.raises(CheckpointMismatchError,
                        match=r"init_from .*: block_0/mlp/fc1/bias has shape \(256,\) "
                              r"but the model needs \(128,\)"):
+        loop.train_and_evaluate(c, str(tmp_path / "w"))
+    deep = config(num_steps=1)
+    deep.model.depth = 2
+    loop.train_and_evaluate(deep, str(tmp_path / "deep"))
+    c = config(num_steps=1, init_from=str(tmp_path / "deep"))  # 1 block: not a silent
+    with pytest.raises(CheckpointMismatchError,  # partial load of the 2-block checkpoint
+                       match=r"init_from .* has \d+ parameter\(s\) the model lacks, e\.g\. "
+                             r"block_1/"):
         loop.train_and_evaluate(c, str(tmp_path / "w"))
     # Same size, other labels: encoder from the checkpoint, a fresh head.
     c = config(num_steps=1, init_from=str(trained))

@@ -289,10 +289,11 @@ def test_tome_training_evaluate_sweep_and_predict(tmp_path):
     c.num_steps = 1
     c.model.tome_r = 1  # train with token merging (FastAST)
     loop.train_and_evaluate(c, str(tmp_path / "w"))
-    rows = evaluate_checkpoint(tmp_path / "w", settings=[{"tome_r": 0}, {"tome_r": 2}],
-                               plot=tmp_path / "s.png", echo=None)
-    assert len(rows) == 2 and rows[0]["speedup"] == 1.0 and (tmp_path / "s.png").stat().st_size
-    assert rows[1]["macs"] < rows[0]["macs"]
+    rows = evaluate_checkpoint(tmp_path / "w", settings=[
+        {"tome_r": 0}, {"tome_r": 2}, {"prune_keep_rate": 0.5, "prune_layers": (0,)}],
+        plot=tmp_path / "s.png", echo=None)  # evaluate.py --keep_rate 0.5 --prune_layers 0
+    assert len(rows) == 3 and rows[0]["speedup"] == 1.0 and (tmp_path / "s.png").stat().st_size
+    assert rows[1]["macs"] < rows[0]["macs"] and rows[2]["macs"] < rows[0]["macs"]
     assert parse_sweep("r=0,8") == [{"tome_r": 0}, {"tome_r": 8}]
     assert parse_sweep("keep_rate=0.7")[0]["prune_keep_rate"] == 0.7
     with pytest.raises(ValueError, match="NAME"):

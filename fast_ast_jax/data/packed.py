@@ -14,6 +14,11 @@ Batches (dicts of NumPy arrays):
 
 Every batch is a pure function of (seed, epoch, batch index): resuming needs only the data
 position. Single host only (the packing of a step is not split across hosts).
+
+Bad clips (audio that raises `AudioError`) are found when an epoch is planned, since
+planning reads every clip's length: with on_bad_clip="skip" they are left out of the plan
+(counted in `bad_clips`, index -> message, reported once), so batches stay a pure function
+of the position; "fail" raises naming the file.
 """
 from __future__ import annotations
 
@@ -21,13 +26,16 @@ import dataclasses
 from typing import Iterator, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from fast_ast_jax import packing
 from fast_ast_jax.audio import augment as augment_lib
 from fast_ast_jax.audio.fbank import fbank, num_frames
 from fast_ast_jax.audio.features import normalize
 from fast_ast_jax.audio.frontend import FrontEnd
-from fast_ast_jax.data.pipeline import Augment, batch_positions, in_background
+from fast_ast_jax.audio.io import AudioError
+from fast_ast_jax.data.pipeline import (BAD_CLIP_POLICIES, Augment, batch_positions,
+                                        in_background)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,12 +75,16 @@ class PackedPipeline:
         cache: keep every (clip, hop) fbank in memory; otherwise recompute per batch.
             Planning an epoch needs every clip's length, so it reads each clip's audio
             once (lengths are always cached: one int per clip and hop).
+        on_bad_clip: "skip" or "fail" (see the module docstring).
     """
 
     def __init__(self, source, *, frontend: FrontEnd, spec: PackSpec, train: bool,
                  hops_ms: Sequence[float] = (10.0,), max_frames: int = 1024,
                  token_dropout: float = 0.0, seed: int = 0, augment: Augment = Augment(),
-                 cache: bool = True):
+                 cache: bool = True, on_bad_clip: str = "skip"):
+        if on_bad_clip not in BAD_CLIP_POLICIES:
+            raise ValueError(f"config.data.on_bad_clip={on_bad_clip!r}: use one of "
+                             f"{BAD_CLIP_POLICIES}")
         if source.sample_rate != frontend.sample_rate:
             raise ValueError(f"source audio is at {source.sample_rate} Hz but the front-end "
                              f"expects {frontend.sample_rate} Hz")
@@ -87,7 +99,8 @@ class PackedPipeline:
         self.source, self.frontend, self.spec, self.train = source, frontend, spec, train
         self.hops_ms = tuple(float(h) for h in hops_ms)
         self.max_frames, self.token_dropout, self.seed = max_frames, token_dropout, seed
-        self.augment = augment
+        self.augment, self.on_bad_clip = augment, on_bad_clip
+        self.bad_clips: dict[int, str] = {}
         self.num_classes = len(source.labels)
         # FrontEnd requires window >= hop, so a hop longer than the window widens the window
         # to the hop (ElasticAST keeps 25 ms windows and skips samples between frames).
@@ -147,8 +160,18 @@ class PackedPipeline:
                 self._frames[key] = max(min(n, self.max_frames), self.spec.patch_size)
         return self._frames[key]
 
-    def _num_tokens(self, index: int, hop: float) -> int:
-        frames = self.num_frames(index, hop)
+    def _num_tokens(self, index: int, hop: float) -> int | None:
+        """Tokens of the clip at `hop` (after token dropout); None for a skipped bad clip."""
+        if index in self.bad_clips:
+            return None
+        try:
+            frames = self.num_frames(index, hop)
+        except AudioError as e:
+            if self.on_bad_clip == "fail":
+                raise AudioError(f"{e} [example {index}; config.data.on_bad_clip='skip' "
+                                 "skips bad clips]") from e
+            self.bad_clips[index] = str(e)
+            return None
         f_dim = (self.frontend.num_mel_bins - self.spec.patch_size) // self.spec.fstride + 1
         t_dim = (frames - self.spec.patch_size) // self.spec.tstride + 1
         n = f_dim * t_dim
@@ -167,7 +190,17 @@ class PackedPipeline:
             else:
                 order, hops = np.arange(n), [self.hops_ms[0]] * n
             items = [(int(i), h) for i, h in zip(order, hops)]
+            known_bad = len(self.bad_clips)
             lengths = [self._num_tokens(i, h) for i, h in items]
+            items = [it for it, n in zip(items, lengths) if n is not None]
+            lengths = [n for n in lengths if n is not None]
+            if not items:
+                raise AudioError(f"all {n} clips of the source are bad, e.g. "
+                                 f"{next(iter(self.bad_clips.values()))}")
+            if len(self.bad_clips) > known_bad:
+                tqdm.write(f"{len(self.bad_clips)} of {n} {'train' if self.train else 'eval'} "
+                           f"clips are bad and skipped, e.g. "
+                           f"{next(iter(self.bad_clips.values()))}")
             groups = packing.greedy_batches(lengths, rows=self.spec.rows,
                                             max_tokens=self.spec.max_tokens,
                                             max_slots=self.spec.max_slots)

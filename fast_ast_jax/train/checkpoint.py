@@ -51,12 +51,22 @@ def _key(path) -> str:
     return "/".join(str(n) for n in names)
 
 
-def check_shapes(saved, target, *, where: str) -> None:
-    """Raise CheckpointMismatchError for the first leaf whose shape differs (or is missing).
+def check_shapes(saved, target, *, where: str, exact: bool = False) -> None:
+    """Raise CheckpointMismatchError for the first leaf whose shape differs (or is missing);
+    with `exact`, also for leaves of `saved` that `target` lacks (a deeper or otherwise
+    larger model's checkpoint, which would otherwise load in part without a word).
 
     saved, target: pytrees (nested dicts) of anything with .shape.
     """
     flat_saved = {_key(k): v for k, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
+    if exact:
+        wanted = {_key(k) for k, _ in jax.tree_util.tree_flatten_with_path(target)[0]}
+        extra = sorted(set(flat_saved) - wanted)
+        if extra:
+            raise CheckpointMismatchError(
+                f"{where} has {len(extra)} parameter(s) the model lacks, e.g. {extra[0]}; it "
+                "was saved by a larger model (more blocks?): use the model config it was "
+                "trained with")
     for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]:
         key = _key(path)
         if key not in flat_saved:

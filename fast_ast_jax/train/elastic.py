@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,8 +28,10 @@ from fast_ast_jax.models.elastic import ElasticAST, check_positions, params_from
 from fast_ast_jax.train import metrics as metrics_lib
 from fast_ast_jax.train.checkpoint import Checkpointer, model_fields_from_meta
 from fast_ast_jax.train.evaluation import checkpoint_dir, format_table
+from fast_ast_jax.train.loop import resume, run_steps
 from fast_ast_jax.train.state import TrainState, learning_rate_schedule, make_optimizer
-from fast_ast_jax.train.step import loss_fn_for
+from fast_ast_jax.train.step import loss_fn_for, update_if_finite
+from fast_ast_jax.train.validate import validate_config
 
 MODEL_KIND = "elastic"  # checkpoint meta["model_kind"] of train_elastic runs
 
@@ -80,8 +81,9 @@ def pack_spec(config, model: ElasticAST) -> PackSpec:
 def packed_train_step(state: TrainState, batch: dict, *, model: ElasticAST,
                       tx: optax.GradientTransformation, loss: str,
                       lr_fn: optax.Schedule) -> tuple[TrainState, dict]:
-    """One optimiser step on a packed batch (y (R, S, C), mask (R, S) per slot)."""
-    rng = jax.random.fold_in(state.rng, state.step)
+    """One optimiser step on a packed batch (y (R, S, C), mask (R, S) per slot); metrics and
+    the non-finite guard as `step.train_step` ("clips": real clips in the batch)."""
+    rng, lr = jax.random.fold_in(state.rng, state.step), lr_fn(state.step)
     xent = loss_fn_for(loss)
     num_classes = batch["y"].shape[-1]
     y, mask = batch["y"].reshape(-1, num_classes), batch["mask"].reshape(-1)
@@ -92,14 +94,10 @@ def packed_train_step(state: TrainState, batch: dict, *, model: ElasticAST,
         return xent(logits=logits, labels=y, weights=mask), logits
 
     (value, logits), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    state, guard = update_if_finite(state, grads=grads, value=value, tx=tx)
     correct = jnp.argmax(logits, -1) == jnp.argmax(y, -1)
-    metrics = {"loss": value,
-               "accuracy": (correct * mask).sum() / jnp.maximum(mask.sum(), 1),
-               "grad_norm": optax.global_norm(grads), "lr": lr_fn(state.step),
-               "clips": mask.sum()}
-    return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
+    return state, {"loss": value, "accuracy": (correct * mask).sum() / jnp.maximum(mask.sum(), 1),
+                   "lr": lr, "clips": mask.sum(), **guard}
 
 
 def packed_eval_step(params, batch: dict, *, model: ElasticAST) -> jax.Array:
@@ -123,7 +121,7 @@ def evaluate_packed(params, *, model: ElasticAST, pipeline: PackedPipeline,
         targets.append(batch["y"][valid])
     logits, targets = np.concatenate(logits), np.concatenate(targets)
     result = {"accuracy": metrics_lib.accuracy(logits=logits, targets=targets),
-              "num_clips": float(len(logits))}
+              "num_clips": float(len(logits)), "bad_clips": float(len(pipeline.bad_clips))}
     if multi_label:
         result["mAP"] = metrics_lib.mean_average_precision(logits=logits, targets=targets)
     return result
@@ -131,17 +129,19 @@ def evaluate_packed(params, *, model: ElasticAST, pipeline: PackedPipeline,
 
 def elastic_sweep(params, *, model: ElasticAST, source, frontend: FrontEnd, spec: PackSpec,
                   hops_ms: Sequence[float], max_frames: Sequence[int],
-                  multi_label: bool = False, eval_fn=None) -> list[dict[str, Any]]:
+                  multi_label: bool = False, eval_fn=None,
+                  on_bad_clip: str = "skip") -> list[dict[str, Any]]:
     """Evaluate at every (hop, length cap): one row each, all through one compiled program.
 
-    Returns rows {"hop_ms", "max_frames", "accuracy" (, "mAP"), "num_clips"}.
+    Returns rows {"hop_ms", "max_frames", "accuracy" (, "mAP"), "num_clips", "bad_clips"}.
     """
     eval_fn = eval_fn or jax.jit(functools.partial(packed_eval_step, model=model))
     rows = []
     for hop in hops_ms:
         for frames in max_frames:
             pipeline = PackedPipeline(source, frontend=frontend, spec=spec, train=False,
-                                      hops_ms=(hop,), max_frames=int(frames))
+                                      hops_ms=(hop,), max_frames=int(frames),
+                                      on_bad_clip=on_bad_clip)
             result = evaluate_packed(params, model=model, pipeline=pipeline, eval_fn=eval_fn,
                                      multi_label=multi_label)
             rows.append({"hop_ms": float(hop), "max_frames": int(frames), **result})
@@ -172,16 +172,25 @@ def _pipeline(config, split: str, *, frontend: FrontEnd, spec: PackSpec, train: 
                           hops_ms=tuple(e.hops_ms), max_frames=int(e.max_frames),
                           token_dropout=float(e.token_dropout) if train else 0.0,
                           seed=config.seed, cache=config.data.cache,
-                          augment=Augment(**config.augment) if train else Augment())
+                          augment=Augment(**config.augment) if train else Augment(),
+                          on_bad_clip=config.data.on_bad_clip)
 
 
 def train_elastic(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train ElasticAST on packed batches (resuming from workdir), then evaluate the
     (eval_hops_ms x eval_max_frames) table on config.data.eval.
 
+    The loop, its logs and its failure handling (bad clips, non-finite steps, preemption,
+    unreadable checkpoints) are those of the padded run (`loop.run_steps`); periodic
+    evaluations (config.eval_every) use the table's first hop and length cap.
+
     Returns {"step", "train_loss", "eval_table" (rows), "state", "train_compilations"
     (how often the train step was traced: 1 for any mix of lengths and hops)}.
     """
+    if jax.process_count() > 1:
+        raise ValueError("packed (ElasticAST) training runs on one host: the packing of a "
+                         "step is not split across hosts; drop config.elastic for multi-host")
+    validate_config(config, device_count=jax.device_count())
     workdir = Path(workdir)
     frontend = FrontEnd.from_dict(config.frontend.to_dict())
     probe = make_source(config.data.source, sample_rate=frontend.sample_rate,
@@ -210,12 +219,12 @@ def train_elastic(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     ckpt = Checkpointer(workdir / "checkpoints", every=config.checkpoint_every,
                         keep=config.keep_checkpoints)
     meta = {"model": model_fields(model), "model_kind": MODEL_KIND,
-            "frontend": frontend.to_dict(), "labels": labels, "loss": loss, "config": json.loads(config.to_json_best_effort())}
+            "frontend": frontend.to_dict(), "labels": labels, "loss": loss,
+            "config": json.loads(config.to_json_best_effort())}
     position = (0, 0)
     state = jax.jit(init)(jax.random.PRNGKey(config.seed))
     if ckpt.latest_step() is not None:
-        state, saved = ckpt.restore(target=state)
-        position = tuple(saved["data_position"])
+        state, position = resume(ckpt, target=state, meta=meta)
     elif config.init_from:
         params = init_from_ast(config.init_from, model, init=state.params, seed=config.seed)
         state = state.replace(params=params, opt_state=tx.init(params))
@@ -225,41 +234,54 @@ def train_elastic(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
         traces.append(1)  # Python runs once per trace, i.e. per compilation
         return packed_train_step(state, batch, model=model, tx=tx, loss=loss, lr_fn=lr_fn)
 
-    step_fn = jax.jit(counted_step, donate_argnums=0)
+    jitted = jax.jit(counted_step, donate_argnums=0)
+
+    def step_fn(state, batch):
+        check_positions(model, batch["positions"])
+        return jitted(state, batch)
+
+    e = config.elastic
+    eval_source = None
+    if config.data.eval.to_dict():
+        eval_source = make_source(config.data.source, sample_rate=frontend.sample_rate,
+                                  **config.data.eval.to_dict())
+    eval_fn = jax.jit(functools.partial(packed_eval_step, model=model))
+    evaluate_fn = None
+    if eval_source is not None and config.eval_every:
+        periodic = PackedPipeline(eval_source, frontend=frontend, spec=spec, train=False,
+                                  hops_ms=(e.eval_hops_ms[0],),
+                                  max_frames=int(e.eval_max_frames[0]),
+                                  cache=config.data.cache, on_bad_clip=config.data.on_bad_clip)
+
+        def evaluate_fn(state):
+            return evaluate_packed(state.params, model=model, pipeline=periodic,
+                                   eval_fn=eval_fn, multi_label=probe.multi_label)
+
     writer = metrics_lib.MetricWriter(workdir)
-    step, final = int(state.step), {}
-    batches = train_data.iterate(epoch=position[0], index=position[1])
     try:
-        while step < total_steps:
-            batch, position = next(batches)
-            check_positions(model, batch["positions"])
-            state, m = step_fn(state, batch)
-            step += 1
-            if step % config.log_every == 0 or step == total_steps:
-                scalars = {k: float(v) for k, v in m.items()}
-                if not math.isfinite(scalars["loss"]):
-                    raise FloatingPointError(f"non-finite loss {scalars['loss']} at step {step}")
-                writer.write(step, {f"train/{k}": v for k, v in scalars.items()})
-                final["train_loss"] = scalars["loss"]
-            ckpt.save(step, state, {**meta, "data_position": list(position)},
-                      force=step == total_steps)
+        state, final = run_steps(
+            state, step_fn=step_fn,
+            batches=train_data.iterate(epoch=position[0], index=position[1]),
+            position=position, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+            config=config, ckpt=ckpt, meta=meta, writer=writer,
+            bad_clips=lambda: len(train_data.bad_clips), evaluate_fn=evaluate_fn)
     finally:
         ckpt.close()
-    eval_kwargs = config.data.eval.to_dict()
-    if eval_kwargs:
-        source = make_source(config.data.source, sample_rate=frontend.sample_rate,
-                             **eval_kwargs)
-        table = elastic_sweep(state.params, model=model, source=source, frontend=frontend,
-                              spec=spec, hops_ms=config.elastic.eval_hops_ms,
-                              max_frames=config.elastic.eval_max_frames,
-                              multi_label=probe.multi_label)
-        for row in table:
-            writer.write(step, {f"eval/hop{row['hop_ms']:g}_len{row['max_frames']}/{k}": v
-                                for k, v in row.items() if k not in ("hop_ms", "max_frames")})
-        final["eval_table"] = table
-        print(format_table(table))
-    writer.close()
-    return {**final, "step": step, "state": state, "train_compilations": len(traces)}
+    try:
+        if eval_source is not None:
+            table = elastic_sweep(state.params, model=model, source=eval_source,
+                                  frontend=frontend, spec=spec, hops_ms=e.eval_hops_ms,
+                                  max_frames=e.eval_max_frames, multi_label=probe.multi_label,
+                                  eval_fn=eval_fn, on_bad_clip=config.data.on_bad_clip)
+            for row in table:
+                writer.write(final["step"], {
+                    f"eval/hop{row['hop_ms']:g}_len{row['max_frames']}/{k}": v
+                    for k, v in row.items() if k not in ("hop_ms", "max_frames")})
+            final["eval_table"] = table
+            print(format_table(table))
+    finally:
+        writer.close()
+    return {**final, "state": state, "train_compilations": len(traces)}
 
 
 def is_elastic_checkpoint(path: str | Path) -> bool:
@@ -312,7 +334,8 @@ def evaluate_elastic_checkpoint(path: str | Path, *, config=None, split: str = "
         rows += [{**setting, **row} for row in elastic_sweep(
             params, model=variant, source=source, frontend=frontend,
             spec=pack_spec(config, variant), hops_ms=config.elastic.eval_hops_ms,
-            max_frames=config.elastic.eval_max_frames, multi_label=meta["loss"] == "sigmoid")]
+            max_frames=config.elastic.eval_max_frames, multi_label=meta["loss"] == "sigmoid",
+            on_bad_clip=config.data.on_bad_clip)]
     if echo:
         echo(format_table(rows))
     return rows

@@ -13,7 +13,7 @@ import json
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -127,7 +127,8 @@ def _init_from(path: str, model, *, seed: int, fresh):
         params = dict(load_checkpoint(path).params)
         if params["head"]["kernel"].shape != fresh["head"]["kernel"].shape:
             params["head"] = fresh["head"]  # another label set: new classifier
-        check_shapes(params, fresh, where=f"config.init_from {checkpoint_dir(path)}")
+        check_shapes(params, fresh, where=f"config.init_from {checkpoint_dir(path)}",
+                     exact=True)
         return params
     from fast_ast_jax import convert
 
@@ -179,6 +180,102 @@ def check_resumable(saved: dict, requested: dict, *, directory) -> None:
             detail = f"checkpoint {have!r} vs config {want!r}"
         raise ValueError(f"{directory}: cannot resume, the checkpoint's {key} differs from the "
                          f"config ({detail}); use a new --workdir or the original config")
+
+
+def resume(ckpt: Checkpointer, *, target, meta: dict) -> tuple[Any, tuple[int, int]]:
+    """(state, data position) of the newest readable checkpoint that matches `meta`.
+
+    Unreadable (half-written, corrupted) steps are skipped and moved aside, so they can be
+    written again; a checkpoint of another model / front-end / label set is an error.
+    """
+    state, saved = ckpt.restore(target=target, fallback=True, check_meta=functools.partial(
+        check_resumable, requested=meta, directory=ckpt.directory))
+    ckpt.quarantine(ckpt.unreadable)
+    position = tuple(saved["data_position"])
+    if jax.process_index() == 0:
+        print(f"resumed from step {int(state.step)} at data position {position}")
+    return state, position
+
+
+def run_steps(state, *, step_fn: Callable, batches: Iterator, position: tuple[int, int],
+              total_steps: int, steps_per_epoch: float, config, ckpt: Checkpointer,
+              meta: dict, writer: metrics_lib.MetricWriter, bad_clips: Callable[[], int],
+              evaluate_fn: Callable[[Any], dict] | None = None) -> tuple[Any, dict[str, Any]]:
+    """The training loop shared by the padded and the packed (ElasticAST) runs.
+
+    step_fn(state, batch) -> (state, metrics) runs one step on a host batch from `batches`
+    (which yields (batch, data position after it)); metrics are those of step.train_step
+    ("loss", "skipped_nonfinite", "clips", ...). Around it: a progress bar; logs every
+    config.log_every steps (means over the finite steps, clips/s, epoch, bad clips) to
+    stdout, TensorBoard and metrics.jsonl; `evaluate_fn(state)` every config.eval_every steps
+    and at the end; a checkpoint with the data position every config.checkpoint_every steps
+    and at the end; and the failure paths:
+    - a data error saves the progress so far, then raises;
+    - config.max_consecutive_nonfinite skipped (non-finite) steps in a row stop the run
+      with FloatingPointError naming the last good checkpoint;
+    - SIGTERM / SIGINT (on any host) finish the step, save and stop.
+
+    Returns the final state and {"step", "train_loss", "eval_<metric>"...}.
+    """
+    is_main = jax.process_index() == 0
+    preemption = _Preemption()
+    step = int(state.step)
+    final: dict[str, Any] = {"step": step}
+    bar = tqdm(total=total_steps, initial=step, desc="train", disable=not is_main)
+    window, window_start = [], time.perf_counter()
+    nonfinite_run = 0  # consecutive skipped (non-finite) steps
+    try:
+        while step < total_steps:
+            try:
+                batch, position = next(batches)
+            except Exception:  # a data error: keep the progress made so far
+                ckpt.save(step, state, {**meta, "data_position": list(position)}, force=True)
+                raise
+            state, m = step_fn(state, batch)
+            step += 1
+            bar.update(1)
+            window.append(m)
+            nonfinite_run = nonfinite_run + 1 if float(m["skipped_nonfinite"]) else 0
+            if nonfinite_run >= config.max_consecutive_nonfinite:
+                raise FloatingPointError(
+                    f"{nonfinite_run} consecutive steps (up to step {step}) had a non-finite "
+                    f"loss or gradient and were skipped; stopping. The last good checkpoint "
+                    f"is step {ckpt.latest_step()} in {ckpt.directory}. Lower optim.lr, check "
+                    "the data for NaN/Inf, or raise config.max_consecutive_nonfinite")
+            if step % config.log_every == 0 or step == total_steps:
+                finite = [w for w in window if not float(w["skipped_nonfinite"])]
+                scalars = {k: float(np.mean([float(w[k]) for w in finite or window]))
+                           for k in window[0] if k != "clips"}
+                scalars["skipped_nonfinite"] = float(len(window) - len(finite))
+                scalars["bad_clips"] = float(bad_clips())
+                scalars["clips_per_s"] = (sum(float(w["clips"]) for w in window)
+                                          / (time.perf_counter() - window_start))
+                scalars["epoch"] = step / steps_per_epoch
+                writer.write(step, {f"train/{k}": v for k, v in scalars.items()},
+                             echo=bar.write)
+                final["train_loss"] = scalars["loss"]
+                window, window_start = [], time.perf_counter()
+            last = step == total_steps
+            if evaluate_fn is not None and (last or (config.eval_every
+                                                     and step % config.eval_every == 0)):
+                result = evaluate_fn(state)
+                writer.write(step, {f"eval/{k}": v for k, v in result.items()}, echo=bar.write)
+                final.update({f"eval_{k}": v for k, v in result.items()})
+                window_start = time.perf_counter()
+            stop = preemption.requested
+            if jax.process_count() > 1:  # a signal on any host stops all at this step
+                stop = bool(multihost_utils.process_allgather(np.int32(stop)).max())
+            ckpt.save(step, state, {**meta, "data_position": list(position)},
+                      force=last or stop)
+            if stop:
+                if is_main:
+                    bar.write(f"preempted: saved step {step}, stopping")
+                break
+    finally:
+        bar.close()
+        preemption.restore()
+    final["step"] = step
+    return state, final
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -244,12 +341,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if ckpt.latest_step() is not None:  # 1. resume
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                               abstract, shardings)
-        state, saved = ckpt.restore(target=target, fallback=True, check_meta=functools.partial(
-            check_resumable, requested=meta, directory=ckpt.directory))
-        ckpt.quarantine(ckpt.unreadable)  # so that those steps can be saved again
-        position = tuple(saved["data_position"])
-        if is_main:
-            print(f"resumed from step {int(state.step)} at data position {position}")
+        state, position = resume(ckpt, target=target, meta=meta)
     else:
         state = jax.jit(init, out_shardings=shardings)(key)  # 3. random
         if config.init_from and config.model.name != "ast":
@@ -270,66 +362,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # --- train loop --------------------------------------------------------------------------
     writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
-    preemption = _Preemption()
-    step = int(state.step)
-    final: dict[str, Any] = {"step": step}
-    batches = train_data.iterate(epoch=position[0], index=position[1])
-    bar = tqdm(total=total_steps, initial=step, desc="train", disable=not is_main)
-    window, window_start = [], time.perf_counter()
-    nonfinite_run = 0  # consecutive skipped (non-finite) steps
+
+    def evaluate_fn(state):
+        return evaluate(state.params, model=model, pipeline=eval_data, mesh=mesh,
+                        multi_label=source.multi_label)
+
     try:
-        while step < total_steps:
-            try:
-                local, position = next(batches)
-            except Exception:  # a data error: keep the progress made so far
-                ckpt.save(step, state, {**meta, "data_position": list(position)}, force=True)
-                raise
-            state, m = step_fn(state, sharding.global_batch(local, mesh))
-            step += 1
-            bar.update(1)
-            window.append(m)
-            nonfinite_run = nonfinite_run + 1 if float(m["skipped_nonfinite"]) else 0
-            if nonfinite_run >= config.max_consecutive_nonfinite:
-                raise FloatingPointError(
-                    f"{nonfinite_run} consecutive steps (up to step {step}) had a non-finite "
-                    f"loss or gradient and were skipped; stopping. The last good checkpoint "
-                    f"is step {ckpt.latest_step()} in {ckpt.directory}. Lower optim.lr, check "
-                    "the data for NaN/Inf, or raise config.max_consecutive_nonfinite")
-            if step % config.log_every == 0 or step == total_steps:
-                finite = [w for w in window if not float(w["skipped_nonfinite"])]
-                scalars = {k: float(np.mean([float(w[k]) for w in finite or window]))
-                           for k in window[0]}
-                scalars["skipped_nonfinite"] = float(len(window) - len(finite))
-                scalars["bad_clips"] = float(len(train_data.bad_clips))
-                scalars["clips_per_s"] = (len(window) * config.batch_size
-                                          / (time.perf_counter() - window_start))
-                scalars["epoch"] = step / steps_per_epoch
-                writer.write(step, {f"train/{k}": v for k, v in scalars.items()},
-                             echo=bar.write)
-                final["train_loss"] = scalars["loss"]
-                window, window_start = [], time.perf_counter()
-            last = step == total_steps
-            if eval_data is not None and (last or (config.eval_every
-                                                   and step % config.eval_every == 0)):
-                result = evaluate(state.params, model=model, pipeline=eval_data, mesh=mesh,
-                                  multi_label=source.multi_label)
-                writer.write(step, {f"eval/{k}": v for k, v in result.items()}, echo=bar.write)
-                final.update({f"eval_{k}": v for k, v in result.items()})
-                window_start = time.perf_counter()
-            stop = preemption.requested
-            if jax.process_count() > 1:  # a signal on any host stops all at this step
-                stop = bool(multihost_utils.process_allgather(np.int32(stop)).max())
-            ckpt.save(step, state, {**meta, "data_position": list(position)},
-                      force=last or stop)
-            if stop:
-                if is_main:
-                    bar.write(f"preempted: saved step {step}, stopping")
-                break
+        state, final = run_steps(
+            state, step_fn=lambda s, b: step_fn(s, sharding.global_batch(b, mesh)),
+            batches=train_data.iterate(epoch=position[0], index=position[1]),
+            position=position, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+            config=config, ckpt=ckpt, meta=meta, writer=writer,
+            bad_clips=lambda: len(train_data.bad_clips),
+            evaluate_fn=evaluate_fn if eval_data is not None else None)
     finally:
-        bar.close()
-        preemption.restore()
         ckpt.close()
         writer.close()
-    final["step"] = step
     final["state"] = state
     return final

@@ -18,6 +18,24 @@ def loss_fn_for(kind: str):
     raise ValueError(f"loss {kind!r} must be 'softmax' or 'sigmoid'")
 
 
+def update_if_finite(state: TrainState, *, grads, value: jax.Array,
+                     tx: optax.GradientTransformation) -> tuple[TrainState, dict]:
+    """The optimiser update of `grads`, skipped when `value` or the gradient norm is not
+    finite (params and opt_state stay as they were); the step counter advances either way.
+
+    Returns the new state and {"grad_norm", "skipped_nonfinite" (0. or 1.)}.
+    """
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    state = state.replace(params=keep(params, state.params),
+                          opt_state=keep(opt_state, state.opt_state), step=state.step + 1)
+    return state, {"grad_norm": grad_norm,
+                   "skipped_nonfinite": 1.0 - finite.astype(jnp.float32)}
+
+
 def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
                loss: str, lr_fn: optax.Schedule,
                distill: tuple[float, float] | None = None) -> tuple[TrainState, dict]:
@@ -26,14 +44,14 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
     batch: x (B, frames, bins), y (B, C) targets, mask (B,); with `distill` = (lam, tau)
         also teacher (B, C) teacher logits, and the loss is losses.distill_loss (CMKD).
     Returns the new state and scalar metrics (loss, accuracy, grad_norm, lr,
-    skipped_nonfinite; with distillation also task_loss and kd_loss, the two unweighted
-    terms).
+    skipped_nonfinite, clips; with distillation also task_loss and kd_loss, the two
+    unweighted terms).
 
-    A non-finite loss or gradient norm skips the update: params and opt_state stay as they
-    were, `skipped_nonfinite` is 1, and the step counter still advances (the batch is
-    consumed, so the data position, dropout key and lr schedule stay tied to the step).
+    A non-finite loss or gradient norm skips the update (`update_if_finite`): the step
+    counter still advances (the batch is consumed, so the data position, dropout key and lr
+    schedule stay tied to the step).
     """
-    rng = jax.random.fold_in(state.rng, state.step)
+    rng, lr = jax.random.fold_in(state.rng, state.step), lr_fn(state.step)
     xent = loss_fn_for(loss)
 
     def objective(params):
@@ -51,22 +69,17 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
 
     (value, (logits, terms)), grads = jax.value_and_grad(objective, has_aux=True)(
         state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    state, guard = update_if_finite(state, grads=grads, value=value, tx=tx)
     correct = jnp.argmax(logits, -1) == jnp.argmax(batch["y"], -1)
     metrics = {
         "loss": value,
         "accuracy": (correct * batch["mask"]).sum() / jnp.maximum(batch["mask"].sum(), 1),
-        "grad_norm": grad_norm,
-        "lr": lr_fn(state.step),
-        "skipped_nonfinite": 1.0 - finite.astype(jnp.float32),
+        "lr": lr,
+        "clips": batch["mask"].sum(),
+        **guard,
         **terms,
     }
-    return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
+    return state, metrics
 
 
 def eval_step(params, batch: dict, *, model) -> jax.Array:

@@ -12,7 +12,7 @@ import warnings
 
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data.pipeline import BAD_CLIP_POLICIES
-from fast_ast_jax.models.ast import SIZES
+from fast_ast_jax.models.ast import AST, SIZES, grid_shape
 
 _CHOICES = {
     "loss": ("", "softmax", "sigmoid"),
@@ -79,6 +79,39 @@ def validate_config(config, *, device_count: int) -> None:
     except (TypeError, ValueError) as e:
         raise ValueError(f"config.frontend: {e}") from None
     _check_model(config, frontend)
+    if "elastic" in config:
+        _check_elastic(config, frontend, need)
+
+
+def _check_elastic(config, frontend: FrontEnd, need) -> None:
+    """The packed (ElasticAST) fields: shapes, hops, and that the longest clip fits a row."""
+    e, m = config.elastic, config.model
+    need(m.get("name", "ast") == "ast", "model.name", "packed training needs 'ast'")
+    need(not m.prune_fuse, "model.prune_fuse", "is not supported with packing")
+    need(config.augment.mixup == 0, "augment.mixup",
+         "must be 0 with packing (clips of different lengths and hops cannot be mixed)")
+    for name in ("rows", "max_tokens", "max_slots"):
+        need(e[name] >= 1, f"elastic.{name}", "must be >= 1")
+    need(0 <= e.token_dropout < 1, "elastic.token_dropout", "must lie in [0, 1)")
+    need(e.pos_embedding in ("factorised", "ast"), "elastic.pos_embedding",
+         "use 'factorised' or 'ast'")
+    need(e.pool in ("attn", "mean"), "elastic.pool", "use 'attn' or 'mean'")
+    for name in ("hops_ms", "eval_hops_ms"):
+        need(len(e[name]) > 0 and all(h > 0 for h in e[name]), f"elastic.{name}",
+             "give one or more frame shifts > 0 ms")
+    need(len(e.eval_max_frames) > 0, "elastic.eval_max_frames", "give one or more caps")
+    patch = AST.patch_size
+    for name, caps, keep in (("max_frames", [e.max_frames], 1.0 - e.token_dropout),
+                             ("eval_max_frames", list(e.eval_max_frames), 1.0)):
+        for frames in caps:
+            need(frames >= patch, f"elastic.{name}", f"every cap must be >= {patch} frames "
+                 "(one patch)")
+            f_dim, t_dim = grid_shape(frames=frames, num_mel_bins=frontend.num_mel_bins,
+                                      patch_size=patch, fstride=m.fstride, tstride=m.tstride)
+            tokens = max(1, int(f_dim * t_dim * keep))
+            need(tokens <= e.max_tokens, f"elastic.{name}",
+                 f"a {frames}-frame clip is {tokens} tokens, more than a row holds "
+                 f"(elastic.max_tokens={e.max_tokens}); raise max_tokens or lower the cap")
 
 
 def _check_model(config, frontend: FrontEnd) -> None:

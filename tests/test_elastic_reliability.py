@@ -1,0 +1,158 @@
+"""The packed (ElasticAST) run has the padded run's failure handling (loop.run_steps):
+non-finite steps skipped then fatal, bad clips skipped or fatal, Ctrl-C / SIGTERM saves,
+unreadable checkpoints fall back, interrupted + resumed == uninterrupted, config checks."""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+from pathlib import Path
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from fast_ast_jax.audio.frontend import FrontEnd
+from fast_ast_jax.audio.io import AudioError
+from fast_ast_jax.data import FolderSource
+from fast_ast_jax.data.packed import PackedPipeline, PackSpec
+from fast_ast_jax.train import elastic
+from fast_ast_jax.train.validate import validate_config
+from tests.test_elastic_train import fast_compile, load_config  # noqa: F401 (autouse)
+from tests.test_reliability import bad_folder, sigint_at_batch
+
+
+def config(num_steps: int, **top):
+    """configs/test_elastic.py (1 block, 24 synthetic clips), constant lr, no eval."""
+    c = load_config("test_elastic")
+    c.data.eval = {}
+    c.optim.schedule = "constant"
+    c.update(num_steps=num_steps, log_every=1, **top)
+    return c
+
+
+def jsonl(workdir: Path) -> list[dict]:
+    return [json.loads(s) for s in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def steps_saved(workdir: Path) -> list[str]:
+    return sorted((p.name for p in (workdir / "checkpoints").iterdir()), key=str)
+
+
+def test_nonfinite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
+    original = PackedPipeline.batch
+    poisoned = {2}
+
+    def batch(self, epoch, index):
+        out = original(self, epoch, index)
+        if self.train and epoch * self.steps(0) + index + 1 in poisoned:
+            out["patches"] = np.full_like(out["patches"], np.nan)
+        return out
+
+    monkeypatch.setattr(PackedPipeline, "batch", batch)
+    final = elastic.train_elastic(config(3, checkpoint_every=0), str(tmp_path / "a"))
+    logged = jsonl(tmp_path / "a")
+    assert [r["train/skipped_nonfinite"] for r in logged] == [0.0, 1.0, 0.0]
+    assert all(np.isfinite(v).all() for v in jax.tree.leaves(final["state"].params))
+    assert all(r["train/clips_per_s"] > 0 for r in logged)
+
+    poisoned.clear()
+    poisoned.update({4, 5, 6})
+    with pytest.raises(FloatingPointError, match=r"3 consecutive steps \(up to step 6\).*"
+                                                 r"last good checkpoint is step 4"):
+        elastic.train_elastic(config(8, checkpoint_every=2, max_consecutive_nonfinite=3),
+                              str(tmp_path / "b"))
+    assert steps_saved(tmp_path / "b") == ["2", "4"]
+
+
+def test_bad_clips_skipped_from_the_plan_or_fatal(tmp_path):
+    meta, bad = bad_folder(tmp_path, n=12)
+    src = FolderSource(csv_path=meta, audio_dir=tmp_path / "audio")
+    fe = FrontEnd(num_mel_bins=32, target_frames=64)
+    spec = PackSpec(rows=2, max_tokens=40, max_slots=8)
+    pipe = PackedPipeline(src, frontend=fe, spec=spec, train=True, hops_ms=(10.0, 20.0),
+                          max_frames=64, seed=1)
+    planned = {i for e in range(2) for step in pipe.plan(e) for i, _ in step}
+    assert sorted(pipe.bad_clips) == sorted(bad) and not planned & set(bad)
+    assert all(bad[i] in msg for i, msg in pipe.bad_clips.items())
+    ev = PackedPipeline(src, frontend=fe, spec=spec, train=False, max_frames=64)
+    evaluated = [i for step in ev.plan(0) for i, _ in step]
+    assert evaluated == [i for i in range(12) if i not in bad]  # source order, bad ones out
+    with pytest.raises(AudioError, match=r"/[1469]\.wav: .*on_bad_clip='skip'"):
+        PackedPipeline(src, frontend=fe, spec=spec, train=True, max_frames=64,
+                       on_bad_clip="fail").plan(0)
+
+
+def test_training_on_bad_clips_reports_them(tmp_path):
+    meta, bad = bad_folder(tmp_path / "data", n=16)
+    c = config(2)
+    c.data.source = "folder"
+    paths = {"csv_path": str(meta), "audio_dir": str(meta.parent / "audio")}
+    c.data.train, c.data.eval = paths, paths
+    c.elastic.update(eval_hops_ms=(10.0,), eval_max_frames=(64,))
+    final = elastic.train_elastic(c, str(tmp_path / "w"))
+    assert jsonl(tmp_path / "w")[0]["train/bad_clips"] == len(bad)
+    (row,) = final["eval_table"]
+    assert row["bad_clips"] == len(bad) and row["num_clips"] == 16 - len(bad)
+
+
+def test_interrupted_resumed_run_equals_straight_run(tmp_path, monkeypatch):
+    """Ctrl-C after step 3 saves step 3 and stops; resuming reaches the uninterrupted run's
+    params bit for bit (same packed batches: the data position is in the checkpoint)."""
+    straight = elastic.train_elastic(config(6, checkpoint_every=100), str(tmp_path / "s"))
+    sigint_at_batch(monkeypatch, PackedPipeline, 2)
+    stopped = elastic.train_elastic(config(6, checkpoint_every=100), str(tmp_path / "r"))
+    assert stopped["step"] == 3 and steps_saved(tmp_path / "r") == ["3"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.undo()
+    resumed = elastic.train_elastic(config(6, checkpoint_every=100), str(tmp_path / "r"))
+    assert resumed["step"] == 6
+    chex.assert_trees_all_equal(resumed["state"].params, straight["state"].params)
+
+
+def test_unreadable_newest_checkpoint_falls_back(tmp_path, capfd):
+    work = tmp_path / "w"
+    elastic.train_elastic(config(4, checkpoint_every=2), str(work))
+    ckpts = work / "checkpoints"
+    shutil.rmtree(ckpts / "4" / "state")
+    capfd.readouterr()
+    resumed = elastic.train_elastic(config(4, checkpoint_every=2), str(work))
+    err = capfd.readouterr().err
+    assert f"checkpoint {ckpts / '4'} is unreadable" in err and "falling back to step 2" in err
+    assert resumed["step"] == 4 and (ckpts / "4.unreadable").is_dir()
+    other = config(4, checkpoint_every=2)
+    other.model.width = 32
+    with pytest.raises(ValueError, match="cannot resume, the checkpoint's model differs"):
+        elastic.train_elastic(other, str(work))
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("elastic.max_tokens", 4, r"config\.elastic\.max_frames=64: a 64-frame clip is \d+ "
+                               r"tokens, more than a row holds"),
+    ("elastic.eval_max_frames", (32, 512), r"config\.elastic\.eval_max_frames=.*512-frame"),
+    ("elastic.max_frames", 8, r"config\.elastic\.max_frames=8: every cap must be >= 16"),
+    ("elastic.token_dropout", 1.0, r"config\.elastic\.token_dropout=1\.0: must lie in"),
+    ("elastic.hops_ms", (), r"config\.elastic\.hops_ms=\(\): give one or more"),
+    ("elastic.pool", "max", r"config\.elastic\.pool='max': use 'attn' or 'mean'"),
+    ("elastic.rows", 0, r"config\.elastic\.rows=0: must be >= 1"),
+    ("augment.mixup", 0.5, r"config\.augment\.mixup=0\.5: must be 0 with packing"),
+])
+def test_impossible_elastic_values(field, value, match, tmp_path):
+    c = config(1)
+    *parents, last = field.split(".")
+    node = c
+    for p in parents:
+        node = node[p]
+    node[last] = value
+    with pytest.raises(ValueError, match=match):
+        validate_config(c, device_count=1)
+    with pytest.raises(ValueError, match=match):  # before any data is read
+        elastic.train_elastic(c, str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("name,arg", [("test_elastic", None), ("fsdd_elastic", "fold"),
+                                      ("audioset_elastic", None)])
+def test_recipes_pass_validation(name, arg):
+    validate_config(load_config(name, arg), device_count=1)
