@@ -7,7 +7,11 @@ with ToMe, AST trained with ToMe + CMKD (distilled from the CNN teacher's logits
 Runs, in `workdir`: cnn/ (configs/fsdd_teacher_cnn.py), its training-split logits
 (`distill dump`, cnn/teacher_train.npz), ast/ (configs/fsdd.py), ast_tome/
 (configs/fsdd_fastast.py without a teacher) and ast_tome_kd/ (configs/fsdd_fastast.py with
-the teacher file). Training resumes from existing checkpoints, so a re-run only evaluates.
+the teacher file); with --ensemble also ast/teacher_train.npz, ensemble_train.npz (the mean
+of the CNN's and the AST baseline's logits, `distill ensemble`) and ast_tome_kd_ens/ (the
+student distilled from that ensemble), plus a row for the ensemble teacher itself (accuracy
+of the mean eval logits). Training resumes from existing checkpoints, so a re-run only
+evaluates.
 Every row is evaluated on the split's eval set with fast_ast_jax.train.evaluation:
 accuracy, GMACs per clip (AST: analytic count of the token plan; CNN: XLA's flop count / 2,
 marked "≈"), clips/s of the jitted forward pass (eval batch, compilation excluded), and
@@ -93,7 +97,43 @@ def run(args) -> str:
                sets + [f"distill.teacher_logits={str(logits)!r}"])
     rows.append((f"AST trained with ToMe (r={r}) + CMKD (lam={kd.distill.lam}, "
                  f"tau={kd.distill.tau})", evaluate(work / "ast_tome_kd")[0], None))
+    if args.ensemble:  # 4. a stronger teacher: the CNN and the AST baseline together
+        distill.dump(work / "ast", out=work / "ast" / "teacher_train.npz", split="train")
+        ens = work / "ensemble_train.npz"
+        distill.ensemble([logits, work / "ast" / "teacher_train.npz"], out=ens)
+        rows.insert(2, ("CNN + AST baseline ensemble (teacher, mean logits)",
+                        ensemble_row(work), "CNN + AST"))
+        train("fsdd_fastast", args.split, work / "ast_tome_kd_ens",
+              sets + [f"distill.teacher_logits={str(ens)!r}"])
+        rows.append((f"AST trained with ToMe (r={r}) + KD from the ensemble",
+                     evaluate(work / "ast_tome_kd_ens")[0], None))
     return markdown(rows, base_rate=base["clips_per_s"], args=args)
+
+
+def ensemble_row(work: Path) -> dict:
+    """Accuracy of the mean of the CNN's and the AST baseline's eval-split logits (its
+    clips/s is not measured: the two models run one after the other)."""
+    import numpy as np
+
+    from fast_ast_jax.data import source_ids
+    from fast_ast_jax.train.evaluation import load_checkpoint
+    from fast_ast_jax.train.loop import build_pipeline
+
+    members = []
+    for name in ("cnn", "ast"):
+        out = work / name / "teacher_eval.npz"
+        distill.dump(work / name, out=out, split="eval")
+        members.append(distill.load(out))
+    logits = np.mean([m.lookup(members[0].ids) for m in members], axis=0)
+    restored = load_checkpoint(work / "ast")
+    pipeline = build_pipeline(restored.config, "eval", frontend=restored.frontend,
+                              train=False)
+    label = {cid: int(np.argmax(example[1]))
+             for i, cid in enumerate(source_ids(pipeline.source))
+             if (example := pipeline.example(i)) is not None}
+    accuracy = float(np.mean([np.argmax(row) == label[cid]
+                              for row, cid in zip(logits, members[0].ids) if cid in label]))
+    return {"accuracy": accuracy, "clips_per_s": float("nan")}
 
 
 def markdown(rows, *, base_rate, args) -> str:
@@ -110,8 +150,10 @@ def markdown(rows, *, base_rate, args) -> str:
              "|---|---:|---:|---:|---:|"]
     for name, row, macs in rows:
         macs = macs or f"{row['macs'] / 1e9:.3f}"
-        lines.append(f"| {name} | {row['accuracy']:.4f} | {macs} | {row['clips_per_s']:.1f} "
-                     f"| {row['clips_per_s'] / base_rate:.2f}x |")
+        rate = row["clips_per_s"]
+        speed = (f"{rate:.1f} | {rate / base_rate:.2f}x" if rate == rate  # nan: not timed
+                 else "— | —")
+        lines.append(f"| {name} | {row['accuracy']:.4f} | {macs} | {speed} |")
     lines += ["", "clips/s: jitted forward on the eval set, compilation excluded, rows timed "
               "one after another; speedup over the AST baseline."]
     return "\n".join(lines)
@@ -127,6 +169,8 @@ def main(argv=None):
                         help="config override for every run (repeatable)")
     parser.add_argument("--cnn-set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for the CNN teacher only (repeatable)")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="also distil from the CNN + AST-baseline logit ensemble")
     parser.add_argument("--out", help="write the markdown table here too")
     args = parser.parse_args(argv)
     emit(run(args), args.out)

@@ -5,9 +5,11 @@ Packed: the clips at their native length (capped at --max-frames), packed greedi
 --rows x --max-tokens rows with up to --slots clips per row (ElasticAST, same width/depth).
 Both use 16x16 patches with stride 16 and random weights (speed does not depend on them).
 Forwards are compiled first, then timed in interleaved rounds (median), so the ratio is taken
-under the same machine load.
+under the same machine load. --train times training steps instead (softmax cross-entropy
+over the real clips, gradient and an Adam update, one jitted step each).
 
     PYTHONPATH=. python benchmarks/packing.py --size tiny --clips 512 --r 16  # --data DIR
+    PYTHONPATH=. python benchmarks/packing.py --size tiny --depth 6 --train   # train steps
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import soundfile as sf
 
 from fast_ast_jax import packing
@@ -39,6 +42,30 @@ def native_frames(data: Path, clips: int, max_frames: int) -> np.ndarray:
     return np.clip(1 + (secs * 16000 - 400).astype(int) // 160, 16, max_frames)
 
 
+def train_step(forward):
+    """A jitted (params, opt_state), batch -> same, after one Adam step on the softmax
+    cross-entropy of random labels over the forward's real clips (padded: all; packed: the
+    slots holding a clip)."""
+    tx = optax.adam(1e-4)
+
+    def step(state, batch):
+        params, opt_state = state
+
+        def loss(p):
+            logits = forward(p, batch).reshape(-1, 10)
+            labels = jnp.arange(logits.shape[0]) % 10
+            mask = ((batch["slot_index"] >= 0).reshape(-1) if isinstance(batch, dict)
+                    else jnp.ones(logits.shape[0]))
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+            return (ce * mask).sum() / mask.sum()
+
+        grads = jax.grad(loss)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return jax.jit(step)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=FSDD)
@@ -53,14 +80,17 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--r", type=int, nargs="*", default=[],
                     help="also time packed ToMe with these merges per row and block")
+    ap.add_argument("--depth", type=int, default=None, help="blocks (default: the size's)")
+    ap.add_argument("--train", action="store_true", help="time train steps, not forwards")
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
     frames = native_frames(args.data, args.clips, args.max_frames)
-    ast = create_ast(args.size, num_classes=10, fstride=16, tstride=16, frames=args.frames)
+    fields = dict(SIZES[args.size], **({"depth": args.depth} if args.depth else {}))
+    ast = create_ast(args.size, num_classes=10, fstride=16, tstride=16, frames=args.frames,
+                     **({"depth": args.depth} if args.depth else {}))
     p_ast = jax.jit(ast.init)(jax.random.PRNGKey(0), jnp.zeros((1, args.frames, 128)))
     padded = jnp.asarray(rng.normal(size=(args.batch, args.frames, 128)), jnp.float32)
-    fields = SIZES[args.size]
     el = ElasticAST(num_classes=10, frames=args.max_frames, pool="mean", **fields)
     samples = [packing.patchify(rng.normal(size=(int(n), 128)).astype(np.float32))
                for n in frames]
@@ -69,12 +99,17 @@ def main():
     packed = packing.pack([samples[i] for i in group], rows=args.rows,
                           max_tokens=args.max_tokens, max_slots=args.slots).arrays()
     p_el = jax.jit(el.init)(jax.random.PRNGKey(0), packed)
-    runs = {"padded": (jax.jit(ast.apply), p_ast, padded, args.batch),
-            "packed": (jax.jit(lambda p, b: el.apply(p, b)[0]), p_el, packed, len(group))}
+    forwards = {"padded": (ast.apply, p_ast, padded, args.batch),
+                "packed": (lambda p, b: el.apply(p, b)[0], p_el, packed, len(group))}
     for r in args.r:
         tome = el.clone(tome_r=r)
-        runs[f"packed r={r}"] = (jax.jit(lambda p, b, m=tome: m.apply(p, b)[0]), p_el,
-                                 packed, len(group))
+        forwards[f"packed r={r}"] = (lambda p, b, m=tome: m.apply(p, b)[0], p_el, packed,
+                                     len(group))
+    if args.train:
+        runs = {k: (train_step(f), (p, optax.adam(1e-4).init(p)), x, n)
+                for k, (f, p, x, n) in forwards.items()}
+    else:
+        runs = {k: (jax.jit(f), p, x, n) for k, (f, p, x, n) in forwards.items()}
     times = {k: [] for k in runs}
     for fn, params, x, _ in runs.values():
         jax.block_until_ready(fn(params, x))
@@ -92,7 +127,8 @@ def main():
         t = float(np.median(times[k]))
         extra = (f", {float((packed['segment_ids'] > 0).mean()):.3f} real tokens"
                  if k.startswith("packed") else "")
-        print(f"{k}: {n} clips per call{extra}: {t * 1e3:.0f} ms -> {n / t:.0f} clips/s")
+        what = "train step" if args.train else "call"
+        print(f"{k}: {n} clips per {what}{extra}: {t * 1e3:.0f} ms -> {n / t:.0f} clips/s")
 
 
 if __name__ == "__main__":

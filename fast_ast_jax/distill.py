@@ -19,7 +19,11 @@ so KL terms stay 0 * finite, never NaN).
 Command line (a thin layer over `dump` / `summary`):
     python -m fast_ast_jax.distill dump --checkpoint WORKDIR [--config FILE[:ARG]] \
         [--split train] --out teacher.npz [--top_k K]
+    python -m fast_ast_jax.distill ensemble a.npz b.npz [...] --out teacher.npz
     python -m fast_ast_jax.distill inspect teacher.npz
+
+An ensemble teacher averages the logits of several files (e.g. the CNN teacher and a
+trained AST: their errors differ, so the mean is a stronger teacher than either).
 """
 from __future__ import annotations
 
@@ -250,6 +254,35 @@ def dump(checkpoint: str | os.PathLike, *, out: str | os.PathLike, config=None,
     return result
 
 
+def ensemble(paths: Sequence[str | os.PathLike], *, out: str | os.PathLike,
+             top_k: int | None = None) -> TeacherLogits:
+    """Write the mean logits of several teacher files (same clip ids and labels) to `out`.
+
+    Raises TeacherLogitsError naming the file whose labels or clip ids differ from the
+    first file's.
+    """
+    if len(paths) < 2:
+        raise TeacherLogitsError(f"an ensemble needs two or more files, got {list(paths)}")
+    members = [load(p) for p in paths]
+    first = members[0]
+    for m in members[1:]:
+        if m.labels != first.labels:
+            raise TeacherLogitsError(f"{m.path}: labels {list(m.labels)} differ from "
+                                     f"{first.path}'s {list(first.labels)}")
+        if set(m.ids) != set(first.ids):
+            odd = sorted(set(m.ids) ^ set(first.ids))[0]
+            raise TeacherLogitsError(f"{m.path} and {first.path} hold different clips (e.g. "
+                                     f"{odd!r}); dump every member on the same data split")
+    logits = np.mean([m.lookup(first.ids) for m in members], axis=0)
+    split = {m.teacher.get("split") for m in members}
+    teacher = {"model_class": "ensemble", "checkpoint": " + ".join(m.path for m in members),
+               "split": split.pop() if len(split) == 1 else "?", "step": "-",
+               "members": [m.teacher for m in members]}
+    save(out, ids=first.ids, logits=logits, labels=first.labels, teacher=teacher,
+         top_k=top_k)
+    return load(out)
+
+
 def summary(teacher_logits: TeacherLogits, *, top_k: int | None = None) -> str:
     """A few lines describing a teacher-logits file."""
     t = teacher_logits
@@ -288,6 +321,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     d.add_argument("--out", required=True, help="output .npz")
     d.add_argument("--top_k", type=int, default=None, help="keep the k largest logits")
     d.add_argument("--batch_size", type=int, default=0, help="clips per forward pass")
+    e = sub.add_parser("ensemble", help="average the logits of several teacher files")
+    e.add_argument("files", nargs="+")
+    e.add_argument("--out", required=True, help="output .npz")
+    e.add_argument("--top_k", type=int, default=None, help="keep the k largest logits")
     i = sub.add_parser("inspect", help="summarise a teacher-logits file")
     i.add_argument("file")
     args = parser.parse_args(argv)
@@ -295,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = _config_file(args.config) if args.config else None
         dump(args.checkpoint, out=args.out, config=config, split=args.split,
              top_k=args.top_k, batch_size=args.batch_size)
+    elif args.command == "ensemble":
+        print(summary(ensemble(args.files, out=args.out, top_k=args.top_k)))
     else:
         print(summary(load(args.file)))
 

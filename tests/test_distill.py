@@ -96,3 +96,29 @@ def test_external_writer_without_optional_fields(tmp_path):
     assert t.teacher == {} and t.num_classes == 2
     np.testing.assert_array_equal(t.lookup(["k2"]), [[0.0, 1.0]])
     json.dumps(t.teacher)
+
+
+def test_ensemble_averages_members_by_clip_id(tmp_path):
+    a = RNG.normal(size=(3, 4)).astype(np.float32)
+    b = RNG.normal(size=(3, 4)).astype(np.float32)
+    distill.save(tmp_path / "a.npz", ids=["x", "y", "z"], logits=a, labels=LABELS,
+                 teacher={"model_class": "cnn", "split": "train"})
+    distill.save(tmp_path / "b.npz", ids=["z", "x", "y"], logits=b, labels=LABELS,
+                 teacher={"model_class": "ast", "split": "train"})  # another clip order
+    distill.main(["ensemble", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"),
+                  "--out", str(tmp_path / "e.npz")])
+    e = distill.load(tmp_path / "e.npz")
+    np.testing.assert_allclose(e.lookup(["x", "y", "z"]), (a + b[[1, 2, 0]]) / 2, rtol=1e-6)
+    assert e.teacher["model_class"] == "ensemble" and e.teacher["split"] == "train"
+    assert [m["model_class"] for m in e.teacher["members"]] == ["cnn", "ast"]
+    distill.save(tmp_path / "c.npz", ids=["x", "y", "w"], logits=a, labels=LABELS,
+                 teacher={})
+    with pytest.raises(distill.TeacherLogitsError, match=r"c\.npz and .*a\.npz hold "
+                                                         r"different clips \(e\.g\. 'w'\)"):
+        distill.ensemble([tmp_path / "a.npz", tmp_path / "c.npz"], out=tmp_path / "f.npz")
+    distill.save(tmp_path / "d.npz", ids=["x", "y", "z"], logits=a, labels=LABELS[::-1],
+                 teacher={})
+    with pytest.raises(distill.TeacherLogitsError, match=r"d\.npz: labels .* differ"):
+        distill.ensemble([tmp_path / "a.npz", tmp_path / "d.npz"], out=tmp_path / "f.npz")
+    with pytest.raises(distill.TeacherLogitsError, match="two or more files"):
+        distill.ensemble([tmp_path / "a.npz"], out=tmp_path / "f.npz")
