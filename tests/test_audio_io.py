@@ -112,7 +112,7 @@ def test_compressed_round_trips(tmp_path, fmt, subtype, atol):
     path = tmp_path / f"clip.{fmt.lower()}"
     data = np.stack([_tone(1000.0, sr=SR), _tone(1000.0, sr=SR, amp=0.3)], axis=1)
     if fmt not in sf.available_formats():
-        pytest.skip(f"this libsndfile cannot write {fmt}")
+        pytest.skip(reason=f"this libsndfile cannot write {fmt}")
     sf.write(path, data, SR, format=fmt, subtype=subtype)
     wave = load_audio(path, sample_rate=SR)
     assert wave.dtype == np.float32 and wave.ndim == 1
@@ -193,7 +193,7 @@ def test_error_is_value_error_one_line(tmp_path):
 def test_fsdd_real_recording():
     path = FSDD / "7_jackson_32.wav"
     if not path.exists():
-        pytest.skip(f"FSDD recording {path} not found (../shared/data next to the repo)")
+        pytest.skip(reason=f"FSDD recording {path} not found (../shared/data next to the repo)")
     info = sf.info(path)
     assert (info.samplerate, info.channels) == (8000, 1)
     wave = load_audio(path, sample_rate=SR)

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from fast_ast_jax.models.cnn import DepthwiseConv3x3, create_cnn
-from tests.test_elastic_train import fast_compile  # noqa: F401 (autouse: faster compiles)
+
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _init(model, x):

@@ -92,7 +92,8 @@ def test_folder_source_errors(tmp_path):
 def test_fsdd_meta_csv():
     fsdd = SHARED / "fsdd"
     if not (fsdd / "meta.csv").is_file():
-        pytest.skip("../shared/data/fsdd is absent (same behaviour covered on generated audio)")
+        pytest.skip(reason="../shared/data/fsdd is absent "
+                           "(same behaviour covered on generated audio)")
     held_out = FolderSource(csv_path=fsdd / "meta.csv", select={"fold": "test"})
     official = FolderSource(csv_path=fsdd / "meta.csv", select={"official_split": "test"})
     assert (len(held_out), len(official)) == (500, 300)

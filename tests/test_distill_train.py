@@ -16,8 +16,9 @@ from fast_ast_jax.models import CNNTeacher
 from fast_ast_jax.predict import predict
 from fast_ast_jax.train import loop
 from fast_ast_jax.train.evaluation import evaluate_checkpoint, load_checkpoint
-from tests.test_train import (  # noqa: F401  (fast_compile: autouse fixture)
-    fast_compile, folder_data, load_config, run_one_step, tiny)
+from tests.test_train import folder_data, load_config, run_one_step, tiny
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 FSDD_HEADER = ("filename", "label", "official_split")
 

@@ -18,13 +18,7 @@ KW = dict(num_classes=5, width=32, depth=2, num_heads=2, mlp_dim=64, fstride=16,
 RNG = np.random.default_rng(0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def fast_compile():
-    """Most XLA optimisations off (tiny programs, compile time dominates), restored after."""
-    old = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _clip(frames):

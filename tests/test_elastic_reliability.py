@@ -19,8 +19,11 @@ from fast_ast_jax.data import FolderSource
 from fast_ast_jax.data.packed import PackedPipeline, PackSpec
 from fast_ast_jax.train import elastic
 from fast_ast_jax.train.validate import validate_config
-from tests.test_elastic_train import fast_compile, load_config  # noqa: F401 (autouse)
+from tests.test_elastic_train import load_config
 from tests.test_reliability import bad_folder, sigint_at_batch
+
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def config(num_steps: int, **top):

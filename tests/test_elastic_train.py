@@ -29,13 +29,7 @@ def load_config(name: str, arg: str | None = None):
     return module.get_config(arg) if arg else module.get_config()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def fast_compile():
-    """Most XLA optimisations off (tiny programs, compile time dominates), restored after."""
-    old = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 @pytest.fixture(scope="module")

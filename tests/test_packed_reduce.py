@@ -16,13 +16,7 @@ from fast_ast_jax.models.elastic import ElasticAST
 RNG = np.random.default_rng(0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def fast_compile():
-    """Most XLA optimisations off (tiny programs, compile time dominates), restored after."""
-    old = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _segments(lengths, total):

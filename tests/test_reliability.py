@@ -44,13 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FE = FrontEnd(num_mel_bins=32, target_frames=48)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def fast_compile():
-    """As in test_train: tiny programs compile faster with most optimisations off."""
-    old = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def config(**top):

@@ -25,14 +25,7 @@ from tests.test_data import write_folder
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def fast_compile():
-    """Most XLA optimisations off: these tests compile many tiny programs (flax examples'
-    train_test does the same); restored afterwards for other test modules."""
-    old = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def load_config(name: str, arg: str | None = None):
@@ -90,7 +83,7 @@ def test_fsdd_config_on_generated_folder(tmp_path):
 def test_fsdd_config_on_real_data(tmp_path):
     c = load_config("fsdd")
     if not Path(c.data.train.csv_path).is_file():
-        pytest.skip("../shared/data/fsdd is absent (covered on generated audio above)")
+        pytest.skip(reason="../shared/data/fsdd is absent (covered on generated audio above)")
     c = tiny(c)
     c.data.cache = False  # featurise only the clips a step touches
     c.data.eval.select = {"fold": "test", "speaker": "theo", "label": "3"}  # 50 clips
@@ -133,7 +126,7 @@ def test_audioset_recipe_one_step(tmp_path):
 def test_spoken_digit_tfds_one_step(fmt, tmp_path):
     c = load_config("spoken_digit_tfds", fmt)
     if not Path(c.data.train.data_dir, "spoken_digit").is_dir():
-        pytest.skip("../shared/data/tfds* is absent (TFDS is covered by mock data below)")
+        pytest.skip(reason="../shared/data/tfds* is absent (TFDS is covered by mock data below)")
     c = tiny(c)
     c.data.cache = False
     c.data.eval.split = "train[:6]"
