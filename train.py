@@ -1,7 +1,7 @@
 """Train (and evaluate) an AST: `python train.py --config configs/demo.py --workdir DIR`.
 
 Configs with an `elastic` block (configs/fsdd_elastic.py, ...) train the packed ElasticAST
-(fast_ast_jax.train.elastic) instead.
+through the same trainer (fast_ast_jax.train.task).
 
 Any config field can be overridden: `--config.batch_size=16 --config.model.depth=4`.
 Re-running with the same workdir resumes from its latest checkpoint.
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from fast_ast_jax.train.loop import train_and_evaluate
 
 config_flags.DEFINE_config_file("config", None, "training config file", lock_config=True)
 flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl and TensorBoard logs")
@@ -20,11 +22,6 @@ def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
         logging.set_verbosity(logging.WARNING)
-    if "elastic" in flags.FLAGS.config:  # packed ElasticAST recipes (configs/*elastic*.py)
-        from fast_ast_jax.train.elastic import train_elastic as train_and_evaluate
-    else:
-        from fast_ast_jax.train.loop import train_and_evaluate
-
     train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 
 

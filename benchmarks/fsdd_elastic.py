@@ -63,7 +63,8 @@ def padded_real_fraction(pipeline) -> float:
 def padded_table(restored, config, *, hops_ms, caps) -> dict[tuple[float, int], float]:
     """Accuracy of a padded AST on fbanks at each hop, blanked after each cap (frames)."""
     from fast_ast_jax import sharding
-    from fast_ast_jax.train.loop import build_pipeline, evaluate
+    from fast_ast_jax.train.forward import evaluate
+    from fast_ast_jax.train.task import build_pipeline
 
     mesh = sharding.make_mesh()
     out = {}
@@ -92,11 +93,12 @@ def run(args) -> str:
     from fast_ast_jax.audio.frontend import FrontEnd
     from fast_ast_jax.train import elastic
     from fast_ast_jax.train.evaluation import load_checkpoint
-    from fast_ast_jax.train.loop import build_pipeline
+    from fast_ast_jax.train.loop import train_and_evaluate
+    from fast_ast_jax.train.task import build_pipeline, packed_task
 
     work, padded_dir = Path(args.workdir), Path(args.padded)
     config = override(recipe(ROOT / "configs" / "fsdd_elastic.py", args.split), args.set)
-    elastic.train_elastic(config, str(work))
+    train_and_evaluate(config, str(work))
     e = config.elastic
     settings = [{}] + ([{"tome_r": args.r}] if args.r else [])
     packed_rows = elastic.evaluate_elastic_checkpoint(work, config=config, settings=settings,
@@ -107,11 +109,8 @@ def run(args) -> str:
     padded_acc = padded_table(restored, pad_config, hops_ms=e.eval_hops_ms,
                               caps=e.eval_max_frames)
 
-    frontend = FrontEnd.from_dict(config.frontend.to_dict())
-    model = elastic.build_elastic_model(config, num_classes=len(restored.labels),
-                                        frontend=frontend)
-    train_packed = elastic._pipeline(config, "train", frontend=frontend,
-                                     spec=elastic.pack_spec(config, model), train=True)
+    train_packed = packed_task(config,
+                               frontend=FrontEnd.from_dict(config.frontend.to_dict())).train
     train_padded = build_pipeline(pad_config, "train", frontend=restored.frontend, train=True)
     rates = {"padded": train_clips_per_s(padded_dir), "packed": train_clips_per_s(work)}
     real = {"padded": padded_real_fraction(train_padded),

@@ -117,7 +117,7 @@ def ensemble_row(work: Path) -> dict:
 
     from fast_ast_jax.data import source_ids
     from fast_ast_jax.train.evaluation import load_checkpoint
-    from fast_ast_jax.train.loop import build_pipeline
+    from fast_ast_jax.train.task import build_pipeline
 
     members = []
     for name in ("cnn", "ast"):

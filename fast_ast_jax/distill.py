@@ -219,7 +219,7 @@ def dump(checkpoint: str | os.PathLike, *, out: str | os.PathLike, config=None,
     from fast_ast_jax.data import source_ids
     from fast_ast_jax.models import model_fields, model_name
     from fast_ast_jax.train.evaluation import checkpoint_dir, load_checkpoint
-    from fast_ast_jax.train.loop import build_pipeline
+    from fast_ast_jax.train.task import build_pipeline
 
     restored = load_checkpoint(checkpoint)
     config = config or restored.config

@@ -129,12 +129,31 @@ def pack(samples: Sequence[tuple[np.ndarray, np.ndarray]], *, rows: int, max_tok
     if len(assignment) > rows:
         raise ValueError(f"{len(samples)} samples need {len(assignment)} rows of "
                          f"{max_tokens} tokens, more than rows={rows}")
-    dim = samples[0][0].shape[1]
+    return pack_rows(samples, assignment + [[]] * (rows - len(assignment)),
+                     max_tokens=max_tokens, max_slots=max_slots,
+                     dim=samples[0][0].shape[1])
+
+
+def pack_rows(samples: Sequence[tuple[np.ndarray, np.ndarray]],
+              assignment: Sequence[Sequence[int]], *, max_tokens: int, max_slots: int,
+              dim: int) -> PackedBatch:
+    """Lay samples out as `assignment` says: row r holds samples assignment[r] in order
+    (an empty list is an empty row); slot_index refers to positions in `samples`.
+
+    dim: patch vector size P (needed when every row is empty).
+    Raises:
+        ValueError: if a row overflows max_tokens or max_slots.
+    """
+    rows = len(assignment)
     patches = np.zeros((rows, max_tokens, dim), np.float32)
     segment_ids = np.zeros((rows, max_tokens), np.int32)
     positions = np.zeros((rows, max_tokens, 2), np.int32)
     slot_index = np.full((rows, max_slots), -1, np.int32)
     for r, members in enumerate(assignment):
+        if len(members) > max_slots or sum(len(samples[i][0]) for i in members) > max_tokens:
+            raise ValueError(f"row {r} holds {len(members)} samples of "
+                             f"{sum(len(samples[i][0]) for i in members)} tokens, more than "
+                             f"max_slots={max_slots} / max_tokens={max_tokens}")
         start = 0
         for s, i in enumerate(members):
             p, pos = samples[i]

@@ -14,7 +14,7 @@ from fast_ast_jax.data import SyntheticSource, source_ids
 from fast_ast_jax.data.pipeline import Augment, Pipeline
 from fast_ast_jax.models import CNNTeacher
 from fast_ast_jax.predict import predict
-from fast_ast_jax.train import loop
+from fast_ast_jax.train import loop, task
 from fast_ast_jax.train.evaluation import evaluate_checkpoint, load_checkpoint
 from tests.test_train import folder_data, load_config, run_one_step, tiny
 
@@ -80,7 +80,7 @@ def test_teacher_dump_then_fastast_student(tmp_path, capsys):
     assert t.teacher["model"]["stages"] == "tiny"
     # The dumped logits are the teacher's deterministic forward pass on its own features.
     restored = load_checkpoint(tmp_path / "teacher")
-    pipe = loop.build_pipeline(restored.config, "train", frontend=restored.frontend,
+    pipe = task.build_pipeline(restored.config, "train", frontend=restored.frontend,
                                train=False)
     x = np.stack([pipe.example(i)[0] for i in range(2)])
     want = restored.model.apply({"params": restored.params}, x, train=False)
@@ -133,7 +133,7 @@ def test_paper_fastast_recipes_one_step(name, header, rows, multi, tmp_path):
     assert c.model.tome_r > 0 and c.distill.lam == 0.1 and c.distill.tau == 1.0
     c = with_data(tiny(c, frames=96), folder_data(tmp_path, header, rows))
     c.optim.warmup_steps = min(c.optim.warmup_steps, 1)
-    src = loop.build_pipeline(c, "train", frontend=FrontEnd.from_dict(c.frontend.to_dict()),
+    src = task.build_pipeline(c, "train", frontend=FrontEnd.from_dict(c.frontend.to_dict()),
                               train=True).source
     c.distill.teacher_logits = random_teacher_file(tmp_path / "t.npz", ids=source_ids(src),
                                                    labels=src.labels)

@@ -14,7 +14,9 @@ from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import SyntheticSource
 from fast_ast_jax.data.packed import PackedPipeline, PackSpec
 from fast_ast_jax.models.elastic import ElasticAST
-from fast_ast_jax.train import elastic
+from fast_ast_jax import sharding
+from fast_ast_jax.train import elastic, loop
+from fast_ast_jax.train.forward import eval_forward
 from tests.test_data import write_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +56,7 @@ def test_pipeline_native_lengths_hops_and_fixed_shapes(source):
         for i in range(pipe.steps(e)):
             b = pipe.batch(e, i)
             shapes.add(tuple((k, v.shape, v.dtype.str) for k, v in sorted(b.items())))
-            hops.update(h for _, h in pipe.plan(e)[i])
+            hops.update(h for row in pipe.plan(e)[i] for _, h in row)
             seen.extend(b["slot_index"][b["slot_index"] >= 0].tolist())
             np.testing.assert_array_equal(b["mask"] > 0, b["slot_index"] >= 0)
             np.testing.assert_array_equal(b["y"][b["mask"] == 0], 0.0)
@@ -70,30 +72,25 @@ def test_pipeline_native_lengths_hops_and_fixed_shapes(source):
 def test_sweep_runs_every_length_and_hop_through_one_program(source):
     model = ElasticAST(num_classes=len(source.labels), width=32, depth=1, num_heads=2,
                        mlp_dim=64, num_mel_bins=32, frames=64, tome_r=2)
-    traces = []
-
-    def counted(params, batch):
-        traces.append(1)
-        return elastic.packed_eval_step(params, batch, model=model)
-
-    eval_fn = jax.jit(counted)
     pipe = PackedPipeline(source, frontend=FRONTEND, spec=SPEC, train=False)
     params = jax.jit(model.init)(jax.random.PRNGKey(0), pipe.batch(0, 0))["params"]
+    mesh = sharding.make_mesh()
     rows = elastic.elastic_sweep(params, model=model, source=source, frontend=FRONTEND,
                                  spec=SPEC, hops_ms=(10.0, 25.0, 40.0), max_frames=(32, 64),
-                                 eval_fn=eval_fn)
+                                 mesh=mesh)
     assert [(r["hop_ms"], r["max_frames"]) for r in rows] == [
         (h, f) for h in (10.0, 25.0, 40.0) for f in (32, 64)]
     assert all(r["num_clips"] == len(source) for r in rows)
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
-    assert len(traces) == 1  # one compiled program for the whole table
+    # one compiled program for the whole table
+    assert eval_forward(model, mesh)._cache_size() == 1
 
 
 def test_one_step_test_config(tmp_path):
     c = load_config("test_elastic")
     c.num_steps = 3
     c.log_every = 1
-    final = elastic.train_elastic(c, str(tmp_path / "work"))
+    final = loop.train_and_evaluate(c, str(tmp_path / "work"))
     assert final["step"] == 3 and np.isfinite(final["train_loss"])
     assert final["train_compilations"] == 1  # 3 steps of different lengths and hops
     table = final["eval_table"]
@@ -110,7 +107,7 @@ def test_one_step_test_config(tmp_path):
         assert got["accuracy"] == pytest.approx(want["accuracy"])
     # resuming with a later target continues from the saved step
     c.num_steps = 4
-    assert elastic.train_elastic(c, str(tmp_path / "work"))["step"] == 4
+    assert loop.train_and_evaluate(c, str(tmp_path / "work"))["step"] == 4
 
 
 def test_fsdd_elastic_config_on_generated_folder(tmp_path):
@@ -126,7 +123,7 @@ def test_fsdd_elastic_config_on_generated_folder(tmp_path):
     c.elastic.update(rows=2, max_tokens=64, eval_hops_ms=(10.0, 40.0),
                      eval_max_frames=(64,))
     c.update(num_steps=1, log_every=1, checkpoint_every=1)
-    final = elastic.train_elastic(c, str(tmp_path / "work"))
+    final = loop.train_and_evaluate(c, str(tmp_path / "work"))
     assert final["step"] == 1 and np.isfinite(final["train_loss"])
     assert [r["num_clips"] for r in final["eval_table"]] == [4.0, 4.0]
 
@@ -159,7 +156,7 @@ def test_init_from_pretrained_hf_directory(tmp_path):
     c.elastic.update(pos_embedding="ast", pool="mean")
     c.optim.update(lr=0.0, weight_decay=0.0)  # the step leaves the loaded weights as they are
     c.data.eval = {}
-    final = elastic.train_elastic(c, str(tmp_path / "w"))
+    final = loop.train_and_evaluate(c, str(tmp_path / "w"))
     params = final["state"].params
     ast = AST(num_classes=8, width=64, depth=1, num_heads=2, mlp_dim=256, fstride=16,
               tstride=16, num_mel_bins=32, frames=64)

@@ -1,5 +1,6 @@
 """Multi-process training on one machine: 2 JAX processes x 2 CPU devices (gloo collectives),
-as a 2-host pod would run (docs/MULTIHOST.md)."""
+as a 2-host pod would run (docs/MULTIHOST.md); padded runs, and a packed ElasticAST run with
+distillation that equals the same run in one process."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import numpy as np
+import pytest
+
+from fast_ast_jax import distill
+from fast_ast_jax.data import SyntheticSource, source_ids
+from fast_ast_jax.train import loop
+from tests.test_train import load_config
+
 ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 WORKER = """
 import hashlib, json, os, sys
@@ -62,9 +74,39 @@ def preempt_host_1(self, **kw):
 
 Pipeline.iterate = preempt_host_1
 result["preempted"] = run(8, out + "/preempted")
+Pipeline.iterate = iterate
+
+# Packed: each host packs its 2 of the 4 rows of every step.
+from tests.test_multiprocess import packed_config
+c = packed_config(out + "/teacher.npz")
+c.distributed = True
+final = loop.train_and_evaluate(c, out + "/packed")
+if pid == 0:
+    np.savez(out + "/packed_params.npz", **{jax.tree_util.keystr(k): np.asarray(v) for k, v
+             in jax.tree_util.tree_flatten_with_path(final["state"].params)[0]})
+result["packed"] = {"step": final["step"], "train_loss": final["train_loss"],
+                    "table": final["eval_table"]}
 with open(f"{out}/result_{pid}.json", "w") as f:
     json.dump(result, f)
 """
+
+
+def packed_config(teacher: str):
+    """configs/test_elastic.py with 4 rows per step, 2 steps, distillation and a 2-cell
+    evaluation table."""
+    c = load_config("test_elastic")
+    c.update(num_steps=2, log_every=1, checkpoint_every=2)
+    c.elastic.update(rows=4, eval_hops_ms=(10.0, 20.0), eval_max_frames=(64,))
+    c.distill.update(teacher_logits=teacher, lam=0.5, tau=2.0)
+    return c
+
+
+def write_teacher(path) -> None:
+    c = load_config("test_elastic")
+    source = SyntheticSource(sample_rate=16000, **c.data.train)
+    logits = np.random.default_rng(0).normal(size=(len(source), len(source.labels)))
+    distill.save(path, ids=source_ids(source), logits=logits, labels=source.labels,
+                 teacher={"model_class": "random"})
 
 
 def free_port() -> int:
@@ -74,6 +116,7 @@ def free_port() -> int:
 
 
 def test_two_processes_train_identically_and_resume(tmp_path):
+    write_teacher(tmp_path / "teacher.npz")
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     port = free_port()
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(ROOT), str(port), str(i),
@@ -106,3 +149,22 @@ def test_two_processes_train_identically_and_resume(tmp_path):
     assert r["preempted"]["step"] == 3  # host 0 stopped with host 1 (no hang)
     assert sorted(p.name for p in (tmp_path / "preempted" / "checkpoints").iterdir()) == [
         "2", "3"]
+    # The packed run on 2 hosts equals the packed run in this one process (1 device).
+    one = loop.train_and_evaluate(packed_config(str(tmp_path / "teacher.npz")),
+                                  str(tmp_path / "packed_one"))
+    two = r["packed"]
+    assert two["step"] == one["step"] == 2
+    np.testing.assert_allclose(two["train_loss"], one["train_loss"], rtol=1e-4)
+    assert [row["num_clips"] for row in two["table"]] == [
+        row["num_clips"] for row in one["eval_table"]] == [8.0, 8.0]
+    for a, b in zip(two["table"], one["eval_table"]):
+        assert a["accuracy"] == pytest.approx(b["accuracy"])
+    with np.load(tmp_path / "packed_params.npz") as params:
+        flat = jax.tree_util.tree_flatten_with_path(one["state"].params)[0]
+        diff = max(float(np.abs(params[jax.tree_util.keystr(k)] - v).max()) for k, v in flat)
+        print(f"packed, 2 processes vs 1: max |param difference| {diff:.2e}, |loss "
+              f"difference| {abs(two['train_loss'] - one['train_loss']):.2e}")
+        for k, v in flat:
+            # the tolerance of the 8-device test (tests/test_train.py)
+            np.testing.assert_allclose(params[jax.tree_util.keystr(k)], v, rtol=1e-3,
+                                       atol=2e-4)

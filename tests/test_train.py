@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data.pipeline import Pipeline
-from fast_ast_jax.train import loop
+from fast_ast_jax.train import loop, task
 from fast_ast_jax.train.checkpoint import Checkpointer
 from fast_ast_jax.train.evaluation import evaluate_checkpoint, parse_sweep
 from fast_ast_jax.predict import predict
@@ -224,56 +225,100 @@ def test_interrupted_run_resumes_same_order_and_params(tmp_path, monkeypatch):
 
 
 SHARDED = textwrap.dedent("""
-    import os, sys
+    import json, os, sys
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     os.environ["JAX_PLATFORMS"] = "cpu"
-    import importlib.util, jax, numpy as np
+    import jax, numpy as np
     sys.path.insert(0, sys.argv[1])
+    from fast_ast_jax import sharding
     from fast_ast_jax.train import loop
+    from tests.test_train import sharded_configs
     jax.config.update("jax_disable_most_optimizations", True)  # as in the parent test
     assert jax.device_count() == 8
-    spec = importlib.util.spec_from_file_location("c", sys.argv[1] + "/configs/test.py")
-    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+    seen = {}
+    global_batch = sharding.global_batch
+
+    def recording(local, mesh):  # the first batch of each run, as the train step gets it
+        out = global_batch(local, mesh)
+        key = "x" if "x" in out else "patches"
+        seen.setdefault(run, {"devices": len(out[key].sharding.device_set),
+                              "global": list(out[key].shape),
+                              "shards": sorted({tuple(s.data.shape)
+                                                for s in out[key].addressable_shards})})
+        return out
+
+    sharding.global_batch = recording
     out = {}
-    for mode in ("replicate", "fsdp"):
-        c = m.get_config(); c.num_steps = 2; c.param_sharding = mode; c.data.eval = {}
-        c.log_every = 1
-        final = loop.train_and_evaluate(c, sys.argv[2] + "/" + mode)
+    for run, c in sharded_configs().items():
+        final = loop.train_and_evaluate(c, sys.argv[2] + "/" + run)
         flat = jax.tree_util.tree_flatten_with_path(final["state"].params)[0]
-        out.update({mode + jax.tree_util.keystr(k): np.asarray(v) for k, v in flat})
-        if mode == "fsdp":
+        out.update({run + jax.tree_util.keystr(k): np.asarray(v) for k, v in flat})
+        if c.param_sharding == "fsdp":
             shardings = {str(l.sharding.spec) for l in jax.tree.leaves(final["state"].params)}
             assert any("'data'" in s for s in shardings), shardings
     np.savez(sys.argv[2] + "/params.npz", **out)
+    with open(sys.argv[2] + "/batches.json", "w") as f:
+        json.dump(seen, f)
 """)
 
 
+def sharded_configs() -> dict:
+    """The runs of the 8-device test, also run on 1 device: padded (8 clips per step) with
+    replicated and with FSDP parameters, and packed (8 rows per step) with FSDP."""
+    runs = {}
+    for mode in ("replicate", "fsdp"):
+        c = load_config("test")
+        c.update(num_steps=2, param_sharding=mode, log_every=1)
+        c.data.eval = {}
+        runs[f"padded_{mode}"] = c
+    c = load_config("test_elastic")
+    c.update(num_steps=2, param_sharding="fsdp", log_every=1)
+    c.data.eval = {}
+    c.data.train.num_examples = 48
+    c.elastic.rows = 8
+    runs["packed_fsdp"] = c
+    return runs
+
+
 def test_sharded_training_matches_one_device(tmp_path):
+    """8 simulated devices (a subprocess: XLA flags are read when jax starts) give the loss,
+    gradient norm and parameters of 1 device, padded and packed, and the step's batch
+    really is split over the 8 devices."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run([sys.executable, "-c", SHARDED, str(ROOT), str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=600)
+                          capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    c = load_config("test")
-    c.num_steps, c.data.eval, c.log_every = 2, {}, 1
-    one = loop.train_and_evaluate(c, str(tmp_path / "one"))
+    seen = json.loads((tmp_path / "batches.json").read_text())
+    assert seen["padded_fsdp"] == {"devices": 8, "global": [8, 48, 32],
+                                   "shards": [[1, 48, 32]]}
+    assert seen["packed_fsdp"] == {"devices": 8, "global": [8, 48, 256],
+                                   "shards": [[1, 48, 256]]}  # one packed row per device
 
     def logged(name):
         lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
         return np.array([[json.loads(s)[f"train/{k}"] for k in ("loss", "grad_norm")]
                          for s in lines])
 
-    flat = jax.tree_util.tree_flatten_with_path(one["state"].params)[0]
+    configs, ones = sharded_configs(), {}
+    for kind in ("padded", "packed"):  # 1 device: fsdp has nothing to split
+        one = loop.train_and_evaluate(configs[f"{kind}_fsdp"], str(tmp_path / f"one_{kind}"))
+        ones[kind] = {jax.tree_util.keystr(k): np.asarray(v) for k, v in
+                      jax.tree_util.tree_flatten_with_path(one["state"].params)[0]}
     with np.load(tmp_path / "params.npz") as eight:
-        for mode in ("replicate", "fsdp"):
+        for run in configs:
+            kind = run.split("_")[0]
             # Loss and gradient norm per step catch a wrong cross-device reduction (Adam's
             # normalised updates would hide a scaled gradient); near-zero gradient entries
             # make Adam updates of size ~lr sensitive to rounding, hence atol on params.
-            np.testing.assert_allclose(logged(mode), logged("one"), rtol=1e-4)
-            for k, v in flat:
-                np.testing.assert_allclose(eight[mode + jax.tree_util.keystr(k)], v,
-                                           rtol=1e-3, atol=2e-4)
+            np.testing.assert_allclose(logged(run), logged(f"one_{kind}"), rtol=1e-4)
+            diff = max(float(np.abs(eight[run + k] - v).max()) for k, v in ones[kind].items())
+            print(f"{run}: 8 vs 1 device max |param difference| {diff:.2e}, max |loss "
+                  f"difference| {np.abs(logged(run) - logged(f'one_{kind}'))[:, 0].max():.2e}")
+            for k, v in ones[kind].items():
+                np.testing.assert_allclose(eight[run + k], v, rtol=1e-3, atol=2e-4)
     # A checkpoint written by 8 devices with sharded params restores on 1 device.
-    rows = evaluate_checkpoint(tmp_path / "fsdp", config=load_config("test"), echo=None)
+    rows = evaluate_checkpoint(tmp_path / "padded_fsdp", config=load_config("test"),
+                               echo=None)
     assert 0.0 <= rows[0]["accuracy"] <= 1.0
 
 
@@ -315,7 +360,7 @@ def test_init_from_pretrained_hf_directory(tmp_path):
     c.optim.lr = 0.0  # the step leaves the loaded weights as they are
     c.data.eval = {}
     final = loop.train_and_evaluate(c, str(tmp_path / "w"))
-    model = loop.build_model(c.model, num_classes=8, frontend=loop.FrontEnd(
+    model = task.build_model(c.model, num_classes=8, frontend=FrontEnd(
         **c.frontend.to_dict()))
     expected = convert.load_into(model, tmp_path / "hf", seed=c.seed)
     chex.assert_trees_all_close(final["state"].params, expected, atol=1e-7)

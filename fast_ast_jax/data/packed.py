@@ -7,13 +7,26 @@ patchified and packed greedily, in order, into `rows` rows of `max_tokens` token
 most `max_slots` clips per row (fast_ast_jax.packing), so every batch has the same shapes
 and one compiled program serves the whole dataset.
 
-Batches (dicts of NumPy arrays):
-    patches (R, L, p*p) float32, segment_ids (R, L) int32, positions (R, L, 2) int32,
-    slot_index (R, S) int32 (source example index per slot, -1 = empty),
-    y (R, S, C) float32 targets per slot, mask (R, S) float32 (1 = a real clip).
+Packing: the clip order of an epoch is dealt round-robin into `rows` streams (clip k goes
+to stream k mod rows); each stream is packed greedily, in order, into rows, and step k is
+row k of every stream. So the packing is a function of (seed, epoch, rows) only, not of the
+number of hosts: on several hosts, host p builds rows [p * rows / hosts, (p + 1) * rows /
+hosts) of every step, i.e. packs and featurises only the clips of its own streams (its
+slice of the clip order), and the global batch is the same as on one host. A training
+epoch has as many steps as its shortest stream has rows (the tails of longer streams are
+left out, as a dropped last batch); an eval pass as many as its longest (shorter streams
+get empty rows, mask 0).
+
+Batches (dicts of NumPy arrays, this host's rows R_host = rows / hosts):
+    patches (R_host, L, p*p) float32, segment_ids (R_host, L) int32, positions
+    (R_host, L, 2) int32, slot_index (R_host, S) int32 (source example index per slot, -1 =
+    empty), y (R_host, S, C) float32 targets per slot, mask (R_host, S) float32 (1 = a real
+    clip); with a teacher also teacher (R_host, S, C) float32, the teacher logits of each
+    slot's clip (0 in empty slots).
 
 Every batch is a pure function of (seed, epoch, batch index): resuming needs only the data
-position. Single host only (the packing of a step is not split across hosts).
+position. Planning needs every clip's length, so every host reads every clip's length
+(audio length only, no fbank).
 
 Bad clips (audio that raises `AudioError`) are found when an epoch is planned, since
 planning reads every clip's length: with on_bad_clip="skip" they are left out of the plan
@@ -23,6 +36,10 @@ of the position; "fail" raises naming the file.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -35,7 +52,7 @@ from fast_ast_jax.audio.features import normalize
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.audio.io import AudioError
 from fast_ast_jax.data.pipeline import (BAD_CLIP_POLICIES, Augment, batch_positions,
-                                        in_background)
+                                        in_background, teacher_rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,13 +92,22 @@ class PackedPipeline:
         cache: keep every (clip, hop) fbank in memory; otherwise recompute per batch.
             Planning an epoch needs every clip's length, so it reads each clip's audio
             once (lengths are always cached: one int per clip and hop).
+        cache_dir: with `cache`, featurise every clip at every hop up front and store the
+            fbanks in one .npz per hop there, named by a hash of `cache_key` (which must
+            identify the source, e.g. its config as JSON), the front-end, hop and cap; a
+            later run (or host) loads them instead.
+        process_index, process_count: this host's rows (default: from jax).
+        teacher: distill.TeacherLogits; batches then carry each slot's teacher logits
+            (labels and clip ids checked here, as data.pipeline.Pipeline does).
         on_bad_clip: "skip" or "fail" (see the module docstring).
     """
 
     def __init__(self, source, *, frontend: FrontEnd, spec: PackSpec, train: bool,
                  hops_ms: Sequence[float] = (10.0,), max_frames: int = 1024,
                  token_dropout: float = 0.0, seed: int = 0, augment: Augment = Augment(),
-                 cache: bool = True, on_bad_clip: str = "skip"):
+                 cache: bool = True, cache_dir: str | os.PathLike | None = None,
+                 cache_key: str = "", process_index: int | None = None,
+                 process_count: int | None = None, teacher=None, on_bad_clip: str = "skip"):
         if on_bad_clip not in BAD_CLIP_POLICIES:
             raise ValueError(f"config.data.on_bad_clip={on_bad_clip!r}: use one of "
                              f"{BAD_CLIP_POLICIES}")
@@ -96,12 +122,23 @@ class PackedPipeline:
         if max_frames < spec.patch_size:
             raise ValueError(f"max_frames={max_frames} is shorter than one patch "
                              f"({spec.patch_size} frames)")
+        if process_index is None or process_count is None:
+            import jax
+
+            process_index, process_count = jax.process_index(), jax.process_count()
+        if spec.rows % process_count:
+            raise ValueError(f"config.elastic.rows={spec.rows} (or the eval rows, "
+                             f"config.eval_batch_size) must be a multiple of the number of "
+                             f"hosts ({process_count}): each host packs rows of its own")
         self.source, self.frontend, self.spec, self.train = source, frontend, spec, train
         self.hops_ms = tuple(float(h) for h in hops_ms)
         self.max_frames, self.token_dropout, self.seed = max_frames, token_dropout, seed
         self.augment, self.on_bad_clip = augment, on_bad_clip
+        self.local_rows = spec.rows // process_count
+        self.process_index = process_index
         self.bad_clips: dict[int, str] = {}
         self.num_classes = len(source.labels)
+        self._teacher = None if teacher is None else teacher_rows(teacher, source)
         # FrontEnd requires window >= hop, so a hop longer than the window widens the window
         # to the hop (ElasticAST keeps 25 ms windows and skips samples between frames).
         self._frontends = {h: dataclasses.replace(
@@ -110,7 +147,10 @@ class PackedPipeline:
         self._cache: dict[tuple[int, float], tuple[np.ndarray, np.ndarray]] | None = (
             {} if cache else None)
         self._frames: dict[tuple[int, float], int] = {}
-        self._plans: dict[int, list[list[tuple[int, float]]]] = {}
+        self._plans: dict[int, list[list[list[tuple[int, float]]]]] = {}
+        if cache and cache_dir:
+            for hop in self.hops_ms:
+                self._fill_cache(Path(cache_dir), cache_key, hop)
 
     # -- clips ------------------------------------------------------------------------------
 
@@ -160,6 +200,47 @@ class PackedPipeline:
                 self._frames[key] = max(min(n, self.max_frames), self.spec.patch_size)
         return self._frames[key]
 
+    def _bad(self, index: int, error: AudioError) -> None:
+        """Record a bad clip under "skip"; raise naming it under "fail"."""
+        if self.on_bad_clip == "fail":
+            raise AudioError(f"{error} [example {index}; config.data.on_bad_clip='skip' "
+                             "skips bad clips]") from error
+        self.bad_clips[index] = str(error)
+
+    def _fill_cache(self, cache_dir: Path, cache_key: str, hop: float) -> None:
+        """Every clip's fbank at `hop`, from (or else into) an .npz in cache_dir."""
+        key = json.dumps([cache_key, self.frontend.to_json(), hop, self.max_frames,
+                          self.spec.patch_size])
+        path = cache_dir / f"packed-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
+        n = len(self.source)
+        if path.is_file():
+            with np.load(path) as f:
+                feats, offsets, ys = f["feats"], f["offsets"], f["y"]
+                bad = dict(zip(f["bad"].tolist(), f["reasons"].tolist()))
+            for i, reason in bad.items():
+                self._bad(int(i), AudioError(str(reason)))
+            for i in range(n):
+                if i not in bad:
+                    self._cache[(i, hop)] = (feats[offsets[i]:offsets[i + 1]], ys[i])
+            return
+        empty = (np.zeros((0, self.frontend.num_mel_bins), np.float32),
+                 np.zeros(self.num_classes, np.float32))
+        clips, bad = [], {}
+        for i in tqdm(range(n), desc=f"features ({hop:g} ms)", leave=False):
+            try:
+                clips.append(self.clip(i, hop))
+            except AudioError as e:
+                self._bad(i, e)
+                bad[i] = str(e)
+                clips.append(empty)
+        offsets = np.cumsum([0] + [len(x) for x, _ in clips])
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # hosts may write it at once
+        np.savez(tmp, feats=np.concatenate([x for x, _ in clips]), offsets=offsets,
+                 y=np.stack([y for _, y in clips]), bad=np.asarray(sorted(bad), np.int64),
+                 reasons=np.asarray([bad[i] for i in sorted(bad)], dtype=str))
+        os.replace(tmp, path)
+
     def _num_tokens(self, index: int, hop: float) -> int | None:
         """Tokens of the clip at `hop` (after token dropout); None for a skipped bad clip."""
         if index in self.bad_clips:
@@ -167,10 +248,7 @@ class PackedPipeline:
         try:
             frames = self.num_frames(index, hop)
         except AudioError as e:
-            if self.on_bad_clip == "fail":
-                raise AudioError(f"{e} [example {index}; config.data.on_bad_clip='skip' "
-                                 "skips bad clips]") from e
-            self.bad_clips[index] = str(e)
+            self._bad(index, e)
             return None
         f_dim = (self.frontend.num_mel_bins - self.spec.patch_size) // self.spec.fstride + 1
         t_dim = (frames - self.spec.patch_size) // self.spec.tstride + 1
@@ -179,8 +257,9 @@ class PackedPipeline:
 
     # -- plan -------------------------------------------------------------------------------
 
-    def plan(self, epoch: int) -> list[list[tuple[int, float]]]:
-        """Batches of the epoch as lists of (source index, hop); a pure function of it."""
+    def plan(self, epoch: int) -> list[list[list[tuple[int, float]]]]:
+        """Steps of the epoch, each a list of `rows` global rows of (source index, hop);
+        a pure function of the epoch (see the module docstring)."""
         if epoch not in self._plans:
             n = len(self.source)
             if self.train:
@@ -201,12 +280,21 @@ class PackedPipeline:
                 tqdm.write(f"{len(self.bad_clips)} of {n} {'train' if self.train else 'eval'} "
                            f"clips are bad and skipped, e.g. "
                            f"{next(iter(self.bad_clips.values()))}")
-            groups = packing.greedy_batches(lengths, rows=self.spec.rows,
-                                            max_tokens=self.spec.max_tokens,
-                                            max_slots=self.spec.max_slots)
-            if self.train and len(groups) > 1:
-                groups = groups[:-1]  # drop the last, partly filled step, as drop_last
-            self._plans = {epoch: [[items[j] for j in g] for g in groups]}
+            rows = self.spec.rows
+            streams = []
+            for r in range(rows):
+                members = range(r, len(items), rows)
+                assignment = packing.assign_rows([lengths[j] for j in members],
+                                                 max_tokens=self.spec.max_tokens,
+                                                 max_slots=self.spec.max_slots)
+                streams.append([[items[members[j]] for j in row] for row in assignment])
+            steps = (min if self.train else max)(len(s) for s in streams)
+            if steps == 0:
+                raise ValueError(f"{len(items)} training clips cannot fill one step of "
+                                 f"{rows} rows (config.elastic.rows); lower rows or use more "
+                                 "clips")
+            self._plans = {epoch: [[s[k] if k < len(s) else [] for s in streams]
+                                   for k in range(steps)]}
         return self._plans[epoch]
 
     def steps(self, epoch: int = 0) -> int:
@@ -214,43 +302,58 @@ class PackedPipeline:
 
     def efficiency(self, epoch: int = 0) -> float:
         """Real tokens / all token places over the epoch's batches (1 = no padding)."""
-        real = sum(self._num_tokens(i, h) for step in self.plan(epoch) for i, h in step)
+        real = sum(self._num_tokens(i, h) for step in self.plan(epoch) for row in step
+                   for i, h in row)
         return real / (self.steps(epoch) * self.spec.rows * self.spec.max_tokens)
 
     # -- batches ----------------------------------------------------------------------------
 
     def batch(self, epoch: int, index: int) -> dict[str, np.ndarray]:
-        """Packed batch `index` of `epoch` (see the module docstring for its arrays)."""
-        items = self.plan(epoch)[index]
+        """This host's rows of packed batch `index` of `epoch` (see the module docstring)."""
+        first = self.process_index * self.local_rows
+        rows = self.plan(epoch)[index][first:first + self.local_rows]
         fill = (0.0 - self.frontend.mean) / (2 * self.frontend.std)
-        samples, targets = [], []
-        for j, (i, hop) in enumerate(items):
-            feats, y = self.clip(i, hop)
-            rng = np.random.default_rng([self.seed, epoch, index, j, 1])
-            x = normalize(feats, frontend=self.frontend)
-            if self.train:
-                timem = int(self.augment.timem * self.frontend.frame_shift_ms / hop)
-                x = augment_lib.spec_augment(x, freqm=self.augment.freqm, timem=timem,
-                                             fill=fill, rng=rng)
-                if self.augment.noise:
-                    x = augment_lib.noise_and_roll(x, rng=rng)
-            patches, pos = packing.patchify(x, patch_size=self.spec.patch_size,
-                                            fstride=self.spec.fstride,
-                                            tstride=self.spec.tstride)
-            if self.train and self.token_dropout > 0:
-                keep = packing.token_dropout(len(patches), rate=self.token_dropout, rng=rng)
-                patches, pos = patches[keep], pos[keep]
-            samples.append((patches, pos))
-            targets.append(y)
-        packed = packing.pack(samples, rows=self.spec.rows, max_tokens=self.spec.max_tokens,
-                              max_slots=self.spec.max_slots)
+        samples, sources, targets, teachers, assignment = [], [], [], [], []
+        for r, row in enumerate(rows, start=first):
+            assignment.append([])
+            for s, (i, hop) in enumerate(row):
+                feats, y = self.clip(i, hop)
+                # Seeded by the global (row, slot): the same on any number of hosts.
+                rng = np.random.default_rng([self.seed, epoch, index, r, s, 1])
+                x = normalize(feats, frontend=self.frontend)
+                if self.train:
+                    timem = int(self.augment.timem * self.frontend.frame_shift_ms / hop)
+                    x = augment_lib.spec_augment(x, freqm=self.augment.freqm, timem=timem,
+                                                 fill=fill, rng=rng)
+                    if self.augment.noise:
+                        x = augment_lib.noise_and_roll(x, rng=rng)
+                patches, pos = packing.patchify(x, patch_size=self.spec.patch_size,
+                                                fstride=self.spec.fstride,
+                                                tstride=self.spec.tstride)
+                if self.train and self.token_dropout > 0:
+                    keep = packing.token_dropout(len(patches), rate=self.token_dropout,
+                                                 rng=rng)
+                    patches, pos = patches[keep], pos[keep]
+                assignment[-1].append(len(samples))
+                samples.append((patches, pos))
+                sources.append(i)
+                targets.append(y)
+                if self._teacher is not None:
+                    teachers.append(self._teacher[i])
+        packed = packing.pack_rows(samples, assignment, max_tokens=self.spec.max_tokens,
+                                   max_slots=self.spec.max_slots,
+                                   dim=self.spec.patch_size ** 2)
+        per_clip = lambda values: np.asarray(values, np.float32).reshape(
+            len(samples), self.num_classes)
         # Slots name source examples (not positions in this batch) so outputs can be
         # matched to the dataset; empty slots stay -1.
-        source_index = packed.slot_values(np.asarray([i for i, _ in items], np.int32),
-                                          fill=-1)
-        return {**packed.arrays(), "slot_index": source_index,
-                "y": packed.slot_values(np.stack(targets)),
-                "mask": (packed.slot_index >= 0).astype(np.float32)}
+        batch = {**packed.arrays(),
+                 "slot_index": packed.slot_values(np.asarray(sources, np.int32), fill=-1),
+                 "y": packed.slot_values(per_clip(targets)),
+                 "mask": (packed.slot_index >= 0).astype(np.float32)}
+        if self._teacher is not None:
+            batch["teacher"] = packed.slot_values(per_clip(teachers))
+        return batch
 
     def iterate(self, *, epoch: int = 0, index: int = 0, prefetch: int = 2
                 ) -> Iterator[tuple[dict[str, np.ndarray], tuple[int, int]]]:

@@ -45,6 +45,7 @@ from fast_ast_jax.audio import augment
 from fast_ast_jax.audio.features import features
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.audio.io import AudioError
+from fast_ast_jax.data import source_ids
 
 BAD_CLIP_POLICIES = ("skip", "fail")
 
@@ -75,6 +76,15 @@ class _Rows:
 
     def __getitem__(self, i: int) -> np.ndarray:
         return self.array[self.order[i]]
+
+
+def teacher_rows(teacher, source) -> _Rows:
+    """The teacher logits (distill.TeacherLogits) of every example of `source`, row i =
+    example i; checks first that the labels agree and that every clip id has logits."""
+    teacher.check_labels(source.labels)
+    ids = source_ids(source)
+    teacher.check_ids(ids)
+    return _Rows(teacher.logits, [teacher.index(cid) for cid in ids])
 
 
 class Pipeline:
@@ -125,14 +135,8 @@ class Pipeline:
         self.batch_size, self.local_batch = batch_size, batch_size // process_count
         self.process_index = process_index
         self.num_classes = len(source.labels)
-        self._teacher = None  # (len(source), C) float32, row i = teacher logits of example i
-        if teacher is not None:
-            from fast_ast_jax.data import source_ids
-
-            teacher.check_labels(source.labels)
-            ids = source_ids(source)
-            teacher.check_ids(ids)
-            self._teacher = _Rows(teacher.logits, [teacher.index(cid) for cid in ids])
+        # (len(source), C) float32, row i = teacher logits of example i
+        self._teacher = None if teacher is None else teacher_rows(teacher, source)
         self.on_bad_clip = on_bad_clip
         self.bad_clips: dict[int, str] = {}
         # index -> (features, target), or None for a bad clip.
@@ -238,6 +242,10 @@ class Pipeline:
         n = len(self.source)
         return n // self.batch_size if self.train else -(-n // self.batch_size)
 
+    def steps(self, epoch: int = 0) -> int:
+        """Batches in `epoch` (the same for every epoch; data.packed's vary)."""
+        return self.steps_per_epoch
+
     def _order(self, epoch: int) -> np.ndarray:
         n = len(self.source)
         if not self.train:
@@ -301,7 +309,7 @@ class Pipeline:
         in a background thread, `prefetch` ahead.
         """
         items = ((self.batch(e, i), nxt) for e, i, nxt in batch_positions(
-            epoch=epoch, index=index, steps=lambda e: self.steps_per_epoch, train=self.train))
+            epoch=epoch, index=index, steps=self.steps, train=self.train))
         return in_background(items, prefetch=prefetch)
 
 

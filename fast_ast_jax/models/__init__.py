@@ -7,13 +7,15 @@ import flax.linen as nn
 
 from fast_ast_jax.models.ast import AST, SIZES, create_ast, grid_shape, model_fields
 from fast_ast_jax.models.cnn import CNNTeacher, create_cnn
+from fast_ast_jax.models.elastic import ElasticAST
 
 # config.model.name / checkpoint "model_class" -> module class.
-MODEL_CLASSES: dict[str, type[nn.Module]] = {"ast": AST, "cnn": CNNTeacher}
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"ast": AST, "cnn": CNNTeacher,
+                                             "elastic": ElasticAST}
 
 
 def model_name(model: nn.Module) -> str:
-    """The registry name of a model instance ("ast" or "cnn")."""
+    """The registry name of a model instance ("ast", "cnn" or "elastic")."""
     for name, cls in MODEL_CLASSES.items():
         if type(model) is cls:
             return name

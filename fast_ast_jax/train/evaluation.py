@@ -119,7 +119,8 @@ def evaluate_checkpoint(path: str | Path, *, config: ml_collections.ConfigDict |
         macs (AST: analytic count from fast_ast_jax.bench) or xla_flops (other models:
         XLA's cost analysis of the forward pass, flops not MACs).
     """
-    from fast_ast_jax.train.loop import build_pipeline, evaluate
+    from fast_ast_jax.train.forward import evaluate
+    from fast_ast_jax.train.task import build_pipeline
 
     restored = load_checkpoint(path)
     config = config or restored.config

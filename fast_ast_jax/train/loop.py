@@ -16,123 +16,27 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from fast_ast_jax import sharding
+from fast_ast_jax import distill, sharding
 from fast_ast_jax.audio.frontend import FrontEnd
-from fast_ast_jax.data import make_source
-from fast_ast_jax.data.pipeline import Augment, Pipeline
-from fast_ast_jax.models import create_ast, create_cnn, model_fields, model_name
+from fast_ast_jax.models import model_fields, model_name
 from fast_ast_jax.train import metrics as metrics_lib
 from fast_ast_jax.train.checkpoint import Checkpointer
+from fast_ast_jax.train.evaluation import format_table
+from fast_ast_jax.train.forward import evaluate, kind_of
 from fast_ast_jax.train.state import TrainState, learning_rate_schedule, make_optimizer
-from fast_ast_jax.train.step import eval_step, train_step
+from fast_ast_jax.train.step import train_step
+from fast_ast_jax.train.task import Task, make_task
 from fast_ast_jax.train.validate import validate_config
-
-
-def build_model(model_config, *, num_classes: int, frontend: FrontEnd):
-    """config.model.name "ast" (sized by config.model) or "cnn" (config.model.cnn fields),
-    with the input shape of the front-end."""
-    name = model_config.get("name", "ast")
-    if name == "cnn":
-        return create_cnn(num_classes=num_classes, num_mel_bins=frontend.num_mel_bins,
-                          dtype=model_config.dtype, **model_config.cnn.to_dict())
-    if name != "ast":
-        raise ValueError(f"config.model.name={name!r}: use 'ast' or 'cnn'")
-    fields = {k: v for k, v in model_config.items()
-              if k not in ("size", "name", "cnn") and v is not None}
-    return create_ast(model_config.size, num_classes=num_classes,
-                      num_mel_bins=frontend.num_mel_bins, frames=frontend.target_frames,
-                      **fields)
-
-
-def build_pipeline(config, split: str, *, frontend: FrontEnd, train: bool,
-                   source=None, teacher=None) -> Pipeline | None:
-    """Pipeline over config.data.<split> (None if that split has no arguments); `teacher`
-    (distill.TeacherLogits) adds each clip's teacher logits to its batches."""
-    kwargs = config.data[split].to_dict()
-    if not kwargs:
-        return None
-    source = source or make_source(config.data.source, sample_rate=frontend.sample_rate,
-                                   **kwargs)
-    batch = config.batch_size if train else (config.eval_batch_size or 2 * config.batch_size)
-    return Pipeline(source, frontend=frontend, batch_size=batch, train=train,
-                    seed=config.seed, augment=Augment(**config.augment) if train else Augment(),
-                    cache=config.data.cache, cache_dir=config.data.cache_dir or None,
-                    cache_key=json.dumps([config.data.source, kwargs], sort_keys=True),
-                    teacher=teacher, on_bad_clip=config.data.on_bad_clip)
 
 
 def loss_kind(config, multi_label: bool) -> str:
     return config.loss or ("sigmoid" if multi_label else "softmax")
-
-
-@functools.lru_cache(maxsize=8)
-def _eval_fns(model, mesh):
-    """Jitted forward and label gather, cached so periodic evals compile once."""
-    replicated = NamedSharding(mesh, P())
-    fwd = jax.jit(functools.partial(eval_step, model=model), out_shardings=replicated)
-    gather = jax.jit(lambda b: (b["y"], b["mask"]), out_shardings=replicated)
-    return fwd, gather
-
-
-def evaluate(params, *, model, pipeline: Pipeline, mesh, multi_label: bool,
-             desc: str = "eval") -> dict[str, float]:
-    """accuracy (and mAP for multi-label) over one pass of `pipeline`, plus clips/s of the
-    model alone (jitted forward, compilation excluded)."""
-    fwd, gather = _eval_fns(model, mesh)
-    logits, targets, masks, seconds, clips = [], [], [], 0.0, 0
-    for i, (local, _) in enumerate(tqdm(pipeline.iterate(), total=pipeline.steps_per_epoch,
-                                        desc=desc, leave=False,
-                                        disable=jax.process_index() != 0)):
-        batch = sharding.global_batch(local, mesh)
-        if i == 0:
-            jax.block_until_ready(fwd(params, batch))  # compile outside the timing
-        start = time.perf_counter()
-        out = jax.block_until_ready(fwd(params, batch))
-        seconds += time.perf_counter() - start
-        y, m = gather(batch)
-        logits.append(np.asarray(out))
-        targets.append(np.asarray(y))
-        masks.append(np.asarray(m))
-        clips += int(masks[-1].sum())
-    mask = np.concatenate(masks) > 0
-    logits, targets = np.concatenate(logits)[mask], np.concatenate(targets)[mask]
-    result = {"accuracy": metrics_lib.accuracy(logits=logits, targets=targets),
-              "clips_per_s": clips / max(seconds, 1e-9), "num_clips": float(len(logits))}
-    result["bad_clips"] = float(len(pipeline.bad_clips))
-    if multi_label:
-        result["mAP"] = metrics_lib.mean_average_precision(logits=logits, targets=targets)
-    return result
-
-
-def _init_from(path: str, model, *, seed: int, fresh):
-    """Pretrained weights: a fast_ast_jax training workdir / checkpoints dir (same model
-    geometry required; a fresh head when the class count differs), or HF dir, AST .pth,
-    timm DeiT adapted to this model's position grid (fast_ast_jax.convert).
-
-    fresh: this model's freshly initialised params (shapes to check against, and the head).
-    """
-    from fast_ast_jax.train.evaluation import checkpoint_dir, is_checkpoint_dir
-
-    if is_checkpoint_dir(path):
-        from fast_ast_jax.train.checkpoint import check_shapes
-        from fast_ast_jax.train.evaluation import load_checkpoint
-
-        params = dict(load_checkpoint(path).params)
-        if params["head"]["kernel"].shape != fresh["head"]["kernel"].shape:
-            params["head"] = fresh["head"]  # another label set: new classifier
-        check_shapes(params, fresh, where=f"config.init_from {checkpoint_dir(path)}",
-                     exact=True)
-        return params
-    from fast_ast_jax import convert
-
-    return convert.load_into(model, path, seed=seed)
 
 
 class _Preemption:
@@ -278,12 +182,37 @@ def run_steps(state, *, step_fn: Callable, batches: Iterator, position: tuple[in
     return state, final
 
 
+def init_state(task: Task, *, tx, mesh, param_sharding: str, seed: int):
+    """(init, abstract state, shardings): init(key) -> TrainState of `task.model`, its
+    shapes from `jax.eval_shape` (nothing allocated) and a sharding per leaf
+    (config.param_sharding for params and optimiser state; step and rng replicated)."""
+    inputs = kind_of(task.model).inputs(task.example)
+
+    def init(key):
+        init_key, train_key = jax.random.split(key)
+        params = task.model.init({"params": init_key}, inputs)["params"]
+        return TrainState(params=params, opt_state=tx.init(params),
+                          step=jax.numpy.zeros((), jax.numpy.int32), rng=train_key)
+
+    abstract = jax.eval_shape(init, jax.random.PRNGKey(seed))
+    replicated = NamedSharding(mesh, P())
+    shardings = TrainState(
+        params=sharding.param_shardings(abstract.params, mesh, mode=param_sharding),
+        opt_state=sharding.param_shardings(abstract.opt_state, mesh, mode=param_sharding),
+        step=replicated, rng=replicated)
+    return init, abstract, shardings
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Train (resuming from workdir if it holds a checkpoint), evaluate at the end.
+    """Train (resuming from workdir if it holds a checkpoint), evaluate at the end; padded
+    runs and packed runs (a config with an `elastic` block) alike (train.task).
 
     Returns:
         {"step", "train_loss", "eval_accuracy", "eval_clips_per_s", ... (mAP for
-        multi-label), "state": the final TrainState}.
+        multi-label), "state": the final TrainState, "train_compilations" (how often the
+        train step was compiled: 1, whatever the clip lengths and hops of packed runs)};
+        packed runs with eval data also "eval_table": rows {"hop_ms", "max_frames",
+        "accuracy", ...} over config.elastic.eval_hops_ms x eval_max_frames.
     """
     sharding.initialize_distributed(config.distributed)
     workdir = Path(workdir)
@@ -291,46 +220,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     frontend = FrontEnd.from_dict(config.frontend.to_dict())
     validate_config(config, device_count=jax.device_count())
 
-    # --- data ------------------------------------------------------------------------------
-    teacher = None
-    if config.distill.teacher_logits:  # checked against the whole split before step 1
-        from fast_ast_jax import distill
-
-        teacher = distill.load(config.distill.teacher_logits)
-    train_data = build_pipeline(config, "train", frontend=frontend, train=True,
-                                teacher=teacher)
-    source = train_data.source
+    # --- data and model ----------------------------------------------------------------------
+    # Teacher logits are checked against the whole split before step 1.
+    teacher = distill.load(config.distill.teacher_logits) if config.distill.teacher_logits \
+        else None
+    task = make_task(config, frontend=frontend, teacher=teacher)
+    model, source = task.model, task.train.source
     labels = list(source.labels)
-    eval_data = build_pipeline(config, "eval", frontend=frontend, train=False)
-    if eval_data is not None and list(eval_data.source.labels) != labels:
-        raise ValueError(f"train labels {labels} differ from eval labels "
-                         f"{list(eval_data.source.labels)}; give config.data.*.labels")
     loss = loss_kind(config, source.multi_label)
-    steps_per_epoch = train_data.steps_per_epoch
+    steps_per_epoch = task.train.steps(0)
     total_steps = config.num_steps or config.num_epochs * steps_per_epoch
 
-    # --- model, optimiser, state -------------------------------------------------------------
-    model = build_model(config.model, num_classes=len(labels), frontend=frontend)
+    # --- optimiser, state ----------------------------------------------------------------------
     lr_fn = learning_rate_schedule(config.optim, total_steps=total_steps,
                                    steps_per_epoch=steps_per_epoch)
     tx = make_optimizer(config.optim, lr_fn)
     mesh = sharding.make_mesh()
     replicated = NamedSharding(mesh, P())
-
-    def init(key):
-        init_key, train_key = jax.random.split(key)
-        dummy = jnp.zeros((1, frontend.target_frames, frontend.num_mel_bins), jnp.float32)
-        params = model.init({"params": init_key}, dummy)["params"]
-        return TrainState(params=params, opt_state=tx.init(params),
-                          step=jnp.zeros((), jnp.int32), rng=train_key)
-
-    key = jax.random.PRNGKey(config.seed)
-    abstract = jax.eval_shape(init, key)
-    shardings = TrainState(
-        params=sharding.param_shardings(abstract.params, mesh, mode=config.param_sharding),
-        opt_state=sharding.param_shardings(abstract.opt_state, mesh,
-                                           mode=config.param_sharding),
-        step=replicated, rng=replicated)
+    init, abstract, shardings = init_state(task, tx=tx, mesh=mesh,
+                                           param_sharding=config.param_sharding,
+                                           seed=config.seed)
     meta = {"model": model_fields(model), "model_class": model_name(model),
             "frontend": frontend.to_dict(), "labels": labels,
             "loss": loss, "config": json.loads(config.to_json_best_effort())}
@@ -343,40 +252,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                               abstract, shardings)
         state, position = resume(ckpt, target=target, meta=meta)
     else:
-        state = jax.jit(init, out_shardings=shardings)(key)  # 3. random
-        if config.init_from and config.model.name != "ast":
-            raise ValueError(f"config.init_from={config.init_from!r} loads AST weights; "
-                             f"config.model.name={config.model.name!r} cannot use them")
+        state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
         if config.init_from:  # 2. pretrained
-            params = _init_from(config.init_from, model, seed=config.seed,
-                                fresh=state.params)
+            params = task.init_from(config.init_from, fresh=state.params, seed=config.seed)
             params = jax.device_put(params, shardings.params)
             state = jax.jit(lambda p, s: s.replace(params=p, opt_state=tx.init(p)),
                             out_shardings=shardings)(params, state)
 
     kd = (float(config.distill.lam), float(config.distill.tau)) if teacher else None
-    step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, loss=loss, lr_fn=lr_fn,
-                                        distill=kd),
-                      in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                      out_shardings=(shardings, replicated), donate_argnums=0)
+    jitted = jax.jit(functools.partial(train_step, model=model, tx=tx, loss=loss, lr_fn=lr_fn,
+                                       distill=kd),
+                     in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                     out_shardings=(shardings, replicated), donate_argnums=0)
+    check = kind_of(model).check
+
+    def step_fn(state, local):
+        check(model, local)
+        return jitted(state, sharding.global_batch(local, mesh))
 
     # --- train loop --------------------------------------------------------------------------
     writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+    evaluated: dict[int, dict] = {}  # step -> periodic result (the table's first row)
 
     def evaluate_fn(state):
-        return evaluate(state.params, model=model, pipeline=eval_data, mesh=mesh,
-                        multi_label=source.multi_label)
+        result = evaluate(state.params, model=model, pipeline=task.evals[0][2], mesh=mesh,
+                          multi_label=source.multi_label)
+        evaluated[int(state.step)] = result
+        return result
 
     try:
         state, final = run_steps(
-            state, step_fn=lambda s, b: step_fn(s, sharding.global_batch(b, mesh)),
-            batches=train_data.iterate(epoch=position[0], index=position[1]),
+            state, step_fn=step_fn,
+            batches=task.train.iterate(epoch=position[0], index=position[1]),
             position=position, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
             config=config, ckpt=ckpt, meta=meta, writer=writer,
-            bad_clips=lambda: len(train_data.bad_clips),
-            evaluate_fn=evaluate_fn if eval_data is not None else None)
+            bad_clips=lambda: len(task.train.bad_clips),
+            evaluate_fn=evaluate_fn if task.evals else None)
+        if task.has_table and final["step"] == total_steps:
+            table = []
+            for i, (name, key, pipeline) in enumerate(task.evals):
+                result = evaluated.get(total_steps) if i == 0 else None
+                result = result or evaluate(state.params, model=model, pipeline=pipeline,
+                                            mesh=mesh, multi_label=source.multi_label,
+                                            desc=name)
+                writer.write(final["step"], {f"eval/{name}/{k}": v for k, v in result.items()})
+                table.append({**key, **result})
+            final["eval_table"] = table
+            if is_main:
+                print(format_table(table))
     finally:
         ckpt.close()
         writer.close()
-    final["state"] = state
-    return final
+    return {**final, "state": state, "train_compilations": jitted._cache_size()}

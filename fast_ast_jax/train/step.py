@@ -1,4 +1,4 @@
-"""The jitted train and eval steps (pure functions of state and batch)."""
+"""The train step (a pure function of state and batch), for padded and packed batches."""
 from __future__ import annotations
 
 import jax
@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import optax
 
 from fast_ast_jax.train import losses
+from fast_ast_jax.train.forward import kind_of
 from fast_ast_jax.train.state import TrainState
 
 
@@ -39,13 +40,15 @@ def update_if_finite(state: TrainState, *, grads, value: jax.Array,
 def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
                loss: str, lr_fn: optax.Schedule,
                distill: tuple[float, float] | None = None) -> tuple[TrainState, dict]:
-    """One optimiser step.
+    """One optimiser step on a padded or a packed batch (`forward.kind_of(model)` turns it
+    into per-clip logits, targets and mask, so the loss is the same for both).
 
-    batch: x (B, frames, bins), y (B, C) targets, mask (B,); with `distill` = (lam, tau)
-        also teacher (B, C) teacher logits, and the loss is losses.distill_loss (CMKD).
+    batch: padded (x (B, frames, bins), y (B, C), mask (B,)) or packed (data.packed: y
+        (R, S, C), mask (R, S) per slot); with `distill` = (lam, tau) also teacher logits
+        shaped like y, and the loss is losses.distill_loss (CMKD) on per-clip logits.
     Returns the new state and scalar metrics (loss, accuracy, grad_norm, lr,
-    skipped_nonfinite, clips; with distillation also task_loss and kd_loss, the two
-    unweighted terms).
+    skipped_nonfinite, clips (real clips in the batch); with distillation also task_loss
+    and kd_loss, the two unweighted terms).
 
     A non-finite loss or gradient norm skips the update (`update_if_finite`): the step
     counter still advances (the batch is consumed, so the data position, dropout key and lr
@@ -53,35 +56,31 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
     """
     rng, lr = jax.random.fold_in(state.rng, state.step), lr_fn(state.step)
     xent = loss_fn_for(loss)
+    forward = kind_of(model).forward
 
     def objective(params):
-        logits = model.apply({"params": params}, batch["x"], train=True,
-                             rngs={"dropout": rng})
+        clips = forward(model, params, batch, train=True, rng=rng)
+        kw = dict(logits=clips.logits, weights=clips.mask)
         if distill is None:
-            return xent(logits=logits, labels=batch["y"], weights=batch["mask"]), (logits, {})
+            return xent(labels=clips.targets, **kw), (clips, {})
         lam, tau = distill
-        kw = dict(logits=logits, weights=batch["mask"], multilabel=loss == "sigmoid")
-        value = losses.distill_loss(labels=batch["y"], teacher_logits=batch["teacher"],
+        kw["multilabel"] = loss == "sigmoid"
+        value = losses.distill_loss(labels=clips.targets, teacher_logits=clips.teacher,
                                     lam=lam, tau=tau, **kw)
-        terms = {"task_loss": losses.task_loss(labels=batch["y"], **kw),
-                 "kd_loss": losses.kd_loss(teacher_logits=batch["teacher"], tau=tau, **kw)}
-        return value, (logits, terms)
+        terms = {"task_loss": losses.task_loss(labels=clips.targets, **kw),
+                 "kd_loss": losses.kd_loss(teacher_logits=clips.teacher, tau=tau, **kw)}
+        return value, (clips, terms)
 
-    (value, (logits, terms)), grads = jax.value_and_grad(objective, has_aux=True)(
+    (value, (clips, terms)), grads = jax.value_and_grad(objective, has_aux=True)(
         state.params)
     state, guard = update_if_finite(state, grads=grads, value=value, tx=tx)
-    correct = jnp.argmax(logits, -1) == jnp.argmax(batch["y"], -1)
+    correct = jnp.argmax(clips.logits, -1) == jnp.argmax(clips.targets, -1)
     metrics = {
         "loss": value,
-        "accuracy": (correct * batch["mask"]).sum() / jnp.maximum(batch["mask"].sum(), 1),
+        "accuracy": (correct * clips.mask).sum() / jnp.maximum(clips.mask.sum(), 1),
         "lr": lr,
-        "clips": batch["mask"].sum(),
+        "clips": clips.mask.sum(),
         **guard,
         **terms,
     }
     return state, metrics
-
-
-def eval_step(params, batch: dict, *, model) -> jax.Array:
-    """batch x (B, frames, bins) -> logits (B, C) float32."""
-    return model.apply({"params": params}, batch["x"], train=False)

@@ -45,10 +45,15 @@ def validate_config(config, *, device_count: int) -> None:
     for field, choices in _CHOICES.items():
         need(_get(config, field) in choices, field, f"use one of {choices}")
     need(config.model.size in SIZES, "model.size", f"use one of {sorted(SIZES)}")
-    need(config.batch_size > 0, "batch_size", "must be > 0")
-    need(config.batch_size % device_count == 0, "batch_size",
-         f"must be a multiple of the {device_count} devices (the batch is split over them)")
-    need(config.eval_batch_size >= 0, "eval_batch_size", "must be >= 0 (0 = 2 x batch_size)")
+    # Packed runs batch rows (config.elastic.rows; eval: eval_batch_size rows, 0 = rows).
+    packed = "elastic" in config
+    if not packed:
+        need(config.batch_size > 0, "batch_size", "must be > 0")
+        need(config.batch_size % device_count == 0, "batch_size",
+             f"must be a multiple of the {device_count} devices (the batch is split over "
+             "them)")
+    need(config.eval_batch_size >= 0, "eval_batch_size",
+         "must be >= 0 (0 = elastic.rows in packed runs, else 2 x batch_size)")
     need(config.eval_batch_size % device_count == 0, "eval_batch_size",
          f"must be a multiple of the {device_count} devices (the batch is split over them)")
     need(config.num_steps >= 0, "num_steps", "must be >= 0 (0 = use num_epochs)")
@@ -79,11 +84,11 @@ def validate_config(config, *, device_count: int) -> None:
     except (TypeError, ValueError) as e:
         raise ValueError(f"config.frontend: {e}") from None
     _check_model(config, frontend)
-    if "elastic" in config:
-        _check_elastic(config, frontend, need)
+    if packed:
+        _check_elastic(config, frontend, need, device_count=device_count)
 
 
-def _check_elastic(config, frontend: FrontEnd, need) -> None:
+def _check_elastic(config, frontend: FrontEnd, need, *, device_count: int) -> None:
     """The packed (ElasticAST) fields: shapes, hops, and that the longest clip fits a row."""
     e, m = config.elastic, config.model
     need(m.get("name", "ast") == "ast", "model.name", "packed training needs 'ast'")
@@ -92,6 +97,8 @@ def _check_elastic(config, frontend: FrontEnd, need) -> None:
          "must be 0 with packing (clips of different lengths and hops cannot be mixed)")
     for name in ("rows", "max_tokens", "max_slots"):
         need(e[name] >= 1, f"elastic.{name}", "must be >= 1")
+    need(e.rows % device_count == 0, "elastic.rows",
+         f"must be a multiple of the {device_count} devices (the rows are split over them)")
     need(0 <= e.token_dropout < 1, "elastic.token_dropout", "must lie in [0, 1)")
     need(e.pos_embedding in ("factorised", "ast"), "elastic.pos_embedding",
          "use 'factorised' or 'ast'")

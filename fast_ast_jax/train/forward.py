@@ -1,0 +1,122 @@
+"""Per-clip outputs of a model on a batch, for padded and packed models alike, and the one
+evaluation over a pipeline built on them.
+
+A padded batch (data.pipeline) holds one clip per row; a packed batch (data.packed) holds
+several clips per row in slots. `Kind.forward` flattens either into per-clip arrays, so
+losses, metrics and evaluation are written once:
+
+    Clips.logits (N, C) float32, targets (N, C), mask (N,) (1 = a real clip), teacher
+    (N, C) or None; N = B for padded batches and R * S (rows x slots) for packed ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from fast_ast_jax import sharding
+from fast_ast_jax.models.elastic import ElasticAST, check_positions
+from fast_ast_jax.train import metrics as metrics_lib
+
+# The model input of a packed batch (the other keys are targets, masks, teacher logits).
+PACKED_INPUTS = ("patches", "segment_ids", "positions", "slot_index")
+
+
+@flax.struct.dataclass
+class Clips:
+    logits: jax.Array  # (N, C) float32
+    targets: jax.Array  # (N, C)
+    mask: jax.Array  # (N,)
+    teacher: jax.Array | None  # (N, C) teacher logits, or None without distillation
+
+
+def _rngs(rng):
+    return None if rng is None else {"dropout": rng}
+
+
+def padded_forward(model, params, batch: dict, *, train: bool, rng=None) -> Clips:
+    """batch x (B, frames, bins), y (B, C), mask (B,) [, teacher (B, C)]."""
+    logits = model.apply({"params": params}, batch["x"], train=train, rngs=_rngs(rng))
+    return Clips(logits=logits, targets=batch["y"], mask=batch["mask"],
+                 teacher=batch.get("teacher"))
+
+
+def packed_forward(model, params, batch: dict, *, train: bool, rng=None) -> Clips:
+    """batch: packed arrays (data.packed), y (R, S, C), mask (R, S) [, teacher (R, S, C)];
+    slots are flattened row-major into clips."""
+    logits, _ = model.apply({"params": params}, {k: batch[k] for k in PACKED_INPUTS},
+                            train=train, rngs=_rngs(rng))
+    flat = lambda a: None if a is None else a.reshape((-1,) + a.shape[2:])
+    return Clips(logits=flat(logits), targets=flat(batch["y"]), mask=flat(batch["mask"]),
+                 teacher=flat(batch.get("teacher")))
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """How a model reads batches: its forward to per-clip outputs, the model input of a
+    batch (for `init`), and a host-side check of a batch before it goes to the device."""
+
+    forward: Callable[..., Clips]  # (model, params, batch, *, train, rng=None)
+    inputs: Callable[[dict], Any]
+    check: Callable[[Any, dict], None]  # (model, host batch) -> None or raises
+
+
+PADDED = Kind(forward=padded_forward, inputs=lambda batch: batch["x"],
+              check=lambda model, batch: None)
+PACKED = Kind(forward=packed_forward,
+              inputs=lambda batch: {k: batch[k] for k in PACKED_INPUTS},
+              check=lambda model, batch: check_positions(model, batch["positions"]))
+
+
+def kind_of(model) -> Kind:
+    """PACKED for an ElasticAST (packed batches), PADDED for the AST and the CNN teacher."""
+    return PACKED if isinstance(model, ElasticAST) else PADDED
+
+
+@functools.lru_cache(maxsize=8)
+def eval_forward(model, mesh) -> Callable:
+    """Jitted params, global batch -> Clips (no teacher) replicated on every device and
+    host; cached so that periodic evaluations and every pipeline of an evaluation table
+    (same batch shapes) run one compiled program."""
+    forward = kind_of(model).forward
+
+    def clips(params, batch):
+        return forward(model, params, batch, train=False).replace(teacher=None)
+
+    return jax.jit(clips, out_shardings=NamedSharding(mesh, P()))
+
+
+def evaluate(params, *, model, pipeline, mesh, multi_label: bool,
+             desc: str = "eval") -> dict[str, float]:
+    """accuracy (and mAP for multi-label) over one pass of `pipeline` (padded or packed, as
+    the model reads), plus clips/s of the model alone (jitted forward, compilation and host
+    work excluded), num_clips and bad_clips."""
+    fwd, check = eval_forward(model, mesh), kind_of(model).check
+    logits, targets, seconds, clips = [], [], 0.0, 0
+    for i, (local, _) in enumerate(tqdm(pipeline.iterate(), total=pipeline.steps(0), desc=desc,
+                                        leave=False, disable=jax.process_index() != 0)):
+        check(model, local)
+        batch = sharding.global_batch(local, mesh)
+        if i == 0:
+            jax.block_until_ready(fwd(params, batch))  # compile outside the timing
+        start = time.perf_counter()
+        out = jax.block_until_ready(fwd(params, batch))
+        seconds += time.perf_counter() - start
+        valid = np.asarray(out.mask) > 0
+        logits.append(np.asarray(out.logits)[valid])
+        targets.append(np.asarray(out.targets)[valid])
+        clips += int(valid.sum())
+    logits, targets = np.concatenate(logits), np.concatenate(targets)
+    result = {"accuracy": metrics_lib.accuracy(logits=logits, targets=targets),
+              "clips_per_s": clips / max(seconds, 1e-9), "num_clips": float(len(logits)),
+              "bad_clips": float(len(pipeline.bad_clips))}
+    if multi_label:
+        result["mAP"] = metrics_lib.mean_average_precision(logits=logits, targets=targets)
+    return result

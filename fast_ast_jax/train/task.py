@@ -1,0 +1,172 @@
+"""What differs between a padded and a packed (ElasticAST) training run, behind one small
+interface (`Task`); the trainer (train.loop) is the same for both.
+
+A padded run (no `config.elastic`) trains an AST or the CNN teacher on clips padded or
+cropped to `frontend.target_frames` (data.pipeline) and evaluates config.data.eval once.
+A packed run (`config.elastic`, configs/*elastic*.py) trains an ElasticAST on native-length,
+variable-hop clips packed into rows (data.packed) and evaluates the hop x length table
+(`elastic.eval_hops_ms` x `elastic.eval_max_frames`), every cell through one compiled
+program; periodic evaluations use the first cell.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Callable
+
+import flax.linen as nn
+import numpy as np
+
+from fast_ast_jax import convert
+from fast_ast_jax.audio.frontend import FrontEnd
+from fast_ast_jax.data import make_source
+from fast_ast_jax.data.packed import PackedPipeline
+from fast_ast_jax.data.pipeline import Augment, Pipeline
+from fast_ast_jax.models import AST, create_ast, create_cnn
+from fast_ast_jax.train.checkpoint import check_shapes
+from fast_ast_jax.train.elastic import (build_elastic_model, init_from_ast, pack_spec,
+                                        table_pipelines)
+from fast_ast_jax.train.evaluation import checkpoint_dir, is_checkpoint_dir, load_checkpoint
+
+
+@dataclasses.dataclass
+class Task:
+    """The model, data and initialisation of one run.
+
+    model: AST / CNNTeacher (padded batches) or ElasticAST (packed batches); its
+        `forward.kind_of` turns a batch into per-clip logits, targets, mask (and teacher).
+    train: training pipeline (`iterate(epoch=, index=)`, `steps(epoch)`, `bad_clips`).
+    evals: (name, table key, pipeline) per evaluation; evals[0] is the periodic one
+        (metrics "eval/<metric>"); with table keys, the end of training also evaluates
+        every entry (rows {**key, **metrics}, logged as "eval/<name>/<metric>").
+    example: a host batch with the model input's shapes (one clip / one row), for the
+        `jax.eval_shape` state initialisation.
+    init_from: (path, fresh params, seed) -> pretrained params (config.init_from).
+    """
+
+    model: nn.Module
+    train: Any
+    evals: list[tuple[str, dict, Any]]
+    example: dict[str, np.ndarray]
+    init_from: Callable[..., Any]
+
+    @property
+    def has_table(self) -> bool:
+        return any(key for _, key, _ in self.evals)
+
+
+def build_model(model_config, *, num_classes: int, frontend: FrontEnd):
+    """config.model.name "ast" (sized by config.model) or "cnn" (config.model.cnn fields),
+    with the input shape of the front-end."""
+    name = model_config.get("name", "ast")
+    if name == "cnn":
+        return create_cnn(num_classes=num_classes, num_mel_bins=frontend.num_mel_bins,
+                          dtype=model_config.dtype, **model_config.cnn.to_dict())
+    if name != "ast":
+        raise ValueError(f"config.model.name={name!r}: use 'ast' or 'cnn'")
+    fields = {k: v for k, v in model_config.items()
+              if k not in ("size", "name", "cnn") and v is not None}
+    return create_ast(model_config.size, num_classes=num_classes,
+                      num_mel_bins=frontend.num_mel_bins, frames=frontend.target_frames,
+                      **fields)
+
+
+def _cache_key(config, split: str) -> str:
+    """Identifies a split's source for the feature cache (config.data.cache_dir)."""
+    return json.dumps([config.data.source, config.data[split].to_dict()], sort_keys=True)
+
+
+def build_pipeline(config, split: str, *, frontend: FrontEnd, train: bool,
+                   source=None, teacher=None) -> Pipeline | None:
+    """Padded pipeline over config.data.<split> (None if that split has no arguments);
+    `teacher` (distill.TeacherLogits) adds each clip's teacher logits to its batches."""
+    kwargs = config.data[split].to_dict()
+    if not kwargs:
+        return None
+    source = source or make_source(config.data.source, sample_rate=frontend.sample_rate,
+                                   **kwargs)
+    batch = config.batch_size if train else (config.eval_batch_size or 2 * config.batch_size)
+    return Pipeline(source, frontend=frontend, batch_size=batch, train=train,
+                    seed=config.seed, augment=Augment(**config.augment) if train else Augment(),
+                    cache=config.data.cache, cache_dir=config.data.cache_dir or None,
+                    cache_key=_cache_key(config, split), teacher=teacher,
+                    on_bad_clip=config.data.on_bad_clip)
+
+
+def _init_padded(path: str, model, *, fresh, seed: int):
+    """Pretrained weights: a fast_ast_jax training workdir / checkpoints dir (same model
+    geometry required; a fresh head when the class count differs), or HF dir, AST .pth,
+    timm DeiT adapted to this model's position grid (fast_ast_jax.convert).
+
+    fresh: this model's freshly initialised params (shapes to check against, and the head).
+    """
+    if not isinstance(model, AST):
+        raise ValueError(f"config.init_from={path!r} loads AST weights; a "
+                         f"{type(model).__name__} (config.model.name) cannot use them")
+    if is_checkpoint_dir(path):
+        params = dict(load_checkpoint(path).params)
+        if params["head"]["kernel"].shape != fresh["head"]["kernel"].shape:
+            params["head"] = fresh["head"]  # another label set: new classifier
+        check_shapes(params, fresh, where=f"config.init_from {checkpoint_dir(path)}",
+                     exact=True)
+        return params
+    return convert.load_into(model, path, seed=seed)
+
+
+def padded_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
+    train = build_pipeline(config, "train", frontend=frontend, train=True, teacher=teacher)
+    labels = list(train.source.labels)
+    evals = build_pipeline(config, "eval", frontend=frontend, train=False)
+    if evals is not None and list(evals.source.labels) != labels:
+        raise ValueError(f"train labels {labels} differ from eval labels "
+                         f"{list(evals.source.labels)}; give config.data.*.labels")
+    model = build_model(config.model, num_classes=len(labels), frontend=frontend)
+    example = {"x": np.zeros((1, frontend.target_frames, frontend.num_mel_bins), np.float32)}
+    return Task(model=model, train=train, evals=[] if evals is None else [("", {}, evals)],
+                example=example,
+                init_from=lambda path, *, fresh, seed: _init_padded(path, model, fresh=fresh,
+                                                                    seed=seed))
+
+
+def packed_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
+    """ElasticAST on packed rows: config.elastic.rows rows per step (eval:
+    config.eval_batch_size rows per step, 0 = elastic.rows), split over the hosts."""
+    e, data = config.elastic, config.data
+    source = make_source(data.source, sample_rate=frontend.sample_rate, **data.train.to_dict())
+    labels = list(source.labels)
+    model = build_elastic_model(config, num_classes=len(labels), frontend=frontend)
+    spec = pack_spec(config, model)
+    cache = dict(cache=data.cache, cache_dir=data.cache_dir or None,
+                 on_bad_clip=data.on_bad_clip)
+    train = PackedPipeline(source, frontend=frontend, spec=spec, train=True,
+                           hops_ms=tuple(e.hops_ms), max_frames=int(e.max_frames),
+                           token_dropout=float(e.token_dropout), seed=config.seed,
+                           augment=Augment(**config.augment), teacher=teacher,
+                           cache_key=_cache_key(config, "train"), **cache)
+    evals = []
+    if data.eval.to_dict():
+        eval_source = make_source(data.source, sample_rate=frontend.sample_rate,
+                                  **data.eval.to_dict())
+        if list(eval_source.labels) != labels:
+            raise ValueError(f"train labels {labels} differ from eval labels "
+                             f"{list(eval_source.labels)}; give config.data.*.labels")
+        eval_spec = dataclasses.replace(spec, rows=config.eval_batch_size or spec.rows)
+        evals = [(f"hop{key['hop_ms']:g}_len{key['max_frames']}", key, pipeline)
+                 for key, pipeline in table_pipelines(
+                     eval_source, frontend=frontend, spec=eval_spec, hops_ms=e.eval_hops_ms,
+                     max_frames=e.eval_max_frames, cache_key=_cache_key(config, "eval"),
+                     **cache)]
+    example = {"patches": np.zeros((1, 8, spec.patch_size ** 2), np.float32),
+               "segment_ids": np.ones((1, 8), np.int32),
+               "positions": np.zeros((1, 8, 2), np.int32),
+               "slot_index": np.zeros((1, 1), np.int32)}
+    return Task(model=model, train=train, evals=evals, example=example,
+                init_from=lambda path, *, fresh, seed: init_from_ast(path, model, init=fresh,
+                                                                     seed=seed))
+
+
+def make_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
+    """The packed task for a config with an `elastic` block, else the padded one."""
+    if "elastic" in config:
+        return packed_task(config, frontend=frontend, teacher=teacher)
+    return padded_task(config, frontend=frontend, teacher=teacher)
