@@ -156,6 +156,25 @@ def test_impossible_elastic_values(field, value, match, tmp_path):
 
 
 @pytest.mark.parametrize("name,arg", [("test_elastic", None), ("fsdd_elastic", "fold"),
+                                      ("fsdd_elastic", "kd"), ("fsdd_elastic", "official,kd"),
                                       ("audioset_elastic", None)])
 def test_recipes_pass_validation(name, arg):
-    validate_config(load_config(name, arg), device_count=1)
+    c = load_config(name, arg)
+    validate_config(c, device_count=1)
+    if arg and "kd" in arg:  # ElasticAST + ToMe + CMKD (teacher file from the command line)
+        assert c.model.tome_r > 0 and c.distill.lam == 0.5
+        assert ("official" in arg) == ("official_split" in c.data.train.to_dict()["select"])
+
+
+def test_packed_rows_split_over_devices_and_recipe_args():
+    c = config(1)  # 2 rows per step
+    with pytest.raises(ValueError, match=r"config\.elastic\.rows=2: must be a multiple of "
+                                         r"the 4 devices"):
+        validate_config(c, device_count=4)
+    c.elastic.rows = 4
+    c.eval_batch_size = 2
+    with pytest.raises(ValueError, match=r"config\.eval_batch_size=2: must be a multiple of "
+                                         r"the 4 devices"):
+        validate_config(c, device_count=4)
+    with pytest.raises(ValueError, match=r"fsdd_elastic\.py:kd,bogus: use ':fold' or"):
+        load_config("fsdd_elastic", "kd,bogus")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 
+import jax
 import numpy as np
 import pytest
+from jax.experimental.compilation_cache import compilation_cache
 
 from fast_ast_jax import distill
 from fast_ast_jax.audio.frontend import FrontEnd
@@ -18,7 +20,7 @@ from fast_ast_jax.train.task import packed_task
 from tests.test_data import write_folder
 from tests.test_train import load_config
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
+pytestmark = pytest.mark.usefixtures("fast_compile", "persistent_compilation_cache")
 
 TRAIN = {"num_examples": 16, "split": "train", "min_seconds": 0.2, "max_seconds": 0.5}
 EVAL = {"num_examples": 6, "split": "eval", "min_seconds": 0.2, "max_seconds": 0.5}
@@ -26,6 +28,23 @@ REDUCTIONS = {"none": dict(tome_r=0),
               "tome": dict(tome_r=1),
               "topk": dict(tome_r=0, prune_keep_rate=0.5, prune_layers=(0,))}
 KINDS = ("padded", "packed")
+
+
+@pytest.fixture(scope="module")
+def persistent_compilation_cache(tmp_path_factory):
+    """XLA's on-disk compilation cache for this module: the resumed call of each cell
+    compiles the very train step of its first call (a new jit, same program), so it loads
+    it instead (compilation dominates these tiny runs). Restored afterwards."""
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes")
+    old = {k: jax.config.values[k] for k in keys}
+    for key, value in zip(keys, (str(tmp_path_factory.mktemp("xla")), 0.0, 0)):
+        jax.config.update(key, value)
+    compilation_cache.reset_cache()
+    yield
+    for key, value in old.items():
+        jax.config.update(key, value)
+    compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +66,7 @@ def cell_config(kind: str, reduction: str, kd: str | None):
     c.frontend.update(target_frames=64, num_mel_bins=32)
     c.model.update(width=32, depth=1, num_heads=2, mlp_dim=64, **REDUCTIONS[reduction])
     c.update(num_steps=1, log_every=1, checkpoint_every=1)
+    c.optim.schedule = "constant"  # the 1- and 2-step calls run the same program
     if kind == "packed":
         c.elastic.update(eval_hops_ms=(10.0, 20.0), eval_max_frames=(64,))
     if kd:
