@@ -213,3 +213,25 @@ def test_fsdd_elastic_table_script(tmp_path):
     for line in lines[1:]:
         cells = line.strip("| ").split(" | ")
         assert 0 < float(cells[2]) <= 1 and all(0 <= float(c) <= 1 for c in cells[3:])
+
+
+def test_cache_dir_stores_fbanks_once_for_every_hop(source, tmp_path):
+    """config.data.cache_dir in packed runs: every clip at every hop is featurised once,
+    stored, and a later pipeline (another run, another host) reads the file, not the audio."""
+    kw = dict(frontend=FRONTEND, spec=SPEC, train=True, hops_ms=(10.0, 40.0), max_frames=48,
+              seed=1, cache_dir=tmp_path, cache_key="synthetic eval 12")
+    first = PackedPipeline(source, **kw)
+    assert len(list(tmp_path.glob("packed-*.npz"))) == 2  # one file per hop
+
+    class NoAudio:
+        labels, multi_label, sample_rate = source.labels, False, source.sample_rate
+
+        def __len__(self):
+            return len(source)
+
+        def __getitem__(self, i):
+            raise AssertionError("read the audio despite the cache")
+
+    again = PackedPipeline(NoAudio(), **kw)
+    for key in ("patches", "segment_ids", "positions", "slot_index", "y"):
+        np.testing.assert_array_equal(again.batch(1, 0)[key], first.batch(1, 0)[key])

@@ -67,8 +67,9 @@ def cell_config(kind: str, reduction: str, kd: str | None):
     c.model.update(width=32, depth=1, num_heads=2, mlp_dim=64, **REDUCTIONS[reduction])
     c.update(num_steps=1, log_every=1, checkpoint_every=1)
     c.optim.schedule = "constant"  # the 1- and 2-step calls run the same program
-    if kind == "packed":
+    if kind == "packed":  # 2 rows per train step, 4 per eval step
         c.elastic.update(eval_hops_ms=(10.0, 20.0), eval_max_frames=(64,))
+        c.eval_batch_size = 4
     if kd:
         c.distill.update(teacher_logits=kd, lam=0.5, tau=2.0)
     return c
@@ -135,6 +136,8 @@ def test_packed_clips_carry_their_teacher_rows(teacher_file):
     teacher = distill.load(teacher_file)
     task = packed_task(c, frontend=FrontEnd.from_dict(c.frontend.to_dict()), teacher=teacher)
     pipe: PackedPipeline = task.train
+    # config.eval_batch_size = eval rows per step (elastic.rows for training)
+    assert pipe.spec.rows == 2 and [p.spec.rows for _, _, p in task.evals] == [4, 4]
     ids = source_ids(pipe.source)
     batch = pipe.batch(0, 0)
     valid = batch["slot_index"] >= 0

@@ -14,8 +14,8 @@ number of hosts: on several hosts, host p builds rows [p * rows / hosts, (p + 1)
 hosts) of every step, i.e. packs and featurises only the clips of its own streams (its
 slice of the clip order), and the global batch is the same as on one host. A training
 epoch has as many steps as its shortest stream has rows (the tails of longer streams are
-left out, as a dropped last batch); an eval pass as many as its longest (shorter streams
-get empty rows, mask 0).
+left out, as a dropped last batch; so is the last, partly filled row of each stream); an
+eval pass as many as its longest (shorter streams get empty rows, mask 0).
 
 Batches (dicts of NumPy arrays, this host's rows R_host = rows / hosts):
     patches (R_host, L, p*p) float32, segment_ids (R_host, L) int32, positions
@@ -288,7 +288,10 @@ class PackedPipeline:
                                                  max_tokens=self.spec.max_tokens,
                                                  max_slots=self.spec.max_slots)
                 streams.append([[items[members[j]] for j in row] for row in assignment])
-            steps = (min if self.train else max)(len(s) for s in streams)
+            if self.train:  # drop each stream's last, partly filled row (as drop_last)
+                steps = min(len(s) - (len(s) > 1) for s in streams)
+            else:
+                steps = max(len(s) for s in streams)
             if steps == 0:
                 raise ValueError(f"{len(items)} training clips cannot fill one step of "
                                  f"{rows} rows (config.elastic.rows); lower rows or use more "
