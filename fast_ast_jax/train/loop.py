@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
@@ -192,7 +193,7 @@ def init_state(task: Task, *, tx, mesh, param_sharding: str, seed: int):
         init_key, train_key = jax.random.split(key)
         params = task.model.init({"params": init_key}, inputs)["params"]
         return TrainState(params=params, opt_state=tx.init(params),
-                          step=jax.numpy.zeros((), jax.numpy.int32), rng=train_key)
+                          step=jnp.zeros((), jnp.int32), rng=train_key)
 
     abstract = jax.eval_shape(init, jax.random.PRNGKey(seed))
     replicated = NamedSharding(mesh, P())
@@ -221,9 +222,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     validate_config(config, device_count=jax.device_count())
 
     # --- data and model ----------------------------------------------------------------------
-    # Teacher logits are checked against the whole split before step 1.
-    teacher = distill.load(config.distill.teacher_logits) if config.distill.teacher_logits \
-        else None
+    teacher = None
+    if config.distill.teacher_logits:  # checked against the whole split before step 1
+        teacher = distill.load(config.distill.teacher_logits)
     task = make_task(config, frontend=frontend, teacher=teacher)
     model, source = task.model, task.train.source
     labels = list(source.labels)
