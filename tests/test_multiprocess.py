@@ -76,8 +76,12 @@ Pipeline.iterate = preempt_host_1
 result["preempted"] = run(8, out + "/preempted")
 Pipeline.iterate = iterate
 
-# Packed: each host packs its 2 of the 4 rows of every step.
+# Packed: each host packs its 2 of the 4 rows of every step; 1 step, then resumed for a 2nd.
 from tests.test_multiprocess import packed_config
+first = packed_config(out + "/teacher.npz")
+first.update(distributed=True, num_steps=1)
+first.data.eval = {}
+assert loop.train_and_evaluate(first, out + "/packed")["step"] == 1
 c = packed_config(out + "/teacher.npz")
 c.distributed = True
 final = loop.train_and_evaluate(c, out + "/packed")
@@ -150,10 +154,12 @@ def test_two_processes_train_identically_and_resume(tmp_path):
     assert r["preempted"]["step"] == 3  # host 0 stopped with host 1 (no hang)
     assert sorted(p.name for p in (tmp_path / "preempted" / "checkpoints").iterdir()) == [
         "2", "3"]
-    # The packed run on 2 hosts equals the packed run in this one process (1 device).
+    # The packed run on 2 hosts (1 step, then resumed) equals the packed run of 2 steps in
+    # this one process (1 device).
     one = loop.train_and_evaluate(packed_config(str(tmp_path / "teacher.npz")),
                                   str(tmp_path / "packed_one"))
     two = r["packed"]
+    assert "resumed from step 1 at data position" in outs[0]
     assert two["step"] == one["step"] == 2
     np.testing.assert_allclose(two["train_loss"], one["train_loss"], rtol=1e-4)
     assert [row["num_clips"] for row in two["table"]] == [
