@@ -1,7 +1,7 @@
 """Evaluate a checkpoint: `python evaluate.py --checkpoint WORKDIR [--sweep r=0,8,16]`.
 
-An ElasticAST checkpoint (train.py with an elastic config) prints its hop x length table
-instead, once per setting (fast_ast_jax.train.elastic).
+Any checkpoint kind: an AST, the CNN teacher, or an ElasticAST (train.py with an elastic
+config), which prints its hop x length table, once per setting.
 
 Data comes from the checkpoint's own config unless --config is given. --tome_r /
 --keep_rate (with --prune_layers) evaluate one token-reduction setting; --sweep evaluates several and prints a
@@ -12,8 +12,13 @@ fast_ast_jax.windows).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from fast_ast_jax import cli
+from fast_ast_jax.train.evaluation import evaluate_checkpoint, parse_sweep
 
 config_flags.DEFINE_config_file("config", None, "data config (default: the checkpoint's)",
                                 lock_config=True)
@@ -34,27 +39,18 @@ def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    from pathlib import Path
-
-    from fast_ast_jax.train.evaluation import evaluate_checkpoint, parse_sweep
-
     f = flags.FLAGS
     layers = tuple(int(i) for i in f.prune_layers) if f.prune_layers else None
     base = {k: v for k, v in (("tome_r", f.tome_r), ("prune_keep_rate", f.keep_rate),
                               ("prune_layers", layers)) if v is not None}
     settings = [{**base, **s} for s in parse_sweep(f.sweep)] if f.sweep else [base]
     plot = f.plot or (Path(f.checkpoint) / "sweep.png" if f.sweep else None)
-    from fast_ast_jax.train.elastic import evaluate_elastic_checkpoint, is_elastic_checkpoint
-
-    if is_elastic_checkpoint(f.checkpoint):  # packed ElasticAST: hop x length table
-        evaluate_elastic_checkpoint(f.checkpoint, config=f.config, split=f.split,
-                                    settings=settings)
-        return
-    evaluate_checkpoint(f.checkpoint, config=f.config, split=f.split, settings=settings,
-                        plot=plot, hop_frames=f.hop_frames)
+    with cli.path_errors():
+        evaluate_checkpoint(f.checkpoint, config=f.config, split=f.split, settings=settings,
+                            plot=plot, hop_frames=f.hop_frames)
     if plot:
         print(f"plot: {plot}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

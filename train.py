@@ -11,6 +11,8 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from fast_ast_jax import cli
+
 config_flags.DEFINE_config_file("config", None, "training config file", lock_config=True)
 flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl and TensorBoard logs")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -25,8 +27,9 @@ def main(argv):
     else:
         from fast_ast_jax.train.loop import train_and_evaluate
 
-    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    with cli.path_errors():
+        train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -20,20 +20,20 @@ import numpy as np
 import optax
 
 from fast_ast_jax.audio.frontend import FrontEnd
+from fast_ast_jax import checkpoints
 from fast_ast_jax.data import make_source
 from fast_ast_jax.data.packed import PackedPipeline, PackSpec
 from fast_ast_jax.data.pipeline import Augment
-from fast_ast_jax.models.ast import AST, SIZES, model_fields
-from fast_ast_jax.models.elastic import ElasticAST, check_positions, params_from_ast
+from fast_ast_jax.models import model_name
+from fast_ast_jax.models.ast import SIZES, model_fields
+from fast_ast_jax.models.elastic import ElasticAST, check_positions
 from fast_ast_jax.train import metrics as metrics_lib
-from fast_ast_jax.train.checkpoint import Checkpointer, model_fields_from_meta
-from fast_ast_jax.train.evaluation import checkpoint_dir, format_table
+from fast_ast_jax.train.checkpoint import Checkpointer
+from fast_ast_jax.train.table import format_table
 from fast_ast_jax.train.loop import resume, run_steps
 from fast_ast_jax.train.state import TrainState, learning_rate_schedule, make_optimizer
 from fast_ast_jax.train.step import loss_fn_for, update_if_finite
 from fast_ast_jax.train.validate import validate_config
-
-MODEL_KIND = "elastic"  # checkpoint meta["model_kind"] of train_elastic runs
 
 # config.model fields that ElasticAST shares with AST.
 _SHARED = ("width", "depth", "num_heads", "mlp_dim", "fstride", "tstride", "dist_token",
@@ -148,20 +148,6 @@ def elastic_sweep(params, *, model: ElasticAST, source, frontend: FrontEnd, spec
     return rows
 
 
-def init_from_ast(path: str, model: ElasticAST, *, init, seed: int = 0):
-    """ElasticAST params from an AST checkpoint (HF dir, AST .pth, timm DeiT; see
-    fast_ast_jax.convert) of the same size and patch grid, via `params_from_ast`."""
-    from fast_ast_jax import convert
-
-    ast = AST(num_classes=model.num_classes, width=model.width, depth=model.depth,
-              num_heads=model.num_heads, mlp_dim=model.mlp_dim, patch_size=model.patch_size,
-              fstride=model.fstride, tstride=model.tstride, num_mel_bins=model.num_mel_bins,
-              frames=model.frames, dist_token=model.dist_token)
-    ast_params = convert.load_into(ast, path, seed=seed)
-    return params_from_ast(model, ast_params, ast_grid=ast.grid(), num_prefix=ast.num_prefix,
-                           init=init)
-
-
 def _pipeline(config, split: str, *, frontend: FrontEnd, spec: PackSpec, train: bool):
     kwargs = config.data[split].to_dict()
     if not kwargs:
@@ -218,7 +204,7 @@ def train_elastic(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
 
     ckpt = Checkpointer(workdir / "checkpoints", every=config.checkpoint_every,
                         keep=config.keep_checkpoints)
-    meta = {"model": model_fields(model), "model_kind": MODEL_KIND,
+    meta = {"model": model_fields(model), "model_class": model_name(model),
             "frontend": frontend.to_dict(), "labels": labels, "loss": loss,
             "config": json.loads(config.to_json_best_effort())}
     position = (0, 0)
@@ -226,7 +212,8 @@ def train_elastic(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     if ckpt.latest_step() is not None:
         state, position = resume(ckpt, target=state, meta=meta)
     elif config.init_from:
-        params = init_from_ast(config.init_from, model, init=state.params, seed=config.seed)
+        params = checkpoints.init_params(config.init_from, model, fresh=state.params,
+                                         seed=config.seed)
         state = state.replace(params=params, opt_state=tx.init(params))
     traces = []
 
@@ -282,60 +269,3 @@ def train_elastic(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     finally:
         writer.close()
     return {**final, "state": state, "train_compilations": len(traces)}
-
-
-def is_elastic_checkpoint(path: str | Path) -> bool:
-    """Whether the latest checkpoint under `path` was written by `train_elastic`."""
-    ckpt = Checkpointer(checkpoint_dir(path))
-    try:
-        _, meta = ckpt.restore()
-    finally:
-        ckpt.close()
-    return meta.get("model_kind") == MODEL_KIND
-
-
-def load_elastic_checkpoint(path: str | Path) -> tuple[Any, ElasticAST, dict]:
-    """(params, model, meta) of a `train_elastic` checkpoint (latest step).
-
-    Raises:
-        ValueError: if the checkpoint is not an ElasticAST one.
-    """
-    ckpt = Checkpointer(checkpoint_dir(path))
-    try:
-        state, meta = ckpt.restore()
-    finally:
-        ckpt.close()
-    if meta.get("model_kind") != MODEL_KIND:
-        raise ValueError(f"{path} holds a padded AST checkpoint, not an ElasticAST one; "
-                         "evaluate it with fast_ast_jax.train.evaluation")
-    fields = model_fields_from_meta(meta)
-    fields["dtype"] = jnp.dtype(fields["dtype"])
-    return state["params"], ElasticAST(**fields), meta
-
-
-def evaluate_elastic_checkpoint(path: str | Path, *, config=None, split: str = "eval",
-                                settings: Sequence[dict] = ({},),
-                                echo=print) -> list[dict[str, Any]]:
-    """The (eval_hops_ms x eval_max_frames) table of a checkpoint for each model setting
-    (e.g. {"tome_r": 8}); data and table axes from `config` (default: the checkpoint's)."""
-    params, model, meta = load_elastic_checkpoint(path)
-    config = config or ml_collections.ConfigDict(meta["config"])
-    kwargs = config.data[split].to_dict()
-    if not kwargs:
-        raise ValueError(f"config.data.{split} is empty: nothing to evaluate on")
-    frontend = FrontEnd.from_dict(meta["frontend"])
-    source = make_source(config.data.source, sample_rate=frontend.sample_rate, **kwargs)
-    if list(source.labels) != list(meta["labels"]):
-        raise ValueError(f"the {split} data labels {list(source.labels)} differ from the "
-                         f"checkpoint's {meta['labels']}")
-    rows = []
-    for setting in settings:
-        variant = model.clone(**setting)
-        rows += [{**setting, **row} for row in elastic_sweep(
-            params, model=variant, source=source, frontend=frontend,
-            spec=pack_spec(config, variant), hops_ms=config.elastic.eval_hops_ms,
-            max_frames=config.elastic.eval_max_frames, multi_label=meta["loss"] == "sigmoid",
-            on_bad_clip=config.data.on_bad_clip)]
-    if echo:
-        echo(format_table(rows))
-    return rows

@@ -23,7 +23,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from fast_ast_jax import sharding
+from fast_ast_jax import checkpoints, sharding
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import make_source
 from fast_ast_jax.data.pipeline import Augment, Pipeline
@@ -109,30 +109,6 @@ def evaluate(params, *, model, pipeline: Pipeline, mesh, multi_label: bool,
     if multi_label:
         result["mAP"] = metrics_lib.mean_average_precision(logits=logits, targets=targets)
     return result
-
-
-def _init_from(path: str, model, *, seed: int, fresh):
-    """Pretrained weights: a fast_ast_jax training workdir / checkpoints dir (same model
-    geometry required; a fresh head when the class count differs), or HF dir, AST .pth,
-    timm DeiT adapted to this model's position grid (fast_ast_jax.convert).
-
-    fresh: this model's freshly initialised params (shapes to check against, and the head).
-    """
-    from fast_ast_jax.train.evaluation import checkpoint_dir, is_checkpoint_dir
-
-    if is_checkpoint_dir(path):
-        from fast_ast_jax.train.checkpoint import check_shapes
-        from fast_ast_jax.train.evaluation import load_checkpoint
-
-        params = dict(load_checkpoint(path).params)
-        if params["head"]["kernel"].shape != fresh["head"]["kernel"].shape:
-            params["head"] = fresh["head"]  # another label set: new classifier
-        check_shapes(params, fresh, where=f"config.init_from {checkpoint_dir(path)}",
-                     exact=True)
-        return params
-    from fast_ast_jax import convert
-
-    return convert.load_into(model, path, seed=seed)
 
 
 class _Preemption:
@@ -348,8 +324,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             raise ValueError(f"config.init_from={config.init_from!r} loads AST weights; "
                              f"config.model.name={config.model.name!r} cannot use them")
         if config.init_from:  # 2. pretrained
-            params = _init_from(config.init_from, model, seed=config.seed,
-                                fresh=state.params)
+            params = checkpoints.init_params(config.init_from, model, seed=config.seed,
+                                             fresh=state.params)
             params = jax.device_put(params, shardings.params)
             state = jax.jit(lambda p, s: s.replace(params=p, opt_state=tx.init(p)),
                             out_shardings=shardings)(params, state)
