@@ -8,7 +8,8 @@ Data comes from the checkpoint's own config unless --config is given. --tome_r /
 table (accuracy, clips/s, speedup; MACs for an AST, XLA-counted flops for the CNN teacher)
 and writes a PNG of accuracy against throughput. --hop_frames N scores clips longer than
 the trained length by sliding windows (mean window logits / max window sigmoid,
-fast_ast_jax.windows).
+fast_ast_jax.windows). --maps DIR writes the ToMe merge and TopK kept-patch maps of the first
+--num_maps clips (fast_ast_jax.maps) for the checkpoint's or the given --tome_r / --keep_rate.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from fast_ast_jax import cli
-from fast_ast_jax.train.evaluation import evaluate_checkpoint, parse_sweep
+from fast_ast_jax.train.evaluation import (evaluate_checkpoint, parse_sweep,
+                                          write_split_maps)
 
 config_flags.DEFINE_config_file("config", None, "data config (default: the checkpoint's)",
                                 lock_config=True)
@@ -32,6 +34,9 @@ flags.DEFINE_string("sweep", None, "NAME=v1,v2,... with NAME r|tome_r|keep_rate"
 flags.DEFINE_integer("hop_frames", None, "score whole clips by sliding windows of the "
                      "trained length every hop_frames frames (default: crop to it)")
 flags.DEFINE_string("plot", None, "PNG path for the sweep plot (default WORKDIR/sweep.png)")
+flags.DEFINE_string("maps", None, "write ToMe merge / TopK kept-patch PNG maps of the first "
+                    "--num_maps clips into this directory")
+flags.DEFINE_integer("num_maps", 4, "clips to draw maps of (with --maps)")
 flags.mark_flags_as_required(["checkpoint"])
 
 
@@ -48,6 +53,11 @@ def main(argv):
     with cli.path_errors():
         evaluate_checkpoint(f.checkpoint, config=f.config, split=f.split, settings=settings,
                             plot=plot, hop_frames=f.hop_frames)
+        if f.maps:
+            for path in write_split_maps(f.checkpoint, directory=f.maps,
+                                         num_maps=f.num_maps, config=f.config, split=f.split,
+                                         **base):
+                print(f"map: {path}")
     if plot:
         print(f"plot: {plot}")
 

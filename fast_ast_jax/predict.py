@@ -67,8 +67,8 @@ class FileResult:
 def expand_inputs(paths: Sequence[str | os.PathLike], *,
                   list_file: str | os.PathLike | None = None) -> list[str]:
     """The files named by arguments, in order: a directory -> its audio files (recursive,
-    sorted); a glob pattern -> its matches (sorted); anything else as given (a missing
-    path is reported when it is read). `list_file` adds one path per line (blank lines
+    sorted; one without any stays, to be reported); a glob pattern -> its matches (sorted);
+    anything else as given (a missing path is reported when it is read). `list_file` adds one path per line (blank lines
     and lines starting with # skipped)."""
     paths = [str(p) for p in paths]
     if list_file is not None:
@@ -77,8 +77,9 @@ def expand_inputs(paths: Sequence[str | os.PathLike], *,
     files = []
     for p in paths:
         if Path(p).is_dir():
-            files += sorted(str(f) for f in Path(p).rglob("*")
-                            if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file())
+            found = sorted(str(f) for f in Path(p).rglob("*")
+                           if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file())
+            files += found or [p]  # a folder without audio is reported, not skipped
         elif not Path(p).exists() and glob.has_magic(p):
             files += sorted(glob.glob(p, recursive=True)) or [p]
         else:

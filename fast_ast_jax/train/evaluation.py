@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from fast_ast_jax import bench, checkpoints, sharding
+from fast_ast_jax import bench, checkpoints, maps, sharding
 from fast_ast_jax.audio.io import AudioError
 from fast_ast_jax.bundle import Bundle
 from fast_ast_jax.data import make_source
@@ -96,6 +96,23 @@ def evaluate_checkpoint(path: str | Path, *, config: ml_collections.ConfigDict |
     if plot:
         plot_sweep(rows, plot)
     return rows
+
+
+def write_split_maps(path: str | Path, *, directory: str | Path, num_maps: int,
+                     config: ml_collections.ConfigDict | None = None, split: str = "eval",
+                     **overrides) -> list[Path]:
+    """Token-reduction maps (fast_ast_jax.maps) of the first `num_maps` clips of a split,
+    named <index>_<clip id>_merge.png / _kept.png, for the checkpoint's settings or the
+    model field `overrides` (tome_r=8, prune_keep_rate=0.5, ...)."""
+    bundle = checkpoints.load(path)
+    source = _source(bundle, config or bundle.config, split)
+    paths = []
+    for i in range(min(num_maps, len(source))):
+        ex = source[i]
+        name = f"{i}_{Path(str(ex.get('id', i))).stem}"
+        paths += maps.write_maps(bundle, ex["audio"], directory=directory, name=name,
+                                 **overrides)
+    return paths
 
 
 def _source(bundle: Bundle, config, split: str):
