@@ -26,7 +26,6 @@ prediction; the last line counts the failures and the exit status is 1 when any 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import csv
 import dataclasses
 import glob
@@ -34,9 +33,8 @@ import json
 import os
 import sys
 import traceback
-from collections import deque
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -44,7 +42,7 @@ from tqdm import tqdm
 from fast_ast_jax import checkpoints, cli, maps
 from fast_ast_jax.audio.io import AudioError, load_audio
 from fast_ast_jax.bundle import Bundle
-from fast_ast_jax.windows import scorer, windowed_scores
+from fast_ast_jax.windows import ordered_map, scorer, windowed_scores
 
 AUDIO_EXTENSIONS = frozenset((".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a",
                               ".aac", ".aif", ".aiff", ".au", ".webm", ".wma"))
@@ -87,28 +85,6 @@ def expand_inputs(paths: Sequence[str | os.PathLike], *,
     return files
 
 
-def decode(files: Sequence[str], *, sample_rate: int, workers: int = 4
-           ) -> Iterator[tuple[str, np.ndarray | None, Exception | None]]:
-    """(file, waveform or None, error or None) per file, in order, decoded by `workers`
-    threads at most 2 * workers files ahead of the consumer (bounded memory)."""
-    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-        ahead: deque = deque()
-        todo = iter(files)
-        for f in todo:
-            ahead.append((f, pool.submit(load_audio, f, sample_rate=sample_rate)))
-            if len(ahead) >= 2 * max(1, workers):
-                break
-        while ahead:
-            f, future = ahead.popleft()
-            nxt = next(todo, None)
-            if nxt is not None:
-                ahead.append((nxt, pool.submit(load_audio, nxt, sample_rate=sample_rate)))
-            try:
-                yield f, future.result(), None
-            except Exception as e:  # one bad file never stops the others
-                yield f, None, e
-
-
 def _top(labels: Sequence[str], scores: np.ndarray, k: int) -> Top:
     return [(labels[i], float(scores[i]))
             for i in np.argsort(-scores, kind="stable")[:min(k, len(labels))]]
@@ -126,7 +102,8 @@ def predict_files(files: Sequence[str | os.PathLike], *, checkpoint: str | os.Pa
         top_k: labels per file and window.
         batch_size: windows per model call (a fixed shape: one compilation).
         hop_frames: frames between windows of clips longer than one window.
-        workers: decoding threads.
+        workers: threads decoding the next files, and threads computing their features,
+            while the model runs.
         **overrides: model fields for this run (tome_r=8, prune_keep_rate=0.7, ...).
     """
     bundle = checkpoint if isinstance(checkpoint, Bundle) else checkpoints.load(checkpoint)
@@ -136,8 +113,8 @@ def predict_files(files: Sequence[str | os.PathLike], *, checkpoint: str | os.Pa
     scored: list[int] = []  # results[scored[k]] gets the k-th clip's scores
 
     def waves() -> Iterator[np.ndarray]:
-        for f, wave, error in decode([str(f) for f in files], sample_rate=sr,
-                                     workers=workers):
+        for f, wave, error in ordered_map(lambda f: load_audio(f, sample_rate=sr),
+                                          [str(f) for f in files], workers=workers):
             if error is not None:
                 results.append(FileResult(file=f, error=_reason(error, debug)))
                 continue
@@ -146,7 +123,8 @@ def predict_files(files: Sequence[str | os.PathLike], *, checkpoint: str | os.Pa
             yield wave
 
     emitted = 0
-    for k, clip in enumerate(windowed_scores(waves(), scorer=sc, hop_frames=hop_frames)):
+    for k, clip in enumerate(windowed_scores(waves(), scorer=sc, hop_frames=hop_frames,
+                                             workers=workers)):
         r = results[scored[k]]
         r.top = _top(bundle.labels, clip.scores, top_k)
         r.windows = [(t0, t1, _top(bundle.labels, p, top_k)) for t0, t1, p in clip.windows]

@@ -3,8 +3,8 @@
 A model trained on `frontend.target_frames` frames (T) sees a long clip as windows of T
 frames every `hop_frames` frames (default T // 2); the last window is padded like a short
 training clip. Windows of all clips are streamed through the model in fixed-size batches,
-so an hour-long file costs one waveform in memory plus one batch of features, never all of
-its windows at once. A clip of at most T frames is exactly one window (the usual input).
+so an hour-long file costs its waveform and its fbank (computed once) in memory plus one
+batch of window features, never all of its windows at once. A clip of at most T frames is exactly one window (the usual input).
 
 An ElasticAST (packed, any-length model) is scored the same way with windows as long as
 its packed row allows: a clip that fits is one window at its own length (packed alone into
@@ -17,15 +17,18 @@ Aggregation over a clip's windows (documented in docs/RELIABILITY.md):
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
+import itertools
 from typing import Any, Callable, Iterable, Iterator
 
 import jax
 import numpy as np
 
 from fast_ast_jax import packing
-from fast_ast_jax.audio.fbank import num_frames
-from fast_ast_jax.audio.features import features
+from fast_ast_jax.audio.fbank import fbank, num_frames
+from fast_ast_jax.audio.features import normalize
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.bundle import Bundle
 from fast_ast_jax.models import ElasticAST
@@ -114,28 +117,75 @@ def window_starts(num_samples: int, *, frontend: FrontEnd, hop_frames: int) -> l
     return [k * hop_frames for k in range(1 + -(-extra // hop_frames))]
 
 
-def _windows(wave: np.ndarray, *, frontend: FrontEnd, hop_frames: int
-             ) -> Iterator[tuple[float, float, np.ndarray, int]]:
-    """(start_s, end_s, features (T, bins), real frames <= T) of each window of one mono
-    waveform; the last window ends at the clip's end."""
-    duration = len(wave) / frontend.sample_rate
+@dataclasses.dataclass(frozen=True)
+class _ClipFeatures:
+    """A clip's normalised fbank (frames, bins), computed once, and its window starts."""
+
+    feats: np.ndarray
+    starts: list[int]
+    duration: float
+
+
+def _clip_features(wave: np.ndarray, *, frontend: FrontEnd, hop_frames: int) -> _ClipFeatures:
+    wave = np.asarray(wave)
     starts = window_starts(len(wave), frontend=frontend, hop_frames=hop_frames)
-    total = num_frames(len(wave), window_size=frontend.window_size, hop_size=frontend.hop_size)
-    for k, start in enumerate(starts):
+    # Samples past the last window's last frame cannot change any window.
+    needed = frontend.window_size + (starts[-1] + frontend.target_frames - 1) * frontend.hop_size
+    return _ClipFeatures(feats=normalize(fbank(wave[:needed], frontend=frontend),
+                                         frontend=frontend),
+                         starts=starts, duration=len(wave) / frontend.sample_rate)
+
+
+def clip_windows(clip: _ClipFeatures, *, frontend: FrontEnd
+                 ) -> Iterator[tuple[float, float, np.ndarray, int]]:
+    """(start_s, end_s, features (T, bins), real frames <= T) of each window of a clip;
+    the last window ends at the clip's end. Frames are independent, so a window cut from
+    the clip's fbank equals `features(wave[first:])` of its own samples (padding cells are
+    normalised zeros, as there)."""
+    window, feats = frontend.target_frames, clip.feats
+    pad = normalize(np.zeros((1, feats.shape[1]), np.float32), frontend=frontend)
+    for k, start in enumerate(clip.starts):
         first = start * frontend.hop_size
-        t0 = first / frontend.sample_rate
         # The last window reaches the end of the clip (a tail shorter than one frame hop
         # is not seen by any frame; a short clip is padded).
-        t1 = duration if k + 1 == len(starts) else (
-            first + frontend.window_size + (frontend.target_frames - 1) * frontend.hop_size
+        t1 = clip.duration if k + 1 == len(clip.starts) else (
+            first + frontend.window_size + (window - 1) * frontend.hop_size
         ) / frontend.sample_rate
-        # features() reads only the samples its target_frames need.
-        yield (t0, t1, features(wave[first:], frontend=frontend),
-               min(frontend.target_frames, total - start))
+        x = feats[start:start + window]
+        n = len(x)
+        if n < window:
+            x = np.concatenate([x, np.repeat(pad, window - n, axis=0)])
+        yield first / frontend.sample_rate, t1, x, n
+
+
+def ordered_map(fn: Callable, items: Iterable, *, workers: int
+                ) -> Iterator[tuple[Any, Any, Exception | None]]:
+    """(item, fn(item) or None, exception or None) per item, in order, computed by
+    `workers` threads at most 2 * workers items ahead of the consumer (bounded memory);
+    workers=0 computes in the caller's thread."""
+    if workers <= 0:
+        for item in items:
+            try:
+                yield item, fn(item), None
+            except Exception as e:  # reported to the caller with its item
+                yield item, None, e
+        return
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        todo, ahead = iter(items), collections.deque()
+        for item in itertools.islice(todo, 2 * workers):
+            ahead.append((item, pool.submit(fn, item)))
+        while ahead:
+            item, future = ahead.popleft()
+            for nxt in itertools.islice(todo, 1):
+                ahead.append((nxt, pool.submit(fn, nxt)))
+            try:
+                yield item, future.result(), None
+            except Exception as e:  # reported to the caller with its item
+                yield item, None, e
 
 
 def windowed_scores(waves: Iterable[np.ndarray], *, scorer: Scorer,
-                    hop_frames: int | None = None) -> Iterator[ClipScores]:
+                    hop_frames: int | None = None, workers: int = 0) -> Iterator[ClipScores]:
     """Aggregated and per-window scores of each clip, in order.
 
     Windows of consecutive clips share batches, and every batch has scorer.batch_size rows
@@ -146,6 +196,8 @@ def windowed_scores(waves: Iterable[np.ndarray], *, scorer: Scorer,
         waves: mono float32 waveforms at scorer.frontend.sample_rate (read lazily).
         scorer: the model (`scorer(bundle)`).
         hop_frames: frames between window starts (default T // 2).
+        workers: threads computing features of the next clips while the model runs
+            (0: in this thread).
     """
     frontend, batch_size, multi_label = scorer.frontend, scorer.batch_size, scorer.multi_label
     hop = hop_frames or max(1, frontend.target_frames // 2)
@@ -179,9 +231,13 @@ def windowed_scores(waves: Iterable[np.ndarray], *, scorer: Scorer,
                                                   zip(rows, probs)])
 
     clip = -1
-    for clip, wave in enumerate(waves):
+    prepared = ordered_map(lambda w: _clip_features(w, frontend=frontend, hop_frames=hop),
+                           waves, workers=workers)
+    for clip, (_, features, error) in enumerate(prepared):
+        if error is not None:
+            raise error
         logits[clip] = []
-        for t0, t1, x, n in _windows(np.asarray(wave), frontend=frontend, hop_frames=hop):
+        for t0, t1, x, n in clip_windows(features, frontend=frontend):
             pending.append((clip, t0, t1, x, n))
             if len(pending) == batch_size:
                 flush()
