@@ -22,7 +22,7 @@ from fast_ast_jax.audio.fbank import num_frames
 from fast_ast_jax.audio.features import features
 from fast_ast_jax.bundle import Bundle
 from fast_ast_jax.models import AST, ElasticAST
-from fast_ast_jax.windows import elastic_row, scorer
+from fast_ast_jax.windows import elastic_row
 
 
 def _source(bundle: Bundle, wave: np.ndarray, overrides: dict[str, Any]
@@ -38,8 +38,7 @@ def _source(bundle: Bundle, wave: np.ndarray, overrides: dict[str, Any]
         source = np.asarray(state["intermediates"]["source"][0][0])
         return x, source[:, model.num_prefix:], model.grid(), model
     if isinstance(model, ElasticAST):
-        fe = scorer(bundle).frontend  # the packed row's hop and window
-        tokens, _ = elastic_row(model, bundle.config)
+        tokens, fe = elastic_row(model, bundle)  # the packed row, its hop and window
         n = num_frames(len(wave), window_size=fe.window_size, hop_size=fe.hop_size)
         x = features(wave, frontend=fe)[:max(min(n, fe.target_frames), model.patch_size)]
         sample = packing.patchify(x, patch_size=model.patch_size, fstride=model.fstride,

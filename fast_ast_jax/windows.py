@@ -4,7 +4,8 @@ A model trained on `frontend.target_frames` frames (T) sees a long clip as windo
 frames every `hop_frames` frames (default T // 2); the last window is padded like a short
 training clip. Windows of all clips are streamed through the model in fixed-size batches,
 so an hour-long file costs its waveform and its fbank (computed once) in memory plus one
-batch of window features, never all of its windows at once. A clip of at most T frames is exactly one window (the usual input).
+batch of window features, never all of its windows at once. A clip of at most T frames is
+exactly one window (the usual input).
 
 An ElasticAST (packed, any-length model) is scored the same way with windows as long as
 its packed row allows: a clip that fits is one window at its own length (packed alone into
@@ -60,17 +61,22 @@ class Scorer:
     batch_size: int = 8
 
 
-def elastic_row(model: ElasticAST, config) -> tuple[int, int]:
-    """(row tokens, window frames) of an ElasticAST's inference: its training row length
-    (config.elastic.max_tokens, else its whole position table), and the longest clip whose
-    patches fit one row and the position table."""
-    e = config.get("elastic") if config is not None else None
+def elastic_row(model: ElasticAST, bundle: Bundle) -> tuple[int, FrontEnd]:
+    """(row tokens, window front-end) of an ElasticAST's inference, from its training
+    config: rows of config.elastic.max_tokens (else its whole position table), the first
+    evaluation hop, and windows (target_frames) as long as the longest clip whose patches
+    fit one row and the position table."""
+    e = bundle.config.get("elastic") if bundle.config is not None else None
     f_dim, t_max = model.grid
     tokens = int(e.max_tokens) if e is not None else f_dim * t_max
     t_dim = min(tokens // f_dim, t_max)
     if t_dim < 1:
         raise ValueError(f"a row of {tokens} tokens cannot hold one {f_dim}-patch column")
-    return tokens, (t_dim - 1) * model.tstride + model.patch_size
+    fe = bundle.frontend
+    hop = float(e.eval_hops_ms[0]) if e is not None else fe.frame_shift_ms
+    return tokens, dataclasses.replace(
+        fe, frame_shift_ms=hop, frame_length_ms=max(fe.frame_length_ms, hop),
+        target_frames=(t_dim - 1) * model.tstride + model.patch_size)
 
 
 def scorer(bundle: Bundle, *, batch_size: int = 8, **overrides: Any) -> Scorer:
@@ -83,13 +89,7 @@ def scorer(bundle: Bundle, *, batch_size: int = 8, **overrides: Any) -> Scorer:
         forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
         return Scorer(apply=lambda x, frames: forward(params, x), frontend=bundle.frontend,
                       multi_label=bundle.multi_label, batch_size=batch_size)
-    tokens, window = elastic_row(model, bundle.config)
-    fe = bundle.frontend
-    hops = bundle.config.get("elastic", {}).get("eval_hops_ms") if bundle.config else None
-    hop = float(hops[0]) if hops else fe.frame_shift_ms
-    fe = dataclasses.replace(fe, frame_shift_ms=hop, frame_length_ms=max(fe.frame_length_ms,
-                                                                          hop),
-                             target_frames=window)
+    tokens, fe = elastic_row(model, bundle)
     forward = jax.jit(lambda p, b: model.apply({"params": p}, b, train=False)[0][:, 0])
 
     def apply(x, frames):
