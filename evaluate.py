@@ -4,8 +4,8 @@ Any checkpoint kind: an AST, the CNN teacher, or an ElasticAST (train.py with an
 config), which prints its hop x length table, once per setting.
 
 Data comes from the checkpoint's own config unless --config is given. --tome_r /
---keep_rate (with --prune_layers) evaluate one token-reduction setting; --sweep evaluates several and prints a
-table (accuracy, clips/s, speedup; MACs for an AST, XLA-counted flops for the CNN teacher)
+--keep_rate (with --prune_layers) evaluate one token-reduction setting; --sweep evaluates
+several and prints a table (accuracy, clips/s, speedup; MACs for an AST, XLA-counted flops for the CNN teacher)
 and writes a PNG of accuracy against throughput. --hop_frames N scores clips longer than
 the trained length by sliding windows (mean window logits / max window sigmoid,
 fast_ast_jax.windows). --maps DIR writes the ToMe merge and TopK kept-patch maps of the first

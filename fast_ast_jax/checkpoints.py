@@ -111,11 +111,11 @@ def init_params(path: str | Path, model, *, fresh: dict[str, Any], seed: int = 0
             return params_from_ast(model, params, ast_grid=twin.grid(),
                                    num_prefix=twin.num_prefix, init=fresh)
         if type(saved.model) is not type(model):
-            raise ValueError(f"{where} holds a {type(saved.model).__name__}; it cannot "
-                             f"initialise a {type(model).__name__}")
-        head = "head" if "head" in fresh else None
-        if head and params[head]["kernel"].shape != fresh[head]["kernel"].shape:
-            params[head] = fresh[head]  # another label set: new classifier
+            raise ValueError(f"{where} holds a {type(saved.model).__name__} checkpoint, which "
+                             f"cannot initialise the {type(model).__name__} being trained; use "
+                             "one of the same model kind (or an AST one for an ElasticAST)")
+        if "head" in fresh and params["head"]["kernel"].shape != fresh["head"]["kernel"].shape:
+            params["head"] = fresh["head"]  # another label set: new classifier
         check_shapes(params, fresh, where=f"{where} ({checkpoint_dir(path)})", exact=True)
         return params
     if isinstance(model, ElasticAST):

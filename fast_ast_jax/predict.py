@@ -67,8 +67,8 @@ def expand_inputs(paths: Sequence[str | os.PathLike], *,
                   list_file: str | os.PathLike | None = None) -> list[str]:
     """The files named by arguments, in order: a directory -> its audio files (recursive,
     sorted; one without any stays, to be reported); a glob pattern -> its matches (sorted);
-    anything else as given (a missing path is reported when it is read). `list_file` adds one path per line (blank lines
-    and lines starting with # skipped)."""
+    anything else as given (a missing path is reported when it is read). `list_file` adds
+    one path per line (blank lines and lines starting with # skipped)."""
     paths = [str(p) for p in paths]
     if list_file is not None:
         lines = Path(list_file).read_text().splitlines()

@@ -208,7 +208,7 @@ def test_elastic_checkpoint_predict_evaluate_dump_init(packed, padded, tmp_path,
     assert isinstance(ast.model, AST)
     converted = checkpoints.init_params(padded, bundle.model, fresh=fresh)
     chex.assert_trees_all_equal(converted["block_0"], ast.params["block_0"])
-    with pytest.raises(ValueError, match="cannot initialise a AST"):
+    with pytest.raises(ValueError, match="ElasticAST checkpoint, which cannot initialise the AST"):
         checkpoints.init_params(packed, ast.model, fresh=ast.params)
 
 
@@ -231,7 +231,7 @@ def test_old_elastic_metadata_is_read(packed, tmp_path):
 # --- wrong paths and flags ---------------------------------------------------------------------
 
 
-def test_usage_errors_one_line_exit_2(padded, tmp_path):
+def test_usage_errors_one_line_exit_2(padded, packed, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     typo = tmp_path / "typo" / "work"
@@ -258,9 +258,17 @@ def test_usage_errors_one_line_exit_2(padded, tmp_path):
     }
     env = {"PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin",
            "HOME": str(tmp_path)}
+    # Alongside: evaluate.py on an ElasticAST checkpoint with --sweep, --plot and --maps.
+    works = py + ["evaluate.py", "--checkpoint", str(packed), "--sweep", "r=0,1", "--plot",
+                  str(tmp_path / "sweep.png"), "--maps", str(tmp_path / "maps"),
+                  "--num_maps", "1"]
     procs = {name: subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
-             for name, cmd in cases.items()}
+             for name, cmd in {**cases, "works": works}.items()}
+    out, err = procs.pop("works").communicate(timeout=600)
+    assert "hop_ms" in out and "clips_per_s" in out, err
+    assert (tmp_path / "sweep.png").is_file()
+    assert (tmp_path / "maps" / "0_eval-0_merge.png").is_file()
     hints = {"train: misspelt field": 'did you mean "depth"',
              "evaluate: misspelt field": 'did you mean "batch_size"',
              "train: no config file": "configs/nope.py does not exist",

@@ -204,7 +204,7 @@ def _evaluate_windows(bundle: Bundle, config, *, split: str, settings: Sequence[
         start = time.perf_counter()
         scores = np.stack([c.scores for c in windowed_scores(
             waves(), scorer=scorer(bundle, batch_size=batch, **setting),
-            hop_frames=hop_frames)])
+            hop_frames=hop_frames, workers=2)])
         seconds = time.perf_counter() - start
         y = np.stack(targets)
         row = {**setting, "accuracy": metrics_lib.accuracy(logits=scores, targets=y),
