@@ -11,6 +11,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from fast_ast_jax import cli
 from fast_ast_jax.train.loop import train_and_evaluate
 
 config_flags.DEFINE_config_file("config", None, "training config file", lock_config=True)
@@ -22,8 +23,9 @@ def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
         logging.set_verbosity(logging.WARNING)
-    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    with cli.path_errors():
+        train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

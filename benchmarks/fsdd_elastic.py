@@ -91,8 +91,8 @@ def padded_table(restored, config, *, hops_ms, caps) -> dict[tuple[float, int], 
 
 def run(args) -> str:
     from fast_ast_jax.audio.frontend import FrontEnd
-    from fast_ast_jax.train import elastic
-    from fast_ast_jax.train.evaluation import load_checkpoint
+    from fast_ast_jax import checkpoints
+    from fast_ast_jax.train.evaluation import evaluate_checkpoint
     from fast_ast_jax.train.loop import train_and_evaluate
     from fast_ast_jax.train.task import build_pipeline, packed_task
 
@@ -101,9 +101,8 @@ def run(args) -> str:
     train_and_evaluate(config, str(work))
     e = config.elastic
     settings = [{}] + ([{"tome_r": args.r}] if args.r else [])
-    packed_rows = elastic.evaluate_elastic_checkpoint(work, config=config, settings=settings,
-                                                      echo=None)
-    restored = load_checkpoint(padded_dir)
+    packed_rows = evaluate_checkpoint(work, config=config, settings=settings, echo=None)
+    restored = checkpoints.load(padded_dir)
     pad_config = restored.config
     grid = [(float(h), int(c)) for h in e.eval_hops_ms for c in e.eval_max_frames]
     padded_acc = padded_table(restored, pad_config, hops_ms=e.eval_hops_ms,

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fast_ast_jax import distill  # noqa: E402
+from fast_ast_jax.distill.dump import dump  # noqa: E402
 from fast_ast_jax.train.config import recipe  # noqa: E402
 
 
@@ -81,7 +82,7 @@ def run(args) -> str:
     (cnn,) = evaluate(work / "cnn")
     rows.append(("CNN teacher", cnn, f"≈{cnn['xla_flops'] / 2e9:.3f} (XLA flops / 2)"))
     logits = work / "cnn" / "teacher_train.npz"
-    distill.dump(work / "cnn", out=logits, split="train")
+    dump(work / "cnn", out=logits, split="train")
     # 2. AST baseline, and the same checkpoint with ToMe switched on at evaluation.
     fastast = override(recipe(ROOT / "configs" / "fsdd_fastast.py", args.split), args.set)
     r = args.r if args.r is not None else fastast.model.tome_r
@@ -98,7 +99,7 @@ def run(args) -> str:
     rows.append((f"AST trained with ToMe (r={r}) + CMKD (lam={kd.distill.lam}, "
                  f"tau={kd.distill.tau})", evaluate(work / "ast_tome_kd")[0], None))
     if args.ensemble:  # 4. a stronger teacher: the CNN and the AST baseline together
-        distill.dump(work / "ast", out=work / "ast" / "teacher_train.npz", split="train")
+        dump(work / "ast", out=work / "ast" / "teacher_train.npz", split="train")
         ens = work / "ensemble_train.npz"
         distill.ensemble([logits, work / "ast" / "teacher_train.npz"], out=ens)
         rows.insert(2, ("CNN + AST baseline ensemble (teacher, mean logits)",
@@ -116,13 +117,13 @@ def ensemble_row(work: Path) -> dict:
     import numpy as np
 
     from fast_ast_jax.data import source_ids
-    from fast_ast_jax.train.evaluation import load_checkpoint
+    from fast_ast_jax.checkpoints import load as load_checkpoint
     from fast_ast_jax.train.task import build_pipeline
 
     members = []
     for name in ("cnn", "ast"):
         out = work / name / "teacher_eval.npz"
-        distill.dump(work / name, out=out, split="eval")
+        dump(work / name, out=out, split="eval")
         members.append(distill.load(out))
     logits = np.mean([m.lookup(members[0].ids) for m in members], axis=0)
     restored = load_checkpoint(work / "ast")

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fast_ast_jax.audio.frontend import FrontEnd
+from fast_ast_jax.bundle import Bundle
 from fast_ast_jax.models import posemb
 from fast_ast_jax.models.ast import AST, grid_shape
 
@@ -49,23 +50,6 @@ ARCH_FIELDS = ("width", "depth", "num_heads", "mlp_dim", "patch_size")
 # Original AST's defaults (reference.md §3.1) for the geometry of a `.pth` / timm import.
 AST_GEOMETRY = dict(fstride=10, tstride=10, frames=1024, num_mel_bins=128)
 HF_PREFIX = "audio_spectrogram_transformer."
-
-
-@dataclasses.dataclass(frozen=True)
-class Bundle:
-    """A loaded checkpoint: `model.apply({"params": params}, x)` gives the logits.
-
-    Attributes:
-        model: the Flax `AST` (geometry, size, eps, head) the params belong to.
-        params: nested dict of numpy float32 arrays (the `AST` param tree).
-        frontend: the waveform -> fbank settings the model expects.
-        labels: one name per output logit.
-    """
-
-    model: AST
-    params: dict[str, Any]
-    frontend: FrontEnd
-    labels: tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -566,7 +550,8 @@ def load(path: str | Path, *, num_classes: int | None = None,
          fstride: int | None = None, tstride: int | None = None,
          num_mel_bins: int | None = None, num_heads: int | None = None,
          dist_token: bool | None = None, source_grid: tuple[int, int] | None = None,
-         frontend: FrontEnd | None = None, seed: int = 0, **model_fields) -> Bundle:
+         frontend: FrontEnd | None = None, seed: int = 0, loss: str | None = None,
+         **model_fields) -> Bundle:
     """Load an HF directory, an original AST state dict or a timm DeiT/ViT state dict.
 
     Args:
@@ -584,10 +569,13 @@ def load(path: str | Path, *, num_classes: int | None = None,
         frontend: front-end settings; default: HF preprocessor_config.json, else AudioSet
             statistics with the model's mel bins and frames.
         seed: initialisation of a fresh head.
+        loss: "softmax" or "sigmoid" scores (default: "sigmoid" for AudioSet's 527 classes,
+            which are multi-label, else "softmax").
         **model_fields: any other `AST` field (dtype, dropout, tome_r, ...).
 
     Returns:
-        Bundle with model, params (numpy float32), frontend and labels.
+        fast_ast_jax.bundle.Bundle with model, params (numpy float32), frontend, labels
+        and loss (no config or step: these are not training checkpoints).
     """
     src = _read(path, num_heads=num_heads)
     fields = dict(src.fields)
@@ -617,7 +605,8 @@ def load(path: str | Path, *, num_classes: int | None = None,
         raise ValueError(f"front end has num_mel_bins={frontend.num_mel_bins}, the model "
                          f"expects {model.num_mel_bins}")
     return Bundle(model=model, params=params, frontend=frontend,
-                  labels=_labels(src.labels, model.num_classes, labels))
+                  labels=_labels(src.labels, model.num_classes, labels),
+                  loss=loss or ("sigmoid" if model.num_classes == 527 else "softmax"))
 
 
 def load_into(model: AST, path: str | Path, *, source_grid: tuple[int, int] | None = None,

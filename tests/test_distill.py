@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fast_ast_jax import distill
+from fast_ast_jax.distill.__main__ import main as distill_main
 
 RNG = np.random.default_rng(0)
 LABELS = ["dog", "cat", "bird", "car"]
@@ -105,7 +106,7 @@ def test_ensemble_averages_members_by_clip_id(tmp_path):
                  teacher={"model_class": "cnn", "split": "train"})
     distill.save(tmp_path / "b.npz", ids=["z", "x", "y"], logits=b, labels=LABELS,
                  teacher={"model_class": "ast", "split": "train"})  # another clip order
-    distill.main(["ensemble", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"),
+    distill_main(["ensemble", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"),
                   "--out", str(tmp_path / "e.npz")])
     e = distill.load(tmp_path / "e.npz")
     np.testing.assert_allclose(e.lookup(["x", "y", "z"]), (a + b[[1, 2, 0]]) / 2, rtol=1e-6)

@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 
 from fast_ast_jax import distill
+from fast_ast_jax.distill.__main__ import main as distill_main
+from fast_ast_jax.distill.dump import dump
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import SyntheticSource, source_ids
 from fast_ast_jax.data.pipeline import Augment, Pipeline
 from fast_ast_jax.models import CNNTeacher
 from fast_ast_jax.predict import predict
+from fast_ast_jax.checkpoints import load as load_checkpoint
 from fast_ast_jax.train import loop, task
-from fast_ast_jax.train.evaluation import evaluate_checkpoint, load_checkpoint
+from fast_ast_jax.train.evaluation import evaluate_checkpoint
 from tests.test_train import folder_data, load_config, run_one_step, tiny
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -58,7 +61,7 @@ def test_cnn_teacher_trains_evaluates_and_predicts(tmp_path):
     assert isinstance(restored.model, CNNTeacher) and restored.model.stages == "tiny"
     rows = evaluate_checkpoint(tmp_path / "work", echo=None)
     assert rows[0]["xla_flops"] > 0 and "macs" not in rows[0]  # MACs are counted for ASTs
-    with pytest.raises(ValueError, match="apply to an AST only"):
+    with pytest.raises(ValueError, match="apply to an AST or ElasticAST only"):
         evaluate_checkpoint(tmp_path / "work", settings=[{"tome_r": 2}], echo=None)
     out = predict([tmp_path / "data" / "audio" / "0.wav"], checkpoint=tmp_path / "work",
                   top_k=2)
@@ -72,7 +75,7 @@ def test_teacher_dump_then_fastast_student(tmp_path, capsys):
     teacher.num_steps = 2
     loop.train_and_evaluate(teacher, str(tmp_path / "teacher"))
     out = tmp_path / "teacher.npz"
-    distill.main(["dump", "--checkpoint", str(tmp_path / "teacher"), "--split", "train",
+    distill_main(["dump", "--checkpoint", str(tmp_path / "teacher"), "--split", "train",
                   "--out", str(out)])
     t = distill.load(out)
     assert t.ids == tuple(f"{i}.wav" for i in range(8)) and t.labels == ("0", "1", "2")
@@ -85,11 +88,11 @@ def test_teacher_dump_then_fastast_student(tmp_path, capsys):
     x = np.stack([pipe.example(i)[0] for i in range(2)])
     want = restored.model.apply({"params": restored.params}, x, train=False)
     np.testing.assert_allclose(t.logits[:2], want, rtol=1e-4, atol=1e-5)
-    distill.main(["inspect", str(out)])
+    distill_main(["inspect", str(out)])
     assert "8 clips x 3 classes, dense" in capsys.readouterr().out
-    distill.main(["dump", "--checkpoint", str(tmp_path / "teacher"), "--out",
+    distill_main(["dump", "--checkpoint", str(tmp_path / "teacher"), "--out",
                   str(tmp_path / "top1.npz"), "--top_k", "1"])
-    distill.main(["inspect", str(tmp_path / "top1.npz")])
+    distill_main(["inspect", str(tmp_path / "top1.npz")])
     assert "top-1" in capsys.readouterr().out
 
     student = with_data(tiny(load_config("fsdd_fastast", "official")), paths)
@@ -106,7 +109,7 @@ def test_teacher_dump_then_fastast_student(tmp_path, capsys):
         lam * logged["train/task_loss"] + (1 - lam) * logged["train/kd_loss"], rel=1e-5)
     assert np.isfinite(final["train_loss"])
     # A trained AST serves as a teacher too.
-    ast_teacher = distill.dump(tmp_path / "student", out=tmp_path / "ast.npz", echo=None)
+    ast_teacher = dump(tmp_path / "student", out=tmp_path / "ast.npz", echo=None)
     assert ast_teacher.teacher["model_class"] == "ast" and ast_teacher.ids == t.ids
     assert ast_teacher.teacher["model"]["tome_r"] == 1
 

@@ -10,12 +10,14 @@ import jax
 import numpy as np
 import pytest
 
+from fast_ast_jax import checkpoints
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import SyntheticSource
 from fast_ast_jax.data.packed import PackedPipeline, PackSpec
 from fast_ast_jax.models.elastic import ElasticAST
 from fast_ast_jax import sharding
 from fast_ast_jax.train import elastic, loop
+from fast_ast_jax.train.evaluation import evaluate_checkpoint
 from fast_ast_jax.train.forward import eval_forward
 from tests.test_data import write_folder
 
@@ -99,9 +101,8 @@ def test_one_step_test_config(tmp_path):
     lines = [json.loads(s) for s in (tmp_path / "work" / "metrics.jsonl").read_text()
              .splitlines()]
     assert "train/loss" in lines[0] and any("eval/hop20_len64/accuracy" in s for s in lines)
-    assert elastic.is_elastic_checkpoint(tmp_path / "work")
-    rows = elastic.evaluate_elastic_checkpoint(tmp_path / "work", echo=None,
-                                               settings=({}, {"tome_r": 0}))
+    assert isinstance(checkpoints.load(tmp_path / "work").model, ElasticAST)
+    rows = evaluate_checkpoint(tmp_path / "work", echo=None, settings=({}, {"tome_r": 0}))
     assert len(rows) == 8 and rows[4]["tome_r"] == 0
     for got, want in zip(rows[:4], table):
         assert got["accuracy"] == pytest.approx(want["accuracy"])
@@ -165,17 +166,6 @@ def test_init_from_pretrained_hf_directory(tmp_path):
         chex.assert_trees_all_close(params[name], expected[name], atol=1e-7)
     np.testing.assert_allclose(params["pos_embed"][0, 2:], expected["pos_embed"][0, 2:],
                                atol=1e-7)
-
-
-def test_padded_checkpoint_is_not_elastic(tmp_path):
-    from fast_ast_jax.train.checkpoint import Checkpointer
-
-    ckpt = Checkpointer(tmp_path / "checkpoints", every=1)
-    ckpt.save(1, {"params": {"w": np.zeros(2, np.float32)}}, {"model": {}, "loss": "softmax"})
-    ckpt.close()
-    assert not elastic.is_elastic_checkpoint(tmp_path)
-    with pytest.raises(ValueError, match="padded AST checkpoint, not an ElasticAST"):
-        elastic.load_elastic_checkpoint(tmp_path)
 
 
 def test_fsdd_elastic_table_script(tmp_path):

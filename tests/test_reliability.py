@@ -32,11 +32,12 @@ from fast_ast_jax.predict import predict, predict_windows
 from fast_ast_jax.train import loop
 from fast_ast_jax.train.checkpoint import CheckpointError, CheckpointMismatchError
 from fast_ast_jax.train.config import default_config
-from fast_ast_jax.train.evaluation import evaluate_checkpoint, load_checkpoint
+from fast_ast_jax.checkpoints import load as load_checkpoint
+from fast_ast_jax.train.evaluation import evaluate_checkpoint
 from fast_ast_jax.train.state import TrainState, make_optimizer
 from fast_ast_jax.train.step import train_step
 from fast_ast_jax.train.validate import validate_config
-from fast_ast_jax.windows import window_starts, windowed_scores
+from fast_ast_jax.windows import Scorer, window_starts, windowed_scores
 from tests.test_data import write_folder
 from tests.test_train import load_config
 
@@ -367,7 +368,7 @@ def test_train_py_rejects_bad_flags(tmp_path):
                               cwd=ROOT, timeout=120)
 
     typo = run("--config.batch_szie=8")
-    assert typo.returncode != 0 and 'Did you mean "batch_size"' in typo.stderr
+    assert typo.returncode == 2 and 'did you mean "batch_size"' in typo.stderr
     wrong = run("--config.batch_size=abc")
     assert wrong.returncode != 0 and "flag --config.batch_size=abc" in wrong.stderr
     neg = run("--config.optim.lr=-1")
@@ -427,14 +428,14 @@ def test_windowed_scores_batch_and_aggregate():
              for n in (3000, 16000 * 20, 8000, 16000 * 3)]
     calls = []
 
-    def apply(x):  # a fake 3-class model: class scores from mean feature values
+    def apply(x, frames=None):  # a fake 3-class model: class scores from mean features
         calls.append(x.shape)
         return np.stack([x.mean((1, 2)), x[:, :10].mean((1, 2)), -x.mean((1, 2))], -1)
 
     for multi in (False, True):
         calls.clear()
-        out = list(windowed_scores(iter(waves), apply=apply, frontend=FE, multi_label=multi,
-                                   batch_size=16))
+        out = list(windowed_scores(iter(waves), scorer=Scorer(
+            apply=apply, frontend=FE, multi_label=multi, batch_size=16)))
         assert len(out) == 4 and set(calls) == {(16, 48, 32)}  # fixed-size batches
         for wave, clip in zip(waves, out):
             starts = window_starts(len(wave), frontend=FE, hop_frames=24)

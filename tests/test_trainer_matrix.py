@@ -118,8 +118,6 @@ def test_cell_trains_checkpoints_resumes_and_evaluates(cell, tmp_path_factory, t
 
 @pytest.mark.parametrize("cell", CELLS, ids=["-".join(map(str, c)) for c in CELLS])
 def test_cell_predicts(cell, tmp_path_factory, teacher_file):
-    if cell[0] == "packed":
-        pytest.skip(reason="needs the one loader (infer branch)")
     work = train_cell(cell, tmp_path_factory, teacher_file)
     folder = tmp_path_factory.mktemp("clips")
     write_folder(folder, [("a.wav", "x", "1"), ("b.wav", "y", "1")], sr=22050)

@@ -7,23 +7,17 @@ Packed runs train through the one trainer (`train.loop.train_and_evaluate`, with
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 import jax.numpy as jnp
 import ml_collections
 
-from fast_ast_jax import convert, sharding
+from fast_ast_jax import sharding
 from fast_ast_jax.audio.frontend import FrontEnd
-from fast_ast_jax.data import make_source
 from fast_ast_jax.data.packed import PackedPipeline, PackSpec
-from fast_ast_jax.models.ast import AST, SIZES
-from fast_ast_jax.models.elastic import ElasticAST, params_from_ast
-from fast_ast_jax.train.checkpoint import Checkpointer, model_fields_from_meta
-from fast_ast_jax.train.evaluation import checkpoint_dir, format_table
+from fast_ast_jax.models.ast import SIZES
+from fast_ast_jax.models.elastic import ElasticAST
 from fast_ast_jax.train.forward import evaluate
-
-MODEL_KIND = "elastic"  # checkpoint meta "model_class" (older: "model_kind")
 
 # config.model fields that ElasticAST shares with AST.
 _SHARED = ("width", "depth", "num_heads", "mlp_dim", "fstride", "tstride", "dist_token",
@@ -99,76 +93,3 @@ def elastic_sweep(params, *, model: ElasticAST, source, frontend: FrontEnd, spec
         params, model=model, mesh=mesh or sharding.make_mesh(), multi_label=multi_label,
         pipelines=table_pipelines(source, frontend=frontend, spec=spec, hops_ms=hops_ms,
                                   max_frames=max_frames, on_bad_clip=on_bad_clip))
-
-
-def init_from_ast(path: str, model: ElasticAST, *, init, seed: int = 0):
-    """ElasticAST params from an AST checkpoint (HF dir, AST .pth, timm DeiT; see
-    fast_ast_jax.convert) of the same size and patch grid, via `params_from_ast`."""
-    ast = AST(num_classes=model.num_classes, width=model.width, depth=model.depth,
-              num_heads=model.num_heads, mlp_dim=model.mlp_dim, patch_size=model.patch_size,
-              fstride=model.fstride, tstride=model.tstride, num_mel_bins=model.num_mel_bins,
-              frames=model.frames, dist_token=model.dist_token)
-    ast_params = convert.load_into(ast, path, seed=seed)
-    return params_from_ast(model, ast_params, ast_grid=ast.grid(), num_prefix=ast.num_prefix,
-                           init=init)
-
-
-def _is_elastic(meta: dict) -> bool:
-    return MODEL_KIND in (meta.get("model_class"), meta.get("model_kind"))
-
-
-def is_elastic_checkpoint(path: str | Path) -> bool:
-    """Whether the latest checkpoint under `path` holds an ElasticAST."""
-    ckpt = Checkpointer(checkpoint_dir(path))
-    try:
-        _, meta = ckpt.restore()
-    finally:
-        ckpt.close()
-    return _is_elastic(meta)
-
-
-def load_elastic_checkpoint(path: str | Path) -> tuple[Any, ElasticAST, dict]:
-    """(params, model, meta) of an ElasticAST checkpoint (latest step).
-
-    Raises:
-        ValueError: if the checkpoint is not an ElasticAST one.
-    """
-    ckpt = Checkpointer(checkpoint_dir(path))
-    try:
-        state, meta = ckpt.restore()
-    finally:
-        ckpt.close()
-    if not _is_elastic(meta):
-        raise ValueError(f"{path} holds a padded AST checkpoint, not an ElasticAST one; "
-                         "evaluate it with fast_ast_jax.train.evaluation")
-    fields = model_fields_from_meta(meta)
-    fields["dtype"] = jnp.dtype(fields["dtype"])
-    return state["params"], ElasticAST(**fields), meta
-
-
-def evaluate_elastic_checkpoint(path: str | Path, *, config=None, split: str = "eval",
-                                settings: Sequence[dict] = ({},),
-                                echo=print) -> list[dict[str, Any]]:
-    """The (eval_hops_ms x eval_max_frames) table of a checkpoint for each model setting
-    (e.g. {"tome_r": 8}); data and table axes from `config` (default: the checkpoint's)."""
-    params, model, meta = load_elastic_checkpoint(path)
-    config = config or ml_collections.ConfigDict(meta["config"])
-    kwargs = config.data[split].to_dict()
-    if not kwargs:
-        raise ValueError(f"config.data.{split} is empty: nothing to evaluate on")
-    frontend = FrontEnd.from_dict(meta["frontend"])
-    source = make_source(config.data.source, sample_rate=frontend.sample_rate, **kwargs)
-    if list(source.labels) != list(meta["labels"]):
-        raise ValueError(f"the {split} data labels {list(source.labels)} differ from the "
-                         f"checkpoint's {meta['labels']}")
-    rows = []
-    for setting in settings:
-        variant = model.clone(**setting)
-        rows += [{**setting, **row} for row in elastic_sweep(
-            params, model=variant, source=source, frontend=frontend,
-            spec=pack_spec(config, variant), hops_ms=config.elastic.eval_hops_ms,
-            max_frames=config.elastic.eval_max_frames, multi_label=meta["loss"] == "sigmoid",
-            on_bad_clip=config.data.on_bad_clip)]
-    if echo:
-        echo(format_table(rows))
-    return rows

@@ -1,70 +1,35 @@
-"""Evaluate a checkpoint: accuracy / mAP, with ToMe / TopK overrides and sweeps."""
+"""Evaluate a checkpoint of any kind: accuracy / mAP, with ToMe / TopK overrides and sweeps.
+
+Padded models (AST, CNN teacher) are evaluated on the cropped training input (model-only
+clips/s) or, with `hop_frames`, on whole clips by sliding windows; an ElasticAST prints its
+(eval_hops_ms x eval_max_frames) table per setting, or is scored on whole clips at their own
+length (windows only past its row) with `hop_frames`.
+"""
 from __future__ import annotations
 
-import dataclasses
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import jax
 import ml_collections
+import numpy as np
 
-from fast_ast_jax import sharding
-from fast_ast_jax.audio.frontend import FrontEnd
-from fast_ast_jax.models import AST, model_from_fields
-from fast_ast_jax.train.checkpoint import Checkpointer, model_fields_from_meta
+from fast_ast_jax import bench, checkpoints, maps, sharding
+from fast_ast_jax.audio.io import AudioError
+from fast_ast_jax.bundle import Bundle
+from fast_ast_jax.data import make_source
+from fast_ast_jax.models import AST, ElasticAST
+from fast_ast_jax.train import metrics as metrics_lib
+from fast_ast_jax.train.elastic import elastic_sweep, pack_spec
+from fast_ast_jax.train.forward import evaluate
+from fast_ast_jax.train.task import build_pipeline
+from fast_ast_jax.train.table import format_table
+from fast_ast_jax.windows import scorer, windowed_scores
 
-# Short names accepted by --sweep / overrides -> AST fields.
+# Short names accepted by --sweep / overrides -> model fields.
 FIELD_ALIASES = {"r": "tome_r", "tome_r": "tome_r", "keep_rate": "prune_keep_rate",
                  "prune_keep_rate": "prune_keep_rate"}
-
-
-@dataclasses.dataclass
-class Restored:
-    """What a checkpoint holds for inference."""
-
-    params: Any
-    model: Any  # AST or CNNTeacher (checkpoint meta "model_class")
-    frontend: FrontEnd
-    labels: list[str]
-    loss: str
-    config: ml_collections.ConfigDict
-    step: int
-
-
-def checkpoint_dir(path: str | Path) -> Path:
-    """A workdir (holding checkpoints/) or the checkpoints directory itself."""
-    path = Path(path)
-    return path / "checkpoints" if (path / "checkpoints").is_dir() else path
-
-
-def is_checkpoint_dir(path: str | Path) -> bool:
-    """Whether `path` is a training workdir or checkpoints dir (numeric step dirs)."""
-    path = checkpoint_dir(path)
-    return path.is_dir() and any(p.name.isdigit() and p.is_dir() for p in path.iterdir())
-
-
-def load_checkpoint(path: str | Path, *, step: int | None = None) -> Restored:
-    """Params (as saved, on the host), model, front-end and labels of a checkpoint.
-
-    Without `step`, the latest readable step (an unreadable newer one is skipped with a
-    warning naming it). Raises FileNotFoundError (no checkpoint) or CheckpointError.
-    """
-    directory = checkpoint_dir(path)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass a training workdir "
-                                "or its checkpoints/ directory")
-    ckpt = Checkpointer(directory, create=False)
-    try:
-        state, meta = ckpt.restore(step, fallback=True)
-        step = ckpt.restored_step
-    finally:
-        ckpt.close()
-    fields = model_fields_from_meta(meta)
-    model = model_from_fields(meta.get("model_class", "ast"), fields)
-    return Restored(params=state["params"], model=model,
-                    frontend=FrontEnd.from_dict(meta["frontend"]), labels=list(meta["labels"]),
-                    loss=meta["loss"], config=ml_collections.ConfigDict(meta["config"]),
-                    step=int(step))
 
 
 def parse_sweep(spec: str) -> list[dict[str, Any]]:
@@ -78,82 +43,54 @@ def parse_sweep(spec: str) -> list[dict[str, Any]]:
     return [{field: cast(v)} for v in values.split(",") if v.strip()]
 
 
-def _macs(model, frames: int) -> float | None:
-    """Forward MACs per clip of an AST, counted from its token plan (fast_ast_jax.bench);
-    None for other models (see _xla_flops)."""
-    if not isinstance(model, AST):
-        return None
-    from fast_ast_jax.bench import ast_macs
+def _cost(model, params, frontend) -> dict[str, float]:
+    """{"macs": analytic forward MACs per clip} for an AST (fast_ast_jax.bench), else
+    {"xla_flops": XLA's cost analysis of the forward, batch of one} (flops, not MACs)."""
+    if isinstance(model, AST):
+        return {"macs": float(bench.ast_macs(model, frames=frontend.target_frames).total)}
+    x = jax.numpy.zeros((1, frontend.target_frames, frontend.num_mel_bins), jax.numpy.float32)
+    return {"xla_flops": bench.xla_flops(
+        lambda p, x: model.apply({"params": p}, x, train=False), params, x)}
 
-    return float(ast_macs(model, frames=frames).total)
 
-
-def _xla_flops(model, params, *, frames: int, bins: int) -> float:
-    """Forward flops per clip that XLA's cost analysis reports (batch of one), for models
-    without an analytic MAC count (the CNN teacher)."""
-    import jax.numpy as jnp
-
-    from fast_ast_jax.bench import xla_flops
-
-    x = jnp.zeros((1, frames, bins), jnp.float32)
-    return xla_flops(lambda p, x: model.apply({"params": p}, x, train=False), params, x)
+def _with_speedup(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Adds "speedup": clips/s over the first row's."""
+    return [{**r, "speedup": r["clips_per_s"] / rows[0]["clips_per_s"]} for r in rows]
 
 
 def evaluate_checkpoint(path: str | Path, *, config: ml_collections.ConfigDict | None = None,
                         split: str = "eval", settings: Sequence[dict] = ({},),
                         plot: str | Path | None = None, echo=print,
                         hop_frames: int | None = None) -> list[dict[str, Any]]:
-    """Evaluate a checkpoint under each model setting (e.g. {"tome_r": 8}).
+    """Evaluate a checkpoint (any kind) under each model setting (e.g. {"tome_r": 8}).
 
     Args:
         path: workdir or checkpoints directory.
         config: data config to evaluate on (default: the checkpoint's own).
         split: "eval" or "train" (config.data.<split>).
-        settings: AST field overrides, one evaluation each (the first is the baseline of
+        settings: model field overrides, one evaluation each (the first is the baseline of
             the speedup column).
         plot: write a PNG of accuracy (or mAP) against clips/s there.
-        hop_frames: score whole clips by sliding windows of target_frames every hop_frames
-            frames (fast_ast_jax.windows) instead of cropping them to target_frames.
+        hop_frames: score whole clips by sliding windows every hop_frames frames
+            (fast_ast_jax.windows) instead of the cropped input / the packed table.
     Returns:
-        one row per setting: the overrides, accuracy (mAP), clips_per_s, speedup, and
-        macs (AST: analytic count from fast_ast_jax.bench) or xla_flops (other models:
-        XLA's cost analysis of the forward pass, flops not MACs).
+        one row per setting (ElasticAST: per setting, hop and length cap): the overrides,
+        accuracy (mAP), clips_per_s, speedup; padded models add macs (AST: analytic count)
+        or xla_flops (other models: XLA's cost analysis, flops not MACs).
     """
-    from fast_ast_jax.train.forward import evaluate
-    from fast_ast_jax.train.task import build_pipeline
-
-    restored = load_checkpoint(path)
-    config = config or restored.config
+    bundle = checkpoints.load(path)
+    config = config or bundle.config
+    if not isinstance(bundle.model, (AST, ElasticAST)) and any(settings):
+        raise ValueError(f"token-reduction settings {list(settings)} apply to an AST or "
+                         f"ElasticAST only; {path} holds a {type(bundle.model).__name__}")
     if hop_frames is not None:
-        return _evaluate_windows(restored, config, split=split, settings=settings,
-                                 hop_frames=hop_frames, echo=echo)
-    pipeline = build_pipeline(config, split, frontend=restored.frontend, train=False)
-    if pipeline is None:
-        raise ValueError(f"config.data.{split} is empty: nothing to evaluate on")
-    if list(pipeline.source.labels) != restored.labels:
-        raise ValueError(f"the {split} data labels {list(pipeline.source.labels)} differ from "
-                         f"the checkpoint's {restored.labels}")
-    if not isinstance(restored.model, AST) and any(settings):
-        raise ValueError(f"token-reduction settings {list(settings)} apply to an AST only; "
-                         f"{path} holds a {type(restored.model).__name__}")
-    mesh = sharding.make_mesh()
-    params = jax.device_put(restored.params, sharding.param_shardings(restored.params, mesh))
-    rows = []
-    for setting in settings:
-        model = restored.model.clone(**setting)
-        result = evaluate(params, model=model, pipeline=pipeline, mesh=mesh,
-                          multi_label=restored.loss == "sigmoid",
-                          desc=" ".join(f"{k}={v}" for k, v in setting.items()) or "eval")
-        row = {**setting, **result}
-        macs = _macs(model, restored.frontend.target_frames)
-        if macs is not None:
-            row["macs"] = macs
-        else:  # labelled differently: XLA's count, not the analytic MACs
-            row["xla_flops"] = _xla_flops(model, params, frames=restored.frontend.target_frames,
-                                          bins=restored.frontend.num_mel_bins)
-        row["speedup"] = row["clips_per_s"] / (rows[0]["clips_per_s"] if rows
-                                               else row["clips_per_s"])
-        rows.append(row)
+        rows = _evaluate_windows(bundle, config, split=split, settings=settings,
+                                 hop_frames=hop_frames)
+    elif isinstance(bundle.model, ElasticAST):
+        rows = _evaluate_packed(bundle, config, split=split, settings=settings)
+    else:
+        rows = _evaluate_padded(bundle, config, split=split, settings=settings)
+    rows = _with_speedup(rows)
     if echo:
         echo(format_table(rows))
     if plot:
@@ -161,34 +98,77 @@ def evaluate_checkpoint(path: str | Path, *, config: ml_collections.ConfigDict |
     return rows
 
 
-def _evaluate_windows(restored: Restored, config, *, split: str, settings: Sequence[dict],
-                      hop_frames: int, echo) -> list[dict[str, Any]]:
-    """evaluate_checkpoint over whole clips scored by sliding windows (bad clips skipped
-    and counted, or fatal, as config.data.on_bad_clip says). clips_per_s here includes
-    decoding and features (windows are featurised on the fly), unlike the cropped path."""
-    import time
+def write_split_maps(path: str | Path, *, directory: str | Path, num_maps: int,
+                     config: ml_collections.ConfigDict | None = None, split: str = "eval",
+                     **overrides) -> list[Path]:
+    """Token-reduction maps (fast_ast_jax.maps) of the first `num_maps` clips of a split,
+    named <index>_<clip id>_merge.png / _kept.png, for the checkpoint's settings or the
+    model field `overrides` (tome_r=8, prune_keep_rate=0.5, ...)."""
+    bundle = checkpoints.load(path)
+    source = _source(bundle, config or bundle.config, split)
+    paths = []
+    for i in range(min(num_maps, len(source))):
+        ex = source[i]
+        name = f"{i}_{Path(str(ex.get('id', i))).stem}"
+        paths += maps.write_maps(bundle, ex["audio"], directory=directory, name=name,
+                                 **overrides)
+    return paths
 
-    import numpy as np
 
-    from fast_ast_jax.audio.io import AudioError
-    from fast_ast_jax.data import make_source
-    from fast_ast_jax.train import metrics as metrics_lib
-    from fast_ast_jax.windows import windowed_scores
-
+def _source(bundle: Bundle, config, split: str):
     kwargs = config.data[split].to_dict()
     if not kwargs:
         raise ValueError(f"config.data.{split} is empty: nothing to evaluate on")
-    source = make_source(config.data.source, sample_rate=restored.frontend.sample_rate,
-                         **kwargs)
-    if list(source.labels) != restored.labels:
+    source = make_source(config.data.source, sample_rate=bundle.frontend.sample_rate, **kwargs)
+    if tuple(source.labels) != bundle.labels:
         raise ValueError(f"the {split} data labels {list(source.labels)} differ from "
-                         f"the checkpoint's {restored.labels}")
-    multi = restored.loss == "sigmoid"
+                         f"the checkpoint's {list(bundle.labels)}")
+    return source
+
+
+def _evaluate_padded(bundle: Bundle, config, *, split: str,
+                     settings: Sequence[dict]) -> list[dict[str, Any]]:
+    """Cropped training input; clips/s of the jitted model alone."""
+    pipeline = build_pipeline(config, split, frontend=bundle.frontend, train=False,
+                              source=_source(bundle, config, split))
+    mesh = sharding.make_mesh()
+    params = jax.device_put(bundle.params, sharding.param_shardings(bundle.params, mesh))
+    rows = []
+    for setting in settings:
+        model = bundle.model.clone(**setting)
+        result = evaluate(params, model=model, pipeline=pipeline, mesh=mesh,
+                          multi_label=bundle.multi_label,
+                          desc=" ".join(f"{k}={v}" for k, v in setting.items()) or "eval")
+        rows.append({**setting, **result, **_cost(model, params, bundle.frontend)})
+    return rows
+
+
+def _evaluate_packed(bundle: Bundle, config, *, split: str,
+                     settings: Sequence[dict]) -> list[dict[str, Any]]:
+    """The ElasticAST (eval_hops_ms x eval_max_frames) table, one compiled program per
+    setting; clips/s of the jitted model alone, as for padded models."""
+    source = _source(bundle, config, split)
+    e, mesh = config.elastic, sharding.make_mesh()
+    rows = []
+    for setting in settings:
+        model = bundle.model.clone(**setting)
+        rows += [{**setting, **row} for row in elastic_sweep(
+            bundle.params, model=model, source=source, frontend=bundle.frontend,
+            spec=pack_spec(config, model), hops_ms=e.eval_hops_ms,
+            max_frames=e.eval_max_frames, multi_label=bundle.multi_label, mesh=mesh,
+            on_bad_clip=config.data.on_bad_clip)]
+    return rows
+
+
+def _evaluate_windows(bundle: Bundle, config, *, split: str, settings: Sequence[dict],
+                      hop_frames: int) -> list[dict[str, Any]]:
+    """Whole clips scored by sliding windows (bad clips skipped and counted, or fatal, as
+    config.data.on_bad_clip says). clips_per_s here includes decoding and features
+    (windows are featurised on the fly), unlike the cropped path."""
+    source = _source(bundle, config, split)
     batch = config.get("eval_batch_size") or 2 * config.batch_size
     rows = []
     for setting in settings:
-        model = restored.model.clone(**setting)
-        forward = jax.jit(lambda p, x, m=model: m.apply({"params": p}, x, train=False))
         targets, bad = [], []
 
         def waves():
@@ -211,31 +191,17 @@ def _evaluate_windows(restored: Restored, config, *, split: str, settings: Seque
 
         start = time.perf_counter()
         scores = np.stack([c.scores for c in windowed_scores(
-            waves(), apply=lambda x: forward(restored.params, x), frontend=restored.frontend,
-            multi_label=multi, hop_frames=hop_frames, batch_size=batch)])
+            waves(), scorer=scorer(bundle, batch_size=batch, **setting),
+            hop_frames=hop_frames, workers=2)])
         seconds = time.perf_counter() - start
         y = np.stack(targets)
         row = {**setting, "accuracy": metrics_lib.accuracy(logits=scores, targets=y),
                "clips_per_s": len(y) / seconds, "num_clips": float(len(y)),
                "bad_clips": float(len(bad))}
-        if multi:
+        if bundle.multi_label:
             row["mAP"] = metrics_lib.mean_average_precision(logits=scores, targets=y)
-        row["speedup"] = row["clips_per_s"] / (rows[0]["clips_per_s"] if rows
-                                               else row["clips_per_s"])
         rows.append(row)
-    if echo:
-        echo(format_table(rows))
     return rows
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    keys = list(dict.fromkeys(k for r in rows for k in r if k != "num_clips"))
-    lines = [" | ".join(f"{k:>12}" for k in keys)]
-    for r in rows:
-        lines.append(" | ".join(
-            f"{r[k]:>12.4g}" if isinstance(r.get(k), float) else f"{str(r.get(k, '')):>12}"
-            for k in keys))
-    return "\n".join(lines)
 
 
 def plot_sweep(rows: list[dict[str, Any]], path: str | Path) -> None:

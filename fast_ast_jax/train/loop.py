@@ -23,13 +23,13 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from fast_ast_jax import distill, sharding
+from fast_ast_jax import checkpoints, distill, sharding
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.models import model_fields, model_name
 from fast_ast_jax.train import metrics as metrics_lib
 from fast_ast_jax.train.checkpoint import Checkpointer
-from fast_ast_jax.train.evaluation import format_table
 from fast_ast_jax.train.forward import evaluate, kind_of
+from fast_ast_jax.train.table import format_table
 from fast_ast_jax.train.state import TrainState, learning_rate_schedule, make_optimizer
 from fast_ast_jax.train.step import train_step
 from fast_ast_jax.train.task import Task, make_task
@@ -255,7 +255,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     else:
         state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
         if config.init_from:  # 2. pretrained
-            params = task.init_from(config.init_from, fresh=state.params, seed=config.seed)
+            params = checkpoints.init_params(config.init_from, model, seed=config.seed,
+                                             fresh=state.params)
             params = jax.device_put(params, shardings.params)
             state = jax.jit(lambda p, s: s.replace(params=p, opt_state=tx.init(p)),
                             out_shardings=shardings)(params, state)

@@ -12,21 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import numpy as np
 
-from fast_ast_jax import convert
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import make_source
 from fast_ast_jax.data.packed import PackedPipeline
 from fast_ast_jax.data.pipeline import Augment, Pipeline
-from fast_ast_jax.models import AST, create_ast, create_cnn
-from fast_ast_jax.train.checkpoint import check_shapes
-from fast_ast_jax.train.elastic import (build_elastic_model, init_from_ast, pack_spec,
-                                        table_pipelines)
-from fast_ast_jax.train.evaluation import checkpoint_dir, is_checkpoint_dir, load_checkpoint
+from fast_ast_jax.models import create_ast, create_cnn
+from fast_ast_jax.train.elastic import build_elastic_model, pack_spec, table_pipelines
 
 
 @dataclasses.dataclass
@@ -41,14 +37,12 @@ class Task:
         every entry (rows {**key, **metrics}, logged as "eval/<name>/<metric>").
     example: a host batch with the model input's shapes (one clip / one row), for the
         `jax.eval_shape` state initialisation.
-    init_from: (path, fresh params, seed) -> pretrained params (config.init_from).
     """
 
     model: nn.Module
     train: Any
     evals: list[tuple[str, dict, Any]]
     example: dict[str, np.ndarray]
-    init_from: Callable[..., Any]
 
     @property
     def has_table(self) -> bool:
@@ -93,26 +87,6 @@ def build_pipeline(config, split: str, *, frontend: FrontEnd, train: bool,
                     on_bad_clip=config.data.on_bad_clip)
 
 
-def _init_padded(path: str, model, *, fresh, seed: int):
-    """Pretrained weights: a fast_ast_jax training workdir / checkpoints dir (same model
-    geometry required; a fresh head when the class count differs), or HF dir, AST .pth,
-    timm DeiT adapted to this model's position grid (fast_ast_jax.convert).
-
-    fresh: this model's freshly initialised params (shapes to check against, and the head).
-    """
-    if not isinstance(model, AST):
-        raise ValueError(f"config.init_from={path!r} loads AST weights; a "
-                         f"{type(model).__name__} (config.model.name) cannot use them")
-    if is_checkpoint_dir(path):
-        params = dict(load_checkpoint(path).params)
-        if params["head"]["kernel"].shape != fresh["head"]["kernel"].shape:
-            params["head"] = fresh["head"]  # another label set: new classifier
-        check_shapes(params, fresh, where=f"config.init_from {checkpoint_dir(path)}",
-                     exact=True)
-        return params
-    return convert.load_into(model, path, seed=seed)
-
-
 def padded_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
     train = build_pipeline(config, "train", frontend=frontend, train=True, teacher=teacher)
     labels = list(train.source.labels)
@@ -123,9 +97,7 @@ def padded_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
     model = build_model(config.model, num_classes=len(labels), frontend=frontend)
     example = {"x": np.zeros((1, frontend.target_frames, frontend.num_mel_bins), np.float32)}
     return Task(model=model, train=train, evals=[] if evals is None else [("", {}, evals)],
-                example=example,
-                init_from=lambda path, *, fresh, seed: _init_padded(path, model, fresh=fresh,
-                                                                    seed=seed))
+                example=example)
 
 
 def packed_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
@@ -160,9 +132,7 @@ def packed_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
                "segment_ids": np.ones((1, 8), np.int32),
                "positions": np.zeros((1, 8, 2), np.int32),
                "slot_index": np.zeros((1, 1), np.int32)}
-    return Task(model=model, train=train, evals=evals, example=example,
-                init_from=lambda path, *, fresh, seed: init_from_ast(path, model, init=fresh,
-                                                                     seed=seed))
+    return Task(model=model, train=train, evals=evals, example=example)
 
 
 def make_task(config, *, frontend: FrontEnd, teacher=None) -> Task:

@@ -16,7 +16,9 @@ Top-k files keep only the K largest logits per clip (AudioSet has 527 classes); 
 are read as `fill_value` (default -1000: probability 0 under sigmoid and softmax, yet finite
 so KL terms stay 0 * finite, never NaN).
 
-Command line (a thin layer over `dump` / `summary`):
+This package reads and writes the format and imports no training code; `dump`
+(fast_ast_jax.distill.dump) runs a checkpoint over a data split, and the command line
+(fast_ast_jax/distill/__main__.py) is a thin layer over `dump`, `ensemble` and `summary`:
     python -m fast_ast_jax.distill dump --checkpoint WORKDIR [--config FILE[:ARG]] \
         [--split train] --out teacher.npz [--top_k K]
     python -m fast_ast_jax.distill ensemble a.npz b.npz [...] --out teacher.npz
@@ -27,7 +29,6 @@ trained AST: their errors differ, so the mean is a stronger teacher than either)
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -193,67 +194,6 @@ def _check_unique(path: str, ids: np.ndarray) -> None:
                                  "more than once; ids must be unique")
 
 
-def dump(checkpoint: str | os.PathLike, *, out: str | os.PathLike, config=None,
-         split: str = "train", top_k: int | None = None, batch_size: int = 0,
-         echo=print) -> TeacherLogits:
-    """Compute a frozen teacher's logits for every clip of a data split and save them.
-
-    The checkpoint (any model: CNN teacher or AST) is run deterministically (train=False,
-    no augmentation) on features made by its own front-end.
-
-    Args:
-        checkpoint: training workdir or its checkpoints/ directory.
-        out: output .npz path.
-        config: data config (default: the checkpoint's own); config.data.<split> is used.
-        split: "train" (what a student trains on) or "eval".
-        top_k: keep only the k largest logits per clip (None = dense).
-        batch_size: clips per forward pass (0 = the config's eval batch size).
-    Returns:
-        the saved file, loaded back (validated).
-    """
-    import functools
-
-    import jax
-    from tqdm import tqdm
-
-    from fast_ast_jax.data import source_ids
-    from fast_ast_jax.models import model_fields, model_name
-    from fast_ast_jax.train.evaluation import checkpoint_dir, load_checkpoint
-    from fast_ast_jax.train.task import build_pipeline
-
-    restored = load_checkpoint(checkpoint)
-    config = config or restored.config
-    if batch_size:
-        config = config.copy_and_resolve_references()
-        config.eval_batch_size = batch_size
-    pipeline = build_pipeline(config, split, frontend=restored.frontend, train=False)
-    if pipeline is None:
-        raise ValueError(f"config.data.{split} is empty: no clips to compute logits for")
-    if list(pipeline.source.labels) != restored.labels:
-        raise TeacherLogitsError(
-            f"{checkpoint}: the teacher's labels {restored.labels} differ from the "
-            f"{split} data's {list(pipeline.source.labels)}")
-    ids = source_ids(pipeline.source)
-    model = restored.model
-    forward = jax.jit(functools.partial(model.apply, train=False))
-    params = jax.device_put(restored.params)
-    chunks = []
-    for batch, _ in tqdm(pipeline.iterate(), total=pipeline.steps_per_epoch,
-                         desc=f"teacher logits ({split})"):
-        logits = np.asarray(forward({"params": params}, batch["x"]))
-        chunks.append(logits[batch["mask"] > 0])
-    logits = np.concatenate(chunks)
-    teacher = {"model_class": model_name(model), "model": model_fields(model),
-               "checkpoint": str(checkpoint_dir(checkpoint).absolute()),
-               "step": restored.step, "split": split, "loss": restored.loss,
-               "frontend": restored.frontend.to_dict()}
-    save(out, ids=ids, logits=logits, labels=restored.labels, teacher=teacher, top_k=top_k)
-    result = load(out)
-    if echo:
-        echo(summary(result, top_k=top_k))
-    return result
-
-
 def ensemble(paths: Sequence[str | os.PathLike], *, out: str | os.PathLike,
              top_k: int | None = None) -> TeacherLogits:
     """Write the mean logits of several teacher files (same clip ids and labels) to `out`.
@@ -300,43 +240,3 @@ def summary(teacher_logits: TeacherLogits, *, top_k: int | None = None) -> str:
              f"  logits: mean {t.logits.mean():.3f}, std {t.logits.std():.3f}, "
              f"min {t.logits.min():.3f}, max {t.logits.max():.3f}"]
     return "\n".join(lines)
-
-
-def _config_file(spec: str):
-    """FILE[:ARG] -> get_config(ARG) of that config file."""
-    from fast_ast_jax.train.config import recipe
-
-    path, _, arg = spec.partition(":")
-    return recipe(path, arg or None)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m fast_ast_jax.distill",
-                                     description="Teacher logits for distillation.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("dump", help="compute a checkpoint's logits for a data split")
-    d.add_argument("--checkpoint", required=True, help="training workdir or checkpoints/")
-    d.add_argument("--config", help="data config FILE[:ARG] (default: the checkpoint's)")
-    d.add_argument("--split", default="train", help="config.data split (default train)")
-    d.add_argument("--out", required=True, help="output .npz")
-    d.add_argument("--top_k", type=int, default=None, help="keep the k largest logits")
-    d.add_argument("--batch_size", type=int, default=0, help="clips per forward pass")
-    e = sub.add_parser("ensemble", help="average the logits of several teacher files")
-    e.add_argument("files", nargs="+")
-    e.add_argument("--out", required=True, help="output .npz")
-    e.add_argument("--top_k", type=int, default=None, help="keep the k largest logits")
-    i = sub.add_parser("inspect", help="summarise a teacher-logits file")
-    i.add_argument("file")
-    args = parser.parse_args(argv)
-    if args.command == "dump":
-        config = _config_file(args.config) if args.config else None
-        dump(args.checkpoint, out=args.out, config=config, split=args.split,
-             top_k=args.top_k, batch_size=args.batch_size)
-    elif args.command == "ensemble":
-        print(summary(ensemble(args.files, out=args.out, top_k=args.top_k)))
-    else:
-        print(summary(load(args.file)))
-
-
-if __name__ == "__main__":
-    main()

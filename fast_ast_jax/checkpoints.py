@@ -1,0 +1,128 @@
+"""Load any checkpoint for inference or as initial weights: one loader, one `Bundle`.
+
+    load(path)  -> Bundle   a training workdir / checkpoints dir of any model kind (AST,
+                            CNN teacher, ElasticAST), or imported weights (HF directory,
+                            original AST .pth, timm DeiT/ViT: fast_ast_jax.convert)
+    init_params(path, model, fresh=..., seed=...)   config.init_from for any model kind
+
+Reading never creates anything: a mistyped path is a FileNotFoundError naming it, and the
+directory is left as it was. This module sits below the training loop (train/loop.py,
+train/elastic.py), `predict`, `evaluate.py` and `distill dump`, which all load through it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from fast_ast_jax import convert
+from fast_ast_jax.audio.frontend import FrontEnd
+from fast_ast_jax.bundle import Bundle
+from fast_ast_jax.models import AST, CNNTeacher, ElasticAST, model_from_fields, name_from_meta
+from fast_ast_jax.models.elastic import params_from_ast
+from fast_ast_jax.train.checkpoint import Checkpointer, check_shapes, model_fields_from_meta
+
+
+def checkpoint_dir(path: str | Path) -> Path:
+    """A workdir (holding checkpoints/) or the checkpoints directory itself."""
+    path = Path(path)
+    return path / "checkpoints" if (path / "checkpoints").is_dir() else path
+
+
+def is_checkpoint_dir(path: str | Path) -> bool:
+    """Whether `path` is a training workdir or checkpoints dir (numeric step dirs)."""
+    path = checkpoint_dir(path)
+    return path.is_dir() and any(p.name.isdigit() and p.is_dir() for p in path.iterdir())
+
+
+def _is_imported(path: Path) -> bool:
+    """An HF model directory or a weights file that fast_ast_jax.convert reads."""
+    return (path.is_dir() and (path / "config.json").is_file()) or (
+        path.is_file() and path.suffix.lower() in (".safetensors", ".bin", ".pth", ".pt",
+                                                   ".ckpt", ".npz"))
+
+
+def load(path: str | Path, *, step: int | None = None) -> Bundle:
+    """The model, params (on the host, as saved), front-end and labels of a checkpoint.
+
+    Args:
+        path: a training workdir or its checkpoints/ directory (any model kind), or an HF
+            directory / AST or timm weights file (fast_ast_jax.convert.load defaults).
+        step: a training step to read (default: the latest readable one; an unreadable
+            newer one is skipped with a warning naming it).
+    Raises:
+        FileNotFoundError: no such path, or no checkpoint in it.
+        fast_ast_jax.train.checkpoint.CheckpointError: no readable step.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass a training workdir, "
+                                "its checkpoints/ directory, or an HF / .pth weights path")
+    if not is_checkpoint_dir(path):
+        if _is_imported(path):
+            return convert.load(path)
+        raise FileNotFoundError(f"no checkpoint in {path}: expected a training workdir "
+                                "(checkpoints/<step>/), or an HF / .pth weights path")
+    ckpt = Checkpointer(checkpoint_dir(path), create=False)
+    try:
+        state, meta = ckpt.restore(step, fallback=step is None)
+        step = ckpt.restored_step
+    finally:
+        ckpt.close()
+    model = model_from_fields(name_from_meta(meta), model_fields_from_meta(meta))
+    return Bundle(model=model, params=state["params"],
+                  frontend=FrontEnd.from_dict(meta["frontend"]),
+                  labels=tuple(str(label) for label in meta["labels"]), loss=meta["loss"],
+                  config=ml_collections.ConfigDict(meta["config"]), step=int(step))
+
+
+def _ast_twin(model: ElasticAST) -> AST:
+    """The padded AST whose weights `params_from_ast` turns into `model`'s."""
+    return AST(num_classes=model.num_classes, width=model.width, depth=model.depth,
+               num_heads=model.num_heads, mlp_dim=model.mlp_dim, patch_size=model.patch_size,
+               fstride=model.fstride, tstride=model.tstride, num_mel_bins=model.num_mel_bins,
+               frames=model.frames, dist_token=model.dist_token)
+
+
+def init_params(path: str | Path, model, *, fresh: dict[str, Any], seed: int = 0
+                ) -> dict[str, Any]:
+    """Initial weights for `model` (config.init_from), any model kind.
+
+    From a training checkpoint of the same kind and size: its params (a fresh head when the
+    class count differs; a larger model's checkpoint is an error). From an AST training
+    checkpoint into an ElasticAST: converted by `params_from_ast` (shared blocks and head,
+    position table adapted). From HF / .pth / timm weights (fast_ast_jax.convert): adapted
+    to an AST's position grid, or to an ElasticAST through its AST twin.
+
+    Args:
+        path: training workdir / checkpoints dir, or an HF dir / weights file.
+        model: the model being trained (AST, ElasticAST or CNNTeacher).
+        fresh: `model`'s freshly initialised params (shapes to check against, the head,
+            and what an AST lacks for an ElasticAST).
+        seed: initialisation of a fresh head for imported weights.
+    """
+    where = f"config.init_from {path}"
+    if is_checkpoint_dir(path):
+        saved = load(path)
+        params = dict(saved.params)
+        if isinstance(model, ElasticAST) and isinstance(saved.model, AST):
+            twin = saved.model
+            return params_from_ast(model, params, ast_grid=twin.grid(),
+                                   num_prefix=twin.num_prefix, init=fresh)
+        if type(saved.model) is not type(model):
+            raise ValueError(f"{where} holds a {type(saved.model).__name__} checkpoint, which "
+                             f"cannot initialise the {type(model).__name__} being trained; use "
+                             "one of the same model kind (or an AST one for an ElasticAST)")
+        if "head" in fresh and params["head"]["kernel"].shape != fresh["head"]["kernel"].shape:
+            params["head"] = fresh["head"]  # another label set: new classifier
+        check_shapes(params, fresh, where=f"{where} ({checkpoint_dir(path)})", exact=True)
+        return params
+    if isinstance(model, ElasticAST):
+        twin = _ast_twin(model)
+        return params_from_ast(model, convert.load_into(twin, path, seed=seed),
+                               ast_grid=twin.grid(), num_prefix=twin.num_prefix, init=fresh)
+    if isinstance(model, CNNTeacher):
+        raise ValueError(f"{where} is AST weights (HF / .pth / timm); a CNN teacher can "
+                         "only start from a CNN training checkpoint")
+    return convert.load_into(model, path, seed=seed)

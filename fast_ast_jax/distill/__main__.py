@@ -1,0 +1,42 @@
+"""python -m fast_ast_jax.distill {dump,ensemble,inspect}: teacher-logits files."""
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from fast_ast_jax import cli
+from fast_ast_jax.distill import ensemble, load, summary
+from fast_ast_jax.distill.dump import dump
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m fast_ast_jax.distill",
+                                     description="Teacher logits for distillation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("dump", help="compute a checkpoint's logits for a data split")
+    d.add_argument("--checkpoint", required=True, help="training workdir or checkpoints/")
+    d.add_argument("--config", help="data config FILE[:ARG] (default: the checkpoint's)")
+    d.add_argument("--split", default="train", help="config.data split (default train)")
+    d.add_argument("--out", required=True, help="output .npz")
+    d.add_argument("--top_k", type=int, default=None, help="keep the k largest logits")
+    d.add_argument("--batch_size", type=int, default=0, help="clips per forward pass")
+    e = sub.add_parser("ensemble", help="average the logits of several teacher files")
+    e.add_argument("files", nargs="+")
+    e.add_argument("--out", required=True, help="output .npz")
+    e.add_argument("--top_k", type=int, default=None, help="keep the k largest logits")
+    i = sub.add_parser("inspect", help="summarise a teacher-logits file")
+    i.add_argument("file")
+    args = parser.parse_args(argv)
+    with cli.path_errors():
+        if args.command == "dump":
+            config = cli.config_file(args.config) if args.config else None
+            dump(args.checkpoint, out=args.out, config=config, split=args.split,
+                 top_k=args.top_k, batch_size=args.batch_size)
+        elif args.command == "ensemble":
+            print(summary(ensemble(args.files, out=args.out, top_k=args.top_k)))
+        else:
+            print(summary(load(args.file)))
+
+
+if __name__ == "__main__":
+    main()
