@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fast_ast_jax.models import tome
+from fast_ast_jax.models import create_ast, tome
 
 
 def _unit(degrees):
@@ -182,7 +182,6 @@ def _four_layers(metric, x):
 
 def test_wavg_sizes_and_sources_through_layers():
     x, size, source = _four_layers(*_random_case(0))
-    assert tome.token_schedule(40, [8] * 4, 2)[1] == [32, 24, 16, 9]
     chex.assert_shape([x, size, source], [(2, 9, 24), (2, 9, 1), (2, 9, 40)])
     chex.assert_tree_all_finite(x)
     src = np.asarray(source)
@@ -253,11 +252,13 @@ def test_parse_r_worked_values():
 
 
 def test_token_schedule():
-    eff, counts = tome.token_schedule(1214, tome.parse_r(12, 300), 2)
-    assert eff == [300, 300, 300, 156, 78, 39, 19, 10, 5, 2, 1, 1]
-    assert counts == [914, 614, 314, 158, 80, 41, 22, 12, 7, 5, 4, 3]
-    eff, counts = tome.token_schedule(1214, tome.parse_r(12, 100), 2)
-    assert counts[:3] == [1114, 1014, 914] and counts[-1] == 58 and eff[-1] == 56
+    # AST base: 12 x 101 patches + CLS + DIST = 1214 tokens; r is clamped per block.
+    plan = create_ast("base", tome_r=300).token_plan()
+    assert [lp.r for lp in plan] == [300, 300, 300, 156, 78, 39, 19, 10, 5, 2, 1, 1]
+    assert [lp.tokens_out for lp in plan] == [914, 614, 314, 158, 80, 41, 22, 12, 7, 5, 4, 3]
+    plan = create_ast("base", tome_r=100).token_plan()
+    counts = [lp.tokens_out for lp in plan]
+    assert counts[:3] == [1114, 1014, 914] and counts[-1] == 58 and plan[-1].r == 56
 
 
 def test_jit_static_shapes_no_retrace():

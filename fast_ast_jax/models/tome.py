@@ -9,7 +9,7 @@ represents; `source` (B, T, T0) is the 0/1 map from current to original tokens.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -195,26 +195,3 @@ def parse_r(num_layers: int, r: int | tuple | list) -> list[int]:
 def clamp_r(num_tokens: int, r: int, protected: int) -> int:
     """Merges actually done on num_tokens tokens (the matcher's clamp, never negative)."""
     return max(0, min(int(r), (num_tokens - protected) // 2))
-
-
-def token_schedule(num_tokens: int, r_list: Sequence[int],
-                   protected: int) -> tuple[list[int], list[int]]:
-    """Static effective r and token count after each layer for a ToMe schedule.
-
-    Args:
-        num_tokens: tokens entering the first block (including class tokens).
-        r_list: per-layer r (e.g. from `parse_r`).
-        protected: number of class tokens (CLS + DIST).
-
-    Returns:
-        (effective r per layer, token count after each layer). E.g. 1214 tokens, r=300,
-        protected 2 -> r [300,300,300,156,78,...], counts [914,614,314,158,80,...].
-    """
-    eff, counts = [], []
-    t = num_tokens
-    for r in r_list:
-        r = clamp_r(t, r, protected)
-        t -= r
-        eff.append(r)
-        counts.append(t)
-    return eff, counts
