@@ -54,7 +54,8 @@ def build_model(model_config, *, num_classes: int, frontend: FrontEnd):
 def build_pipeline(config, split: str, *, frontend: FrontEnd, train: bool,
                    source=None, teacher=None) -> Pipeline | None:
     """Pipeline over config.data.<split> (None if that split has no arguments); `teacher`
-    (distill.TeacherLogits) adds each clip's teacher logits to its batches."""
+    (distill.TeacherLogits) adds each clip's teacher predictions at config.distill.tau
+    to its batches ("teacher_probs")."""
     kwargs = config.data[split].to_dict()
     if not kwargs:
         return None
@@ -65,7 +66,9 @@ def build_pipeline(config, split: str, *, frontend: FrontEnd, train: bool,
                     seed=config.seed, augment=Augment(**config.augment) if train else Augment(),
                     cache=config.data.cache, cache_dir=config.data.cache_dir or None,
                     cache_key=json.dumps([config.data.source, kwargs], sort_keys=True),
-                    teacher=teacher, on_bad_clip=config.data.on_bad_clip)
+                    teacher=teacher, teacher_tau=float(config.distill.tau),
+                    teacher_multilabel=loss_kind(config, source.multi_label) == "sigmoid",
+                    on_bad_clip=config.data.on_bad_clip)
 
 
 def loss_kind(config, multi_label: bool) -> str:
@@ -354,7 +357,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             state = jax.jit(lambda p, s: s.replace(params=p, opt_state=tx.init(p)),
                             out_shardings=shardings)(params, state)
 
-    kd = (float(config.distill.lam), float(config.distill.tau)) if teacher else None
+    kd = float(config.distill.lam) if teacher else None
     step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, loss=loss, lr_fn=lr_fn,
                                         distill=kd),
                       in_shardings=(shardings, sharding.batch_sharding(mesh)),

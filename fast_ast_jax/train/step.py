@@ -38,11 +38,12 @@ def update_if_finite(state: TrainState, *, grads, value: jax.Array,
 
 def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
                loss: str, lr_fn: optax.Schedule,
-               distill: tuple[float, float] | None = None) -> tuple[TrainState, dict]:
+               distill: float | None = None) -> tuple[TrainState, dict]:
     """One optimiser step.
 
-    batch: x (B, frames, bins), y (B, C) targets, mask (B,); with `distill` = (lam, tau)
-        also teacher (B, C) teacher logits, and the loss is losses.distill_loss (CMKD).
+    batch: x (B, frames, bins), y (B, C) targets, mask (B,); with `distill` = lam (the
+        ground-truth weight) also teacher_probs (B, C) teacher predictions at the
+        distillation temperature (data.pipeline), and the loss is losses.distill_loss.
     Returns the new state and scalar metrics (loss, accuracy, grad_norm, lr,
     skipped_nonfinite, clips; with distillation also task_loss and kd_loss, the two
     unweighted terms).
@@ -59,12 +60,11 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
                              rngs={"dropout": rng})
         if distill is None:
             return xent(logits=logits, labels=batch["y"], weights=batch["mask"]), (logits, {})
-        lam, tau = distill
         kw = dict(logits=logits, weights=batch["mask"], multilabel=loss == "sigmoid")
-        value = losses.distill_loss(labels=batch["y"], teacher_logits=batch["teacher"],
-                                    lam=lam, tau=tau, **kw)
+        value = losses.distill_loss(labels=batch["y"], teacher_probs=batch["teacher_probs"],
+                                    lam=distill, **kw)
         terms = {"task_loss": losses.task_loss(labels=batch["y"], **kw),
-                 "kd_loss": losses.kd_loss(teacher_logits=batch["teacher"], tau=tau, **kw)}
+                 "kd_loss": losses.kd_loss(teacher_probs=batch["teacher_probs"], **kw)}
         return value, (logits, terms)
 
     (value, (logits, terms)), grads = jax.value_and_grad(objective, has_aux=True)(
