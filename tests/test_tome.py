@@ -236,19 +236,27 @@ def test_bfloat16_merge_accumulates_in_float32():
 
 # ---------------------------------------------------------------- schedules
 
-def test_parse_r_worked_values():
-    assert tome.parse_r(12, 16) == [16] * 12
-    assert tome.parse_r(12, (16, -1)) == [32, 29, 26, 23, 20, 17, 14, 11, 8, 5, 2, 0]
-    assert tome.parse_r(12, (16, 1)) == [0, 2, 5, 8, 11, 14, 17, 20, 23, 26, 29, 32]
-    assert tome.parse_r(12, (16, 0.5)) == [8, 9, 10, 12, 13, 15, 16, 18, 19, 21, 22, 24]
-    assert tome.parse_r(12, (13, -0.5)) == [19, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7]
-    assert tome.parse_r(4, [3, 2]) == [3, 2, 0, 0]
-    with pytest.raises(ValueError, match="entries"):
-        tome.parse_r(2, [1, 2, 3])
-    with pytest.raises(ValueError, match="inflection"):
-        tome.parse_r(12, (16, 1.5))
-    with pytest.raises(ValueError):
-        tome.parse_r(12, "16")
+def test_parse_schedule_worked_values():
+    parse = tome.parse_schedule
+    assert parse(16, depth=12) == parse("16", depth=12) == [16] * 12
+    assert parse("ramp:16,-1", depth=12) == [32, 29, 26, 23, 20, 17, 14, 11, 8, 5, 2, 0]
+    assert parse("ramp:16,1", depth=12) == [0, 2, 5, 8, 11, 14, 17, 20, 23, 26, 29, 32]
+    assert parse("ramp:16,0.5", depth=12) == [8, 9, 10, 12, 13, 15, 16, 18, 19, 21, 22, 24]
+    assert parse(" ramp: 13, -0.5", depth=12) == [19, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7]
+    # A two-block list is a list, never (r, inflection).
+    assert parse("blocks:16,0", depth=4) == [16, 0, 0, 0]
+    assert parse("blocks:3,2", depth=4) == [3, 2, 0, 0]
+    for spec, match in [("blocks:1,2,3", "3 entries for a model of depth 2"),
+                        ("ramp:16,1.5", r"INFLECTION in \[-1, 1\]"),
+                        ("ramp:16", "'ramp:' takes R,INFLECTION"),
+                        ("steps:1,2", "unknown tag 'steps'"),
+                        ("blocks:1,x", "not a number"),
+                        ((16, -1.0), "a tuple is not a schedule"),
+                        ([16, 0], "a list is not a schedule"),
+                        (True, "a bool is not a schedule"),
+                        (-2, "merges must be >= 0")]:
+        with pytest.raises(ValueError, match=match):
+            parse(spec, depth=2)
 
 
 def test_token_schedule():

@@ -158,38 +158,66 @@ def merge_source(merge: MergeFn, x: jax.Array,
     return merge(source, mode="amax")
 
 
-def parse_r(num_layers: int, r: int | tuple | list) -> list[int]:
-    """Per-layer merge counts (ToMe's `parse_r`, reference.md §2.4).
+SCHEDULE_FORMS = ("an int r (r merges in every block)",
+                  "'ramp:R,INFLECTION' (ToMe's linear schedule of mean R, INFLECTION in "
+                  "[-1, 1]: -1 decreases from 2R to 0, +1 increases)",
+                  "'blocks:R0,R1,...' (explicit merges per block, missing blocks 0)")
 
-    Args:
-        num_layers: number of blocks L.
-        r: int (constant), tuple (r, inflection) with inflection in [-1, 1] (linear ramp
-            with mean r: -1 decreasing from 2r to 0, +1 increasing), or list of per-layer
-            values (padded with zeros to L).
 
-    Returns:
-        list of L ints (before the per-layer clamp inside the matcher).
+def parse_schedule(spec: int | str, *, depth: int) -> list[int]:
+    """Per-block ToMe merge counts from a schedule spec (before the per-block clamp).
+
+    One type, read the same way from Python, a config file and the command line:
+        int r, or the string "r"      -> [r] * depth (reference.md §2.4);
+        "ramp:R,INFLECTION"           -> ToMe's parse_r((R, INFLECTION)): a linear ramp of
+                                         mean R, INFLECTION in [-1, 1];
+        "blocks:R0,R1,...,Rk"         -> [R0, ..., Rk] + [0] * (depth - k - 1).
+    Tuples and lists are refused: ToMe reads a 2-tuple as (r, inflection), which made a
+    2-block list [16, 0] ambiguous; the tag names the form instead.
+
+    Raises:
+        ValueError naming the spec and the accepted forms.
     """
-    if isinstance(r, list):
-        if len(r) > num_layers:
-            raise ValueError(f"r schedule has {len(r)} entries for {num_layers} layers")
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in r):
-            raise ValueError(f"explicit r schedule must hold ints, got {r}")
-        return list(r) + [0] * (num_layers - len(r))
-    if isinstance(r, tuple):
-        if len(r) != 2:
-            raise ValueError(f"r tuple must be (r, inflection), got {r}; give an explicit "
-                             "per-layer schedule as a list")
-        r0, inflect = r
-        if not -1 <= inflect <= 1:
-            raise ValueError(f"r inflection must lie in [-1, 1], got {inflect}")
-        min_val = int(r0 * (1.0 - inflect))
-        max_val = 2 * r0 - min_val
-        step = (max_val - min_val) / (num_layers - 1) if num_layers > 1 else 0.0
-        return [int(min_val + step * i) for i in range(num_layers)]
-    if isinstance(r, int) and not isinstance(r, bool):
-        return [r] * num_layers
-    raise ValueError(f"r must be an int, an (r, inflection) tuple or a list, got {r!r}")
+    def fail(why: str) -> ValueError:
+        return ValueError(f"ToMe schedule {spec!r}: {why}; use " + ", ".join(SCHEDULE_FORMS))
+
+    if isinstance(spec, str):
+        text = spec.strip()
+        kind, _, body = text.rpartition(":")
+        try:
+            values = [v.strip() for v in body.split(",")]
+            if kind == "":
+                if len(values) != 1:
+                    raise fail("several values need a 'ramp:' or 'blocks:' tag")
+                return parse_schedule(int(values[0]), depth=depth)
+            if kind == "ramp":
+                if len(values) != 2:
+                    raise fail("'ramp:' takes R,INFLECTION")
+                r, inflect = int(values[0]), float(values[1])
+            elif kind == "blocks":
+                rs = [int(v) for v in values]
+            else:
+                raise fail(f"unknown tag {kind!r}")
+        except ValueError as e:
+            if str(e).startswith("ToMe schedule"):
+                raise
+            raise fail("not a number") from None
+        if kind == "blocks":
+            if len(rs) > depth:
+                raise fail(f"{len(rs)} entries for a model of depth {depth}")
+            if min(rs) < 0:
+                raise fail("merges must be >= 0")
+            return rs + [0] * (depth - len(rs))
+        if r < 0 or not -1 <= inflect <= 1:
+            raise fail("R must be >= 0 and INFLECTION in [-1, 1]")
+        low = int(r * (1.0 - inflect))
+        step = (2 * r - 2 * low) / (depth - 1) if depth > 1 else 0.0
+        return [int(low + step * i) for i in range(depth)]
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        if spec < 0:
+            raise fail("merges must be >= 0")
+        return [spec] * depth
+    raise fail(f"a {type(spec).__name__} is not a schedule")
 
 
 def clamp_r(num_tokens: int, r: int, protected: int) -> int:

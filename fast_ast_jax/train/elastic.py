@@ -23,7 +23,7 @@ from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import make_source
 from fast_ast_jax.data.packed import PackedPipeline, PackSpec
 from fast_ast_jax.data.pipeline import Augment
-from fast_ast_jax.models.ast import AST, SIZES, model_fields
+from fast_ast_jax.models.ast import AST, SIZES, model_fields, model_overrides
 from fast_ast_jax.models.elastic import ElasticAST, check_positions, params_from_ast
 from fast_ast_jax.train import metrics as metrics_lib
 from fast_ast_jax.train.checkpoint import Checkpointer, model_fields_from_meta
@@ -61,7 +61,8 @@ def build_elastic_model(config, *, num_classes: int, frontend: FrontEnd) -> Elas
     m, e = config.model, config.elastic
     if m.size not in SIZES:
         raise ValueError(f"config.model.size={m.size!r}; choose one of {sorted(SIZES)}")
-    fields = {**SIZES[m.size], **{k: m[k] for k in _SHARED if k in m and m[k] is not None}}
+    overrides = model_overrides(m)
+    fields = {**SIZES[m.size], **{k: overrides[k] for k in _SHARED if k in overrides}}
     if m.get("prune_fuse"):
         raise ValueError("config.model.prune_fuse is not supported by the packed model "
                          "(a fused token per sample has no static place in a row)")

@@ -28,6 +28,7 @@ from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import make_source
 from fast_ast_jax.data.pipeline import Augment, Pipeline
 from fast_ast_jax.models import create_ast, create_cnn, model_fields, model_name
+from fast_ast_jax.models.ast import model_overrides
 from fast_ast_jax.train import metrics as metrics_lib
 from fast_ast_jax.train.checkpoint import Checkpointer
 from fast_ast_jax.train.state import TrainState, learning_rate_schedule, make_optimizer
@@ -44,11 +45,9 @@ def build_model(model_config, *, num_classes: int, frontend: FrontEnd):
                           dtype=model_config.dtype, **model_config.cnn.to_dict())
     if name != "ast":
         raise ValueError(f"config.model.name={name!r}: use 'ast' or 'cnn'")
-    fields = {k: v for k, v in model_config.items()
-              if k not in ("size", "name", "cnn") and v is not None}
     return create_ast(model_config.size, num_classes=num_classes,
                       num_mel_bins=frontend.num_mel_bins, frames=frontend.target_frames,
-                      **fields)
+                      **model_overrides(model_config))
 
 
 def build_pipeline(config, split: str, *, frontend: FrontEnd, train: bool,
