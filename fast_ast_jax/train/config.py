@@ -8,6 +8,7 @@ from __future__ import annotations
 import ml_collections
 
 from fast_ast_jax.audio.frontend import FrontEnd
+from fast_ast_jax.train import keep_rate
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -69,6 +70,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.prune_keep_rate = 1.0
     c.model.prune_layers = (3, 6, 9)
     c.model.prune_fuse = False
+    # TopK training schedule (fast_ast_jax.train.keep_rate): keep rate 1 until start_epoch,
+    # half cosine down to model.prune_keep_rate at end_epoch, rounded up to num_rates
+    # distinct rates (one compiled train step each). end_epoch = 0: the final rate from
+    # step 0. Evaluation always uses model.prune_keep_rate.
+    c.keep_rate_schedule = keep_rate.defaults()
     # CNN teacher (fast_ast_jax.models.cnn; used when name = "cnn", with model.dtype).
     c.model.cnn = ml_collections.ConfigDict(dict(
         stages="small", stem_channels=32, feature_dim=256, pooling="attention", dropout=0.2))

@@ -29,6 +29,7 @@ from fast_ast_jax.data import make_source
 from fast_ast_jax.data.pipeline import Augment, Pipeline
 from fast_ast_jax.models import create_ast, create_cnn, model_fields, model_name
 from fast_ast_jax.models.ast import model_overrides
+from fast_ast_jax.train import keep_rate
 from fast_ast_jax.train import metrics as metrics_lib
 from fast_ast_jax.train.checkpoint import Checkpointer
 from fast_ast_jax.train.state import TrainState, learning_rate_schedule, make_optimizer
@@ -357,10 +358,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                             out_shardings=shardings)(params, state)
 
     kd = float(config.distill.lam) if teacher else None
-    step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, loss=loss, lr_fn=lr_fn,
-                                        distill=kd),
-                      in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                      out_shardings=(shardings, replicated), donate_argnums=0)
+    step_fn = keep_rate.scheduled_step_fn(  # one jitted step per scheduled keep rate
+        lambda m: jax.jit(functools.partial(train_step, model=m, tx=tx, loss=loss,
+                                            lr_fn=lr_fn, distill=kd),
+                          in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                          out_shardings=(shardings, replicated), donate_argnums=0),
+        model=model, config=config, steps_per_epoch=steps_per_epoch, echo=tqdm.write)
 
     # --- train loop --------------------------------------------------------------------------
     writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
