@@ -136,7 +136,8 @@ def _check_model(config, frontend: FrontEnd) -> None:
     most = (f_dim * t_dim) // 2
     first = model.r_schedule()[0] if plan else 0
     if first > most:  # ToMe clamps r per block (reference semantics): legal, but suspicious
-        warnings.warn(f"config.model.tome_r={fields['tome_r']!r}: the first block can "
+        field = "tome_schedule" if config.model.get("tome_schedule") else "tome_r"
+        warnings.warn(f"config.model.{field}={fields['tome_r']!r}: the first block can "
                       f"merge at most {most} of its {f_dim * t_dim} patch tokens "
                       f"(frames={frontend.target_frames}, fstride={model.fstride}, "
                       f"tstride={model.tstride}); r is clamped to that", stacklevel=3)
