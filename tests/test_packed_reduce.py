@@ -83,7 +83,6 @@ def test_quota_is_a_function_of_the_clips_own_count():
     assert new_seg.shape == (2, 40 - 9)
     counts = [[int((new_seg[b] == s).sum()) for s in range(5)] for b in range(2)]
     assert counts == [[31 - 13, 6, 3, 4, 0], [31 - 29, 4, 6, 3, 16]]
-    assert [pr.clip_merge_count(n, 10, 40) for n in (8, 4, 6, 22, 1)] == [2, 1, 2, 6, 0]
 
 
 def test_single_sample_equals_tome():
@@ -94,7 +93,7 @@ def test_single_sample_equals_tome():
     @jax.jit
     def per_token(metric, x):
         """Each original token's merged value, for ToMe and the packed matcher."""
-        ref_merge, _ = tome.bipartite_soft_matching(metric, r=r)
+        ref_merge = tome.bipartite_soft_matching(metric, r=r)
         merge, _ = pr.packed_bipartite_matching(metric, jnp.ones((1, t), jnp.int32), r=r,
                                                 num_slots=1)
         ref_x, got_x = tome.merge_wavg(ref_merge, x)[0], tome.merge_wavg(merge, x)[0]

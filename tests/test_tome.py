@@ -30,39 +30,39 @@ def test_class_token_order_and_protection():
     metric = _unit([120.5, 0, 115, 60, 59, 120])
     # Without a class token token 0 is an ordinary token: it merges first, and the unmerged
     # A tokens stay in descending-score order (4 before 2).
-    merge, _ = tome.bipartite_soft_matching(metric, r=1)
+    merge = tome.bipartite_soft_matching(metric, r=1)
     assert _rows(merge(EYE6, "sum")) == [[4], [2], [1], [3], [0, 5]]
     # With a class token, token 0 never merges; 4 merges into 3; unmerged A tokens return
     # to their original order with CLS first.
-    merge, _ = tome.bipartite_soft_matching(metric, r=1, class_token=True)
+    merge = tome.bipartite_soft_matching(metric, r=1, class_token=True)
     assert _rows(merge(EYE6, "sum")) == [[0], [2], [1], [3, 4], [5]]
-    merge, _ = tome.bipartite_soft_matching(metric, r=2, class_token=True)
+    merge = tome.bipartite_soft_matching(metric, r=2, class_token=True)
     assert _rows(merge(EYE6, "sum")) == [[0], [1], [3, 4], [2, 5]]
 
 
 def test_distill_token_protection_and_order():
     # 2 is closest to DIST (token 1); 4 is close to 5; CLS is close to DIST too.
     metric = _unit([2, 0, 1, 60, 100, 120])
-    merge, _ = tome.bipartite_soft_matching(metric, r=1, class_token=True)
+    merge = tome.bipartite_soft_matching(metric, r=1, class_token=True)
     assert _rows(merge(EYE6, "sum")) == [[0], [4], [1, 2], [3], [5]]
-    merge, _ = tome.bipartite_soft_matching(metric, r=1, class_token=True,
-                                            distill_token=True)
+    merge = tome.bipartite_soft_matching(metric, r=1, class_token=True,
+                                         distill_token=True)
     # Nobody may merge into DIST: 4 -> 5 wins; order CLS, DIST, other A, other B.
     assert _rows(merge(EYE6, "sum")) == [[0], [1], [2], [3], [4, 5]]
-    merge, _ = tome.bipartite_soft_matching(metric, r=2, class_token=True,
-                                            distill_token=True)
+    merge = tome.bipartite_soft_matching(metric, r=2, class_token=True,
+                                         distill_token=True)
     assert _rows(merge(EYE6, "sum")) == [[0], [1], [2, 3], [4, 5]]
 
 
 def test_modes_hand_computed():
     metric = _unit([120.5, 0, 115, 60, 59, 120])
     x = jnp.asarray([[[1.0], [2.0], [3.0], [4.0], [5.0], [6.0]]])
-    merge, _ = tome.bipartite_soft_matching(metric, r=2)  # 0 -> 5 and 4 -> 3
+    merge = tome.bipartite_soft_matching(metric, r=2)  # 0 -> 5 and 4 -> 3
     np.testing.assert_allclose(merge(x, "sum")[0, :, 0], [3, 2, 9, 7])
     np.testing.assert_allclose(merge(x, "mean")[0, :, 0], [3, 2, 4.5, 3.5])
     np.testing.assert_allclose(merge(x, "amax")[0, :, 0], [3, 2, 5, 6])
     # Two sources into one destination: plain mean over 3 tokens (include-self count).
-    merge, _ = tome.bipartite_soft_matching(_unit([119, 0, 121, 60, 200, 120]), r=2)
+    merge = tome.bipartite_soft_matching(_unit([119, 0, 121, 60, 200, 120]), r=2)
     np.testing.assert_allclose(merge(x, "mean")[0, :, 0], [5, 2, 4, (1 + 3 + 6) / 3])
     with pytest.raises(ValueError, match="mode"):
         merge(x, "min")
@@ -70,14 +70,14 @@ def test_modes_hand_computed():
 
 def test_clamp_and_identity():
     metric = _unit([2, 0, 1, 60, 100, 120])
-    merge, unmerge = tome.bipartite_soft_matching(metric, r=10, class_token=True,
-                                                  distill_token=True)
+    merge = tome.bipartite_soft_matching(metric, r=10, class_token=True,
+                                         distill_token=True)
     assert merge(EYE6).shape == (1, 4, 6)  # (6 - 2) // 2 = 2 merges at most
-    merge, _ = tome.bipartite_soft_matching(metric, r=10)
+    merge = tome.bipartite_soft_matching(metric, r=10)
     assert merge(EYE6).shape == (1, 3, 6)
     for r in (0, -3):
-        merge, unmerge = tome.bipartite_soft_matching(metric, r=r, class_token=True)
-        assert merge(EYE6, "sum") is EYE6 and unmerge(EYE6) is EYE6
+        merge = tome.bipartite_soft_matching(metric, r=r, class_token=True)
+        assert merge(EYE6, "sum") is EYE6
     assert tome.clamp_r(3, 5, 2) == 0
 
 
@@ -122,23 +122,6 @@ def _np_merge(x, plans, mode, distill_token):
     return np.stack(out)
 
 
-def _np_unmerge(y, plans, t, distill_token):
-    out = []
-    for yb, (unm, src, dst_idx) in zip(y, plans):
-        n = len(unm)
-        if distill_token:
-            u = np.concatenate([yb[:1], yb[2:n + 1]])
-            dst = np.concatenate([yb[1:2], yb[n + 1:]])
-        else:
-            u, dst = yb[:n], yb[n:]
-        o = np.zeros((t,) + yb.shape[1:])
-        o[1::2] = dst
-        o[2 * np.asarray(unm, int)] = u
-        o[2 * np.asarray(src, int)] = dst[np.asarray(dst_idx, int)]
-        out.append(o)
-    return np.stack(out)
-
-
 @pytest.mark.parametrize("t", [11, 12])
 @pytest.mark.parametrize("flags", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("r", [2, 5])
@@ -149,15 +132,12 @@ def test_matches_numpy_reference(t, flags, r):
     x = rng.normal(size=(3, t, 5)).astype(np.float32)
     r_eff, plans = _np_matching(metric, r, class_token, distill_token)
     for mode in tome.MERGE_MODES:
-        merge, unmerge = tome.bipartite_soft_matching(
+        merge = tome.bipartite_soft_matching(
             jnp.asarray(metric), r=r, class_token=class_token, distill_token=distill_token)
         got = merge(jnp.asarray(x), mode)
         chex.assert_shape(got, (3, t - r_eff, 5))
         want = _np_merge(x, plans, mode, distill_token)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    y = np.asarray(merge(jnp.asarray(x), "mean"))
-    np.testing.assert_allclose(unmerge(jnp.asarray(y)),
-                               _np_unmerge(y, plans, t, distill_token), rtol=1e-6)
 
 
 # ---------------------------------------------------------------- invariants
@@ -172,8 +152,8 @@ def _four_layers(metric, x):
     """Four merge steps of r=8 (the last clamps to 7), as in a model."""
     size = source = None
     for r in (8, 8, 8, 8):
-        merge, _ = tome.bipartite_soft_matching(metric, r=r, class_token=True,
-                                                distill_token=True)
+        merge = tome.bipartite_soft_matching(metric, r=r, class_token=True,
+                                             distill_token=True)
         source = tome.merge_source(merge, x, source)
         x, size = tome.merge_wavg(merge, x, size)
         metric = merge(metric, "mean")
@@ -205,7 +185,7 @@ def test_wavg_is_size_weighted_mean_of_originals():
 def test_identical_tokens_unchanged():
     metric, _ = _random_case(2)
     x = jnp.broadcast_to(jnp.arange(24.0), (2, 40, 24))
-    merge, _ = tome.bipartite_soft_matching(metric, r=15)
+    merge = tome.bipartite_soft_matching(metric, r=15)
     out, size = tome.merge_wavg(merge, x)
     np.testing.assert_allclose(out, x[:, :25], rtol=1e-6)
     np.testing.assert_allclose(size.sum((1, 2)), 40)
@@ -215,7 +195,7 @@ def test_merge_gradients_finite_and_stop_at_metric():
     metric, x = _random_case(3)
 
     def loss(x, metric):
-        merge, _ = tome.bipartite_soft_matching(metric, r=12, class_token=True)
+        merge = tome.bipartite_soft_matching(metric, r=12, class_token=True)
         y, size = tome.merge_wavg(merge, x)
         return jnp.sum(y ** 2 * size)
 
@@ -227,7 +207,7 @@ def test_merge_gradients_finite_and_stop_at_metric():
 
 def test_bfloat16_merge_accumulates_in_float32():
     metric, x = _random_case(4)
-    merge, _ = tome.bipartite_soft_matching(metric, r=10)
+    merge = tome.bipartite_soft_matching(metric, r=10)
     y16, s16 = tome.merge_wavg(merge, x.astype(jnp.bfloat16))
     y32, _ = tome.merge_wavg(merge, x)
     assert y16.dtype == jnp.bfloat16 and s16.dtype == jnp.float32
@@ -275,7 +255,7 @@ def test_jit_static_shapes_no_retrace():
     @jax.jit
     def step(metric, x):
         traces.append(1)
-        merge, _ = tome.bipartite_soft_matching(metric, r=9, class_token=True)
+        merge = tome.bipartite_soft_matching(metric, r=9, class_token=True)
         return tome.merge_wavg(merge, x)
 
     for seed in range(3):

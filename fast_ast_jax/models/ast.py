@@ -312,8 +312,8 @@ def _reduce_tokens(model: AST, x, q, k, *, plan: LayerPlan, bias, state: _Reduct
             state.source = prune.gather_tokens(state.source, kept, num_prefix=npre,
                                                fused=fused["source"])
     if plan.r > 0:
-        merge, _ = tome.bipartite_soft_matching(metric, r=plan.r, class_token=True,
-                                                distill_token=model.dist_token)
+        merge = tome.bipartite_soft_matching(metric, r=plan.r, class_token=True,
+                                             distill_token=model.dist_token)
         if state.source is not None:
             state.source = tome.merge_source(merge, x, state.source)
         x, state.size = tome.merge_wavg(merge, x, state.size)

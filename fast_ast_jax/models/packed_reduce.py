@@ -70,14 +70,6 @@ def row_merge_count(num_tokens: int, r: int, num_slots: int) -> int:
     return r - (r * num_slots) // num_tokens
 
 
-def clip_merge_count(num_tokens: int, r: int, row_tokens: int) -> int:
-    """Merges of one clip of `num_tokens` tokens in a block of r merges per row of
-    `row_tokens` tokens: ceil(num_tokens * r_c / row_tokens), 0 below 2 tokens. The rule
-    `packed_bipartite_matching` applies (to traced counts); for planning and tests."""
-    r = max(0, min(int(r), row_tokens // 2))
-    return 0 if num_tokens < 2 else -(-num_tokens * r // row_tokens)
-
-
 def row_keep_count(num_tokens: int, keep_rate: float, num_slots: int) -> int:
     """Tokens a packed row keeps after TopK pruning (static)."""
     if not 0.0 < keep_rate <= 1.0:

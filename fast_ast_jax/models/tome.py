@@ -29,7 +29,7 @@ def bipartite_soft_matching(
         r: int,
         class_token: bool = False,
         distill_token: bool = False,
-) -> tuple[MergeFn, MergeFn]:
+) -> MergeFn:
     """ToMe's bipartite soft matching: plan the merge of r tokens.
 
     Tokens at even positions form set A, odd positions set B. Every A token picks its most
@@ -48,20 +48,18 @@ def bipartite_soft_matching(
         merge(x, mode="mean"): (B, T, D) -> (B, T - r, D), modes "sum", "mean" (plain mean
             of a destination and its sources), "amax". Output order: CLS, DIST, unmerged A
             tokens (original order when class_token, else by descending score), B tokens.
-        unmerge(x): (B, T - r, D) -> (B, T, D); every original token gets the value of the
-            token it was merged into (the exact inverse of merge's ordering).
     """
     b, t, _ = metric.shape
     protected = int(class_token) + int(distill_token)
     r = min(int(r), (t - protected) // 2)
     if r <= 0:
-        return _identity, _identity
+        return _identity
 
     metric = jax.lax.stop_gradient(metric).astype(jnp.float32)
     # Plain division, no epsilon, as the reference.
     metric = metric / jnp.linalg.norm(metric, axis=-1, keepdims=True)
     a, bside = metric[:, ::2], metric[:, 1::2]
-    num_a, num_b = a.shape[1], bside.shape[1]
+    num_b = bside.shape[1]
     scores = jnp.einsum("bic,bjc->bij", a, bside)
     if class_token:
         scores = scores.at[:, 0, :].set(-jnp.inf)
@@ -77,7 +75,6 @@ def bipartite_soft_matching(
         unm_idx = jnp.sort(unm_idx, axis=-1)
     dst_idx = jnp.take_along_axis(node_idx, src_idx, axis=-1)  # (B, r) B partners
     batch = jnp.arange(b)[:, None]
-    num_unm = num_a - r
 
     def merge(x: jax.Array, mode: str = "mean") -> jax.Array:
         if mode not in MERGE_MODES:
@@ -102,22 +99,7 @@ def bipartite_soft_matching(
             return jnp.concatenate([unm[:, :1], dst[:, :1], unm[:, 1:], dst[:, 1:]], axis=1)
         return jnp.concatenate([unm, dst], axis=1)
 
-    def unmerge(x: jax.Array) -> jax.Array:
-        if x.shape[:2] != (b, t - r):
-            raise ValueError(f"unmerge expects (batch, tokens) = {(b, t - r)}, got "
-                             f"{x.shape}")
-        if distill_token:
-            unm = jnp.concatenate([x[:, :1], x[:, 2:num_unm + 1]], axis=1)
-            dst = jnp.concatenate([x[:, 1:2], x[:, num_unm + 1:]], axis=1)
-        else:
-            unm, dst = x[:, :num_unm], x[:, num_unm:]
-        src = jnp.take_along_axis(dst, dst_idx[..., None], axis=1)
-        out = jnp.zeros((b, t) + x.shape[2:], x.dtype)
-        out = out.at[:, 1::2].set(dst)
-        out = out.at[batch, 2 * unm_idx].set(unm)
-        return out.at[batch, 2 * src_idx].set(src)
-
-    return merge, unmerge
+    return merge
 
 
 def merge_wavg(merge: MergeFn, x: jax.Array,
