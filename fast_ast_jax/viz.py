@@ -113,7 +113,8 @@ def prune_map_png(spectrogram, kept_patch_indices, *, grid: tuple[int, int], pat
     Args:
         spectrogram: (frames, mel) fbank of one example.
         kept_patch_indices: (k,) original patch indices (frequency-major, no class tokens),
-            e.g. from `prune.compose_kept`; negative entries (fused tokens) are ignored.
+            e.g. the `prune_kept_{i}` intermediate of a model's only pruning block;
+            negative entries (fused tokens) are ignored.
         grid: (f_dim, t_dim) patch grid of the input.
         path: PNG file to write.
         size: (width, height) in pixels.

@@ -175,23 +175,6 @@ def test_training_imports_do_not_load_tensorflow():
     assert out.stdout.strip() == "False"
 
 
-def test_metrics_match_sklearn():
-    metrics_sk = pytest.importorskip("sklearn.metrics")
-    from fast_ast_jax.train import metrics
-
-    rng = np.random.default_rng(0)
-    logits = rng.standard_normal((40, 5))
-    targets = (rng.random((40, 5)) < 0.3).astype(np.float32)
-    targets[:, 4] = 0  # a class without positives is skipped
-    expected = np.mean([metrics_sk.average_precision_score(targets[:, c], logits[:, c])
-                        for c in range(4)])
-    assert metrics.mean_average_precision(logits=logits, targets=targets) == pytest.approx(
-        expected)
-    onehot = np.eye(5)[rng.integers(0, 5, 40)]
-    assert metrics.accuracy(logits=logits, targets=onehot) == pytest.approx(
-        np.mean(logits.argmax(-1) == onehot.argmax(-1)))
-
-
 def test_make_source_rejects_unknown_arguments():
     with pytest.raises(ValueError, match=r"no argument\(s\) \['csv_path'\].*num_examples"):
         make_source("synthetic", sample_rate=16000, num_examples=4, csv_path="x.csv")

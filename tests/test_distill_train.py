@@ -13,7 +13,7 @@ from fast_ast_jax.distill.__main__ import main as distill_main
 from fast_ast_jax.distill.dump import dump
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import SyntheticSource, source_ids
-from fast_ast_jax.data.pipeline import Augment, Pipeline
+from fast_ast_jax.data.pipeline import Augment, Pipeline, teacher_probs
 from fast_ast_jax.models import CNNTeacher
 from fast_ast_jax.predict import predict
 from fast_ast_jax.checkpoints import load as load_checkpoint
@@ -144,25 +144,66 @@ def test_paper_fastast_recipes_one_step(name, header, rows, multi, tmp_path):
     assert np.isfinite(metrics(tmp_path / "work")[0]["train/kd_loss"])
 
 
-def test_mixup_mixes_teacher_logits_like_labels():
+def _hand_probs(stored, idx, *, num_classes, tau, multilabel):
+    """Teacher predictions written out by hand from a file's stored logits: idx None =
+    dense; else top-k (stored[k] is the logit of class idx[k], other classes have p = 0)."""
+    out = np.zeros(num_classes)
+    classes = np.arange(num_classes) if idx is None else idx
+    z = np.asarray(stored, np.float64) / tau
+    out[classes] = 1 / (1 + np.exp(-z)) if multilabel else np.exp(z) / np.exp(z).sum()
+    return out
+
+
+@pytest.mark.parametrize("top_k", [None, 3])
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_mixup_mixes_teacher_predictions_like_labels(tmp_path, top_k, multilabel):
     src = SyntheticSource(num_examples=8, sample_rate=16000, min_seconds=0.1, max_seconds=0.2)
     fe = FrontEnd(num_mel_bins=16, target_frames=16)
     labels = [src[i]["label"] for i in range(8)]
-    # Teacher logits = 3 x one-hot label: after mixing they must equal 3 x the mixed target.
-    t = distill.TeacherLogits(path="t.npz", ids=tuple(source_ids(src)),
-                              logits=3 * np.eye(8, dtype=np.float32)[labels],
-                              labels=tuple(src.labels), teacher={})
-    pipe = Pipeline(src, frontend=fe, batch_size=8, train=True, teacher=t,
+    assert sorted(labels) == list(range(8))  # a clip's label names the clip
+    logits = 4 * np.random.default_rng(1).normal(size=(8, 8)).astype(np.float32)
+    path = tmp_path / "t.npz"
+    distill.save(path, ids=source_ids(src), logits=logits, labels=src.labels, teacher={},
+                 top_k=top_k)
+    with np.load(path) as f:
+        stored = f["logits"]
+        idx = f["topk_indices"] if top_k else [None] * 8
+    tau = 2.0
+    pipe = Pipeline(src, frontend=fe, batch_size=8, train=True, teacher=distill.load(path),
+                    teacher_tau=tau, teacher_multilabel=multilabel,
                     augment=Augment(mixup=1.0), process_index=0, process_count=1)
     batch = pipe.batch(0, 0)
-    assert batch["teacher"].shape == (8, 8)
-    assert (batch["y"].max(-1) < 1).any()  # some examples really were mixed
-    np.testing.assert_allclose(batch["teacher"], 3 * batch["y"], atol=1e-6)
-    eval_pipe = Pipeline(src, frontend=fe, batch_size=6, train=False, teacher=t,
-                         process_index=0, process_count=1)
+    mixed = 0
+    for j, i in enumerate(pipe._order(0)[:8]):
+        y = batch["y"][j]
+        a = labels[i]  # this clip; the partner is the other class of its mixed label
+        lam = y[a]
+        others = [c for c in np.flatnonzero(y > 0) if c != a]
+        b = labels.index(others[0]) if others else i
+        mixed += bool(others)
+        want = sum(w * _hand_probs(stored[k], idx[k], num_classes=8, tau=tau,
+                                   multilabel=multilabel)
+                   for w, k in ((lam, i), (1 - lam, b)))
+        np.testing.assert_allclose(batch["teacher_probs"][j], want, rtol=1e-5, atol=1e-7)
+        if top_k:  # the union of both clips' top-k classes stays > 0 (no fill-logit zeros)
+            assert (batch["teacher_probs"][j] > 0).sum() == len(set(idx[i]) | set(idx[b]))
+    assert mixed >= 4  # most examples really were mixed
+    eval_pipe = Pipeline(src, frontend=fe, batch_size=6, train=False,
+                         teacher=distill.load(path), teacher_tau=tau,
+                         teacher_multilabel=multilabel, process_index=0, process_count=1)
     last = eval_pipe.batch(0, 1)  # 2 real clips + 4 padding rows
-    np.testing.assert_array_equal(last["teacher"][:2], t.logits[6:8])
-    assert not last["teacher"][2:].any()
+    for j, i in enumerate((6, 7)):
+        np.testing.assert_allclose(last["teacher_probs"][j], _hand_probs(
+            stored[i], idx[i], num_classes=8, tau=tau, multilabel=multilabel), rtol=1e-5,
+            atol=1e-7)
+    assert not last["teacher_probs"][2:].any()
+
+
+def test_mixing_predictions_not_logits():
+    # Logits 5 and -10 mixed half and half: the mixed prediction is ~0.5 (0.4967), where
+    # the mixed logit -2.5 would say 0.076.
+    p = teacher_probs(np.array([[5.0], [-10.0]]), tau=1.0, multilabel=True)
+    assert 0.5 * p[0, 0] + 0.5 * p[1, 0] == pytest.approx(0.49665, abs=1e-4)
 
 
 def _bad_file(tmp_path, kind, ids, labels):

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fast_ast_jax.data.pipeline import teacher_probs
 from fast_ast_jax.train import losses
 
 RNG = np.random.default_rng(0)
@@ -63,11 +64,11 @@ def test_distill_single_label_matches_numpy(tau, lam):
     y = RNG.integers(0, 10, size=6)
     ce = -np_log_softmax(zs)[np.arange(6), y]
     pt = np.exp(np_log_softmax(zt / tau))
+    np.testing.assert_allclose(teacher_probs(zt, tau=tau, multilabel=False), pt, rtol=1e-5)
     kl = (pt * (np_log_softmax(zt / tau) - np_log_softmax(zs))).sum(-1)
     want = (lam * ce + (1 - lam) * kl).mean()
     got = losses.distill_loss(logits=jnp.asarray(zs), labels=jnp.asarray(y),
-                              teacher_logits=jnp.asarray(zt), lam=lam, tau=tau,
-                              multilabel=False)
+                              teacher_probs=jnp.asarray(pt), lam=lam, multilabel=False)
     assert float(got) == pytest.approx(float(want), abs=1e-5)
 
 
@@ -77,38 +78,55 @@ def test_distill_multi_label_matches_numpy(tau, lam):
     zs = RNG.normal(size=(5, 7)).astype(np.float32)
     zt = (2 * RNG.normal(size=(5, 7))).astype(np.float32)
     y = (RNG.random(size=(5, 7)) < 0.3).astype(np.float32)
-    want = (lam * np_bce(zs, y) + (1 - lam) * np_bce(zs, np_sigmoid(zt / tau))).mean()
+    pt = np_sigmoid(zt / tau)
+    np.testing.assert_allclose(teacher_probs(zt, tau=tau, multilabel=True), pt, rtol=1e-5)
+    want = (lam * np_bce(zs, y) + (1 - lam) * np_bce(zs, pt)).mean()
     got = losses.distill_loss(logits=jnp.asarray(zs), labels=jnp.asarray(y),
-                              teacher_logits=jnp.asarray(zt), lam=lam, tau=tau,
-                              multilabel=True)
+                              teacher_probs=jnp.asarray(pt), lam=lam, multilabel=True)
     assert float(got) == pytest.approx(float(want), abs=1e-5)
 
 
+def test_kd_of_mixed_predictions_with_zero_probabilities():
+    # A mixed top-k target: p = 0.3 * (0.5, 0.5, 0, 0) + 0.7 * (0, 0, 0.9, 0.1). Classes
+    # with p = 0 contribute nothing (no 0 * log 0 = NaN); KL = sum p (log p - log q).
+    p = np.array([[0.15, 0.15, 0.63, 0.07]])
+    zs = np.array([[0.5, -1.0, 2.0, 0.0]])
+    want = (p * (np.log(p) - np_log_softmax(zs))).sum()
+    got = losses.kd_loss(logits=jnp.asarray(zs), teacher_probs=jnp.asarray(p),
+                         multilabel=False)
+    assert float(got) == pytest.approx(want, abs=1e-5)
+    p0 = jnp.array([[0.5, 0.5, 0.0, 0.0]])
+    want = (0.5 * (np.log(0.5) - np_log_softmax(zs)[0, :2])).sum()
+    assert float(losses.kd_loss(logits=jnp.asarray(zs), teacher_probs=p0,
+                                multilabel=False)) == pytest.approx(want, abs=1e-5)
+
+
 def test_kd_is_zero_when_student_equals_teacher_single_label():
-    z = jnp.asarray(RNG.normal(size=(3, 4)), jnp.float32)
-    assert float(losses.kd_loss(logits=z, teacher_logits=z, tau=1.0,
+    z = RNG.normal(size=(3, 4)).astype(np.float32)
+    p = jnp.asarray(teacher_probs(z, tau=1.0, multilabel=False))
+    assert float(losses.kd_loss(logits=jnp.asarray(z), teacher_probs=p,
                                 multilabel=False)) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_teacher_gets_no_gradient_and_student_gradients_are_finite():
     zs = jnp.asarray(RNG.normal(size=(4, 6)), jnp.float32)
-    zt = jnp.asarray(RNG.normal(size=(4, 6)), jnp.float32)
+    pt = jax.nn.softmax(jnp.asarray(RNG.normal(size=(4, 6)), jnp.float32))
     y = jnp.array([0, 1, 2, 3])
     for multilabel in (False, True):
         labels = jax.nn.one_hot(y, 6) if multilabel else y
-        fn = lambda s, t: losses.distill_loss(logits=s, labels=labels, teacher_logits=t,
-                                              lam=0.5, tau=2.0, multilabel=multilabel)
-        gs, gt = jax.grad(fn, argnums=(0, 1))(zs, zt)
+        fn = lambda s, t: losses.distill_loss(logits=s, labels=labels, teacher_probs=t,
+                                              lam=0.5, multilabel=multilabel)
+        gs, gt = jax.grad(fn, argnums=(0, 1))(zs, pt)
         assert np.all(np.isfinite(np.asarray(gs))) and np.abs(np.asarray(gs)).sum() > 0
         np.testing.assert_array_equal(np.asarray(gt), 0.0)
 
 
 def test_bad_arguments_are_clear_errors():
     z = jnp.zeros((2, 3))
-    with pytest.raises(ValueError, match="tau=0"):
-        losses.kd_loss(logits=z, teacher_logits=z, tau=0.0, multilabel=False)
+    with pytest.raises(ValueError, match=r"config\.distill\.tau=0\.0"):
+        teacher_probs(np.zeros((2, 3)), tau=0.0, multilabel=False)
     with pytest.raises(ValueError, match="lam=1.5"):
-        losses.distill_loss(logits=z, labels=jnp.array([0, 1]), teacher_logits=z, lam=1.5,
-                            tau=1.0, multilabel=False)
+        losses.distill_loss(logits=z, labels=jnp.array([0, 1]), teacher_probs=z, lam=1.5,
+                            multilabel=False)
     with pytest.raises(ValueError, match=r"\(2, 3\).*\(2, 4\)"):
-        losses.kd_loss(logits=z, teacher_logits=jnp.zeros((2, 4)), tau=1.0, multilabel=True)
+        losses.kd_loss(logits=z, teacher_probs=jnp.zeros((2, 4)), multilabel=True)

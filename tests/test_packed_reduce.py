@@ -49,18 +49,20 @@ def test_merging_never_crosses_samples(name):
         x, seg, size, source = _merge_layer(x, metric, seg, size, source, r=r, slots=slots)
         assert seg.shape[1] == tokens - pr.row_merge_count(tokens, r, slots)
         src, seg_np, size_np = np.asarray(source), np.asarray(seg), np.asarray(size)[..., 0]
-        np.testing.assert_array_equal(src.sum(axis=1), 1.0)  # each original token once
         for b in range(rows):
-            for j in range(seg_np.shape[1]):
+            # Each original token of a clip is held by exactly one clip token.
+            held = src[b, seg_np[b] > 0].sum(axis=0)
+            np.testing.assert_array_equal(held[seg0[b] > 0], 1.0)
+            for j in range(seg_np.shape[1]):  # padding holds only padding (or nothing)
                 members = seg0[b][src[b, j] > 0]
                 assert (members == seg_np[b, j]).all(), "a group mixes segments"
-            for s in range(slots + 1):
+            for s in range(1, slots + 1):  # padding is not conserved: it fills the rest
                 n0 = int((seg0[b] == s).sum())
                 here = seg_np[b] == s
                 np.testing.assert_allclose(size_np[b, here].sum(), n0)
-                if s > 0 and n0 > 0:
+                if n0 > 0:
                     assert here.sum() >= 1, "a sample lost all its tokens"
-                    assert here.sum() >= math.ceil(n0 / 2 ** layers)
+                    assert here.sum() >= n0 // 2 ** layers  # a block merges <= ceil(n / 2)
 
 
 @jax.jit(static_argnames=("r", "slots"))
@@ -71,14 +73,16 @@ def _merge_layer(x, metric, seg, size, source, *, r, slots):
     return x, seg, size, source
 
 
-def test_quota_is_each_samples_share_when_padding_absorbs():
-    seg = jnp.asarray(_segments([8, 4, 6], 40))[None]
-    metric = jnp.asarray(RNG.normal(size=(1, 40, 8)), jnp.float32)
-    new_seg = jax.jit(lambda m, s: pr.packed_bipartite_matching(m, s, r=10, num_slots=3)[1])(
+def test_quota_is_a_function_of_the_clips_own_count():
+    seg = jnp.asarray(np.stack([_segments([8, 4, 6], 40), _segments([6, 8, 4, 22], 40)]))
+    metric = jnp.asarray(RNG.normal(size=(2, 40, 8)), jnp.float32)
+    new_seg = jax.jit(lambda m, s: pr.packed_bipartite_matching(m, s, r=10, num_slots=4)[1])(
         metric, seg)
-    counts = [int((new_seg == s).sum()) for s in range(4)]
-    # floor(10 * n / 40) merges per sample: 2, 1, 1; padding (22 tokens) takes the other 6.
-    assert counts == [22 - 6, 8 - 2, 4 - 1, 6 - 1]
+    # ceil(n * 10 / 40) merges per clip: 8 -> 2, 4 -> 1, 6 -> 2, 22 -> 6, in any slot, in a
+    # row with 22 padding tokens or none; the row loses 10 - floor(10 * 4 / 40) = 9 tokens.
+    assert new_seg.shape == (2, 40 - 9)
+    counts = [[int((new_seg[b] == s).sum()) for s in range(5)] for b in range(2)]
+    assert counts == [[31 - 13, 6, 3, 4, 0], [31 - 29, 4, 6, 3, 16]]
 
 
 def test_single_sample_equals_tome():
@@ -89,7 +93,7 @@ def test_single_sample_equals_tome():
     @jax.jit
     def per_token(metric, x):
         """Each original token's merged value, for ToMe and the packed matcher."""
-        ref_merge, _ = tome.bipartite_soft_matching(metric, r=r)
+        ref_merge = tome.bipartite_soft_matching(metric, r=r)
         merge, _ = pr.packed_bipartite_matching(metric, jnp.ones((1, t), jnp.int32), r=r,
                                                 num_slots=1)
         ref_x, got_x = tome.merge_wavg(ref_merge, x)[0], tome.merge_wavg(merge, x)[0]
@@ -119,14 +123,15 @@ def test_topk_keeps_each_samples_best_tokens():
     for b, row in enumerate(lengths):
         for s, n in enumerate(row, start=1):
             mine = np.asarray(new_seg[b]) == s
-            assert mine.sum() >= math.ceil(rate * n) >= 1
+            assert mine.sum() == math.ceil(rate * n) >= 1
             own = np.sort(np.asarray(score[b])[np.asarray(seg[b]) == s])[::-1]
             # the kept ones are the sample's best
             np.testing.assert_allclose(np.sort(kept_score[b, mine])[::-1], own[:mine.sum()])
         real = [s for s in np.asarray(new_seg[b]) if s > 0]
         assert real == sorted(real), "row order is kept"
-    # Row 0 is full: quotas 4 + 1 + 2 leave 3 of its 10 places to slot 1 (slot order).
-    assert [int((new_seg[0] == s).sum()) for s in (1, 2, 3)] == [7, 1, 2]
+    # Row 0 is full: quotas 4 + 1 + 2; the 3 other places of its 10 are padding (pruned
+    # tokens relabelled), not extra tokens for slot 1.
+    assert [int((new_seg[0] == s).sum()) for s in range(4)] == [3, 4, 1, 2]
     # Row 2 has padding: every sample keeps exactly its quota, padding fills the rest.
     assert [int((new_seg[2] == s).sum()) for s in range(5)] == [6, 1, 1, 1, 1]
 
@@ -169,12 +174,40 @@ def test_reduced_model_no_leakage():
     full = _pack(clips, 18)
     out, _, src = apply({"params": params}, full)
     seg0 = full["segment_ids"][0]
-    for group in np.asarray(src[0]):
-        assert len(set(seg0[group > 0])) == 1
+    for group in np.asarray(src[0]):  # padding places left by merges hold nothing
+        assert len(set(seg0[group > 0])) <= 1
     clips[1] = clips[1] + _clip(64)
     out2, _, _ = apply({"params": params}, _pack(clips, 18))
     np.testing.assert_allclose(out2[0, [0, 2]], out[0, [0, 2]], atol=1e-6)
     assert float(jnp.abs(out2[0, 1] - out[0, 1]).max()) > 1e-4
+
+
+def _logits_across_packings(over):
+    """The logits of one 10-token clip packed in 7 rows of 32 tokens: alone, first, middle,
+    last, in full rows and in rows with padding, beside different neighbours."""
+    model = ElasticAST(**{**KW, "depth": 3, "frames": 256, **over})
+    clip = _clip(80)  # 2 x 5 patches
+    layouts = [([], []), ([], [_clip(48), _clip(64)]), ([_clip(16)], [_clip(160)]),
+               ([_clip(96), _clip(32)], []), ([_clip(16), _clip(16)], [_clip(48)]),
+               ([_clip(160)], [_clip(16)]), ([_clip(64)], [_clip(96)])]
+    packs = [_pack(before + [clip] + after, 32) for before, after in layouts]
+    fill = [int((p["segment_ids"] > 0).sum()) for p in packs]
+    assert fill == [10, 24, 32, 26, 20, 32, 30]  # full rows and rows with padding
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), packs[0])["params"]
+    apply = jax.jit(model.apply)
+    return np.stack([np.asarray(apply({"params": params}, p)[0][0, len(before)])
+                     for p, (before, _) in zip(packs, layouts)])
+
+
+@pytest.mark.parametrize("over", [dict(tome_r=6), dict(prune_keep_rate=0.6, prune_layers=(0, 1)),
+                                  dict(tome_r=4, prune_keep_rate=0.7, prune_layers=(1,))])
+def test_a_clips_logits_do_not_depend_on_its_packing(over):
+    # Tolerance 1e-5: float32 rounding of masked sums over rows laid out differently.
+    # Before per-clip quotas (leftover merges / keeps given out in slot order) the same
+    # clip differed by 0.32 (ToMe), 1.1 (TopK), 0.53 (both) across these packings.
+    logits = _logits_across_packings(over)
+    assert np.abs(logits - logits[0]).max() < 1e-5
+    assert np.abs(logits[0]).max() > 1e-2  # real, non-trivial outputs
 
 
 def test_merge_modes_match_tome_definitions():
@@ -184,12 +217,14 @@ def test_merge_modes_match_tome_definitions():
 
     @jax.jit
     def run(metric, x):
-        merge, _ = pr.packed_bipartite_matching(metric, seg, r=4, num_slots=2)
+        merge, new_seg = pr.packed_bipartite_matching(metric, seg, r=4, num_slots=2)
         src = tome.merge_source(merge, x)
-        return merge(x, "sum"), merge(x, "mean"), merge(x, "amax"), src
+        return merge(x, "sum"), merge(x, "mean"), merge(x, "amax"), src, new_seg
 
-    total, mean, amax, src = (np.asarray(a) for a in run(metric, x))
+    total, mean, amax, src, new_seg = (np.asarray(a) for a in run(metric, x))
     for j, group in enumerate(src[0] > 0):
+        if new_seg[0, j] == 0:
+            continue  # padding
         members = np.asarray(x)[0, group]
         np.testing.assert_allclose(total[0, j], members.sum(0), atol=1e-6)
         np.testing.assert_allclose(mean[0, j], members.mean(0), atol=1e-6)

@@ -1,4 +1,4 @@
-"""TopK pruning: counts, scores, ordering, EViT fusion, keep-rate schedule."""
+"""TopK pruning: counts, scores, ordering, EViT fusion."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fast_ast_jax.models import prune
+from fast_ast_jax.models import create_ast, prune
 
 
 @pytest.mark.parametrize("rate, want", [
@@ -17,10 +17,16 @@ from fast_ast_jax.models import prune
     (0.9, [461, 415, 374]),
 ])
 def test_counts_for_512_patches(rate, want):
-    counts = prune.pruned_counts(512, depth=12, keep_rate=rate, layers=(3, 6, 9))
-    assert [counts[i] for i in (3, 6, 9)] == want
-    assert counts[:3] == [512] * 3 and counts[-1] == want[-1]
-    fused = prune.pruned_counts(512, depth=12, keep_rate=0.5, layers=(3, 6, 9), fuse=True)
+    # 128 bins x 1024 frames at stride 16: 8 x 64 = 512 patches (+ CLS, DIST).
+    def counts(**kw):
+        plan = create_ast("tiny", fstride=16, tstride=16, prune_layers=(3, 6, 9),
+                          **kw).token_plan()
+        return [lp.tokens_out - 2 for lp in plan]
+
+    got = counts(prune_keep_rate=rate)
+    assert [got[i] for i in (3, 6, 9)] == want
+    assert got[:3] == [512] * 3 and got[-1] == want[-1]
+    fused = counts(prune_keep_rate=0.5, prune_fuse=True)
     assert [fused[i] for i in (3, 6, 9)] == [257, 130, 66]
 
 
@@ -75,35 +81,11 @@ def test_class_token_scores_match_full_attention():
         prune.class_token_scores(q, k, num_prefix=1, score="mean")
 
 
-def test_gather_tokens_and_compose():
+def test_gather_tokens():
     values = jnp.arange(2 * 6, dtype=jnp.float32).reshape(2, 6, 1)
     kept = jnp.asarray([[3, 0], [1, 2]])
     got = prune.gather_tokens(values, kept, num_prefix=1, fused=jnp.full((2, 1), -1.0))
     np.testing.assert_array_equal(got[..., 0], [[0, 4, 1, -1], [6, 8, 9, -1]])
-    # Two prunings of 10 patches: keep [7, 2, 5, 0] then [2, 0] -> originals [5, 7].
-    k1 = jnp.asarray([[7, 2, 5, 0]])
-    k2 = jnp.asarray([[2, 0]])
-    np.testing.assert_array_equal(prune.compose_kept([k1, k2]), [[5, 7]])
-    # With fusion index 4 of the second layer is the fused token -> -1.
-    np.testing.assert_array_equal(prune.compose_kept([k1, jnp.asarray([[4, 1]])], fused=True),
-                                  [[-1, 2]])
-
-
-def test_keep_rate_schedule():
-    kw = dict(base=0.7, shrink_start=5, shrink_epochs=15)
-    assert [prune.keep_rate_at(e, **kw) for e in (1, 4)] == [1.0, 1.0]
-    assert prune.keep_rate_at(5, **kw) == pytest.approx(1.0)
-    assert prune.keep_rate_at(12, **kw) == pytest.approx(
-        0.7 + 0.3 * (math.cos(math.pi * 7 / 15) + 1) / 2)
-    assert prune.keep_rate_at(20, **kw) == 0.7 and prune.keep_rate_at(30, **kw) == 0.7
-    values = prune.keep_rate_values(30, **kw)
-    assert values[0] == pytest.approx(1.0) and values[-1] == 0.7
-    assert all(a > b for a, b in zip(values, values[1:]))
-    # Rounding to a step bounds the number of compiled programs.
-    coarse = prune.keep_rate_values(30, step=0.1, **kw)
-    assert len(coarse) < len(values)
-    assert all(0.7 <= v <= 1.0 for v in coarse)
-    assert coarse == sorted(coarse, reverse=True) and coarse[-1] == 0.7
 
 
 def test_prune_grad_finite():

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fast_ast_jax.models import tome
+from fast_ast_jax.models import create_ast, tome
 
 
 def _unit(degrees):
@@ -30,39 +30,39 @@ def test_class_token_order_and_protection():
     metric = _unit([120.5, 0, 115, 60, 59, 120])
     # Without a class token token 0 is an ordinary token: it merges first, and the unmerged
     # A tokens stay in descending-score order (4 before 2).
-    merge, _ = tome.bipartite_soft_matching(metric, r=1)
+    merge = tome.bipartite_soft_matching(metric, r=1)
     assert _rows(merge(EYE6, "sum")) == [[4], [2], [1], [3], [0, 5]]
     # With a class token, token 0 never merges; 4 merges into 3; unmerged A tokens return
     # to their original order with CLS first.
-    merge, _ = tome.bipartite_soft_matching(metric, r=1, class_token=True)
+    merge = tome.bipartite_soft_matching(metric, r=1, class_token=True)
     assert _rows(merge(EYE6, "sum")) == [[0], [2], [1], [3, 4], [5]]
-    merge, _ = tome.bipartite_soft_matching(metric, r=2, class_token=True)
+    merge = tome.bipartite_soft_matching(metric, r=2, class_token=True)
     assert _rows(merge(EYE6, "sum")) == [[0], [1], [3, 4], [2, 5]]
 
 
 def test_distill_token_protection_and_order():
     # 2 is closest to DIST (token 1); 4 is close to 5; CLS is close to DIST too.
     metric = _unit([2, 0, 1, 60, 100, 120])
-    merge, _ = tome.bipartite_soft_matching(metric, r=1, class_token=True)
+    merge = tome.bipartite_soft_matching(metric, r=1, class_token=True)
     assert _rows(merge(EYE6, "sum")) == [[0], [4], [1, 2], [3], [5]]
-    merge, _ = tome.bipartite_soft_matching(metric, r=1, class_token=True,
-                                            distill_token=True)
+    merge = tome.bipartite_soft_matching(metric, r=1, class_token=True,
+                                         distill_token=True)
     # Nobody may merge into DIST: 4 -> 5 wins; order CLS, DIST, other A, other B.
     assert _rows(merge(EYE6, "sum")) == [[0], [1], [2], [3], [4, 5]]
-    merge, _ = tome.bipartite_soft_matching(metric, r=2, class_token=True,
-                                            distill_token=True)
+    merge = tome.bipartite_soft_matching(metric, r=2, class_token=True,
+                                         distill_token=True)
     assert _rows(merge(EYE6, "sum")) == [[0], [1], [2, 3], [4, 5]]
 
 
 def test_modes_hand_computed():
     metric = _unit([120.5, 0, 115, 60, 59, 120])
     x = jnp.asarray([[[1.0], [2.0], [3.0], [4.0], [5.0], [6.0]]])
-    merge, _ = tome.bipartite_soft_matching(metric, r=2)  # 0 -> 5 and 4 -> 3
+    merge = tome.bipartite_soft_matching(metric, r=2)  # 0 -> 5 and 4 -> 3
     np.testing.assert_allclose(merge(x, "sum")[0, :, 0], [3, 2, 9, 7])
     np.testing.assert_allclose(merge(x, "mean")[0, :, 0], [3, 2, 4.5, 3.5])
     np.testing.assert_allclose(merge(x, "amax")[0, :, 0], [3, 2, 5, 6])
     # Two sources into one destination: plain mean over 3 tokens (include-self count).
-    merge, _ = tome.bipartite_soft_matching(_unit([119, 0, 121, 60, 200, 120]), r=2)
+    merge = tome.bipartite_soft_matching(_unit([119, 0, 121, 60, 200, 120]), r=2)
     np.testing.assert_allclose(merge(x, "mean")[0, :, 0], [5, 2, 4, (1 + 3 + 6) / 3])
     with pytest.raises(ValueError, match="mode"):
         merge(x, "min")
@@ -70,14 +70,14 @@ def test_modes_hand_computed():
 
 def test_clamp_and_identity():
     metric = _unit([2, 0, 1, 60, 100, 120])
-    merge, unmerge = tome.bipartite_soft_matching(metric, r=10, class_token=True,
-                                                  distill_token=True)
+    merge = tome.bipartite_soft_matching(metric, r=10, class_token=True,
+                                         distill_token=True)
     assert merge(EYE6).shape == (1, 4, 6)  # (6 - 2) // 2 = 2 merges at most
-    merge, _ = tome.bipartite_soft_matching(metric, r=10)
+    merge = tome.bipartite_soft_matching(metric, r=10)
     assert merge(EYE6).shape == (1, 3, 6)
     for r in (0, -3):
-        merge, unmerge = tome.bipartite_soft_matching(metric, r=r, class_token=True)
-        assert merge(EYE6, "sum") is EYE6 and unmerge(EYE6) is EYE6
+        merge = tome.bipartite_soft_matching(metric, r=r, class_token=True)
+        assert merge(EYE6, "sum") is EYE6
     assert tome.clamp_r(3, 5, 2) == 0
 
 
@@ -122,23 +122,6 @@ def _np_merge(x, plans, mode, distill_token):
     return np.stack(out)
 
 
-def _np_unmerge(y, plans, t, distill_token):
-    out = []
-    for yb, (unm, src, dst_idx) in zip(y, plans):
-        n = len(unm)
-        if distill_token:
-            u = np.concatenate([yb[:1], yb[2:n + 1]])
-            dst = np.concatenate([yb[1:2], yb[n + 1:]])
-        else:
-            u, dst = yb[:n], yb[n:]
-        o = np.zeros((t,) + yb.shape[1:])
-        o[1::2] = dst
-        o[2 * np.asarray(unm, int)] = u
-        o[2 * np.asarray(src, int)] = dst[np.asarray(dst_idx, int)]
-        out.append(o)
-    return np.stack(out)
-
-
 @pytest.mark.parametrize("t", [11, 12])
 @pytest.mark.parametrize("flags", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("r", [2, 5])
@@ -149,15 +132,12 @@ def test_matches_numpy_reference(t, flags, r):
     x = rng.normal(size=(3, t, 5)).astype(np.float32)
     r_eff, plans = _np_matching(metric, r, class_token, distill_token)
     for mode in tome.MERGE_MODES:
-        merge, unmerge = tome.bipartite_soft_matching(
+        merge = tome.bipartite_soft_matching(
             jnp.asarray(metric), r=r, class_token=class_token, distill_token=distill_token)
         got = merge(jnp.asarray(x), mode)
         chex.assert_shape(got, (3, t - r_eff, 5))
         want = _np_merge(x, plans, mode, distill_token)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    y = np.asarray(merge(jnp.asarray(x), "mean"))
-    np.testing.assert_allclose(unmerge(jnp.asarray(y)),
-                               _np_unmerge(y, plans, t, distill_token), rtol=1e-6)
 
 
 # ---------------------------------------------------------------- invariants
@@ -172,8 +152,8 @@ def _four_layers(metric, x):
     """Four merge steps of r=8 (the last clamps to 7), as in a model."""
     size = source = None
     for r in (8, 8, 8, 8):
-        merge, _ = tome.bipartite_soft_matching(metric, r=r, class_token=True,
-                                                distill_token=True)
+        merge = tome.bipartite_soft_matching(metric, r=r, class_token=True,
+                                             distill_token=True)
         source = tome.merge_source(merge, x, source)
         x, size = tome.merge_wavg(merge, x, size)
         metric = merge(metric, "mean")
@@ -182,7 +162,6 @@ def _four_layers(metric, x):
 
 def test_wavg_sizes_and_sources_through_layers():
     x, size, source = _four_layers(*_random_case(0))
-    assert tome.token_schedule(40, [8] * 4, 2)[1] == [32, 24, 16, 9]
     chex.assert_shape([x, size, source], [(2, 9, 24), (2, 9, 1), (2, 9, 40)])
     chex.assert_tree_all_finite(x)
     src = np.asarray(source)
@@ -206,7 +185,7 @@ def test_wavg_is_size_weighted_mean_of_originals():
 def test_identical_tokens_unchanged():
     metric, _ = _random_case(2)
     x = jnp.broadcast_to(jnp.arange(24.0), (2, 40, 24))
-    merge, _ = tome.bipartite_soft_matching(metric, r=15)
+    merge = tome.bipartite_soft_matching(metric, r=15)
     out, size = tome.merge_wavg(merge, x)
     np.testing.assert_allclose(out, x[:, :25], rtol=1e-6)
     np.testing.assert_allclose(size.sum((1, 2)), 40)
@@ -216,7 +195,7 @@ def test_merge_gradients_finite_and_stop_at_metric():
     metric, x = _random_case(3)
 
     def loss(x, metric):
-        merge, _ = tome.bipartite_soft_matching(metric, r=12, class_token=True)
+        merge = tome.bipartite_soft_matching(metric, r=12, class_token=True)
         y, size = tome.merge_wavg(merge, x)
         return jnp.sum(y ** 2 * size)
 
@@ -228,7 +207,7 @@ def test_merge_gradients_finite_and_stop_at_metric():
 
 def test_bfloat16_merge_accumulates_in_float32():
     metric, x = _random_case(4)
-    merge, _ = tome.bipartite_soft_matching(metric, r=10)
+    merge = tome.bipartite_soft_matching(metric, r=10)
     y16, s16 = tome.merge_wavg(merge, x.astype(jnp.bfloat16))
     y32, _ = tome.merge_wavg(merge, x)
     assert y16.dtype == jnp.bfloat16 and s16.dtype == jnp.float32
@@ -237,27 +216,37 @@ def test_bfloat16_merge_accumulates_in_float32():
 
 # ---------------------------------------------------------------- schedules
 
-def test_parse_r_worked_values():
-    assert tome.parse_r(12, 16) == [16] * 12
-    assert tome.parse_r(12, (16, -1)) == [32, 29, 26, 23, 20, 17, 14, 11, 8, 5, 2, 0]
-    assert tome.parse_r(12, (16, 1)) == [0, 2, 5, 8, 11, 14, 17, 20, 23, 26, 29, 32]
-    assert tome.parse_r(12, (16, 0.5)) == [8, 9, 10, 12, 13, 15, 16, 18, 19, 21, 22, 24]
-    assert tome.parse_r(12, (13, -0.5)) == [19, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7]
-    assert tome.parse_r(4, [3, 2]) == [3, 2, 0, 0]
-    with pytest.raises(ValueError, match="entries"):
-        tome.parse_r(2, [1, 2, 3])
-    with pytest.raises(ValueError, match="inflection"):
-        tome.parse_r(12, (16, 1.5))
-    with pytest.raises(ValueError):
-        tome.parse_r(12, "16")
+def test_parse_schedule_worked_values():
+    parse = tome.parse_schedule
+    assert parse(16, depth=12) == parse("16", depth=12) == [16] * 12
+    assert parse("ramp:16,-1", depth=12) == [32, 29, 26, 23, 20, 17, 14, 11, 8, 5, 2, 0]
+    assert parse("ramp:16,1", depth=12) == [0, 2, 5, 8, 11, 14, 17, 20, 23, 26, 29, 32]
+    assert parse("ramp:16,0.5", depth=12) == [8, 9, 10, 12, 13, 15, 16, 18, 19, 21, 22, 24]
+    assert parse(" ramp: 13, -0.5", depth=12) == [19, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7]
+    # A two-block list is a list, never (r, inflection).
+    assert parse("blocks:16,0", depth=4) == [16, 0, 0, 0]
+    assert parse("blocks:3,2", depth=4) == [3, 2, 0, 0]
+    for spec, match in [("blocks:1,2,3", "3 entries for a model of depth 2"),
+                        ("ramp:16,1.5", r"INFLECTION in \[-1, 1\]"),
+                        ("ramp:16", "'ramp:' takes R,INFLECTION"),
+                        ("steps:1,2", "unknown tag 'steps'"),
+                        ("blocks:1,x", "not a number"),
+                        ((16, -1.0), "a tuple is not a schedule"),
+                        ([16, 0], "a list is not a schedule"),
+                        (True, "a bool is not a schedule"),
+                        (-2, "merges must be >= 0")]:
+        with pytest.raises(ValueError, match=match):
+            parse(spec, depth=2)
 
 
 def test_token_schedule():
-    eff, counts = tome.token_schedule(1214, tome.parse_r(12, 300), 2)
-    assert eff == [300, 300, 300, 156, 78, 39, 19, 10, 5, 2, 1, 1]
-    assert counts == [914, 614, 314, 158, 80, 41, 22, 12, 7, 5, 4, 3]
-    eff, counts = tome.token_schedule(1214, tome.parse_r(12, 100), 2)
-    assert counts[:3] == [1114, 1014, 914] and counts[-1] == 58 and eff[-1] == 56
+    # AST base: 12 x 101 patches + CLS + DIST = 1214 tokens; r is clamped per block.
+    plan = create_ast("base", tome_r=300).token_plan()
+    assert [lp.r for lp in plan] == [300, 300, 300, 156, 78, 39, 19, 10, 5, 2, 1, 1]
+    assert [lp.tokens_out for lp in plan] == [914, 614, 314, 158, 80, 41, 22, 12, 7, 5, 4, 3]
+    plan = create_ast("base", tome_r=100).token_plan()
+    counts = [lp.tokens_out for lp in plan]
+    assert counts[:3] == [1114, 1014, 914] and counts[-1] == 58 and plan[-1].r == 56
 
 
 def test_jit_static_shapes_no_retrace():
@@ -266,7 +255,7 @@ def test_jit_static_shapes_no_retrace():
     @jax.jit
     def step(metric, x):
         traces.append(1)
-        merge, _ = tome.bipartite_soft_matching(metric, r=9, class_token=True)
+        merge = tome.bipartite_soft_matching(metric, r=9, class_token=True)
         return tome.merge_wavg(merge, x)
 
     for seed in range(3):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from fast_ast_jax.audio.frontend import FrontEnd
+from fast_ast_jax.data import make_source
 from fast_ast_jax.data.pipeline import Pipeline
 from fast_ast_jax.train import loop, task
 from fast_ast_jax.train.checkpoint import Checkpointer
@@ -49,7 +50,12 @@ def tiny(c, *, frames=64, bins=32):
 def run_one_step(c, tmp_path, *, expect_map=False, reevaluate=False):
     final = loop.train_and_evaluate(c, str(tmp_path / "work"))
     assert final["step"] == 1 and np.isfinite(final["train_loss"])
-    assert 0.0 <= final["eval_accuracy"] <= 1.0
+    # Accuracy is a count of correct clips over the eval set's clips.
+    correct = final["eval_accuracy"] * final["eval_num_clips"]
+    source = make_source(c.data.source, sample_rate=c.frontend.sample_rate,
+                         **c.data.eval.to_dict())
+    assert final["eval_num_clips"] + final["eval_bad_clips"] == len(source)
+    assert correct == pytest.approx(round(correct), abs=1e-6)
     if expect_map:
         assert "eval_mAP" in final
     lines = [json.loads(s) for s in (tmp_path / "work" / "metrics.jsonl").read_text().splitlines()]
@@ -319,7 +325,8 @@ def test_sharded_training_matches_one_device(tmp_path):
     # A checkpoint written by 8 devices with sharded params restores on 1 device.
     rows = evaluate_checkpoint(tmp_path / "padded_fsdp", config=load_config("test"),
                                echo=None)
-    assert 0.0 <= rows[0]["accuracy"] <= 1.0
+    correct = rows[0]["accuracy"] * rows[0]["num_clips"]  # a count of the 16 eval clips
+    assert rows[0]["num_clips"] == 16 and correct == pytest.approx(round(correct), abs=1e-6)
 
 
 def test_tome_training_evaluate_sweep_and_predict(tmp_path):

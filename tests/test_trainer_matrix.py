@@ -129,7 +129,8 @@ def test_cell_predicts(cell, tmp_path_factory, teacher_file):
 
 
 def test_packed_clips_carry_their_teacher_rows(teacher_file):
-    """Each packed slot holds its own clip's teacher logits (as y per slot); empty slots 0."""
+    """Each packed slot holds its own clip's teacher predictions at tau (as y per slot);
+    empty slots 0."""
     c = cell_config("packed", "none", teacher_file)
     teacher = distill.load(teacher_file)
     task = packed_task(c, frontend=FrontEnd.from_dict(c.frontend.to_dict()), teacher=teacher)
@@ -139,7 +140,8 @@ def test_packed_clips_carry_their_teacher_rows(teacher_file):
     ids = source_ids(pipe.source)
     batch = pipe.batch(0, 0)
     valid = batch["slot_index"] >= 0
-    assert batch["teacher"].shape == batch["y"].shape and valid.sum() > 1
-    expected = teacher.lookup([ids[i] for i in batch["slot_index"][valid]])
-    np.testing.assert_array_equal(batch["teacher"][valid], expected)
-    np.testing.assert_array_equal(batch["teacher"][~valid], 0.0)
+    assert batch["teacher_probs"].shape == batch["y"].shape and valid.sum() > 1
+    logits = teacher.lookup([ids[i] for i in batch["slot_index"][valid]]) / c.distill.tau
+    expected = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)  # softmax at tau
+    np.testing.assert_allclose(batch["teacher_probs"][valid], expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(batch["teacher_probs"][~valid], 0.0)

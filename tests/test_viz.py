@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from fast_ast_jax import viz
-from fast_ast_jax.models import prune
 from fast_ast_jax.models.ast import create_ast
 
 GRID = (2, 4)  # f_dim x t_dim
@@ -88,7 +87,7 @@ def test_maps_from_model(tmp_path):
     grid = model.grid()
     source = np.asarray(inter["source"][0][0])
     p1 = viz.merge_map_png(x[0], source, grid=grid, path=tmp_path / "m.png")
-    kept = prune.compose_kept([inter["prune_kept_0"][0]])
+    kept = inter["prune_kept_0"][0]  # one pruning block: indices are original patches
     p2 = viz.prune_map_png(x[0], kept[0], grid=grid, path=tmp_path / "p.png")
     for p in (p1, p2):
         assert mpimg.imread(p).shape[:2] == (256, 1024)

@@ -112,7 +112,7 @@ class FolderSource:
         return [filename for filename, _ in self._items]
 
     def __getitem__(self, index: int) -> dict:
-        from fast_ast_jax.audio.io import load_audio  # decoding needs librosa/soundfile
+        from fast_ast_jax.audio.io import load_audio  # decoding needs soundfile/audioread
 
         filename, label_ids = self._items[index]
         audio = load_audio(self.audio_dir / filename, sample_rate=self.sample_rate)

@@ -21,7 +21,7 @@ Batches (dicts of NumPy arrays, this host's rows R_host = rows / hosts):
     patches (R_host, L, p*p) float32, segment_ids (R_host, L) int32, positions
     (R_host, L, 2) int32, slot_index (R_host, S) int32 (source example index per slot, -1 =
     empty), y (R_host, S, C) float32 targets per slot, mask (R_host, S) float32 (1 = a real
-    clip); with a teacher also teacher (R_host, S, C) float32, the teacher logits of each
+    clip); with a teacher also teacher_probs (R_host, S, C) float32, the teacher predictions of each
     slot's clip (0 in empty slots).
 
 Every batch is a pure function of (seed, epoch, batch index): resuming needs only the data
@@ -97,8 +97,9 @@ class PackedPipeline:
             identify the source, e.g. its config as JSON), the front-end, hop and cap; a
             later run (or host) loads them instead.
         process_index, process_count: this host's rows (default: from jax).
-        teacher: distill.TeacherLogits; batches then carry each slot's teacher logits
-            (labels and clip ids checked here, as data.pipeline.Pipeline does).
+        teacher: distill.TeacherLogits; batches then carry each slot's teacher predictions
+            `teacher_probs` at `teacher_tau` (sigmoid if `teacher_multilabel`, else softmax;
+            labels and clip ids checked here, as data.pipeline.Pipeline does).
         on_bad_clip: "skip" or "fail" (see the module docstring).
     """
 
@@ -107,7 +108,8 @@ class PackedPipeline:
                  token_dropout: float = 0.0, seed: int = 0, augment: Augment = Augment(),
                  cache: bool = True, cache_dir: str | os.PathLike | None = None,
                  cache_key: str = "", process_index: int | None = None,
-                 process_count: int | None = None, teacher=None, on_bad_clip: str = "skip"):
+                 process_count: int | None = None, teacher=None, teacher_tau: float = 1.0,
+                 teacher_multilabel: bool = False, on_bad_clip: str = "skip"):
         if on_bad_clip not in BAD_CLIP_POLICIES:
             raise ValueError(f"config.data.on_bad_clip={on_bad_clip!r}: use one of "
                              f"{BAD_CLIP_POLICIES}")
@@ -138,7 +140,8 @@ class PackedPipeline:
         self.process_index = process_index
         self.bad_clips: dict[int, str] = {}
         self.num_classes = len(source.labels)
-        self._teacher = None if teacher is None else teacher_rows(teacher, source)
+        self._teacher = None if teacher is None else teacher_rows(
+            teacher, source, tau=teacher_tau, multilabel=teacher_multilabel)
         # FrontEnd requires window >= hop, so a hop longer than the window widens the window
         # to the hop (ElasticAST keeps 25 ms windows and skips samples between frames).
         self._frontends = {h: dataclasses.replace(
@@ -355,7 +358,7 @@ class PackedPipeline:
                  "y": packed.slot_values(per_clip(targets)),
                  "mask": (packed.slot_index >= 0).astype(np.float32)}
         if self._teacher is not None:
-            batch["teacher"] = packed.slot_values(per_clip(teachers))
+            batch["teacher_probs"] = packed.slot_values(per_clip(teachers))
         return batch
 
     def iterate(self, *, epoch: int = 0, index: int = 0, prefetch: int = 2

@@ -9,20 +9,27 @@ Batches are dicts of NumPy arrays for this host:
     x (B_host, frames, bins) float32 normalised features;
     y (B_host, C) float32 targets (one-hot, multi-hot, or mixed);
     mask (B_host,) float32, 1 for real examples, 0 for padding (eval only pads);
-    teacher (B_host, C) float32 teacher logits, when the pipeline has a teacher.
+    teacher_probs (B_host, C) float32 teacher predictions, when the pipeline has a teacher.
 
-Teacher logits and mixup: the teacher's logits were computed once on the un-augmented clip
-(`distill dump`), so a mixed clip gets the same convex combination of its two clips'
-teacher logits as of their labels (weight lam ~ Beta(alpha, alpha)); SpecAugment and noise
-do not change them. CMKD's "consistent teaching" instead runs the teacher online on the
-very same augmented input; offline logits cannot, and mixing logits (not probabilities)
-is an approximation of the teacher's output on the mixture.
+Teacher targets and mixup: the batch carries teacher *predictions*, not logits:
+`teacher_probs(logits, tau=, multilabel=)`, i.e. sigmoid(logits / tau) per class for
+multi-label tasks and softmax(logits / tau) over classes for single-label ones, with tau
+the distillation temperature (config.distill.tau). A mixed clip gets the convex combination
+lam * p1 + (1 - lam) * p2 of its two clips' predictions, with the labels' weight
+lam ~ Beta(alpha, alpha): the mixture of the two teachers' answers, as the labels are the
+mixture of the two ground truths. Mixing logits instead is not: logits 5 and -10 mixed at
+lam = 1/2 give -2.5 (p = 0.08) where the mixed prediction is 0.5, and a top-k teacher
+file's fill logit (-1000, classes outside one clip's top k) would turn every such class
+into a hard 0 for the mixture. The loss (train.losses.kd_loss) consumes these
+probabilities as they are. The predictions were computed once on the un-augmented clip
+(`distill dump`), so SpecAugment and noise do not change them; CMKD's "consistent
+teaching" instead runs the teacher online on the very same augmented input.
 
 Bad clips (a source example whose audio raises `AudioError`: missing, empty, undecodable,
 NaN samples) follow `on_bad_clip`: "fail" raises at once, naming the file; "skip" records
 the clip in `bad_clips` (index -> message), warns once, and goes on. A skipped training
 clip is replaced by the next good example in source order (index + 1, + 2, ... wrapping
-round; with its teacher logits), so batches stay full and remain a pure function of (seed,
+round; with its teacher predictions), so batches stay full and remain a pure function of (seed,
 epoch, index): a resumed run sees exactly the batches an uninterrupted one would. A skipped
 eval clip is masked out (mask 0), so it counts nowhere. With `cache` on, every clip is
 featurised up front (progress bar), so bad clips are all found and reported before the
@@ -67,24 +74,47 @@ class Augment:
             raise ValueError(f"mask widths freqm={self.freqm}, timem={self.timem} must be >= 0")
 
 
-class _Rows:
-    """Rows of a (N, C) array in a given order, without copying the array (teacher files
-    of large datasets hold millions of rows)."""
+def teacher_probs(logits: np.ndarray, *, tau: float, multilabel: bool) -> np.ndarray:
+    """Teacher predictions at temperature tau: (..., C) logits -> (..., C) float32.
 
-    def __init__(self, array: np.ndarray, order: list[int]):
-        self.array, self.order = array, np.asarray(order, np.int64)
+    multilabel: sigmoid(logits / tau) per class; otherwise softmax(logits / tau) over the
+    last axis. The classes a top-k teacher file does not store read as its fill logit
+    (-1000), i.e. probability 0 at any usual tau.
+    """
+    if not tau > 0:
+        raise ValueError(f"config.distill.tau={tau} is a temperature; use a value > 0")
+    z = np.asarray(logits, np.float64) / tau
+    if multilabel:
+        return (0.5 * (1.0 + np.tanh(0.5 * z))).astype(np.float32)  # overflow-free sigmoid
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return (z / z.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+class _TeacherRows:
+    """Teacher predictions (`teacher_probs`) of the source examples, row i = example i,
+    computed per row on demand: teacher files of large datasets hold millions of rows,
+    which are neither copied nor converted up front."""
+
+    def __init__(self, logits: np.ndarray, order: list[int], *, tau: float,
+                 multilabel: bool):
+        self.logits, self.order = logits, np.asarray(order, np.int64)
+        self.tau, self.multilabel = tau, multilabel
+        teacher_probs(np.zeros(1), tau=tau, multilabel=multilabel)  # check tau now
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return self.array[self.order[i]]
+        return teacher_probs(self.logits[self.order[i]], tau=self.tau,
+                             multilabel=self.multilabel)
 
 
-def teacher_rows(teacher, source) -> _Rows:
-    """The teacher logits (distill.TeacherLogits) of every example of `source`, row i =
-    example i; checks first that the labels agree and that every clip id has logits."""
+def teacher_rows(teacher, source, *, tau: float, multilabel: bool) -> _TeacherRows:
+    """The teacher predictions at tau (`teacher_probs`) of every example of `source`, row i
+    = example i, from teacher logits (distill.TeacherLogits); checks first that the labels
+    agree and that every clip id has logits."""
     teacher.check_labels(source.labels)
     ids = source_ids(source)
     teacher.check_ids(ids)
-    return _Rows(teacher.logits, [teacher.index(cid) for cid in ids])
+    return _TeacherRows(teacher.logits, [teacher.index(cid) for cid in ids], tau=tau,
+                        multilabel=multilabel)
 
 
 class Pipeline:
@@ -106,6 +136,10 @@ class Pipeline:
         on_bad_clip: "skip" or "fail" (see the module docstring).
         teacher: distill.TeacherLogits; its labels must equal the source's and every clip
             id of the source must have logits (checked here, before any feature work).
+            Batches then carry `teacher_probs` (see the module docstring).
+        teacher_tau: distillation temperature the teacher predictions are taken at.
+        teacher_multilabel: sigmoid (True: multi-label task, BCE loss) or softmax (False)
+            teacher predictions; must match the loss (train.losses.kd_loss).
     """
 
     def __init__(self, source, *, frontend: FrontEnd, batch_size: int, train: bool,
@@ -113,6 +147,7 @@ class Pipeline:
                  cache_dir: str | os.PathLike | None = None, cache_key: str = "",
                  process_index: int | None = None,
                  process_count: int | None = None, teacher=None,
+                 teacher_tau: float = 1.0, teacher_multilabel: bool = False,
                  on_bad_clip: str = "skip"):
         if on_bad_clip not in BAD_CLIP_POLICIES:
             raise ValueError(f"config.data.on_bad_clip={on_bad_clip!r}: use one of "
@@ -135,8 +170,9 @@ class Pipeline:
         self.batch_size, self.local_batch = batch_size, batch_size // process_count
         self.process_index = process_index
         self.num_classes = len(source.labels)
-        # (len(source), C) float32, row i = teacher logits of example i
-        self._teacher = None if teacher is None else teacher_rows(teacher, source)
+        # row i = teacher predictions (C,) of example i
+        self._teacher = None if teacher is None else teacher_rows(
+            teacher, source, tau=teacher_tau, multilabel=teacher_multilabel)
         self.on_bad_clip = on_bad_clip
         self.bad_clips: dict[int, str] = {}
         # index -> (features, target), or None for a bad clip.
@@ -278,7 +314,7 @@ class Pipeline:
             if aug.mixup > 0 and rng.random() < aug.mixup:
                 other = self.good_index(int(rng.integers(len(self.source))))
                 x2, y2 = self.example(other)
-                if t is not None:  # mix teacher logits with the labels' weight
+                if t is not None:  # mix teacher predictions with the labels' weight
                     y, y2 = np.concatenate([y, t]), np.concatenate([y2, self._teacher[other]])
                 x, y = augment.mixup(x, y, x2, y2, rng=rng, alpha=aug.mixup_alpha)
                 if t is not None:
@@ -298,7 +334,7 @@ class Pipeline:
             mask.append(0.0)
         batch = {"x": np.stack(xs), "y": np.stack(ys), "mask": np.asarray(mask, np.float32)}
         if self._teacher is not None:
-            batch["teacher"] = np.stack(ts).astype(np.float32)
+            batch["teacher_probs"] = np.stack(ts).astype(np.float32)
         return batch
 
     def iterate(self, *, epoch: int = 0, index: int = 0, prefetch: int = 2

@@ -124,9 +124,9 @@ class AST(nn.Module):
         head_ln_eps: LayerNorm epsilon of the head (original AST 1e-5, HF 1e-12).
         dropout: dropout after attention and MLP (training only).
         dtype: compute dtype (float32 or bfloat16); parameters stay float32.
-        tome_r: ToMe merges per block: int (constant), (r, inflection) tuple (linear ramp,
-            `tome.parse_r`), or a list / tuple of another length with per-block values
-            (padded with zeros). 0 = off. Clamped per block to half the mergeable tokens.
+        tome_r: ToMe schedule (`tome.parse_schedule`): int r (constant), "ramp:R,INFL"
+            (ToMe's linear ramp) or "blocks:R0,R1,..." (per block). 0 = off. Clamped per
+            block to half the mergeable tokens.
         tome_prop_attn: proportional attention: log(token size) added to the attention
             logits of every key once tokens have been merged (only when ToMe is on; the
             sizes then include EViT-fused tokens).
@@ -162,7 +162,7 @@ class AST(nn.Module):
     head_ln_eps: float = 1e-5
     dropout: float = 0.0
     dtype: Any = jnp.float32
-    tome_r: int | tuple | list = 0
+    tome_r: int | str = 0
     tome_prop_attn: bool = True
     prune_keep_rate: float = 1.0
     prune_layers: tuple = (3, 6, 9)
@@ -181,36 +181,12 @@ class AST(nn.Module):
 
     def r_schedule(self) -> list[int]:
         """Per-block ToMe r from `tome_r` (before the per-block clamp), validated."""
-        r = self.tome_r
-        if isinstance(r, (list, tuple)) and len(r) != 2:
-            r = list(r)
-            if len(r) > self.depth:
-                raise ValueError(f"AST.tome_r schedule has {len(r)} entries but the model "
-                                 f"has depth {self.depth}; give at most one r per block")
-        elif isinstance(r, list):
-            r = tuple(r)  # [r, inflection] read back from a JSON config
-        try:
-            rs = tome.parse_r(self.depth, r)
-        except ValueError as e:
-            raise ValueError(f"AST.tome_r={self.tome_r!r}: {e}") from None
-        if any(v < 0 for v in rs):
-            raise ValueError(f"AST.tome_r={self.tome_r!r} gives negative merges {rs}; r must "
-                             "be >= 0")
-        return rs
+        return reduction_schedule(self, name="AST")[0]
 
     def token_plan(self, frames: int | None = None) -> list[LayerPlan]:
         """Static per-block token counts for an input of `frames` frames (default: the
         model's), validating the reduction fields. Used by MAC counting and the forward."""
-        try:
-            prune.check_keep_rate(self.prune_keep_rate)
-        except ValueError as e:
-            raise ValueError(f"AST.prune_keep_rate: {e}") from None
-        # Layers are only checked when pruning is on: the default (3, 6, 9) must not reject
-        # shallow models that do not prune.
-        bad = [i for i in self.prune_layers if not 0 <= int(i) < self.depth]
-        if bad and self.prune_keep_rate < 1.0:
-            raise ValueError(f"AST.prune_layers {tuple(self.prune_layers)} has block indices "
-                             f"{bad} outside [0, depth={self.depth})")
+        rs, keeps = reduction_schedule(self, name="AST")
         if self.prune_score not in prune.SCORES:
             raise ValueError(f"AST.prune_score {self.prune_score!r} is not one of "
                              f"{prune.SCORES}")
@@ -219,10 +195,10 @@ class AST(nn.Module):
         f_dim, t_dim = self.grid(frames)
         tokens = self.num_prefix + f_dim * t_dim
         plan = []
-        for i, r in enumerate(self.r_schedule()):
+        for r, rate in zip(rs, keeps):
             tokens_in, keep = tokens, None
-            if self.prune_keep_rate < 1.0 and i in self.prune_layers:
-                keep = prune.num_kept(tokens - self.num_prefix, self.prune_keep_rate)
+            if rate < 1.0:
+                keep = prune.num_kept(tokens - self.num_prefix, rate)
                 tokens = self.num_prefix + keep + int(self.prune_fuse)
             r = tome.clamp_r(tokens, r, self.num_prefix)
             tokens -= r
@@ -336,14 +312,58 @@ def _reduce_tokens(model: AST, x, q, k, *, plan: LayerPlan, bias, state: _Reduct
             state.source = prune.gather_tokens(state.source, kept, num_prefix=npre,
                                                fused=fused["source"])
     if plan.r > 0:
-        merge, _ = tome.bipartite_soft_matching(metric, r=plan.r, class_token=True,
-                                                distill_token=model.dist_token)
+        merge = tome.bipartite_soft_matching(metric, r=plan.r, class_token=True,
+                                             distill_token=model.dist_token)
         if state.source is not None:
             state.source = tome.merge_source(merge, x, state.source)
         x, state.size = tome.merge_wavg(merge, x, state.size)
     if x.shape[1] != plan.tokens_out:
         raise AssertionError(f"token plan says {plan.tokens_out} tokens, got {x.shape[1]}")
     return x
+
+
+def reduction_schedule(model: nn.Module, *, name: str) -> tuple[list[int], list[float]]:
+    """Per-block ToMe r (before the per-block clamp) and TopK keep rate (1.0 = no pruning)
+    of an AST or ElasticAST (`depth`, `tome_r`, `prune_keep_rate`, `prune_layers`),
+    validated; errors name `name`.<field>. The one parser of both models' schedules."""
+    try:
+        rs = tome.parse_schedule(model.tome_r, depth=model.depth)
+        prune.check_keep_rate(model.prune_keep_rate)
+    except ValueError as e:
+        field = "tome_r" if "ToMe" in str(e) else "prune_keep_rate"
+        raise ValueError(f"{name}.{field}: {e}") from None
+    if model.prune_keep_rate >= 1.0:  # default (3, 6, 9) must not reject shallow models
+        return rs, [1.0] * model.depth
+    bad = [i for i in model.prune_layers if not 0 <= int(i) < model.depth]
+    if bad:
+        raise ValueError(f"{name}.prune_layers {tuple(model.prune_layers)} has block indices "
+                         f"{bad} outside [0, depth={model.depth})")
+    layers = {int(i) for i in model.prune_layers}
+    return rs, [model.prune_keep_rate if i in layers else 1.0 for i in range(model.depth)]
+
+
+# config.model keys that are not constructor fields of the model.
+_NOT_FIELDS = ("name", "size", "cnn", "tome_schedule")
+
+
+def model_overrides(model_config) -> dict[str, Any]:
+    """config.model (ConfigDict or dict) -> the AST / ElasticAST constructor fields it sets.
+
+    Unset (None) fields keep the size's value. The ToMe schedule is one model field,
+    `tome_r` (`tome.parse_schedule`), written in the config as config.model.tome_r (int,
+    the constant schedule) or config.model.tome_schedule (string, "ramp:R,INFL" or
+    "blocks:R0,R1,...", also usable as --config.model.tome_schedule=...); setting both
+    is an error. The one reader of config.model for every trainer and the validator.
+    """
+    m = dict(model_config.items())
+    out = {k: v for k, v in m.items() if k not in _NOT_FIELDS and v is not None}
+    schedule = m.get("tome_schedule") or ""
+    if schedule:
+        if m.get("tome_r"):
+            raise ValueError(f"config.model.tome_r={m['tome_r']!r} and config.model."
+                             f"tome_schedule={schedule!r} are both set; keep one")
+        out["tome_r"] = schedule
+    return out
 
 
 def model_fields(model: nn.Module) -> dict[str, Any]:

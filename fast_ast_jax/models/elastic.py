@@ -31,10 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fast_ast_jax.models import packed_reduce, posemb
-from fast_ast_jax.models.ast import Block, grid_shape
+from fast_ast_jax.models.ast import Block, grid_shape, reduction_schedule
 from fast_ast_jax.models.attention import dot_product_attention
-from fast_ast_jax.models.prune import check_keep_rate
-from fast_ast_jax.models.tome import merge_source, merge_wavg, parse_r
+from fast_ast_jax.models.tome import merge_source, merge_wavg
 
 POS_EMBEDDINGS = ("factorised", "ast")
 POOLS = ("attn", "mean")
@@ -149,8 +148,8 @@ class ElasticAST(nn.Module):
             table are clamped inside jit (a traced position cannot raise); call
             `check_positions` on the host to turn them into an error instead.
         pool: "attn" (learned query, masked attention) or "mean" (masked, size-weighted).
-        tome_r: ToMe merges per packed row and layer (int, (r, inflection) or per-layer
-            list, `tome.parse_r`); each sample gets its share (`packed_reduce`).
+        tome_r: ToMe schedule as `AST.tome_r` (`tome.parse_schedule`): merges per packed
+            row and block; each sample gets its share (`packed_reduce`).
         tome_prop_attn: proportional attention (log size key bias) after merging.
         prune_keep_rate, prune_layers: TopK per sample after attention of these blocks.
         trace_source: also return the (R, T_final, L) 0/1 map of original tokens per token.
@@ -191,29 +190,9 @@ class ElasticAST(nn.Module):
         return 2 if self.dist_token else 1
 
     def schedules(self) -> tuple[list[int], list[float]]:
-        """Per-block ToMe r (before the row clamp) and TopK keep rate, validated.
-
-        `tome_r` follows `AST.tome_r`: an int, an (r, inflection) pair, or a list / tuple
-        of another length with per-block values."""
-        r = self.tome_r
-        r = list(r) if isinstance(r, (list, tuple)) and len(r) != 2 else (
-            tuple(r) if isinstance(r, list) else r)
-        try:
-            rs = parse_r(self.depth, r)
-            check_keep_rate(self.prune_keep_rate)
-        except ValueError as e:
-            raise ValueError(f"ElasticAST token reduction: {e}") from None
-        if any(v < 0 for v in rs):
-            raise ValueError(f"ElasticAST.tome_r={self.tome_r!r} gives negative merges {rs}")
-        keep = [1.0] * self.depth
-        if self.prune_keep_rate < 1.0:
-            bad = [i for i in self.prune_layers if not 0 <= int(i) < self.depth]
-            if bad:
-                raise ValueError(f"ElasticAST.prune_layers {tuple(self.prune_layers)} has "
-                                 f"blocks {bad} outside [0, depth={self.depth})")
-            keep = [self.prune_keep_rate if i in self.prune_layers else 1.0
-                    for i in range(self.depth)]
-        return rs, keep
+        """Per-block ToMe r (before the row clamp) and TopK keep rate, validated
+        (`ast.reduction_schedule`, the parser AST uses)."""
+        return reduction_schedule(self, name="ElasticAST")
 
     def token_counts(self, length: int, num_slots: int) -> list[int]:
         """Static tokens per row leaving each block, for rows of `length` tokens."""

@@ -4,30 +4,32 @@ A packed row holds several samples (segment ids 1..S) and padding (segment 0). R
 tokens there must never mix samples, must keep every sample alive, and must remove a fixed,
 Python-int number of tokens per row so the arrays really shrink under `jax.jit`.
 
-Rules (docs/ELASTIC.md explains them with examples):
+Rules (docs/ELASTIC.md, "A clip's reduction depends on the clip alone"):
 
-- Segment-local bipartite split. Inside each segment, tokens alternate between set A (even
-  rank within the segment: 0, 2, 4, ...) and set B (odd rank), like ToMe's split of a single
-  sample. An A token may only match a B token of its own segment (other scores are -inf).
-  Padding is one more segment whose first token is its only B token: padding merges only
-  with padding. A merged token keeps its destination's segment id.
-- Static r per row. `row_merge_count(T, r, S)` clamps r to (T - S) // 2. Every segment of n
-  tokens can give floor(n / 2) merges, and at most S + 1 segments (S samples + padding) have
-  odd n, so a row of T tokens always offers at least (T - S) // 2 merges whatever its
-  packing: the clamp is ToMe's (T - protected) // 2 with one protected token per slot.
-- Per-sample quota, independent of the other samples' content. Sample s (n_s tokens now)
-  gets q_s = min(floor(n_s / 2), floor(r * n_s / T)) merges: its share of the row. Padding
-  takes the rest; if the padding cannot (a nearly full row), the leftover goes to samples
-  with spare capacity in slot order. Within a sample, its q_s A tokens with the most similar
-  partner (cosine of the metric) merge, as in ToMe. Quotas depend only on token counts, so
-  one sample's patches never change which tokens another sample merges; a sample in a row
-  with enough padding is reduced exactly as if it were packed alone.
-- TopK per sample. `row_keep_count(T, keep_rate, S)` = min(T, ceil(keep_rate * T) + S)
-  tokens stay in a row. Sample s keeps its ceil(keep_rate * n_s) most important tokens
-  (>= 1); padding fills the remaining places; if the padding cannot, the extra places go to
-  the samples' next-best tokens in slot order (a sample never keeps fewer than its quota).
-  Importance = attention a token receives from the queries of its own sample, averaged over
-  heads (the AudioMAE variant of reference.md §8; packed rows have no CLS token).
+- Segment-local bipartite split. Inside each sample, tokens alternate between set A (even
+  rank within the sample: 0, 2, 4, ...) and set B (odd rank), like ToMe's split of a single
+  sample. An A token may only match a B token of its own sample (other scores are -inf).
+  Padding never merges. A merged token keeps its destination's segment id.
+- Per-clip quotas, a function of the clip's own token count and the schedule only. In a
+  block whose rows hold T tokens (static) and whose schedule says r merges per row, the
+  merge fraction is f = r_c / T with r_c = min(r, T // 2); a clip of n tokens merges
+  q(n) = ceil(n * r_c / T) of its A tokens (0 when n < 2; q(n) <= ceil(n / 2), its A
+  count). TopK keeps ceil(keep_rate * n) of a clip's n tokens (>= 1). Neither depends on
+  the slot, the neighbours, or how full the row is, so a clip's prediction does not
+  depend on where the packer put it.
+- Padding absorbs the static remainder. A row shrinks by the static
+  `row_merge_count(T, r, S)` = r_c - floor(r_c * S / T) tokens (ToMe) or to the static
+  `row_keep_count(T, keep_rate, S)` = min(T, ceil(keep_rate * T) + S) tokens (TopK). These
+  are the most that every packing of <= S clips into T tokens can give: the surviving real
+  tokens always fit (ToMe: a row's clips merge >= f * (their tokens) - r_c * S / T, at
+  most r_c * S / T lost to 1-token clips; TopK: ceil adds < 1 per clip). The places left
+  over are padding: input padding tokens first, then merged-away or pruned tokens
+  relabelled as padding (segment 0), in row order; padding is masked everywhere, so its
+  values never reach a clip.
+- Within a clip, its q A tokens with the most similar partner (cosine of the metric) merge,
+  as in ToMe; TopK keeps its most important tokens. Importance = attention a token receives
+  from the queries of its own sample, averaged over heads (the AudioMAE variant of
+  reference.md §8; packed rows have no CLS token).
 - Order. Surviving tokens keep their relative row order (stable compaction), so a sample's
   token order does not depend on its row-mates.
 
@@ -62,8 +64,10 @@ def segment_mask(seg_q: jax.Array, seg_k: jax.Array) -> jax.Array:
 
 
 def row_merge_count(num_tokens: int, r: int, num_slots: int) -> int:
-    """Merges done in a packed row of `num_tokens` with `num_slots` sample slots (static)."""
-    return max(0, min(int(r), (num_tokens - num_slots) // 2))
+    """Tokens a packed row of `num_tokens` tokens and `num_slots` slots loses to ToMe in a
+    block scheduled for r merges per row (static; the module docstring proves it fits)."""
+    r = max(0, min(int(r), num_tokens // 2))
+    return r - (r * num_slots) // num_tokens
 
 
 def row_keep_count(num_tokens: int, keep_rate: float, num_slots: int) -> int:
@@ -88,24 +92,15 @@ def _rank_in_segment(seg: jax.Array) -> jax.Array:
     return (same & earlier).sum(axis=-1)
 
 
-def _fill_quota(base: jax.Array, cap: jax.Array, total: int) -> jax.Array:
-    """Raise per-segment quotas to sum to `total` without exceeding `cap`.
+def _fill_with_padding(real: jax.Array, spare: jax.Array, count: int) -> jax.Array:
+    """Indices (R, count), in row order, of every `real` token plus the first spare ones.
 
-    Args:
-        base: (R, S + 1) int quotas of the samples (column 0, padding, is 0 here).
-        cap: (R, S + 1) int most a segment can take; column 0 = padding.
-        total: the static count per row; the caller guarantees sum(cap) >= total.
-
-    Returns:
-        (R, S + 1) quotas: padding takes what it can first, then samples in slot order.
+    real, spare: (R, T) bool, disjoint; the caller guarantees real.sum(1) <= count <=
+    (real | spare).sum(1). Spare tokens fill the static remainder as padding.
     """
-    rest = total - base.sum(axis=1)  # (R,)
-    pad = jnp.minimum(cap[:, 0], rest)
-    rest = rest - pad
-    slack = (cap - base).at[:, 0].set(0)
-    before = jnp.cumsum(slack, axis=1) - slack
-    extra = jnp.clip(rest[:, None] - before, 0, slack)
-    return (base + extra).at[:, 0].add(pad)
+    free = count - real.sum(axis=1, keepdims=True)
+    spare_rank = jnp.cumsum(spare, axis=1) - 1
+    return _compact(real | (spare & (spare_rank < free)), count)
 
 
 def _rank_by_score(score: jax.Array, seg: jax.Array, candidate: jax.Array) -> jax.Array:
@@ -143,16 +138,19 @@ def packed_bipartite_matching(
     Args:
         metric: (R, T, C) matching features (keys averaged over heads); gradients stopped.
         segment_ids: (R, T) int, 1..num_slots per sample, 0 = padding.
-        r: merges per row before the static clamp `row_merge_count`.
+        r: the block's merges per row (schedule); clip quotas and the static row count
+            follow from it (module docstring).
         num_slots: S, the most samples a row can hold.
 
     Returns:
-        merge(x, mode="mean"): (R, T, D) -> (R, T - r_eff, D) with modes "sum", "mean"
-            (plain mean of a destination and its sources) and "amax", like ToMe's merge;
-        segment ids (R, T - r_eff) of the merged tokens.
+        merge(x, mode="mean"): (R, T, D) -> (R, T - row_merge_count(T, r, S), D), modes
+            "sum", "mean" (plain mean of a destination and its sources) and "amax", like
+            ToMe's merge;
+        segment ids of the output tokens (0 = padding, incl. places left by merges).
     """
     rows, t, _ = metric.shape
-    r = row_merge_count(t, r, num_slots)
+    r = max(0, min(int(r), t // 2))
+    out_tokens = t - row_merge_count(t, r, num_slots)
     if r == 0:
         return (lambda x, mode="mean": x), segment_ids
 
@@ -160,8 +158,7 @@ def packed_bipartite_matching(
     metric = metric / jnp.linalg.norm(metric, axis=-1, keepdims=True)
     rank = _rank_in_segment(segment_ids)
     real = segment_ids > 0
-    is_a = jnp.where(real, rank % 2 == 0, rank > 0)
-    is_b = jnp.where(real, rank % 2 == 1, rank == 0)
+    is_a, is_b = real & (rank % 2 == 0), real & (rank % 2 == 1)
     valid = (is_a[:, :, None] & is_b[:, None, :]
              & (segment_ids[:, :, None] == segment_ids[:, None, :]))
     scores = jnp.einsum("ric,rjc->rij", metric, metric)
@@ -171,14 +168,13 @@ def packed_bipartite_matching(
     candidate = jnp.isfinite(node_max)  # A tokens with a partner in their segment
 
     counts = _segment_counts(segment_ids, num_slots)
-    cap = counts // 2
-    cap = cap.at[:, 0].set(jnp.maximum(counts[:, 0] - 1, 0))
-    base = jnp.minimum(cap, (r * counts) // t).at[:, 0].set(0)
-    quota = _fill_quota(base, cap, r)
+    quota = jnp.where(counts >= 2, -(-counts * r // t), 0).at[:, 0].set(0)  # ceil(n r / T)
     order = _rank_by_score(jnp.where(real, node_max, 0.0), segment_ids, candidate)
     merged = candidate & (order < jnp.take_along_axis(quota, segment_ids, axis=1))
     dst = jnp.where(merged, node_idx, jnp.arange(t)[None])
-    keep_idx = _compact(~merged, t - r)
+    survivor = real & ~merged
+    keep_idx = _fill_with_padding(survivor, ~survivor, out_tokens)
+    new_seg = jnp.take_along_axis(jnp.where(survivor, segment_ids, 0), keep_idx, axis=1)
     batch = jnp.arange(rows)[:, None]
 
     def merge(x: jax.Array, mode: str = "mean") -> jax.Array:
@@ -187,18 +183,20 @@ def packed_bipartite_matching(
         if x.shape[:2] != (rows, t):
             raise ValueError(f"merge planned for (rows, tokens) = {(rows, t)}, got x of "
                              f"shape {x.shape}")
+        count = jnp.zeros((rows, t), x.dtype).at[batch, dst].add(1)
+        count = count.reshape(count.shape + (1,) * (x.ndim - 2))
         if mode == "amax":
             out = jnp.full_like(x, -jnp.inf).at[batch, dst].max(x)
         else:
             out = jnp.zeros_like(x).at[batch, dst].add(x)
             if mode == "mean":
-                count = jnp.zeros((rows, t), x.dtype).at[batch, dst].add(1)
-                # Merged-away places have count 0 and are dropped; 1 keeps them finite.
-                count = jnp.maximum(count, 1).reshape(count.shape + (1,) * (x.ndim - 2))
-                out = out / count
+                out = out / jnp.maximum(count, 1)
+        # A merged-away place kept as padding holds its own value ("sum" / "mean": so its
+        # size stays > 0 and log(size) finite) or, for "amax" (sources), nothing.
+        out = jnp.where(count > 0, out, 0 if mode == "amax" else x)
         return _take(out, keep_idx)
 
-    return merge, jnp.take_along_axis(segment_ids, keep_idx, axis=1)
+    return merge, new_seg
 
 
 def received_attention(q: jax.Array, k: jax.Array, segment_ids: jax.Array, *,
@@ -252,14 +250,14 @@ def packed_topk(
         return (lambda x, mode=None: x), segment_ids
     score = jax.lax.stop_gradient(score).astype(jnp.float32)
     counts = _segment_counts(segment_ids, num_slots)
-    base = jnp.ceil(keep_rate * counts.astype(jnp.float32)).astype(jnp.int32)
-    base = jnp.minimum(base, counts).at[:, 0].set(0)
-    quota = _fill_quota(base, counts, keep)
+    quota = jnp.ceil(keep_rate * counts.astype(jnp.float32)).astype(jnp.int32)
+    quota = jnp.minimum(quota, counts).at[:, 0].set(0)
     real = segment_ids > 0
     order = _rank_by_score(jnp.where(real, score, 0.0), segment_ids,
                            jnp.ones_like(real))
-    kept = order < jnp.take_along_axis(quota, segment_ids, axis=1)
-    keep_idx = _compact(kept, keep)
+    kept = real & (order < jnp.take_along_axis(quota, segment_ids, axis=1))
+    keep_idx = _fill_with_padding(kept, ~kept, keep)
+    new_seg = jnp.take_along_axis(jnp.where(kept, segment_ids, 0), keep_idx, axis=1)
 
     def select(x: jax.Array, mode=None) -> jax.Array:
         del mode
@@ -268,4 +266,4 @@ def packed_topk(
                              f"shape {x.shape}")
         return _take(x, keep_idx)
 
-    return select, jnp.take_along_axis(segment_ids, keep_idx, axis=1)
+    return select, new_seg

@@ -10,7 +10,6 @@ The kept count is a Python int fixed at trace time.
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -125,67 +124,3 @@ def gather_tokens(values: jax.Array, kept: jax.Array, *, num_prefix: int,
     if fused is not None:
         out.append(fused[:, None])
     return jnp.concatenate(out, axis=1)
-
-
-def pruned_counts(num_patches: int, *, depth: int, keep_rate: float,
-                  layers: Sequence[int], fuse: bool = False) -> list[int]:
-    """Static patch-token count after each block (fused token counted as a patch)."""
-    counts, n = [], num_patches
-    for i in range(depth):
-        if i in layers and keep_rate < 1.0:
-            n = num_kept(n, keep_rate) + int(fuse)
-        counts.append(n)
-    return counts
-
-
-def keep_rate_at(epoch: int, *, base: float, shrink_start: int = 5,
-                 shrink_epochs: int = 15, step: float | None = None) -> float:
-    """Training keep rate of the reference's cosine shrink (epochs numbered from 1).
-
-    1.0 before `shrink_start`, then base + (1 - base) * (cos(pi * (e - s) / S) + 1) / 2
-    for e in [s, s + S), then base. Each distinct value is one compiled program; `step`
-    rounds values up to a multiple of step (never below base) to bound that number.
-    """
-    check_keep_rate(base)
-    if epoch < shrink_start:
-        k = 1.0
-    elif epoch < shrink_start + shrink_epochs:
-        frac = (math.cos(math.pi * (epoch - shrink_start) / shrink_epochs) + 1.0) / 2.0
-        k = base + (1.0 - base) * frac
-    else:
-        k = base
-    if step is not None and base < k < 1.0:
-        k = min(1.0, max(base, math.ceil(round(k / step, 9)) * step))
-    return k
-
-
-def keep_rate_values(num_epochs: int, **kwargs) -> list[float]:
-    """Distinct keep rates over epochs 1..num_epochs (the programs training compiles)."""
-    return sorted({keep_rate_at(e, **kwargs) for e in range(1, num_epochs + 1)},
-                  reverse=True)
-
-
-def compose_kept(kept_per_layer: Sequence[jax.Array], *, fused: bool = False) -> jax.Array:
-    """Original patch index of the kept patches of the last pruning layer.
-
-    Valid for pruning alone (no ToMe merges in between). With fusion, the fused token
-    appended after each pruning has no original index: a later layer that keeps it maps
-    it to -1.
-
-    Args:
-        kept_per_layer: (B, k_l) kept indices of each pruning layer, in order.
-        fused: whether pruning appended a fused token.
-
-    Returns:
-        (B, k_last) int32 original patch indices (-1 for kept fused tokens).
-    """
-    if not kept_per_layer:
-        raise ValueError("compose_kept needs at least one pruning layer")
-    orig = None
-    for kept in kept_per_layer:
-        kept = kept.astype(jnp.int32)
-        cur = kept if orig is None else jnp.take_along_axis(orig, kept, axis=1)
-        orig = cur
-        if fused:
-            orig = jnp.concatenate([cur, jnp.full((cur.shape[0], 1), -1, jnp.int32)], axis=1)
-    return cur

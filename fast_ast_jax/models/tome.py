@@ -9,7 +9,7 @@ represents; `source` (B, T, T0) is the 0/1 map from current to original tokens.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +29,7 @@ def bipartite_soft_matching(
         r: int,
         class_token: bool = False,
         distill_token: bool = False,
-) -> tuple[MergeFn, MergeFn]:
+) -> MergeFn:
     """ToMe's bipartite soft matching: plan the merge of r tokens.
 
     Tokens at even positions form set A, odd positions set B. Every A token picks its most
@@ -48,20 +48,18 @@ def bipartite_soft_matching(
         merge(x, mode="mean"): (B, T, D) -> (B, T - r, D), modes "sum", "mean" (plain mean
             of a destination and its sources), "amax". Output order: CLS, DIST, unmerged A
             tokens (original order when class_token, else by descending score), B tokens.
-        unmerge(x): (B, T - r, D) -> (B, T, D); every original token gets the value of the
-            token it was merged into (the exact inverse of merge's ordering).
     """
     b, t, _ = metric.shape
     protected = int(class_token) + int(distill_token)
     r = min(int(r), (t - protected) // 2)
     if r <= 0:
-        return _identity, _identity
+        return _identity
 
     metric = jax.lax.stop_gradient(metric).astype(jnp.float32)
     # Plain division, no epsilon, as the reference.
     metric = metric / jnp.linalg.norm(metric, axis=-1, keepdims=True)
     a, bside = metric[:, ::2], metric[:, 1::2]
-    num_a, num_b = a.shape[1], bside.shape[1]
+    num_b = bside.shape[1]
     scores = jnp.einsum("bic,bjc->bij", a, bside)
     if class_token:
         scores = scores.at[:, 0, :].set(-jnp.inf)
@@ -77,7 +75,6 @@ def bipartite_soft_matching(
         unm_idx = jnp.sort(unm_idx, axis=-1)
     dst_idx = jnp.take_along_axis(node_idx, src_idx, axis=-1)  # (B, r) B partners
     batch = jnp.arange(b)[:, None]
-    num_unm = num_a - r
 
     def merge(x: jax.Array, mode: str = "mean") -> jax.Array:
         if mode not in MERGE_MODES:
@@ -102,22 +99,7 @@ def bipartite_soft_matching(
             return jnp.concatenate([unm[:, :1], dst[:, :1], unm[:, 1:], dst[:, 1:]], axis=1)
         return jnp.concatenate([unm, dst], axis=1)
 
-    def unmerge(x: jax.Array) -> jax.Array:
-        if x.shape[:2] != (b, t - r):
-            raise ValueError(f"unmerge expects (batch, tokens) = {(b, t - r)}, got "
-                             f"{x.shape}")
-        if distill_token:
-            unm = jnp.concatenate([x[:, :1], x[:, 2:num_unm + 1]], axis=1)
-            dst = jnp.concatenate([x[:, 1:2], x[:, num_unm + 1:]], axis=1)
-        else:
-            unm, dst = x[:, :num_unm], x[:, num_unm:]
-        src = jnp.take_along_axis(dst, dst_idx[..., None], axis=1)
-        out = jnp.zeros((b, t) + x.shape[2:], x.dtype)
-        out = out.at[:, 1::2].set(dst)
-        out = out.at[batch, 2 * unm_idx].set(unm)
-        return out.at[batch, 2 * src_idx].set(src)
-
-    return merge, unmerge
+    return merge
 
 
 def merge_wavg(merge: MergeFn, x: jax.Array,
@@ -158,63 +140,68 @@ def merge_source(merge: MergeFn, x: jax.Array,
     return merge(source, mode="amax")
 
 
-def parse_r(num_layers: int, r: int | tuple | list) -> list[int]:
-    """Per-layer merge counts (ToMe's `parse_r`, reference.md §2.4).
+SCHEDULE_FORMS = ("an int r (r merges in every block)",
+                  "'ramp:R,INFLECTION' (ToMe's linear schedule of mean R, INFLECTION in "
+                  "[-1, 1]: -1 decreases from 2R to 0, +1 increases)",
+                  "'blocks:R0,R1,...' (explicit merges per block, missing blocks 0)")
 
-    Args:
-        num_layers: number of blocks L.
-        r: int (constant), tuple (r, inflection) with inflection in [-1, 1] (linear ramp
-            with mean r: -1 decreasing from 2r to 0, +1 increasing), or list of per-layer
-            values (padded with zeros to L).
 
-    Returns:
-        list of L ints (before the per-layer clamp inside the matcher).
+def parse_schedule(spec: int | str, *, depth: int) -> list[int]:
+    """Per-block ToMe merge counts from a schedule spec (before the per-block clamp).
+
+    One type, read the same way from Python, a config file and the command line:
+        int r, or the string "r"      -> [r] * depth (reference.md §2.4);
+        "ramp:R,INFLECTION"           -> ToMe's parse_r((R, INFLECTION)): a linear ramp of
+                                         mean R, INFLECTION in [-1, 1];
+        "blocks:R0,R1,...,Rk"         -> [R0, ..., Rk] + [0] * (depth - k - 1).
+    Tuples and lists are refused: ToMe reads a 2-tuple as (r, inflection), which made a
+    2-block list [16, 0] ambiguous; the tag names the form instead.
+
+    Raises:
+        ValueError naming the spec and the accepted forms.
     """
-    if isinstance(r, list):
-        if len(r) > num_layers:
-            raise ValueError(f"r schedule has {len(r)} entries for {num_layers} layers")
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in r):
-            raise ValueError(f"explicit r schedule must hold ints, got {r}")
-        return list(r) + [0] * (num_layers - len(r))
-    if isinstance(r, tuple):
-        if len(r) != 2:
-            raise ValueError(f"r tuple must be (r, inflection), got {r}; give an explicit "
-                             "per-layer schedule as a list")
-        r0, inflect = r
-        if not -1 <= inflect <= 1:
-            raise ValueError(f"r inflection must lie in [-1, 1], got {inflect}")
-        min_val = int(r0 * (1.0 - inflect))
-        max_val = 2 * r0 - min_val
-        step = (max_val - min_val) / (num_layers - 1) if num_layers > 1 else 0.0
-        return [int(min_val + step * i) for i in range(num_layers)]
-    if isinstance(r, int) and not isinstance(r, bool):
-        return [r] * num_layers
-    raise ValueError(f"r must be an int, an (r, inflection) tuple or a list, got {r!r}")
+    def fail(why: str) -> ValueError:
+        return ValueError(f"ToMe schedule {spec!r}: {why}; use " + ", ".join(SCHEDULE_FORMS))
+
+    if isinstance(spec, str):
+        text = spec.strip()
+        kind, _, body = text.rpartition(":")
+        try:
+            values = [v.strip() for v in body.split(",")]
+            if kind == "":
+                if len(values) != 1:
+                    raise fail("several values need a 'ramp:' or 'blocks:' tag")
+                return parse_schedule(int(values[0]), depth=depth)
+            if kind == "ramp":
+                if len(values) != 2:
+                    raise fail("'ramp:' takes R,INFLECTION")
+                r, inflect = int(values[0]), float(values[1])
+            elif kind == "blocks":
+                rs = [int(v) for v in values]
+            else:
+                raise fail(f"unknown tag {kind!r}")
+        except ValueError as e:
+            if str(e).startswith("ToMe schedule"):
+                raise
+            raise fail("not a number") from None
+        if kind == "blocks":
+            if len(rs) > depth:
+                raise fail(f"{len(rs)} entries for a model of depth {depth}")
+            if min(rs) < 0:
+                raise fail("merges must be >= 0")
+            return rs + [0] * (depth - len(rs))
+        if r < 0 or not -1 <= inflect <= 1:
+            raise fail("R must be >= 0 and INFLECTION in [-1, 1]")
+        low = int(r * (1.0 - inflect))
+        step = (2 * r - 2 * low) / (depth - 1) if depth > 1 else 0.0
+        return [int(low + step * i) for i in range(depth)]
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        if spec < 0:
+            raise fail("merges must be >= 0")
+        return [spec] * depth
+    raise fail(f"a {type(spec).__name__} is not a schedule")
 
 
 def clamp_r(num_tokens: int, r: int, protected: int) -> int:
     """Merges actually done on num_tokens tokens (the matcher's clamp, never negative)."""
     return max(0, min(int(r), (num_tokens - protected) // 2))
-
-
-def token_schedule(num_tokens: int, r_list: Sequence[int],
-                   protected: int) -> tuple[list[int], list[int]]:
-    """Static effective r and token count after each layer for a ToMe schedule.
-
-    Args:
-        num_tokens: tokens entering the first block (including class tokens).
-        r_list: per-layer r (e.g. from `parse_r`).
-        protected: number of class tokens (CLS + DIST).
-
-    Returns:
-        (effective r per layer, token count after each layer). E.g. 1214 tokens, r=300,
-        protected 2 -> r [300,300,300,156,78,...], counts [914,614,314,158,80,...].
-    """
-    eff, counts = [], []
-    t = num_tokens
-    for r in r_list:
-        r = clamp_r(t, r, protected)
-        t -= r
-        eff.append(r)
-        counts.append(t)
-    return eff, counts

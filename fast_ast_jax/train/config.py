@@ -8,6 +8,7 @@ from __future__ import annotations
 import ml_collections
 
 from fast_ast_jax.audio.frontend import FrontEnd
+from fast_ast_jax.train import keep_rate
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -58,13 +59,22 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.dist_token = True
     c.model.dropout = 0.0
     c.model.dtype = "float32"  # "bfloat16" computes in bf16 (params stay float32)
-    # Token reduction (fast_ast_jax.models.tome / prune); 0 and 1.0 are off. A tome_r
-    # schedule ((r, inflection) or per-block tuple) is set in a config file, not a flag.
+    # Token reduction (fast_ast_jax.models.tome / prune); 0 and 1.0 are off. ToMe merges
+    # per block: tome_r (int, the same r in every block) or tome_schedule (string, set one
+    # of the two): "ramp:R,INFLECTION" (ToMe's linear ramp of mean R, INFLECTION in
+    # [-1, 1]) or "blocks:R0,R1,..." (per block, missing blocks 0); from a config file or
+    # e.g. --config.model.tome_schedule=ramp:16,-1.0 (fast_ast_jax.models.tome.parse_schedule).
     c.model.tome_r = 0
+    c.model.tome_schedule = ""
     c.model.tome_prop_attn = True
     c.model.prune_keep_rate = 1.0
     c.model.prune_layers = (3, 6, 9)
     c.model.prune_fuse = False
+    # TopK training schedule (fast_ast_jax.train.keep_rate): keep rate 1 until start_epoch,
+    # half cosine down to model.prune_keep_rate at end_epoch, rounded up to num_rates
+    # distinct rates (one compiled train step each). end_epoch = 0: the final rate from
+    # step 0. Evaluation always uses model.prune_keep_rate.
+    c.keep_rate_schedule = keep_rate.defaults()
     # CNN teacher (fast_ast_jax.models.cnn; used when name = "cnn", with model.dtype).
     c.model.cnn = ml_collections.ConfigDict(dict(
         stages="small", stem_channels=32, feature_dim=256, pooling="attention", dropout=0.2))

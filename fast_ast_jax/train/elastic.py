@@ -15,7 +15,7 @@ import ml_collections
 from fast_ast_jax import sharding
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data.packed import PackedPipeline, PackSpec
-from fast_ast_jax.models.ast import SIZES
+from fast_ast_jax.models.ast import SIZES, model_overrides
 from fast_ast_jax.models.elastic import ElasticAST
 from fast_ast_jax.train.forward import evaluate
 
@@ -45,7 +45,8 @@ def build_elastic_model(config, *, num_classes: int, frontend: FrontEnd) -> Elas
     m, e = config.model, config.elastic
     if m.size not in SIZES:
         raise ValueError(f"config.model.size={m.size!r}; choose one of {sorted(SIZES)}")
-    fields = {**SIZES[m.size], **{k: m[k] for k in _SHARED if k in m and m[k] is not None}}
+    overrides = model_overrides(m)
+    fields = {**SIZES[m.size], **{k: overrides[k] for k in _SHARED if k in overrides}}
     if m.get("prune_fuse"):
         raise ValueError("config.model.prune_fuse is not supported by the packed model "
                          "(a fused token per sample has no static place in a row)")

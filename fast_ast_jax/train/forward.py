@@ -5,7 +5,7 @@ A padded batch (data.pipeline) holds one clip per row; a packed batch (data.pack
 several clips per row in slots. `Kind.forward` flattens either into per-clip arrays, so
 losses, metrics and evaluation are written once:
 
-    Clips.logits (N, C) float32, targets (N, C), mask (N,) (1 = a real clip), teacher
+    Clips.logits (N, C) float32, targets (N, C), mask (N,) (1 = a real clip), teacher_probs
     (N, C) or None; N = B for padded batches and R * S (rows x slots) for packed ones.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from fast_ast_jax import sharding
 from fast_ast_jax.models.elastic import ElasticAST, check_positions
 from fast_ast_jax.train import metrics as metrics_lib
 
-# The model input of a packed batch (the other keys are targets, masks, teacher logits).
+# The model input of a packed batch (the other keys are targets, masks, teacher predictions).
 PACKED_INPUTS = ("patches", "segment_ids", "positions", "slot_index")
 
 
@@ -34,7 +34,7 @@ class Clips:
     logits: jax.Array  # (N, C) float32
     targets: jax.Array  # (N, C)
     mask: jax.Array  # (N,)
-    teacher: jax.Array | None  # (N, C) teacher logits, or None without distillation
+    teacher_probs: jax.Array | None  # (N, C) teacher predictions (data.pipeline.teacher_probs)
 
 
 def _rngs(rng):
@@ -42,20 +42,20 @@ def _rngs(rng):
 
 
 def padded_forward(model, params, batch: dict, *, train: bool, rng=None) -> Clips:
-    """batch x (B, frames, bins), y (B, C), mask (B,) [, teacher (B, C)]."""
+    """batch x (B, frames, bins), y (B, C), mask (B,) [, teacher_probs (B, C)]."""
     logits = model.apply({"params": params}, batch["x"], train=train, rngs=_rngs(rng))
     return Clips(logits=logits, targets=batch["y"], mask=batch["mask"],
-                 teacher=batch.get("teacher"))
+                 teacher_probs=batch.get("teacher_probs"))
 
 
 def packed_forward(model, params, batch: dict, *, train: bool, rng=None) -> Clips:
-    """batch: packed arrays (data.packed), y (R, S, C), mask (R, S) [, teacher (R, S, C)];
+    """batch: packed arrays (data.packed), y (R, S, C), mask (R, S) [, teacher_probs (R, S, C)];
     slots are flattened row-major into clips."""
     logits, _ = model.apply({"params": params}, {k: batch[k] for k in PACKED_INPUTS},
                             train=train, rngs=_rngs(rng))
     flat = lambda a: None if a is None else a.reshape((-1,) + a.shape[2:])
     return Clips(logits=flat(logits), targets=flat(batch["y"]), mask=flat(batch["mask"]),
-                 teacher=flat(batch.get("teacher")))
+                 teacher_probs=flat(batch.get("teacher_probs")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +88,7 @@ def eval_forward(model, mesh) -> Callable:
     forward = kind_of(model).forward
 
     def clips(params, batch):
-        return forward(model, params, batch, train=False).replace(teacher=None)
+        return forward(model, params, batch, train=False).replace(teacher_probs=None)
 
     return jax.jit(clips, out_shardings=NamedSharding(mesh, P()))
 

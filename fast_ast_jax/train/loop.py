@@ -26,18 +26,15 @@ from tqdm import tqdm
 from fast_ast_jax import checkpoints, distill, sharding
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.models import model_fields, model_name
+from fast_ast_jax.train import keep_rate
 from fast_ast_jax.train import metrics as metrics_lib
 from fast_ast_jax.train.checkpoint import Checkpointer
 from fast_ast_jax.train.forward import evaluate, kind_of
 from fast_ast_jax.train.table import format_table
 from fast_ast_jax.train.state import TrainState, learning_rate_schedule, make_optimizer
 from fast_ast_jax.train.step import train_step
-from fast_ast_jax.train.task import Task, make_task
+from fast_ast_jax.train.task import Task, loss_kind, make_task
 from fast_ast_jax.train.validate import validate_config
-
-
-def loss_kind(config, multi_label: bool) -> str:
-    return config.loss or ("sigmoid" if multi_label else "softmax")
 
 
 class _Preemption:
@@ -261,16 +258,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             state = jax.jit(lambda p, s: s.replace(params=p, opt_state=tx.init(p)),
                             out_shardings=shardings)(params, state)
 
-    kd = (float(config.distill.lam), float(config.distill.tau)) if teacher else None
-    jitted = jax.jit(functools.partial(train_step, model=model, tx=tx, loss=loss, lr_fn=lr_fn,
-                                       distill=kd),
-                     in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                     out_shardings=(shardings, replicated), donate_argnums=0)
+    kd = float(config.distill.lam) if teacher else None
+    scheduled = keep_rate.scheduled_step_fn(  # one jitted step per scheduled keep rate
+        lambda m: jax.jit(functools.partial(train_step, model=m, tx=tx, loss=loss,
+                                            lr_fn=lr_fn, distill=kd),
+                          in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                          out_shardings=(shardings, replicated), donate_argnums=0),
+        model=model, config=config, steps_per_epoch=steps_per_epoch, echo=tqdm.write)
     check = kind_of(model).check
 
     def step_fn(state, local):
         check(model, local)
-        return jitted(state, sharding.global_batch(local, mesh))
+        return scheduled(state, sharding.global_batch(local, mesh))
 
     # --- train loop --------------------------------------------------------------------------
     writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
@@ -305,4 +304,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     finally:
         ckpt.close()
         writer.close()
-    return {**final, "state": state, "train_compilations": jitted._cache_size()}
+    programs = getattr(scheduled, "compiled_rates", {None: scheduled}).values()
+    return {**final, "state": state,
+            "train_compilations": sum(p._cache_size() for p in programs)}

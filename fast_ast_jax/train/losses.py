@@ -4,14 +4,17 @@ All losses take keyword-only arguments (so logits and labels cannot be swapped),
 scalar mean over the (optionally weighted) batch, and compute in float32.
 
 Distillation follows CMKD (reference.md §9, papers.md §1):
-    loss = lam * task_loss(student, labels) + (1 - lam) * kd_loss(student, teacher / tau)
-- temperature only on the teacher logits; the student is not scaled and the loss is not
-  multiplied by tau**2; `lam` weights the ground-truth term;
-- single-label: KL(softmax(teacher / tau) || softmax(student)), summed over classes;
-- multi-label: binary cross-entropy of sigmoid(student) against sigmoid(teacher / tau),
-  averaged over classes like BCEWithLogitsLoss. It differs from the per-class Bernoulli KL
-  only by the teacher's entropy, a constant, so the gradients are identical.
-Teacher logits never receive gradients (stop_gradient).
+    loss = lam * task_loss(student, labels) + (1 - lam) * kd_loss(student, teacher_probs)
+- the teacher enters as *predictions* p_t taken at temperature tau on the teacher logits
+  only (data.pipeline.teacher_probs: softmax(teacher / tau) single-label, sigmoid(teacher /
+  tau) multi-label), so that mixup mixes predictions with the labels' weight (see
+  data/pipeline.py); the student is not scaled and the loss is not multiplied by tau**2;
+  `lam` weights the ground-truth term;
+- single-label: KL(p_t || softmax(student)), summed over classes;
+- multi-label: binary cross-entropy of sigmoid(student) against p_t, averaged over classes
+  like BCEWithLogitsLoss. It differs from the per-class Bernoulli KL only by the teacher's
+  entropy, a constant, so the gradients are identical.
+Teacher predictions never receive gradients (stop_gradient).
 """
 from __future__ import annotations
 
@@ -64,29 +67,28 @@ def sigmoid_xent(*, logits: jax.Array, labels: jax.Array,
     return _weighted_mean(per_class.mean(axis=-1), weights)
 
 
-def kd_loss(*, logits: jax.Array, teacher_logits: jax.Array, tau: float, multilabel: bool,
+def kd_loss(*, logits: jax.Array, teacher_probs: jax.Array, multilabel: bool,
             weights: jax.Array | None = None) -> jax.Array:
-    """Distillation term against a frozen teacher's logits (temperature on the teacher).
+    """Distillation term against a frozen teacher's predictions (possibly mixed by mixup).
 
     Args:
         logits: (B, C) student logits.
-        teacher_logits: (B, C) teacher logits (no gradient flows into them).
-        tau: teacher temperature (> 0).
+        teacher_probs: (B, C) teacher predictions at the distillation temperature
+            (data.pipeline.teacher_probs): rows of a distribution (single-label) or
+            per-class probabilities in [0, 1] (multi-label). No gradient flows into them.
         multilabel: sigmoid/BCE (True) or softmax/KL (False).
         weights: optional (B,) per-example weights.
     """
-    if not tau > 0:
-        raise ValueError(f"distillation temperature tau={tau} must be > 0")
-    if logits.shape != teacher_logits.shape:
-        raise ValueError(f"student logits {logits.shape} and teacher logits "
-                         f"{teacher_logits.shape} differ in shape")
-    teacher = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32)) / tau
+    if logits.shape != teacher_probs.shape:
+        raise ValueError(f"student logits {logits.shape} and teacher predictions "
+                         f"{teacher_probs.shape} differ in shape")
+    p = jax.lax.stop_gradient(teacher_probs.astype(jnp.float32))
     logits = logits.astype(jnp.float32)
     if multilabel:
-        return sigmoid_xent(logits=logits, labels=jax.nn.sigmoid(teacher), weights=weights)
-    log_p_teacher = jax.nn.log_softmax(teacher, axis=-1)
-    per_example = (jnp.exp(log_p_teacher)
-                   * (log_p_teacher - jax.nn.log_softmax(logits, axis=-1))).sum(axis=-1)
+        return sigmoid_xent(logits=logits, labels=p, weights=weights)
+    # xlogy: classes with p = 0 (e.g. outside a top-k teacher file) contribute 0.
+    per_example = (jax.scipy.special.xlogy(p, p)
+                   - p * jax.nn.log_softmax(logits, axis=-1)).sum(axis=-1)
     return _weighted_mean(per_example, weights)
 
 
@@ -97,16 +99,17 @@ def task_loss(*, logits: jax.Array, labels: jax.Array, multilabel: bool,
     return fn(logits=logits, labels=labels, weights=weights)
 
 
-def distill_loss(*, logits: jax.Array, labels: jax.Array, teacher_logits: jax.Array,
-                 lam: float, tau: float, multilabel: bool,
+def distill_loss(*, logits: jax.Array, labels: jax.Array, teacher_probs: jax.Array,
+                 lam: float, multilabel: bool,
                  weights: jax.Array | None = None) -> jax.Array:
-    """CMKD: lam * task_loss(student, labels) + (1 - lam) * kd_loss(student, teacher / tau).
+    """CMKD: lam * task_loss(student, labels) + (1 - lam) * kd_loss(student, teacher_probs).
 
-    lam = 1 is plain supervised training; lam = 0 is pure distillation.
+    lam = 1 is plain supervised training; lam = 0 is pure distillation. The temperature
+    is in teacher_probs already (data.pipeline.teacher_probs).
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"distillation weight lam={lam} must be in [0, 1]")
     task = task_loss(logits=logits, labels=labels, multilabel=multilabel, weights=weights)
-    kd = kd_loss(logits=logits, teacher_logits=teacher_logits, tau=tau,
-                 multilabel=multilabel, weights=weights)
+    kd = kd_loss(logits=logits, teacher_probs=teacher_probs, multilabel=multilabel,
+                 weights=weights)
     return lam * task + (1.0 - lam) * kd

@@ -14,14 +14,25 @@ def accuracy(*, logits: np.ndarray, targets: np.ndarray) -> float:
 
 
 def average_precision(*, scores: np.ndarray, positives: np.ndarray) -> float:
-    """AP of one class (sklearn's average_precision_score): scores (N,), positives (N,) bool.
+    """AP of one class as sklearn.metrics.average_precision_score defines it.
 
-    Ties are broken by order (stable sort), as sklearn does when scores are distinct.
+    AP = sum over distinct score thresholds (highest first) of (R_k - R_{k-1}) * P_k:
+    tied scores form one threshold, so tied clips enter the precision-recall curve
+    together and their order in the input does not matter (saturated sigmoid scores of
+    windowed predictions tie often).
+
+    Args:
+        scores: (N,) higher = more likely positive.
+        positives: (N,) bool, at least one True.
     """
     order = np.argsort(-scores, kind="stable")
-    hits = positives[order].astype(np.float64)
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return float((precision * hits).sum() / hits.sum())
+    scores, hits = scores[order], positives[order].astype(np.float64)
+    # The last index of each run of equal scores closes one threshold.
+    last = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    tp = np.cumsum(hits)[last]
+    precision = tp / (last + 1)
+    recall_gain = np.diff(np.r_[0.0, tp]) / tp[-1]
+    return float((recall_gain * precision).sum())
 
 
 def mean_average_precision(*, logits: np.ndarray, targets: np.ndarray) -> float:

@@ -45,8 +45,14 @@ def learning_rate_schedule(opt, *, total_steps: int, steps_per_epoch: int) -> op
 
 
 def make_optimizer(opt, lr: optax.Schedule) -> optax.GradientTransformation:
-    """opt.name "adamw" or "adam" (AST: Adam, betas (0.95, 0.999), L2 5e-7 in the loss —
-    here decoupled weight decay), with global-norm gradient clipping (0 = off)."""
+    """The optimiser, with global-norm gradient clipping first (opt.clip_norm, 0 = off).
+
+    opt.name "adam": L2 regularisation as AST trains (torch Adam's weight_decay, 5e-7):
+        opt.weight_decay * params is added to the gradient *before* Adam's moment
+        estimates, so it is rescaled per parameter like the rest of the gradient.
+    opt.name "adamw": decoupled weight decay (Loshchilov & Hutter): Adam's update plus
+        lr * opt.weight_decay * params, outside the moment estimates.
+    """
     if opt.name == "adamw":
         core = optax.adamw(lr, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay)
     elif opt.name == "adam":

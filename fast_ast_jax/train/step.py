@@ -39,13 +39,15 @@ def update_if_finite(state: TrainState, *, grads, value: jax.Array,
 
 def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
                loss: str, lr_fn: optax.Schedule,
-               distill: tuple[float, float] | None = None) -> tuple[TrainState, dict]:
+               distill: float | None = None) -> tuple[TrainState, dict]:
     """One optimiser step on a padded or a packed batch (`forward.kind_of(model)` turns it
     into per-clip logits, targets and mask, so the loss is the same for both).
 
     batch: padded (x (B, frames, bins), y (B, C), mask (B,)) or packed (data.packed: y
-        (R, S, C), mask (R, S) per slot); with `distill` = (lam, tau) also teacher logits
-        shaped like y, and the loss is losses.distill_loss (CMKD) on per-clip logits.
+        (R, S, C), mask (R, S) per slot); with `distill` = lam (the ground-truth weight)
+        also teacher_probs shaped like y, the teacher predictions at the distillation
+        temperature (data.pipeline.teacher_probs), and the loss is losses.distill_loss
+        (CMKD) on per-clip logits.
     Returns the new state and scalar metrics (loss, accuracy, grad_norm, lr,
     skipped_nonfinite, clips (real clips in the batch); with distillation also task_loss
     and kd_loss, the two unweighted terms).
@@ -63,12 +65,11 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
         kw = dict(logits=clips.logits, weights=clips.mask)
         if distill is None:
             return xent(labels=clips.targets, **kw), (clips, {})
-        lam, tau = distill
         kw["multilabel"] = loss == "sigmoid"
-        value = losses.distill_loss(labels=clips.targets, teacher_logits=clips.teacher,
-                                    lam=lam, tau=tau, **kw)
+        value = losses.distill_loss(labels=clips.targets, teacher_probs=clips.teacher_probs,
+                                    lam=distill, **kw)
         terms = {"task_loss": losses.task_loss(labels=clips.targets, **kw),
-                 "kd_loss": losses.kd_loss(teacher_logits=clips.teacher, tau=tau, **kw)}
+                 "kd_loss": losses.kd_loss(teacher_probs=clips.teacher_probs, **kw)}
         return value, (clips, terms)
 
     (value, (clips, terms)), grads = jax.value_and_grad(objective, has_aux=True)(

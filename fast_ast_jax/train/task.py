@@ -22,6 +22,7 @@ from fast_ast_jax.data import make_source
 from fast_ast_jax.data.packed import PackedPipeline
 from fast_ast_jax.data.pipeline import Augment, Pipeline
 from fast_ast_jax.models import create_ast, create_cnn
+from fast_ast_jax.models.ast import model_overrides
 from fast_ast_jax.train.elastic import build_elastic_model, pack_spec, table_pipelines
 
 
@@ -58,11 +59,20 @@ def build_model(model_config, *, num_classes: int, frontend: FrontEnd):
                           dtype=model_config.dtype, **model_config.cnn.to_dict())
     if name != "ast":
         raise ValueError(f"config.model.name={name!r}: use 'ast' or 'cnn'")
-    fields = {k: v for k, v in model_config.items()
-              if k not in ("size", "name", "cnn") and v is not None}
     return create_ast(model_config.size, num_classes=num_classes,
                       num_mel_bins=frontend.num_mel_bins, frames=frontend.target_frames,
-                      **fields)
+                      **model_overrides(model_config))
+
+
+def loss_kind(config, multi_label: bool) -> str:
+    return config.loss or ("sigmoid" if multi_label else "softmax")
+
+
+def _teacher_targets(config, multi_label: bool) -> dict[str, Any]:
+    """Pipeline kwargs of the teacher predictions: at config.distill.tau, sigmoid or
+    softmax as the loss (train.losses.kd_loss)."""
+    return dict(teacher_tau=float(config.distill.tau),
+                teacher_multilabel=loss_kind(config, multi_label) == "sigmoid")
 
 
 def _cache_key(config, split: str) -> str:
@@ -73,7 +83,8 @@ def _cache_key(config, split: str) -> str:
 def build_pipeline(config, split: str, *, frontend: FrontEnd, train: bool,
                    source=None, teacher=None) -> Pipeline | None:
     """Padded pipeline over config.data.<split> (None if that split has no arguments);
-    `teacher` (distill.TeacherLogits) adds each clip's teacher logits to its batches."""
+    `teacher` (distill.TeacherLogits) adds each clip's teacher predictions at
+    config.distill.tau to its batches ("teacher_probs")."""
     kwargs = config.data[split].to_dict()
     if not kwargs:
         return None
@@ -84,6 +95,7 @@ def build_pipeline(config, split: str, *, frontend: FrontEnd, train: bool,
                     seed=config.seed, augment=Augment(**config.augment) if train else Augment(),
                     cache=config.data.cache, cache_dir=config.data.cache_dir or None,
                     cache_key=_cache_key(config, split), teacher=teacher,
+                    **_teacher_targets(config, source.multi_label),
                     on_bad_clip=config.data.on_bad_clip)
 
 
@@ -114,6 +126,7 @@ def packed_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
                            hops_ms=tuple(e.hops_ms), max_frames=int(e.max_frames),
                            token_dropout=float(e.token_dropout), seed=config.seed,
                            augment=Augment(**config.augment), teacher=teacher,
+                           **_teacher_targets(config, source.multi_label),
                            cache_key=_cache_key(config, "train"), **cache)
     evals = []
     if data.eval.to_dict():

@@ -123,13 +123,12 @@ def _check_elastic(config, frontend: FrontEnd, need, *, device_count: int) -> No
 
 def _check_model(config, frontend: FrontEnd) -> None:
     """Build the model (no params) and check its token plan: strides, heads, ToMe r."""
-    from fast_ast_jax.models.ast import create_ast
+    from fast_ast_jax.models.ast import create_ast, model_overrides
 
     if config.model.get("name", "ast") != "ast":
         return  # the CNN teacher has no tokens to check
-    fields = {k: v for k, v in config.model.items()
-              if k not in ("size", "name", "cnn") and v is not None}
     try:
+        fields = model_overrides(config.model)
         model = create_ast(config.model.size, num_classes=2,
                            num_mel_bins=frontend.num_mel_bins, frames=frontend.target_frames,
                            **fields)
@@ -144,7 +143,8 @@ def _check_model(config, frontend: FrontEnd) -> None:
     most = (f_dim * t_dim) // 2
     first = model.r_schedule()[0] if plan else 0
     if first > most:  # ToMe clamps r per block (reference semantics): legal, but suspicious
-        warnings.warn(f"config.model.tome_r={config.model.tome_r!r}: the first block can "
+        field = "tome_schedule" if config.model.get("tome_schedule") else "tome_r"
+        warnings.warn(f"config.model.{field}={fields['tome_r']!r}: the first block can "
                       f"merge at most {most} of its {f_dim * t_dim} patch tokens "
                       f"(frames={frontend.target_frames}, fstride={model.fstride}, "
                       f"tstride={model.tstride}); r is clamped to that", stacklevel=3)
