@@ -168,3 +168,18 @@ def device_features(waves: jax.Array, *, frontend: FrontEnd, lengths: jax.Array 
     if frames < target:
         feats = jnp.pad(feats, ((0, 0), (0, target - frames), (0, 0)))
     return (feats - np.float32(frontend.mean)) / np.float32(2.0 * frontend.std)
+
+
+def pad_waves(waves: list[np.ndarray], *, samples: int) -> dict[str, np.ndarray]:
+    """Host side: clips -> the batch `device_features` takes.
+
+    waves: (L_i,) float waveforms; samples: the batch length (samples_for_frames(target)).
+    Returns {"wave": (B, samples) float32, cut or zero-padded at the end, "wave_len": (B,)
+    int32 min(L_i, samples)}.
+    """
+    out = np.zeros((len(waves), samples), np.float32)
+    lengths = np.zeros(len(waves), np.int32)
+    for row, wave in enumerate(waves):
+        n = min(len(wave), samples)
+        out[row, :n], lengths[row] = wave[:n], n
+    return {"wave": out, "wave_len": lengths}

@@ -30,6 +30,10 @@ class FrontEnd:
         dither: Kaldi dither amount (0 = off, deterministic).
         target_frames: frames after zero-padding / cropping at the end.
         mean, std: normalisation `(x - mean) / (2 * std)`.
+        on_device: where training computed the features: False on the host (NumPy,
+            fast_ast_jax.audio.features), True on the accelerator (fast_ast_jax.audio.fbank_jax;
+            the loader ships waveforms). Both give the same features (to ~2e-5), so a
+            checkpoint predicts from either; recorded so a run resumes as it started.
     """
 
     sample_rate: int = 16000
@@ -45,6 +49,7 @@ class FrontEnd:
     target_frames: int = 1024
     mean: float = AUDIOSET_MEAN
     std: float = AUDIOSET_STD
+    on_device: bool = False
 
     def __post_init__(self):
         problems = []

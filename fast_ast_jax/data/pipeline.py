@@ -10,6 +10,10 @@ Batches are dicts of NumPy arrays for this host:
     y (B_host, C) float32 targets (one-hot, multi-hot, or mixed);
     mask (B_host,) float32, 1 for real examples, 0 for padding (eval only pads);
     teacher (B_host, C) float32 teacher logits, when the pipeline has a teacher.
+With `waves=True` (config.frontend.on_device) x is replaced by the clips' waveforms, and
+the jitted step makes the features and augments them (fast_ast_jax.audio.augment_jax):
+    wave (B_host, samples) float32, each clip cut to target_frames' worth of samples and
+        zero-padded to that length; wave_len (B_host,) int32 its samples before padding.
 
 Teacher logits and mixup: the teacher's logits were computed once on the un-augmented clip
 (`distill dump`), so a mixed clip gets the same convex combination of its two clips'
@@ -42,6 +46,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fast_ast_jax.audio import augment
+from fast_ast_jax.audio.fbank_jax import pad_waves, samples_for_frames
 from fast_ast_jax.audio.features import features
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.audio.io import AudioError
@@ -96,6 +101,8 @@ class Pipeline:
         on_bad_clip: "skip" or "fail" (see the module docstring).
         teacher: distill.TeacherLogits; its labels must equal the source's and every clip
             id of the source must have logits (checked here, before any feature work).
+        waves: ship waveforms instead of features (see the module docstring); training
+            augmentation then runs on the device, and `cache` keeps waveforms.
     """
 
     def __init__(self, source, *, frontend: FrontEnd, batch_size: int, train: bool,
@@ -103,7 +110,7 @@ class Pipeline:
                  cache_dir: str | os.PathLike | None = None, cache_key: str = "",
                  process_index: int | None = None,
                  process_count: int | None = None, teacher=None,
-                 on_bad_clip: str = "skip"):
+                 on_bad_clip: str = "skip", waves: bool = False):
         if on_bad_clip not in BAD_CLIP_POLICIES:
             raise ValueError(f"config.data.on_bad_clip={on_bad_clip!r}: use one of "
                              f"{BAD_CLIP_POLICIES}")
@@ -120,7 +127,12 @@ class Pipeline:
         if source.sample_rate != frontend.sample_rate:
             raise ValueError(f"source audio is at {source.sample_rate} Hz but the front-end "
                              f"expects {frontend.sample_rate} Hz")
+        if waves and cache_dir is not None:
+            raise ValueError("config.data.cache_dir stores features, but with "
+                             "config.frontend.on_device=True the loader ships waveforms; "
+                             "set config.data.cache_dir='' (data.cache keeps them in memory)")
         self.source, self.frontend, self.train, self.seed = source, frontend, train, seed
+        self.waves = waves
         self.augment = augment
         self.batch_size, self.local_batch = batch_size, batch_size // process_count
         self.process_index = process_index
@@ -152,6 +164,9 @@ class Pipeline:
 
     def _compute(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         ex = self.source[index]
+        if self.waves:  # the device computes the features (fbank_jax.device_features)
+            wave = np.asarray(ex["audio"], np.float32)[:self._wave_samples]
+            return wave, self._target(ex["label"])
         # Dither (off by default) is drawn once per clip, so cached features stay valid.
         rng = np.random.default_rng([self.seed, index]) if self.frontend.dither > 0 else None
         x = np.asarray(features(ex["audio"], frontend=self.frontend, rng=rng), np.float32)
@@ -234,6 +249,10 @@ class Pipeline:
     # -- batches ----------------------------------------------------------------------------
 
     @property
+    def _wave_samples(self) -> int:
+        return samples_for_frames(self.frontend.target_frames, frontend=self.frontend)
+
+    @property
     def steps_per_epoch(self) -> int:
         n = len(self.source)
         return n // self.batch_size if self.train else -(-n // self.batch_size)
@@ -250,7 +269,8 @@ class Pipeline:
         order = order[self.process_index * self.local_batch:
                       (self.process_index + 1) * self.local_batch]
         fill = (0.0 - self.frontend.mean) / (2 * self.frontend.std)
-        shape = (self.frontend.target_frames, self.frontend.num_mel_bins)
+        shape = (0,) if self.waves else (self.frontend.target_frames,
+                                         self.frontend.num_mel_bins)
         xs, ys, ts, mask = [], [], [], []
         for j, i in enumerate(order):
             i = int(i)
@@ -265,6 +285,12 @@ class Pipeline:
             i = self.good_index(i)
             x, y = self.example(i)
             t = None if self._teacher is None else self._teacher[i]
+            if self.waves:  # augmented on the device (augment_jax.device_batch)
+                xs.append(x)
+                ys.append(y)
+                ts.append(t)
+                mask.append(1.0)
+                continue
             rng = np.random.default_rng([self.seed, epoch, index, self.process_index, j])
             aug = self.augment
             if aug.mixup > 0 and rng.random() < aug.mixup:
@@ -288,7 +314,9 @@ class Pipeline:
             ys.append(np.zeros(self.num_classes, np.float32))
             ts.append(np.zeros(self.num_classes, np.float32))
             mask.append(0.0)
-        batch = {"x": np.stack(xs), "y": np.stack(ys), "mask": np.asarray(mask, np.float32)}
+        inputs = (pad_waves(xs, samples=self._wave_samples) if self.waves
+                  else {"x": np.stack(xs)})
+        batch = {**inputs, "y": np.stack(ys), "mask": np.asarray(mask, np.float32)}
         if self._teacher is not None:
             batch["teacher"] = np.stack(ts).astype(np.float32)
         return batch

@@ -193,6 +193,10 @@ def train_elastic(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     validate_config(config, device_count=jax.device_count())
     workdir = Path(workdir)
     frontend = FrontEnd.from_dict(config.frontend.to_dict())
+    if frontend.on_device:
+        raise ValueError("config.frontend.on_device=True is not supported by packed "
+                         "(ElasticAST) training yet: packs are built from host features; "
+                         "set config.frontend.on_device=False")
     probe = make_source(config.data.source, sample_rate=frontend.sample_rate,
                         **config.data.train.to_dict())
     labels = list(probe.labels)

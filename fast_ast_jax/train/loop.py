@@ -52,9 +52,10 @@ def build_model(model_config, *, num_classes: int, frontend: FrontEnd):
 
 
 def build_pipeline(config, split: str, *, frontend: FrontEnd, train: bool,
-                   source=None, teacher=None) -> Pipeline | None:
+                   source=None, teacher=None, waves: bool = False) -> Pipeline | None:
     """Pipeline over config.data.<split> (None if that split has no arguments); `teacher`
-    (distill.TeacherLogits) adds each clip's teacher logits to its batches."""
+    (distill.TeacherLogits) adds each clip's teacher logits to its batches; `waves` ships
+    waveforms for the on-device front-end."""
     kwargs = config.data[split].to_dict()
     if not kwargs:
         return None
@@ -65,7 +66,7 @@ def build_pipeline(config, split: str, *, frontend: FrontEnd, train: bool,
                     seed=config.seed, augment=Augment(**config.augment) if train else Augment(),
                     cache=config.data.cache, cache_dir=config.data.cache_dir or None,
                     cache_key=json.dumps([config.data.source, kwargs], sort_keys=True),
-                    teacher=teacher, on_bad_clip=config.data.on_bad_clip)
+                    teacher=teacher, on_bad_clip=config.data.on_bad_clip, waves=waves)
 
 
 def loss_kind(config, multi_label: bool) -> str:
@@ -73,10 +74,11 @@ def loss_kind(config, multi_label: bool) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _eval_fns(model, mesh):
+def _eval_fns(model, mesh, frontend):
     """Jitted forward and label gather, cached so periodic evals compile once."""
     replicated = NamedSharding(mesh, P())
-    fwd = jax.jit(functools.partial(eval_step, model=model), out_shardings=replicated)
+    fwd = jax.jit(functools.partial(eval_step, model=model, frontend=frontend),
+                  out_shardings=replicated)
     gather = jax.jit(lambda b: (b["y"], b["mask"]), out_shardings=replicated)
     return fwd, gather
 
@@ -85,7 +87,7 @@ def evaluate(params, *, model, pipeline: Pipeline, mesh, multi_label: bool,
              desc: str = "eval") -> dict[str, float]:
     """accuracy (and mAP for multi-label) over one pass of `pipeline`, plus clips/s of the
     model alone (jitted forward, compilation excluded)."""
-    fwd, gather = _eval_fns(model, mesh)
+    fwd, gather = _eval_fns(model, mesh, pipeline.frontend)
     logits, targets, masks, seconds, clips = [], [], [], 0.0, 0
     for i, (local, _) in enumerate(tqdm(pipeline.iterate(), total=pipeline.steps_per_epoch,
                                         desc=desc, leave=False,
@@ -170,6 +172,8 @@ def check_resumable(saved: dict, requested: dict, *, directory) -> None:
         # JSON round trip: tuples in the live config are lists in the saved metadata.
         want = json.loads(json.dumps(requested[key]))
         have = saved.get(key)
+        if key == "frontend" and isinstance(have, dict):  # fields added later: defaults
+            have = FrontEnd.from_dict(have).to_dict()
         if have == want:
             continue
         if isinstance(want, dict) and isinstance(have, dict):
@@ -298,10 +302,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
         teacher = distill.load(config.distill.teacher_logits)
     train_data = build_pipeline(config, "train", frontend=frontend, train=True,
-                                teacher=teacher)
+                                teacher=teacher, waves=frontend.on_device)
     source = train_data.source
     labels = list(source.labels)
-    eval_data = build_pipeline(config, "eval", frontend=frontend, train=False)
+    eval_data = build_pipeline(config, "eval", frontend=frontend, train=False,
+                               waves=frontend.on_device)
     if eval_data is not None and list(eval_data.source.labels) != labels:
         raise ValueError(f"train labels {labels} differ from eval labels "
                          f"{list(eval_data.source.labels)}; give config.data.*.labels")
@@ -356,7 +361,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     kd = (float(config.distill.lam), float(config.distill.tau)) if teacher else None
     step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, loss=loss, lr_fn=lr_fn,
-                                        distill=kd),
+                                        distill=kd, frontend=frontend,
+                                        augment=Augment(**config.augment)),
                       in_shardings=(shardings, sharding.batch_sharding(mesh)),
                       out_shardings=(shardings, replicated), donate_argnums=0)
 

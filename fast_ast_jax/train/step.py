@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fast_ast_jax.audio.augment_jax import device_batch
 from fast_ast_jax.train import losses
 from fast_ast_jax.train.state import TrainState
 
@@ -38,11 +39,14 @@ def update_if_finite(state: TrainState, *, grads, value: jax.Array,
 
 def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
                loss: str, lr_fn: optax.Schedule,
-               distill: tuple[float, float] | None = None) -> tuple[TrainState, dict]:
+               distill: tuple[float, float] | None = None, frontend=None,
+               augment=None) -> tuple[TrainState, dict]:
     """One optimiser step.
 
     batch: x (B, frames, bins), y (B, C) targets, mask (B,); with `distill` = (lam, tau)
         also teacher (B, C) teacher logits, and the loss is losses.distill_loss (CMKD).
+        With wave / wave_len in place of x (config.frontend.on_device), `frontend` makes
+        the features and `augment` (data.pipeline.Augment) augments them here.
     Returns the new state and scalar metrics (loss, accuracy, grad_norm, lr,
     skipped_nonfinite, clips; with distillation also task_loss and kd_loss, the two
     unweighted terms).
@@ -53,6 +57,9 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
     """
     rng, lr = jax.random.fold_in(state.rng, state.step), lr_fn(state.step)
     xent = loss_fn_for(loss)
+    if "wave" in batch:  # the on-device front-end (fast_ast_jax.audio.augment_jax)
+        rng, key = jax.random.split(rng)
+        batch = device_batch(batch, frontend=frontend, augment=augment, key=key)
 
     def objective(params):
         logits = model.apply({"params": params}, batch["x"], train=True,
@@ -82,6 +89,9 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
     return state, metrics
 
 
-def eval_step(params, batch: dict, *, model) -> jax.Array:
-    """batch x (B, frames, bins) -> logits (B, C) float32."""
+def eval_step(params, batch: dict, *, model, frontend=None) -> jax.Array:
+    """batch x (B, frames, bins), or wave / wave_len made into x by `frontend` -> logits
+    (B, C) float32."""
+    if "wave" in batch:  # dither (if any) from a fixed key: eval stays deterministic
+        batch = device_batch(batch, frontend=frontend, key=jax.random.PRNGKey(0))
     return model.apply({"params": params}, batch["x"], train=False)
