@@ -203,8 +203,13 @@ def test_training_on_device_records_it_and_predicts(tmp_path):
     assert len(out[0]) == 2
 
 
-def test_checkpoints_without_on_device_still_resume(tmp_path):
+def test_on_device_field_keeps_old_checkpoints_and_feature_caches(tmp_path):
     from fast_ast_jax.train.loop import check_resumable
+
+    # Feature caches are keyed by the fields that change features: not by on_device.
+    old_key = json.dumps({k: v for k, v in FrontEnd().to_dict().items() if k != "on_device"},
+                         sort_keys=True)
+    assert FrontEnd(on_device=True).features_json() == FrontEnd().features_json() == old_key
 
     meta = {"model": {}, "frontend": FrontEnd().to_dict(), "labels": ["a"], "loss": "softmax"}
     old = json.loads(json.dumps(meta))

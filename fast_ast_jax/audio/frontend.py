@@ -108,6 +108,12 @@ class FrontEnd:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
+    def features_json(self) -> str:
+        """JSON of the fields that determine the features (all but on_device): the key of
+        feature caches, unchanged by fields that do not change the features."""
+        return json.dumps({k: v for k, v in self.to_dict().items() if k != "on_device"},
+                          sort_keys=True)
+
     @classmethod
     def from_json(cls, s: str) -> "FrontEnd":
         return cls.from_dict(json.loads(s))

@@ -206,7 +206,8 @@ class Pipeline:
     def _fill_cache(self, cache_dir, cache_key: str) -> None:
         path = None
         if cache_dir is not None:
-            key = hashlib.sha1((cache_key + self.frontend.to_json()).encode()).hexdigest()[:16]
+            key = hashlib.sha1((cache_key + self.frontend.features_json()).encode()
+                               ).hexdigest()[:16]
             path = Path(cache_dir) / f"features-{key}.npz"
             if path.is_file():
                 with np.load(path) as f:
@@ -222,7 +223,8 @@ class Pipeline:
                     self._cache.update({i: None for i in self.bad_clips})
                     self._report_bad()
                     return
-        desc = f"features ({'train' if self.train else 'eval'})"
+        desc = (f"{'waveforms' if self.waves else 'features'} "
+                f"({'train' if self.train else 'eval'})")
         for i in tqdm(range(len(self.source)), desc=desc, leave=False):
             self.example(i)
         self._report_bad()
