@@ -218,3 +218,13 @@ def test_on_device_field_keeps_old_checkpoints_and_feature_caches(tmp_path):
     on = {**meta, "frontend": FrontEnd(on_device=True).to_dict()}
     with pytest.raises(ValueError, match="on_device"):
         check_resumable(old, on, directory=tmp_path)
+
+
+def test_packed_training_refuses_on_device(tmp_path):
+    from fast_ast_jax.train.elastic import train_elastic
+    from tests.test_train import load_config
+
+    c = load_config("test_elastic")
+    c.frontend.on_device = True
+    with pytest.raises(ValueError, match="on_device"):
+        train_elastic(c, str(tmp_path / "w"))
