@@ -30,6 +30,10 @@ class FrontEnd:
         dither: Kaldi dither amount (0 = off, deterministic).
         target_frames: frames after zero-padding / cropping at the end.
         mean, std: normalisation `(x - mean) / (2 * std)`.
+        on_device: where training computed the features: False on the host (NumPy,
+            fast_ast_jax.audio.features), True on the accelerator (fast_ast_jax.audio.fbank_jax;
+            the loader ships waveforms). Both give the same features (to ~2e-5), so a
+            checkpoint predicts from either; recorded so a run resumes as it started.
     """
 
     sample_rate: int = 16000
@@ -45,6 +49,7 @@ class FrontEnd:
     target_frames: int = 1024
     mean: float = AUDIOSET_MEAN
     std: float = AUDIOSET_STD
+    on_device: bool = False
 
     def __post_init__(self):
         problems = []
@@ -102,6 +107,12 @@ class FrontEnd:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+    def features_json(self) -> str:
+        """JSON of the fields that determine the features (all but on_device): the key of
+        feature caches, unchanged by fields that do not change the features."""
+        return json.dumps({k: v for k, v in self.to_dict().items() if k != "on_device"},
+                          sort_keys=True)
 
     @classmethod
     def from_json(cls, s: str) -> "FrontEnd":

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fast_ast_jax.audio.io import load_audio
+
 
 def _sorted_labels(names: set[str]) -> list[str]:
     """Numeric names sort as numbers ("2" < "10"), others alphabetically."""
@@ -112,8 +114,6 @@ class FolderSource:
         return [filename for filename, _ in self._items]
 
     def __getitem__(self, index: int) -> dict:
-        from fast_ast_jax.audio.io import load_audio  # decoding needs soundfile/audioread
-
         filename, label_ids = self._items[index]
         audio = load_audio(self.audio_dir / filename, sample_rate=self.sample_rate)
         if self.multi_label:

@@ -10,6 +10,10 @@ Batches are dicts of NumPy arrays for this host:
     y (B_host, C) float32 targets (one-hot, multi-hot, or mixed);
     mask (B_host,) float32, 1 for real examples, 0 for padding (eval only pads);
     teacher_probs (B_host, C) float32 teacher predictions, when the pipeline has a teacher.
+With `waves=True` (config.frontend.on_device) x is replaced by the clips' waveforms, and
+the jitted step makes the features and augments them (fast_ast_jax.audio.augment_jax):
+    wave (B_host, samples) float32, each clip cut to target_frames' worth of samples and
+        zero-padded to that length; wave_len (B_host,) int32 its samples before padding.
 
 Teacher targets and mixup: the batch carries teacher *predictions*, not logits:
 `teacher_probs(logits, tau=, multilabel=)`, i.e. sigmoid(logits / tau) per class for
@@ -49,6 +53,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fast_ast_jax.audio import augment
+from fast_ast_jax.audio.fbank_jax import pad_waves, samples_for_frames
 from fast_ast_jax.audio.features import features
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.audio.io import AudioError
@@ -140,6 +145,8 @@ class Pipeline:
         teacher_tau: distillation temperature the teacher predictions are taken at.
         teacher_multilabel: sigmoid (True: multi-label task, BCE loss) or softmax (False)
             teacher predictions; must match the loss (train.losses.kd_loss).
+        waves: ship waveforms instead of features (see the module docstring); training
+            augmentation then runs on the device, and `cache` keeps waveforms.
     """
 
     def __init__(self, source, *, frontend: FrontEnd, batch_size: int, train: bool,
@@ -148,7 +155,7 @@ class Pipeline:
                  process_index: int | None = None,
                  process_count: int | None = None, teacher=None,
                  teacher_tau: float = 1.0, teacher_multilabel: bool = False,
-                 on_bad_clip: str = "skip"):
+                 on_bad_clip: str = "skip", waves: bool = False):
         if on_bad_clip not in BAD_CLIP_POLICIES:
             raise ValueError(f"config.data.on_bad_clip={on_bad_clip!r}: use one of "
                              f"{BAD_CLIP_POLICIES}")
@@ -165,7 +172,12 @@ class Pipeline:
         if source.sample_rate != frontend.sample_rate:
             raise ValueError(f"source audio is at {source.sample_rate} Hz but the front-end "
                              f"expects {frontend.sample_rate} Hz")
+        if waves and cache_dir is not None:
+            raise ValueError("config.data.cache_dir stores features, but with "
+                             "config.frontend.on_device=True the loader ships waveforms; "
+                             "set config.data.cache_dir='' (data.cache keeps them in memory)")
         self.source, self.frontend, self.train, self.seed = source, frontend, train, seed
+        self.waves = waves
         self.augment = augment
         self.batch_size, self.local_batch = batch_size, batch_size // process_count
         self.process_index = process_index
@@ -192,6 +204,9 @@ class Pipeline:
 
     def _compute(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         ex = self.source[index]
+        if self.waves:  # the device computes the features (fbank_jax.device_features)
+            wave = np.asarray(ex["audio"], np.float32)[:self._wave_samples]
+            return wave, self._target(ex["label"])
         # Dither (off by default) is drawn once per clip, so cached features stay valid.
         rng = np.random.default_rng([self.seed, index]) if self.frontend.dither > 0 else None
         x = np.asarray(features(ex["audio"], frontend=self.frontend, rng=rng), np.float32)
@@ -231,7 +246,8 @@ class Pipeline:
     def _fill_cache(self, cache_dir, cache_key: str) -> None:
         path = None
         if cache_dir is not None:
-            key = hashlib.sha1((cache_key + self.frontend.to_json()).encode()).hexdigest()[:16]
+            key = hashlib.sha1((cache_key + self.frontend.features_json()).encode()
+                               ).hexdigest()[:16]
             path = Path(cache_dir) / f"features-{key}.npz"
             if path.is_file():
                 with np.load(path) as f:
@@ -247,7 +263,8 @@ class Pipeline:
                     self._cache.update({i: None for i in self.bad_clips})
                     self._report_bad()
                     return
-        desc = f"features ({'train' if self.train else 'eval'})"
+        desc = (f"{'waveforms' if self.waves else 'features'} "
+                f"({'train' if self.train else 'eval'})")
         for i in tqdm(range(len(self.source)), desc=desc, leave=False):
             self.example(i)
         self._report_bad()
@@ -274,6 +291,10 @@ class Pipeline:
     # -- batches ----------------------------------------------------------------------------
 
     @property
+    def _wave_samples(self) -> int:
+        return samples_for_frames(self.frontend.target_frames, frontend=self.frontend)
+
+    @property
     def steps_per_epoch(self) -> int:
         n = len(self.source)
         return n // self.batch_size if self.train else -(-n // self.batch_size)
@@ -294,7 +315,8 @@ class Pipeline:
         order = order[self.process_index * self.local_batch:
                       (self.process_index + 1) * self.local_batch]
         fill = (0.0 - self.frontend.mean) / (2 * self.frontend.std)
-        shape = (self.frontend.target_frames, self.frontend.num_mel_bins)
+        shape = (0,) if self.waves else (self.frontend.target_frames,
+                                         self.frontend.num_mel_bins)
         xs, ys, ts, mask = [], [], [], []
         for j, i in enumerate(order):
             i = int(i)
@@ -309,6 +331,12 @@ class Pipeline:
             i = self.good_index(i)
             x, y = self.example(i)
             t = None if self._teacher is None else self._teacher[i]
+            if self.waves:  # augmented on the device (augment_jax.device_batch)
+                xs.append(x)
+                ys.append(y)
+                ts.append(t)
+                mask.append(1.0)
+                continue
             rng = np.random.default_rng([self.seed, epoch, index, self.process_index, j])
             aug = self.augment
             if aug.mixup > 0 and rng.random() < aug.mixup:
@@ -332,7 +360,9 @@ class Pipeline:
             ys.append(np.zeros(self.num_classes, np.float32))
             ts.append(np.zeros(self.num_classes, np.float32))
             mask.append(0.0)
-        batch = {"x": np.stack(xs), "y": np.stack(ys), "mask": np.asarray(mask, np.float32)}
+        inputs = (pad_waves(xs, samples=self._wave_samples) if self.waves
+                  else {"x": np.stack(xs)})
+        batch = {**inputs, "y": np.stack(ys), "mask": np.asarray(mask, np.float32)}
         if self._teacher is not None:
             batch["teacher_probs"] = np.stack(ts).astype(np.float32)
         return batch

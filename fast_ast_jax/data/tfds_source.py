@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fast_ast_jax.audio.io import prepare_waveform
+
 
 class TfdsSource:
     """Random-access source over one TFDS split.
@@ -64,8 +66,6 @@ class TfdsSource:
         return len(self._data)
 
     def __getitem__(self, index: int) -> dict:
-        from fast_ast_jax.audio.io import prepare_waveform
-
         ex = self._data[index]
         audio = prepare_waveform(ex[self.audio_key], sr=self.source_rate,
                                  sample_rate=self.sample_rate, bit_depth=self.bit_depth,

@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from fast_ast_jax import sharding
+from fast_ast_jax.audio.augment_jax import device_batch
 from fast_ast_jax.models.elastic import ElasticAST, check_positions
 from fast_ast_jax.train import metrics as metrics_lib
 
@@ -81,13 +82,16 @@ def kind_of(model) -> Kind:
 
 
 @functools.lru_cache(maxsize=8)
-def eval_forward(model, mesh) -> Callable:
+def eval_forward(model, mesh, frontend=None) -> Callable:
     """Jitted params, global batch -> Clips (no teacher) replicated on every device and
     host; cached so that periodic evaluations and every pipeline of an evaluation table
-    (same batch shapes) run one compiled program."""
+    (same batch shapes) run one compiled program. A waveform batch (wave, wave_len: the
+    on-device front-end) is made into features by `frontend` first."""
     forward = kind_of(model).forward
 
     def clips(params, batch):
+        if "wave" in batch:  # dither (if any) from a fixed key: eval stays deterministic
+            batch = device_batch(batch, frontend=frontend, key=jax.random.PRNGKey(0))
         return forward(model, params, batch, train=False).replace(teacher_probs=None)
 
     return jax.jit(clips, out_shardings=NamedSharding(mesh, P()))
@@ -98,7 +102,8 @@ def evaluate(params, *, model, pipeline, mesh, multi_label: bool,
     """accuracy (and mAP for multi-label) over one pass of `pipeline` (padded or packed, as
     the model reads), plus clips/s of the model alone (jitted forward, compilation and host
     work excluded), num_clips and bad_clips."""
-    fwd, check = eval_forward(model, mesh), kind_of(model).check
+    frontend = pipeline.frontend if getattr(pipeline, "waves", False) else None
+    fwd, check = eval_forward(model, mesh, frontend), kind_of(model).check
     logits, targets, seconds, clips = [], [], 0.0, 0
     for i, (local, _) in enumerate(tqdm(pipeline.iterate(), total=pipeline.steps(0), desc=desc,
                                         leave=False, disable=jax.process_index() != 0)):

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from fast_ast_jax import checkpoints, distill, sharding
 from fast_ast_jax.audio.frontend import FrontEnd
+from fast_ast_jax.data.pipeline import Augment
 from fast_ast_jax.models import model_fields, model_name
 from fast_ast_jax.train import keep_rate
 from fast_ast_jax.train import metrics as metrics_lib
@@ -72,6 +73,8 @@ def check_resumable(saved: dict, requested: dict, *, directory) -> None:
         # JSON round trip: tuples in the live config are lists in the saved metadata.
         want = json.loads(json.dumps(requested[key]))
         have = saved.get(key)
+        if key == "frontend" and isinstance(have, dict):  # fields added later: defaults
+            have = FrontEnd.from_dict(have).to_dict()
         if have == want:
             continue
         if isinstance(want, dict) and isinstance(have, dict):
@@ -261,7 +264,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     kd = float(config.distill.lam) if teacher else None
     scheduled = keep_rate.scheduled_step_fn(  # one jitted step per scheduled keep rate
         lambda m: jax.jit(functools.partial(train_step, model=m, tx=tx, loss=loss,
-                                            lr_fn=lr_fn, distill=kd),
+                                            lr_fn=lr_fn, distill=kd, frontend=frontend,
+                                            augment=Augment(**config.augment)),
                           in_shardings=(shardings, sharding.batch_sharding(mesh)),
                           out_shardings=(shardings, replicated), donate_argnums=0),
         model=model, config=config, steps_per_epoch=steps_per_epoch, echo=tqdm.write)

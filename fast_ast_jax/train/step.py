@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fast_ast_jax.audio.augment_jax import device_batch
 from fast_ast_jax.train import losses
 from fast_ast_jax.train.forward import kind_of
 from fast_ast_jax.train.state import TrainState
@@ -39,7 +40,8 @@ def update_if_finite(state: TrainState, *, grads, value: jax.Array,
 
 def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
                loss: str, lr_fn: optax.Schedule,
-               distill: float | None = None) -> tuple[TrainState, dict]:
+               distill: float | None = None, frontend=None,
+               augment=None) -> tuple[TrainState, dict]:
     """One optimiser step on a padded or a packed batch (`forward.kind_of(model)` turns it
     into per-clip logits, targets and mask, so the loss is the same for both).
 
@@ -47,7 +49,9 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
         (R, S, C), mask (R, S) per slot); with `distill` = lam (the ground-truth weight)
         also teacher_probs shaped like y, the teacher predictions at the distillation
         temperature (data.pipeline.teacher_probs), and the loss is losses.distill_loss
-        (CMKD) on per-clip logits.
+        (CMKD) on per-clip logits. A padded batch may hold wave (B, samples) / wave_len
+        (B,) in place of x (config.frontend.on_device): `frontend` makes the features and
+        `augment` (data.pipeline.Augment) augments them here, on the device.
     Returns the new state and scalar metrics (loss, accuracy, grad_norm, lr,
     skipped_nonfinite, clips (real clips in the batch); with distillation also task_loss
     and kd_loss, the two unweighted terms).
@@ -58,6 +62,9 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
     """
     rng, lr = jax.random.fold_in(state.rng, state.step), lr_fn(state.step)
     xent = loss_fn_for(loss)
+    if "wave" in batch:  # the on-device front-end (fast_ast_jax.audio.augment_jax)
+        rng, key = jax.random.split(rng)
+        batch = device_batch(batch, frontend=frontend, augment=augment, key=key)
     forward = kind_of(model).forward
 
     def objective(params):

@@ -96,7 +96,7 @@ def build_pipeline(config, split: str, *, frontend: FrontEnd, train: bool,
                     cache=config.data.cache, cache_dir=config.data.cache_dir or None,
                     cache_key=_cache_key(config, split), teacher=teacher,
                     **_teacher_targets(config, source.multi_label),
-                    on_bad_clip=config.data.on_bad_clip)
+                    on_bad_clip=config.data.on_bad_clip, waves=frontend.on_device)
 
 
 def padded_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
@@ -116,6 +116,10 @@ def packed_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
     """ElasticAST on packed rows: config.elastic.rows rows per step (eval:
     config.eval_batch_size rows per step, 0 = elastic.rows), split over the hosts."""
     e, data = config.elastic, config.data
+    if frontend.on_device:
+        raise ValueError("config.frontend.on_device=True is not supported by packed "
+                         "(ElasticAST) training yet: packs are built from host features; "
+                         "set config.frontend.on_device=False")
     source = make_source(data.source, sample_rate=frontend.sample_rate, **data.train.to_dict())
     labels = list(source.labels)
     model = build_elastic_model(config, num_classes=len(labels), frontend=frontend)

@@ -12,7 +12,7 @@ import warnings
 
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data.pipeline import BAD_CLIP_POLICIES
-from fast_ast_jax.models.ast import AST, SIZES, grid_shape
+from fast_ast_jax.models.ast import AST, SIZES, create_ast, grid_shape, model_overrides
 
 _CHOICES = {
     "loss": ("", "softmax", "sigmoid"),
@@ -123,8 +123,6 @@ def _check_elastic(config, frontend: FrontEnd, need, *, device_count: int) -> No
 
 def _check_model(config, frontend: FrontEnd) -> None:
     """Build the model (no params) and check its token plan: strides, heads, ToMe r."""
-    from fast_ast_jax.models.ast import create_ast, model_overrides
-
     if config.model.get("name", "ast") != "ast":
         return  # the CNN teacher has no tokens to check
     try:

@@ -1,0 +1,66 @@
+"""fast_ast_jax.export: a checkpoint as a serialised waveform -> logits function."""
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from fast_ast_jax import export
+from fast_ast_jax.audio import features
+from fast_ast_jax.audio.fbank_jax import pad_waves
+from fast_ast_jax.train import loop
+from fast_ast_jax.checkpoints import load as load_checkpoint
+from tests.test_train import load_config
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, fast_compile):
+    path = tmp_path_factory.mktemp("export") / "w"
+    c = load_config("test")
+    c.num_steps = 1
+    loop.train_and_evaluate(c, str(path))
+    return path
+
+
+def test_exported_artifact_matches_the_live_model(workdir, capsys):
+    out = workdir / "model.jaxexport"
+    export.main(["--checkpoint", str(workdir), "--out", str(out)])  # the CLI
+    assert "wrote" in capsys.readouterr().out
+    call, spec = export.load(out)
+    restored = load_checkpoint(workdir)
+    assert spec["labels"] == list(restored.labels) and spec["batch"] is None
+    assert spec["frontend"] == restored.frontend.to_dict()
+    assert json.loads((workdir / "model.jaxexport.json").read_text()) == spec
+    rng = np.random.default_rng(0)
+    clips = [0.1 * rng.standard_normal(n).astype(np.float32)
+             for n in (spec["samples"] + 500, 4000, 300)]  # long, short, under one window
+    batch = pad_waves(clips, samples=spec["samples"])
+    got = np.asarray(call(batch["wave"], batch["wave_len"]))
+    live = jax.jit(export.waveform_classifier(restored.model, restored.params,
+                                              frontend=restored.frontend))
+    np.testing.assert_allclose(got, live(batch["wave"], batch["wave_len"]), atol=1e-5)
+    # The host front-end path (what predict.py does) agrees as well.
+    x = np.stack([features(c, frontend=restored.frontend) for c in clips])
+    host = restored.model.apply({"params": restored.params}, x, train=False)
+    np.testing.assert_allclose(got, host, atol=1e-3)
+    assert got.shape == (3, len(restored.labels))
+    # Symbolic batch: another batch size runs the same artifact.
+    one = pad_waves(clips[:1], samples=spec["samples"])
+    np.testing.assert_allclose(call(one["wave"], one["wave_len"]), got[:1], atol=1e-5)
+
+
+def test_fixed_batch_and_length(workdir):
+    out = workdir / "fixed.jaxexport"
+    spec = export.export_checkpoint(workdir, out, batch=2, seconds=0.25, platforms=("cpu",))
+    assert spec["samples"] == 4000 and spec["batch"] == 2
+    call, _ = export.load(out)
+    wave = np.zeros((2, 4000), np.float32)
+    assert call(wave, np.array([4000, 10], np.int32)).shape == (2, len(spec["labels"]))
+    with pytest.raises(Exception):
+        call(np.zeros((3, 4000), np.float32), np.zeros(3, np.int32))
+    with pytest.raises(ValueError, match="one analysis window"):
+        export.export_checkpoint(workdir, out, seconds=0.001)

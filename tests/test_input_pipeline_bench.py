@@ -1,0 +1,34 @@
+"""benchmarks/input_pipeline.py --quick: every figure is measured and the load guard holds."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import input_pipeline
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+
+def test_quick_run_measures_everything_and_writes(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    results = input_pipeline.main(["--quick", "--out", str(out), "--allow-load"])
+    text = capsys.readouterr().out
+    assert "uptime before:" in text and "uptime after:" in text
+    assert set(results["loader"]) == {f"{k}_workers{w}" for k in ("host_frontend",
+                                                                   "decode_only")
+                                      for w in (0, 1)}
+    assert all(rate > 0 for rate in results["loader"].values())
+    rates = results["device_rates"]
+    assert rates["tome_r"] == 36  # halves the MACs of the 4-block AST-tiny at 128 frames
+    assert all(rates[k] > 0 for k in ("step_fp32", "step_tome", "step_fp32_wave_in",
+                                       "frontend_alone"))
+    assert results["frontend_share_of_step"]["step_fp32"] == pytest.approx(
+        rates["step_fp32"] / rates["frontend_alone"])
+    assert json.loads(out.read_text())["loader"] == results["loader"]
+
+
+def test_results_are_refused_under_load():
+    assert input_pipeline.may_write(0.4, allow_load=False)
+    assert not input_pipeline.may_write(2.0, allow_load=False)
+    assert input_pipeline.may_write(2.0, allow_load=True)
