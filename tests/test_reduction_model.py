@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fast_ast_jax.models import prune, tome
+from fast_ast_jax.models import prune
 from fast_ast_jax.models.ast import create_ast
 
 # Tiny model: 64 mel x 100 frames, strides 16/10 -> 4 x 9 = 36 patches (+ CLS, DIST).
