@@ -7,7 +7,9 @@ weighted average and TopK gather) is not counted: it is memory traffic, not MACs
 few percent of XLA's flop count (`tests/test_bench.py` checks the tolerance).
 
 `measure_throughput` times a compiled function (median of repeats after warm-up, every call
-blocked until ready); `compiled_memory` reads XLA's compiled memory analysis.
+blocked until ready); `compiled_memory` reads XLA's compiled memory analysis. `train_step_fn`
+is the one benchmark training step (benchmarks/throughput.py and device_check.py), and
+`peak_bf16_flops` / `mfu` turn a step rate into model-FLOPs utilisation.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
+import optax
 
 # Counted parts, in the order `ast_macs` reports them.
 PARTS = ("patch_embed", "qkv", "attn_scores", "attn_values", "attn_out", "mlp",
@@ -169,3 +173,66 @@ def measure_throughput(fn: Callable, *args, warmup: int = 1, repeats: int = 3) -
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
     return Timing(tuple(times))
+
+
+# Dense (no sparsity) bf16 matrix peaks in FLOP/s by device kind, from the vendors' datasheets:
+# (substring of jax.Device.device_kind, peak). First match wins, so specific names go first.
+PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM
+    ("H200", 989e12),  # the H100's rates with more memory (SXM)
+    ("A100", 312e12),
+    ("TPU v4", 275e12),
+    ("TPU v5 lite", 197e12),
+)
+
+
+def peak_bf16_flops(device_kind: str) -> float | None:
+    """The dense bf16 peak (FLOP/s) of a device kind from `PEAK_BF16_FLOPS`, or None when
+    the kind is not in the table (MFU is then reported as unknown, not guessed)."""
+    for name, peak in PEAK_BF16_FLOPS:
+        if name.lower() in device_kind.lower():
+            return peak
+    return None
+
+
+def mfu(*, clips_per_s: float, forward_macs: int, peak_flops: float | None,
+        train: bool) -> float | None:
+    """Model-FLOPs utilisation: achieved model FLOP/s over the peak.
+
+    Model FLOPs per clip are 2 * forward MACs for a forward pass and 3x that for a training
+    step (backward = 2 forwards), counted from the model's own token plan (`ast_macs`), so
+    ToMe / TopK are credited only with the work they still do. None when the peak is unknown.
+    """
+    if peak_flops is None:
+        return None
+    flops = 2 * forward_macs * (3 if train else 1)
+    return clips_per_s * flops / peak_flops
+
+
+def train_step_fn(forward: Callable, *, learning_rate: float = 1e-4):
+    """The benchmark training step: AdamW on a float32 sigmoid cross-entropy.
+
+    Args:
+        forward: (params, inputs) -> (logits (..., C), weights (...)) with weights 1 for the
+            real clips (padded batches: all; packed rows: the filled slots).
+
+    Returns:
+        (tx, step) with step(params, opt_state, inputs, labels (..., C)) -> (params,
+        opt_state, loss); jit it (donate params and opt_state to update in place).
+    """
+    tx = optax.adamw(learning_rate, weight_decay=1e-4)
+
+    def loss_fn(params, inputs, labels):
+        logits, weights = forward(params, inputs)
+        per_clip = optax.sigmoid_binary_cross_entropy(
+                logits.astype(jnp.float32), labels.astype(jnp.float32)).mean(axis=-1)
+        weights = weights.astype(jnp.float32)
+        return (per_clip * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+    def step(params, opt_state, inputs, labels):
+        loss, grads = jax.value_and_grad(loss_fn)(params, inputs, labels)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return tx, step

@@ -1,6 +1,8 @@
 """MAC counting (by hand and against XLA), token plans, timing and memory helpers."""
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -106,10 +108,45 @@ def test_throughput_script_smoke(tmp_path, capsys):
     out = tmp_path / "t.json"
     rows = throughput.main(["--size", "tiny", "--depth", "2", "--frames", "48", "--batch", "1",
                             "--repeats", "1", "--r", "--keep-rates", "--no-torch",
-                            "--no-train", "--out", str(out)])
+                            "--no-train", "--allow-load", "--out", str(out)])
     assert [r["setting"] for r in rows] == ["baseline", "baseline, xla attention"]
     assert all(r["clips_per_s"] > 0 and r["gmacs"] > 0 for r in rows)
-    assert out.exists() and "| 48 | baseline |" in capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    assert saved["rows"] == rows and saved["load_1min"]["start"] >= 0
+    text = capsys.readouterr().out
+    assert "| 48 | baseline |" in text and "1-minute load average:" in text
+
+
+def test_throughput_refuses_a_results_file_under_load(tmp_path, monkeypatch):
+    monkeypatch.setattr(throughput.os, "getloadavg", lambda: (6.5, 5.0, 4.0))
+    out = tmp_path / "t.md"
+    with pytest.raises(SystemExit, match="load average is 6.50 > 1.5"):
+        throughput.main(["--size", "tiny", "--depth", "1", "--frames", "48", "--out", str(out)])
+    assert not out.exists()
+
+
+def test_train_step_fn_weights_and_updates():
+    """The benchmark step: weighted float32 BCE over the real clips, and AdamW moves params."""
+    params = {"w": jnp.ones((3, 2))}
+    forward = lambda p, x: (x @ p["w"], jnp.array([1.0, 0.0]))
+    tx, step = bench.train_step_fn(forward)
+    x, y = jnp.ones((2, 3)), jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    new, _, loss = jax.jit(step)(params, tx.init(params), x, y)
+    want = np.mean([np.log1p(np.exp(-3.0)), np.log1p(np.exp(3.0))])  # clip 0 only
+    np.testing.assert_allclose(float(loss), want, rtol=1e-6)
+    assert not np.allclose(np.asarray(new["w"]), 1.0)
+
+
+def test_peak_table_and_mfu():
+    assert bench.peak_bf16_flops("NVIDIA H200") == 989e12
+    assert bench.peak_bf16_flops("NVIDIA H100 PCIe") == 756e12
+    assert bench.peak_bf16_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert bench.peak_bf16_flops("cpu") is None
+    assert bench.mfu(clips_per_s=10.0, forward_macs=5e9, peak_flops=None, train=True) is None
+    assert bench.mfu(clips_per_s=10.0, forward_macs=5e9, peak_flops=1e12,
+                     train=True) == pytest.approx(0.3)
+    assert bench.mfu(clips_per_s=10.0, forward_macs=5e9, peak_flops=1e12,
+                     train=False) == pytest.approx(0.1)
 
 
 def test_markdown_table_columns():
