@@ -97,13 +97,7 @@ def model_for(args, frames: int, **reduction):
 
 
 def halving_r(args, frames: int) -> int:
-    """Smallest constant ToMe r whose MACs are at most half the baseline's."""
-    base = bench.ast_macs(model_for(args, frames)).total
-    tokens = bench.layer_tokens(model_for(args, frames), frames=frames)[0].tokens_in
-    for r in range(1, tokens // 2 + 1):
-        if bench.ast_macs(model_for(args, frames, tome_r=r)).total <= base / 2:
-            return r
-    raise ValueError(f"no constant r halves the MACs at {frames} frames")
+    return bench.halving_tome_r(model_for(args, frames), frames=frames)
 
 
 def variants(args, frames: int) -> list[tuple[str, dict, str | None]]:
