@@ -32,12 +32,16 @@ PARTS = ("patch_embed", "qkv", "attn_scores", "attn_values", "attn_out", "mlp",
 class LayerTokens:
     """Static token counts of one block: attention runs on `tokens_in` tokens, the MLP on
     `tokens_out`; `matched` tokens enter ToMe's bipartite matching (0 = no merge) and
-    `cls_queries` class-token queries score TopK pruning (0 = no pruning)."""
+    `cls_queries` class-token queries score TopK pruning (0 = no pruning). `queries` (0 =
+    all `tokens_in`) is set for a last block that computes only the prefix tokens
+    (`AST.prefix_only_last_block`): they alone query, and only they go through the out
+    projection and the MLP."""
 
     tokens_in: int
     tokens_out: int
     matched: int = 0
     cls_queries: int = 0
+    queries: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,14 +72,18 @@ def layer_tokens(model: Any, *, frames: int) -> tuple[LayerTokens, ...]:
         return tuple(LayerTokens(tokens, tokens) for _ in range(model.depth))
     queries = 2 if getattr(model, "prune_score", "cls") == "cls_dist" else 1
     out = []
-    for plan in model.token_plan(frames):
+    plans = model.token_plan(frames)
+    prefix_only = model.prefix_only_last_block(frames)
+    for i, plan in enumerate(plans):
         after_prune = plan.tokens_in
         if plan.keep is not None:
             after_prune = model.num_prefix + plan.keep + int(model.prune_fuse)
+        last = prefix_only and i == len(plans) - 1
         out.append(LayerTokens(
                 tokens_in=plan.tokens_in, tokens_out=plan.tokens_out,
                 matched=after_prune if plan.r > 0 else 0,
-                cls_queries=queries if plan.keep is not None else 0))
+                cls_queries=queries if plan.keep is not None else 0,
+                queries=model.num_prefix if last else 0))
     return tuple(out)
 
 
@@ -84,7 +92,8 @@ def ast_macs(model: Any, *, frames: int | None = None) -> MacCount:
 
     Per block with T tokens into attention and T' into the MLP (W width, H heads, D = W/H):
         qkv 3·T·W², scores T²·W (QKᵀ over all heads), values T²·W (softmax·V),
-        out proj T·W², MLP 2·T'·W·mlp_dim,
+        out proj T·W², MLP 2·T'·W·mlp_dim; a prefix-only last block (`LayerTokens.queries`
+        = Q) has scores and values Q·T·W, out proj Q·W², MLP 2·Q·W·mlp_dim,
         ToMe matching ⌈n/2⌉·⌊n/2⌋·D for the n tokens it matches (cosine scores of set A
         against set B on head-averaged keys), TopK class attention Q·T·W for the Q
         class-token queries whose attention ranks the patches.
@@ -106,12 +115,12 @@ def ast_macs(model: Any, *, frames: int | None = None) -> MacCount:
     parts = dict.fromkeys(PARTS, 0)
     parts["patch_embed"] = f_dim * t_dim * model.patch_size ** 2 * w
     for lt in layers:
-        t = lt.tokens_in
+        t, q = lt.tokens_in, lt.queries or lt.tokens_in
         parts["qkv"] += 3 * t * w * w
-        parts["attn_scores"] += t * t * w
-        parts["attn_values"] += t * t * w
-        parts["attn_out"] += t * w * w
-        parts["mlp"] += 2 * lt.tokens_out * w * mlp
+        parts["attn_scores"] += q * t * w
+        parts["attn_values"] += q * t * w
+        parts["attn_out"] += q * w * w
+        parts["mlp"] += 2 * (q if lt.queries else lt.tokens_out) * w * mlp
         parts["tome_match"] += math.ceil(lt.matched / 2) * (lt.matched // 2) * head_dim
         parts["topk_cls_attn"] += lt.cls_queries * t * w
     parts["head"] = w * model.num_classes

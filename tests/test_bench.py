@@ -21,13 +21,18 @@ TOY = dict(width=8, depth=2, num_heads=2, mlp_dim=16, num_mel_bins=16, frames=36
 def test_macs_by_hand():
     macs = bench.ast_macs(create_ast("tiny", **TOY))
     t, w = 5, 8
-    per_block = dict(qkv=3 * t * w * w, attn_scores=t * t * w, attn_values=t * t * w,
-                     attn_out=t * w * w, mlp=2 * t * w * 16)
+    # The last block computes only the 2 prefix tokens: q = 2 queries, out proj and MLP.
+    first = dict(qkv=3 * t * w * w, attn_scores=t * t * w, attn_values=t * t * w,
+                 attn_out=t * w * w, mlp=2 * t * w * 16)
+    last = dict(qkv=3 * t * w * w, attn_scores=2 * t * w, attn_values=2 * t * w,
+                attn_out=2 * w * w, mlp=2 * 2 * w * 16)
     want = dict(patch_embed=3 * 16 * 16 * w, head=w * 3, tome_match=0, topk_cls_attn=0,
-                **{k: 2 * v for k, v in per_block.items()})
+                **{k: first[k] + last[k] for k in first})
     assert macs.parts == want
-    assert macs.total == 3 * 256 * 8 + 2 * (960 + 200 + 200 + 320 + 1280) + 24 == 12088
-    assert [(lt.tokens_in, lt.tokens_out) for lt in macs.layers] == [(5, 5), (5, 5)]
+    assert macs.total == 3 * 256 * 8 + (960 + 200 + 200 + 320 + 1280) + (
+            960 + 80 + 80 + 128 + 512) + 24 == 10888
+    assert [(lt.tokens_in, lt.tokens_out, lt.queries) for lt in macs.layers] == [
+            (5, 5, 0), (5, 5, 2)]
 
 
 def test_macs_scale_with_frames():
@@ -35,8 +40,11 @@ def test_macs_scale_with_frames():
     full, half = bench.ast_macs(model), bench.ast_macs(model, frames=512)
     assert full.layers[0].tokens_in == 2 + 12 * 101 == 1214
     assert half.layers[0].tokens_in == 2 + 12 * 50
-    # AST-base at 1024 frames: ~130 GMACs of transformer blocks (T=1214, W=768).
-    blocks = 12 * (4 * 1214 * 768 ** 2 + 2 * 1214 ** 2 * 768 + 2 * 1214 * 768 * 3072)
+    # AST-base at 1024 frames: ~130 GMACs in 11 full blocks (T=1214, W=768) and a last
+    # block whose 2 prefix tokens alone query and go through the out projection and MLP.
+    t, w = 1214, 768
+    blocks = 11 * (4 * t * w ** 2 + 2 * t ** 2 * w + 2 * t * w * 3072) + (
+            3 * t * w ** 2 + 2 * 2 * t * w + 2 * w ** 2 + 2 * 2 * w * 3072)
     assert full.total - full.parts["patch_embed"] - full.parts["head"] == blocks
     assert half.total < full.total / 2
 

@@ -307,8 +307,12 @@ class SelfAttention(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, *, bias=None, mask=None):
-        """x: (B, T, W) -> (out (B, T, W), q (B, T, H, D), k (B, T, H, D))."""
+    def __call__(self, x, *, bias=None, mask=None, num_queries: int | None = None):
+        """x: (B, T, W) -> (out (B, Q, W), q (B, Q, H, D), k (B, T, H, D)).
+
+        num_queries: only the first Q tokens query (Q = T when None): the other tokens still
+            serve as keys and values, but their outputs are not computed.
+        """
         width = x.shape[-1]
         if width % self.num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
@@ -316,7 +320,11 @@ class SelfAttention(nn.Module):
         qkv = nn.DenseGeneral(
                 features=(3, self.num_heads, head_dim), dtype=self.dtype, name="qkv"
         )(x)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q, k, v = qkv[:, :num_queries, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if num_queries is not None and mask is not None:
+            mask = mask[..., :num_queries, :] if mask.shape[-2] > 1 else mask
+        if num_queries is not None and bias is not None:
+            bias = bias[..., :num_queries, :] if bias.shape[-2] > 1 else bias
         out = dot_product_attention(q, k, v, bias=bias, mask=mask)
         out = nn.DenseGeneral(features=width, axis=(-2, -1), dtype=self.dtype, name="out")(out)
         return out, q, k
