@@ -38,7 +38,7 @@ import numpy as np
 
 from fast_ast_jax import bench
 from fast_ast_jax.models import attention
-from fast_ast_jax.models.ast import SIZES, create_ast
+from fast_ast_jax.models.ast import SIZES, create_ast, gelu_exact
 
 STRIDE = 10
 MEL = 128
@@ -253,7 +253,7 @@ def profile_table(args, frames: int) -> list[dict]:
     p_fc2 = fc2.init(key, h)
 
     def mlp(x):
-        y = nn.gelu(dense["fc1"].apply(p_fc1, x), approximate=False)
+        y = gelu_exact(dense["fc1"].apply(p_fc1, x))
         return fc2.apply(p_fc2, y)
 
     parts = {

@@ -173,3 +173,10 @@ def test_prefix_only_last_block_keeps_the_logits():
             {"params": params}, x)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5)
     assert bench.ast_macs(model).total < bench.ast_macs(full).total
+
+
+def test_gelu_exact_matches_jax_gelu():
+    from fast_ast_jax.models.ast import gelu_exact
+    x = jnp.linspace(-12.0, 12.0, 20001, dtype=jnp.float32)
+    np.testing.assert_allclose(np.asarray(gelu_exact(x)),
+                               np.asarray(jax.nn.gelu(x, approximate=False)), atol=1e-6)

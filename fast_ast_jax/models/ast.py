@@ -49,8 +49,14 @@ class Mlp(nn.Module):
     def __call__(self, x):
         width = x.shape[-1]
         x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="fc1")(x)
-        x = nn.gelu(x, approximate=False)
-        return nn.Dense(width, dtype=self.dtype, name="fc2")(x)
+        return nn.Dense(width, dtype=self.dtype, name="fc2")(gelu_exact(x))
+
+
+def gelu_exact(x):
+    """Exact (erf) GELU, x * Phi(x), written with erf: `jax.nn.gelu(approximate=False)` uses
+    erfc(-x / sqrt 2), which XLA CPU evaluates ~4x slower than erf (3.4 vs 13 ms on the
+    (2, 1214, 3072) MLP activations of AST-base), for outputs within 5e-7 of it."""
+    return 0.5 * x * (1 + jax.lax.erf(x * jnp.asarray(0.5 ** 0.5, x.dtype)))
 
 
 class Block(nn.Module):
