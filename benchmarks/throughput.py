@@ -96,17 +96,15 @@ def model_for(args, frames: int, **reduction):
                       tstride=STRIDE, **depth, **reduction)
 
 
-def halving_r(args, frames: int) -> int:
-    return bench.halving_tome_r(model_for(args, frames), frames=frames)
-
-
 def variants(args, frames: int) -> list[tuple[str, dict, str | None]]:
     """(label, AST reduction fields, attention implementation) for the forward table."""
     out = [("baseline", {}, None)]
     if not args.no_xla_baseline:
         out.append(("baseline, xla attention", {}, "xla"))
     for r in args.r:
-        r = halving_r(args, frames) if r == "half" else int(r)
+        if r == "half":
+            r = bench.halving_tome_r(model_for(args, frames), frames=frames)
+        r = int(r)
         out.append((f"ToMe r={r}", dict(tome_r=r), None))
     for k in args.keep_rates:
         out.append((f"TopK keep={k:g}", dict(prune_keep_rate=k), None))
@@ -200,7 +198,7 @@ def train_table(args, frames: int) -> list[dict]:
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal((args.batch, frames, MEL), dtype=np.float32))
     y = jnp.asarray(rng.random((args.batch, 527)) < 0.05, jnp.float32)
-    r = halving_r(args, frames)
+    r = bench.halving_tome_r(model_for(args, frames), frames=frames)
     fns, macs, memory = {}, {}, {}
     params = None
     for label, fields in (("baseline", {}), (f"ToMe r={r}", dict(tome_r=r))):
