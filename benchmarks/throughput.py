@@ -11,8 +11,12 @@ under the same machine load. With --train it also times a jitted value_and_grad 
 (random data, sigmoid cross-entropy) with and without ToMe at the MAC-halving r and reports
 XLA's compiled temp memory.
 
-    python benchmarks/throughput.py --size base --frames 1024 512 --batch 2 --repeats 3 \
+    python benchmarks/throughput.py --size base --frames 1024 512 --batch 2 --repeats 5 \
         --r half 100 --keep-rates 0.9 0.7 0.5 --out docs/throughput.md
+
+Figures are only honest on an idle machine: with --out, the script refuses to start when the
+1-minute load average exceeds MAX_LOAD (--allow-load overrides, for smoke runs), and the
+table header records the load average before and after the run.
 
 No XLA flags are set here: on the 2-core CPU we measured, the defaults were fastest (oneDNN /
 XNNPACK / fast-math flags were equal or slower for the dense layers). Pass your own through
@@ -31,14 +35,16 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
-import optax
 
 from fast_ast_jax import bench
 from fast_ast_jax.models import attention
-from fast_ast_jax.models.ast import SIZES, create_ast
+from fast_ast_jax.models.ast import SIZES, create_ast, gelu_exact
 
 STRIDE = 10
 MEL = 128
+# Above this 1-minute load average other processes share the cores and the figures are not
+# the machine's (a 2-core run at load 6-8 once overstated JAX/PyTorch by 2.2x).
+MAX_LOAD = 1.5
 
 
 def log(msg: str) -> None:
@@ -52,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="override the number of blocks (quick smoke runs)")
     p.add_argument("--frames", type=int, nargs="+", default=[1024, 512])
     p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds (median reported)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--r", nargs="*", default=["half", "50"],
                    help='ToMe r per block (ints, or "half" = r that halves MACs)')
@@ -70,6 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true",
                    help="also time the parts of one block (where the forward time goes)")
     p.add_argument("--out", type=Path, default=None, help="write the tables (.md or .json)")
+    p.add_argument("--allow-load", action="store_true",
+                   help=f"write --out even when the 1-min load average exceeds {MAX_LOAD}")
     args = p.parse_args(argv)
     if args.batch < 1 or args.repeats < 1:
         p.error("--batch and --repeats must be >= 1")
@@ -88,23 +96,15 @@ def model_for(args, frames: int, **reduction):
                       tstride=STRIDE, **depth, **reduction)
 
 
-def halving_r(args, frames: int) -> int:
-    """Smallest constant ToMe r whose MACs are at most half the baseline's."""
-    base = bench.ast_macs(model_for(args, frames)).total
-    tokens = bench.layer_tokens(model_for(args, frames), frames=frames)[0].tokens_in
-    for r in range(1, tokens // 2 + 1):
-        if bench.ast_macs(model_for(args, frames, tome_r=r)).total <= base / 2:
-            return r
-    raise ValueError(f"no constant r halves the MACs at {frames} frames")
-
-
 def variants(args, frames: int) -> list[tuple[str, dict, str | None]]:
     """(label, AST reduction fields, attention implementation) for the forward table."""
     out = [("baseline", {}, None)]
     if not args.no_xla_baseline:
         out.append(("baseline, xla attention", {}, "xla"))
     for r in args.r:
-        r = halving_r(args, frames) if r == "half" else int(r)
+        if r == "half":
+            r = bench.halving_tome_r(model_for(args, frames), frames=frames)
+        r = int(r)
         out.append((f"ToMe r={r}", dict(tome_r=r), None))
     for k in args.keep_rates:
         out.append((f"TopK keep={k:g}", dict(prune_keep_rate=k), None))
@@ -194,34 +194,19 @@ def forward_table(args, frames: int) -> list[dict]:
     return rows
 
 
-def train_step_fn(model):
-    """Jitted-able AdamW step on a sigmoid cross-entropy loss: (params, opt, x, y) -> ..."""
-    tx = optax.adamw(1e-4, weight_decay=1e-4)
-
-    def loss_fn(params, x, y):
-        logits = model.apply({"params": params}, x, train=False)
-        return optax.sigmoid_binary_cross_entropy(logits, y).mean()
-
-    def step(params, opt_state, x, y):
-        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return tx, step
-
-
 def train_table(args, frames: int) -> list[dict]:
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal((args.batch, frames, MEL), dtype=np.float32))
     y = jnp.asarray(rng.random((args.batch, 527)) < 0.05, jnp.float32)
-    r = halving_r(args, frames)
+    r = bench.halving_tome_r(model_for(args, frames), frames=frames)
     fns, macs, memory = {}, {}, {}
     params = None
     for label, fields in (("baseline", {}), (f"ToMe r={r}", dict(tome_r=r))):
         model = model_for(args, frames, **fields)
         if params is None:
             params = jax.jit(model.init)(jax.random.key(0), x[:1])["params"]
-        tx, step = train_step_fn(model)
+        tx, step = bench.train_step_fn(
+                lambda p, x, model=model: (model.apply({"params": p}, x), jnp.ones(len(x))))
         opt_state = tx.init(params)
         macs[label] = bench.ast_macs(model, frames=frames)
         log(f"compile train step {label}")
@@ -266,7 +251,7 @@ def profile_table(args, frames: int) -> list[dict]:
     p_fc2 = fc2.init(key, h)
 
     def mlp(x):
-        y = nn.gelu(dense["fc1"].apply(p_fc1, x), approximate=False)
+        y = gelu_exact(dense["fc1"].apply(p_fc1, x))
         return fc2.apply(p_fc2, y)
 
     parts = {
@@ -322,8 +307,22 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def check_load(args) -> float:
+    """The 1-minute load average now; exits when a results file would be written under
+    more load than MAX_LOAD (unless --allow-load)."""
+    load = os.getloadavg()[0]
+    if args.out is not None and load > MAX_LOAD and not args.allow_load:
+        raise SystemExit(
+                f"1-minute load average is {load:.2f} > {MAX_LOAD}: other processes share the "
+                f"cores, so the figures for {args.out} would not be the machine's. Wait until "
+                f"`uptime` shows a load below {MAX_LOAD}, or pass --allow-load (then the "
+                f"table header records the load).")
+    return load
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
+    load_start = check_load(args)
     log(f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}), "
         f"{os.cpu_count()} cores, AST-{args.size}, batch {args.batch}")
     rows = []
@@ -334,12 +333,17 @@ def main(argv=None) -> list[dict]:
     if args.train:
         for frames in args.train_frames if args.train_frames is not None else args.frames:
             rows += train_table(args, frames)
-    table = markdown(rows)
+    load_end = os.getloadavg()[0]
+    table = (f"1-minute load average: {load_start:.2f} at start, {load_end:.2f} at end; "
+             f"{os.cpu_count()} cores; jax {jax.__version__}; median of {args.repeats} "
+             f"interleaved rounds\n\n" + markdown(rows))
     print(table)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         if args.out.suffix == ".json":
-            args.out.write_text(json.dumps(rows, indent=1) + "\n")
+            args.out.write_text(json.dumps(
+                    dict(load_1min=dict(start=load_start, end=load_end), rows=rows),
+                    indent=1) + "\n")
         else:
             args.out.write_text(table + "\n")
         log(f"wrote {args.out}")

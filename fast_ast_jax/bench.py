@@ -7,7 +7,9 @@ weighted average and TopK gather) is not counted: it is memory traffic, not MACs
 few percent of XLA's flop count (`tests/test_bench.py` checks the tolerance).
 
 `measure_throughput` times a compiled function (median of repeats after warm-up, every call
-blocked until ready); `compiled_memory` reads XLA's compiled memory analysis.
+blocked until ready); `compiled_memory` reads XLA's compiled memory analysis. `train_step_fn`
+is the one benchmark training step (benchmarks/throughput.py and device_check.py), and
+`peak_bf16_flops` / `mfu` turn a step rate into model-FLOPs utilisation.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
+import optax
 
 # Counted parts, in the order `ast_macs` reports them.
 PARTS = ("patch_embed", "qkv", "attn_scores", "attn_values", "attn_out", "mlp",
@@ -28,12 +32,16 @@ PARTS = ("patch_embed", "qkv", "attn_scores", "attn_values", "attn_out", "mlp",
 class LayerTokens:
     """Static token counts of one block: attention runs on `tokens_in` tokens, the MLP on
     `tokens_out`; `matched` tokens enter ToMe's bipartite matching (0 = no merge) and
-    `cls_queries` class-token queries score TopK pruning (0 = no pruning)."""
+    `cls_queries` class-token queries score TopK pruning (0 = no pruning). `queries` (0 =
+    all `tokens_in`) is set for a last block that computes only the prefix tokens
+    (`AST.prefix_only_last_block`): they alone query, and only they go through the out
+    projection and the MLP."""
 
     tokens_in: int
     tokens_out: int
     matched: int = 0
     cls_queries: int = 0
+    queries: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,14 +72,18 @@ def layer_tokens(model: Any, *, frames: int) -> tuple[LayerTokens, ...]:
         return tuple(LayerTokens(tokens, tokens) for _ in range(model.depth))
     queries = 2 if getattr(model, "prune_score", "cls") == "cls_dist" else 1
     out = []
-    for plan in model.token_plan(frames):
+    plans = model.token_plan(frames)
+    prefix_only = model.prefix_only_last_block(frames)
+    for i, plan in enumerate(plans):
         after_prune = plan.tokens_in
         if plan.keep is not None:
             after_prune = model.num_prefix + plan.keep + int(model.prune_fuse)
+        last = prefix_only and i == len(plans) - 1
         out.append(LayerTokens(
                 tokens_in=plan.tokens_in, tokens_out=plan.tokens_out,
                 matched=after_prune if plan.r > 0 else 0,
-                cls_queries=queries if plan.keep is not None else 0))
+                cls_queries=queries if plan.keep is not None else 0,
+                queries=model.num_prefix if last else 0))
     return tuple(out)
 
 
@@ -80,7 +92,8 @@ def ast_macs(model: Any, *, frames: int | None = None) -> MacCount:
 
     Per block with T tokens into attention and T' into the MLP (W width, H heads, D = W/H):
         qkv 3·T·W², scores T²·W (QKᵀ over all heads), values T²·W (softmax·V),
-        out proj T·W², MLP 2·T'·W·mlp_dim,
+        out proj T·W², MLP 2·T'·W·mlp_dim; a prefix-only last block (`LayerTokens.queries`
+        = Q) has scores and values Q·T·W, out proj Q·W², MLP 2·Q·W·mlp_dim,
         ToMe matching ⌈n/2⌉·⌊n/2⌋·D for the n tokens it matches (cosine scores of set A
         against set B on head-averaged keys), TopK class attention Q·T·W for the Q
         class-token queries whose attention ranks the patches.
@@ -102,16 +115,29 @@ def ast_macs(model: Any, *, frames: int | None = None) -> MacCount:
     parts = dict.fromkeys(PARTS, 0)
     parts["patch_embed"] = f_dim * t_dim * model.patch_size ** 2 * w
     for lt in layers:
-        t = lt.tokens_in
+        t, q = lt.tokens_in, lt.queries or lt.tokens_in
         parts["qkv"] += 3 * t * w * w
-        parts["attn_scores"] += t * t * w
-        parts["attn_values"] += t * t * w
-        parts["attn_out"] += t * w * w
-        parts["mlp"] += 2 * lt.tokens_out * w * mlp
+        parts["attn_scores"] += q * t * w
+        parts["attn_values"] += q * t * w
+        parts["attn_out"] += q * w * w
+        parts["mlp"] += 2 * (q if lt.queries else lt.tokens_out) * w * mlp
         parts["tome_match"] += math.ceil(lt.matched / 2) * (lt.matched // 2) * head_dim
         parts["topk_cls_attn"] += lt.cls_queries * t * w
     parts["head"] = w * model.num_classes
     return MacCount(total=sum(parts.values()), parts=parts, layers=layers)
+
+
+def halving_tome_r(model: Any, *, frames: int | None = None) -> int:
+    """Smallest constant ToMe r whose MACs (`ast_macs`) are at most half the model's
+    without token reduction (the "ToMe at half the MACs" setting of the benchmarks)."""
+    plain = model.clone(tome_r=0, prune_keep_rate=1.0)
+    base = ast_macs(plain, frames=frames).total
+    tokens = layer_tokens(plain, frames=frames or plain.frames)[0].tokens_in
+    for r in range(1, tokens // 2 + 1):
+        if ast_macs(plain.clone(tome_r=r), frames=frames).total <= base / 2:
+            return r
+    raise ValueError(f"no constant ToMe r halves the MACs of this {plain.depth}-block model at "
+                     f"{frames or plain.frames} frames; use more blocks or frames")
 
 
 def xla_flops(fn: Callable, *args) -> float:
@@ -169,3 +195,66 @@ def measure_throughput(fn: Callable, *args, warmup: int = 1, repeats: int = 3) -
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
     return Timing(tuple(times))
+
+
+# Dense (no sparsity) bf16 matrix peaks in FLOP/s by device kind, from the vendors' datasheets:
+# (substring of jax.Device.device_kind, peak). First match wins, so specific names go first.
+PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM
+    ("H200", 989e12),  # the H100's rates with more memory (SXM)
+    ("A100", 312e12),
+    ("TPU v4", 275e12),
+    ("TPU v5 lite", 197e12),
+)
+
+
+def peak_bf16_flops(device_kind: str) -> float | None:
+    """The dense bf16 peak (FLOP/s) of a device kind from `PEAK_BF16_FLOPS`, or None when
+    the kind is not in the table (MFU is then reported as unknown, not guessed)."""
+    for name, peak in PEAK_BF16_FLOPS:
+        if name.lower() in device_kind.lower():
+            return peak
+    return None
+
+
+def mfu(*, clips_per_s: float, forward_macs: int, peak_flops: float | None,
+        train: bool) -> float | None:
+    """Model-FLOPs utilisation: achieved model FLOP/s over the peak.
+
+    Model FLOPs per clip are 2 * forward MACs for a forward pass and 3x that for a training
+    step (backward = 2 forwards), counted from the model's own token plan (`ast_macs`), so
+    ToMe / TopK are credited only with the work they still do. None when the peak is unknown.
+    """
+    if peak_flops is None:
+        return None
+    flops = 2 * forward_macs * (3 if train else 1)
+    return clips_per_s * flops / peak_flops
+
+
+def train_step_fn(forward: Callable, *, learning_rate: float = 1e-4):
+    """The benchmark training step: AdamW on a float32 sigmoid cross-entropy.
+
+    Args:
+        forward: (params, inputs) -> (logits (..., C), weights (...)) with weights 1 for the
+            real clips (padded batches: all; packed rows: the filled slots).
+
+    Returns:
+        (tx, step) with step(params, opt_state, inputs, labels (..., C)) -> (params,
+        opt_state, loss); jit it (donate params and opt_state to update in place).
+    """
+    tx = optax.adamw(learning_rate, weight_decay=1e-4)
+
+    def loss_fn(params, inputs, labels):
+        logits, weights = forward(params, inputs)
+        per_clip = optax.sigmoid_binary_cross_entropy(
+                logits.astype(jnp.float32), labels.astype(jnp.float32)).mean(axis=-1)
+        weights = weights.astype(jnp.float32)
+        return (per_clip * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+    def step(params, opt_state, inputs, labels):
+        loss, grads = jax.value_and_grad(loss_fn)(params, inputs, labels)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return tx, step

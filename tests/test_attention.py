@@ -95,13 +95,13 @@ def test_gradients_agree():
 
 def test_auto_choice_and_default_context():
     q, k, v, _ = _inputs()
-    assert resolve_implementation("auto", q=q[:, :2], k=k[:, :2], mask=None) == "xla"
+    assert resolve_implementation("auto", q=q[:, :2], k=k[:, :2]) == "xla"
     big = jnp.zeros((1, 512, 1, 8))
     if jax.default_backend() == "cpu":
-        assert resolve_implementation("auto", q=big, k=big, mask=None) == "chunked"
+        assert resolve_implementation("auto", q=big, k=big) == "chunked"
     with default_implementation("chunked"):
-        assert resolve_implementation(None, q=q, k=k, mask=None) == "chunked"
-    assert resolve_implementation(None, q=q, k=k, mask=None) in ("xla", "chunked", "cudnn")
+        assert resolve_implementation(None, q=q, k=k) == "chunked"
+    assert resolve_implementation(None, q=q, k=k) in ("xla", "chunked", "cudnn")
     with pytest.raises(ValueError, match="unknown attention implementation"):
         dot_product_attention(q, k, v, implementation="flash")
 
@@ -138,3 +138,69 @@ def test_self_attention_param_shapes_and_implementations():
         with default_implementation(impl):
             outs.append(module.apply({"params": params}, x)[0])
     np.testing.assert_allclose(np.asarray(outs[0]), np.asarray(outs[1]), atol=1e-5)
+
+
+BF16 = jnp.dtype(jnp.bfloat16)
+
+
+@pytest.mark.parametrize("kwargs, want", [
+    # CPU: the tiled path from 2**16 score elements per (batch, head).
+    (dict(backend="cpu", q_shape=(2, 256, 3, 64), k_shape=(2, 256, 3, 64),
+          dtype=BF16), "chunked"),
+    (dict(backend="cpu", q_shape=(2, 100, 3, 64), k_shape=(2, 100, 3, 64),
+          dtype=BF16), "xla"),
+    # GPU, bf16: plain, ToMe key bias, packed segment mask, both, class-slot queries.
+    (dict(backend="gpu", q_shape=(2, 1214, 12, 64), k_shape=(2, 1214, 12, 64),
+          dtype=BF16), "cudnn"),
+    (dict(backend="gpu", q_shape=(2, 1120, 12, 64), k_shape=(2, 1120, 12, 64), dtype=BF16,
+          bias_shape=(2, 1, 1, 1120)), "cudnn"),
+    (dict(backend="gpu", q_shape=(4, 256, 3, 64), k_shape=(4, 256, 3, 64), dtype=BF16,
+          mask_shape=(4, 1, 256, 256)), "cudnn"),
+    (dict(backend="gpu", q_shape=(4, 256, 3, 64), k_shape=(4, 256, 3, 64),
+          dtype=jnp.dtype(jnp.float16), bias_shape=(4, 1, 1, 256),
+          mask_shape=(4, 1, 256, 256)), "cudnn"),
+    (dict(backend="gpu", q_shape=(4, 8, 3, 64), k_shape=(4, 256, 3, 64), dtype=BF16,
+          mask_shape=(4, 1, 8, 256)), "cudnn"),
+    # GPU fallbacks: float32, odd lengths with a bias / mask, head dims cuDNN rejects,
+    # a bias that does not broadcast, other backends.
+    (dict(backend="gpu", q_shape=(2, 1214, 12, 64), k_shape=(2, 1214, 12, 64),
+          dtype=jnp.dtype(jnp.float32)), "xla"),
+    (dict(backend="gpu", q_shape=(2, 1213, 12, 64), k_shape=(2, 1213, 12, 64), dtype=BF16,
+          bias_shape=(2, 1, 1, 1213)), "xla"),
+    (dict(backend="gpu", q_shape=(2, 1213, 12, 64), k_shape=(2, 1213, 12, 64),
+          dtype=BF16), "cudnn"),
+    (dict(backend="gpu", q_shape=(2, 64, 3, 12), k_shape=(2, 64, 3, 12), dtype=BF16), "xla"),
+    (dict(backend="gpu", q_shape=(2, 64, 1, 192), k_shape=(2, 64, 1, 192), dtype=BF16),
+     "xla"),
+    (dict(backend="gpu", q_shape=(2, 64, 3, 64), k_shape=(2, 64, 3, 64), dtype=BF16,
+          bias_shape=(3, 1, 1, 64)), "xla"),
+    (dict(backend="tpu", q_shape=(2, 64, 3, 64), k_shape=(2, 64, 3, 64), dtype=BF16), "xla"),
+])
+def test_choose_implementation_rule(kwargs, want):
+    assert attention.choose_implementation(**kwargs) == want
+
+
+def test_cudnn_inputs_pass_jax_layout_check_and_keep_values():
+    """What the "cudnn" path hands to jax.nn.dot_product_attention: JAX's own cuDNN layout
+    check accepts it (a (B, 1, 1, Tk) bias would be rejected), and the same arguments on
+    JAX's XLA path give our attention (bf16 rounding of q, k, v and the bias)."""
+    from jax._src.cudnn import fused_attention_stablehlo as cudnn_checks
+
+    q, k, v, rng = _inputs(tq=TK, tk=TK)
+    bias = jnp.asarray(np.log(rng.integers(1, 5, (B, 1, 1, TK))).astype(np.float32))
+    seg = jnp.asarray(rng.integers(0, 3, (B, TK)))
+    mask = (seg[:, :, None] == seg[:, None, :])[:, None]
+    q, k, v = (a.astype(jnp.bfloat16) for a in (q, k, v))
+    cb, cm = attention._cudnn_bias_mask(q, k, bias=bias, mask=mask)
+    assert cb.shape == (B, 1, TK, TK) and cb.dtype == jnp.bfloat16 and cm.shape == mask.shape
+    combined = cudnn_checks.combine_bias_and_mask(cb, cm, q.dtype)
+    cudnn_checks.check_layout(q, k, v, combined, None, None, None, None, None, None,
+                              cudnn_checks.AttentionLayout.BTNH)
+    got = jax.nn.dot_product_attention(q, k, v, bias=cb, mask=cm, implementation="xla")
+    want = dot_product_attention(q, k, v, bias=bias, mask=mask, implementation="xla")
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                               atol=3e-2)
+    # The bias is a constant for autodiff on this path (cuDNN's dbias is 0 for batch > 1).
+    grad = jax.grad(lambda b: attention._cudnn_bias_mask(q, k, bias=b, mask=None)[0].astype(
+            jnp.float32).sum())(bias)
+    assert not np.asarray(grad).any()

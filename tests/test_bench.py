@@ -1,6 +1,8 @@
 """MAC counting (by hand and against XLA), token plans, timing and memory helpers."""
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,13 +21,18 @@ TOY = dict(width=8, depth=2, num_heads=2, mlp_dim=16, num_mel_bins=16, frames=36
 def test_macs_by_hand():
     macs = bench.ast_macs(create_ast("tiny", **TOY))
     t, w = 5, 8
-    per_block = dict(qkv=3 * t * w * w, attn_scores=t * t * w, attn_values=t * t * w,
-                     attn_out=t * w * w, mlp=2 * t * w * 16)
+    # The last block computes only the 2 prefix tokens: q = 2 queries, out proj and MLP.
+    first = dict(qkv=3 * t * w * w, attn_scores=t * t * w, attn_values=t * t * w,
+                 attn_out=t * w * w, mlp=2 * t * w * 16)
+    last = dict(qkv=3 * t * w * w, attn_scores=2 * t * w, attn_values=2 * t * w,
+                attn_out=2 * w * w, mlp=2 * 2 * w * 16)
     want = dict(patch_embed=3 * 16 * 16 * w, head=w * 3, tome_match=0, topk_cls_attn=0,
-                **{k: 2 * v for k, v in per_block.items()})
+                **{k: first[k] + last[k] for k in first})
     assert macs.parts == want
-    assert macs.total == 3 * 256 * 8 + 2 * (960 + 200 + 200 + 320 + 1280) + 24 == 12088
-    assert [(lt.tokens_in, lt.tokens_out) for lt in macs.layers] == [(5, 5), (5, 5)]
+    assert macs.total == 3 * 256 * 8 + (960 + 200 + 200 + 320 + 1280) + (
+            960 + 80 + 80 + 128 + 512) + 24 == 10888
+    assert [(lt.tokens_in, lt.tokens_out, lt.queries) for lt in macs.layers] == [
+            (5, 5, 0), (5, 5, 2)]
 
 
 def test_macs_scale_with_frames():
@@ -33,8 +40,11 @@ def test_macs_scale_with_frames():
     full, half = bench.ast_macs(model), bench.ast_macs(model, frames=512)
     assert full.layers[0].tokens_in == 2 + 12 * 101 == 1214
     assert half.layers[0].tokens_in == 2 + 12 * 50
-    # AST-base at 1024 frames: ~130 GMACs of transformer blocks (T=1214, W=768).
-    blocks = 12 * (4 * 1214 * 768 ** 2 + 2 * 1214 ** 2 * 768 + 2 * 1214 * 768 * 3072)
+    # AST-base at 1024 frames: ~130 GMACs in 11 full blocks (T=1214, W=768) and a last
+    # block whose 2 prefix tokens alone query and go through the out projection and MLP.
+    t, w = 1214, 768
+    blocks = 11 * (4 * t * w ** 2 + 2 * t ** 2 * w + 2 * t * w * 3072) + (
+            3 * t * w ** 2 + 2 * 2 * t * w + 2 * w ** 2 + 2 * 2 * w * 3072)
     assert full.total - full.parts["patch_embed"] - full.parts["head"] == blocks
     assert half.total < full.total / 2
 
@@ -106,10 +116,45 @@ def test_throughput_script_smoke(tmp_path, capsys):
     out = tmp_path / "t.json"
     rows = throughput.main(["--size", "tiny", "--depth", "2", "--frames", "48", "--batch", "1",
                             "--repeats", "1", "--r", "--keep-rates", "--no-torch",
-                            "--no-train", "--out", str(out)])
+                            "--no-train", "--allow-load", "--out", str(out)])
     assert [r["setting"] for r in rows] == ["baseline", "baseline, xla attention"]
     assert all(r["clips_per_s"] > 0 and r["gmacs"] > 0 for r in rows)
-    assert out.exists() and "| 48 | baseline |" in capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    assert saved["rows"] == rows and saved["load_1min"]["start"] >= 0
+    text = capsys.readouterr().out
+    assert "| 48 | baseline |" in text and "1-minute load average:" in text
+
+
+def test_throughput_refuses_a_results_file_under_load(tmp_path, monkeypatch):
+    monkeypatch.setattr(throughput.os, "getloadavg", lambda: (6.5, 5.0, 4.0))
+    out = tmp_path / "t.md"
+    with pytest.raises(SystemExit, match="load average is 6.50 > 1.5"):
+        throughput.main(["--size", "tiny", "--depth", "1", "--frames", "48", "--out", str(out)])
+    assert not out.exists()
+
+
+def test_train_step_fn_weights_and_updates():
+    """The benchmark step: weighted float32 BCE over the real clips, and AdamW moves params."""
+    params = {"w": jnp.ones((3, 2))}
+    forward = lambda p, x: (x @ p["w"], jnp.array([1.0, 0.0]))
+    tx, step = bench.train_step_fn(forward)
+    x, y = jnp.ones((2, 3)), jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    new, _, loss = jax.jit(step)(params, tx.init(params), x, y)
+    want = np.mean([np.log1p(np.exp(-3.0)), np.log1p(np.exp(3.0))])  # clip 0 only
+    np.testing.assert_allclose(float(loss), want, rtol=1e-6)
+    assert not np.allclose(np.asarray(new["w"]), 1.0)
+
+
+def test_peak_table_and_mfu():
+    assert bench.peak_bf16_flops("NVIDIA H200") == 989e12
+    assert bench.peak_bf16_flops("NVIDIA H100 PCIe") == 756e12
+    assert bench.peak_bf16_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert bench.peak_bf16_flops("cpu") is None
+    assert bench.mfu(clips_per_s=10.0, forward_macs=5e9, peak_flops=None, train=True) is None
+    assert bench.mfu(clips_per_s=10.0, forward_macs=5e9, peak_flops=1e12,
+                     train=True) == pytest.approx(0.3)
+    assert bench.mfu(clips_per_s=10.0, forward_macs=5e9, peak_flops=1e12,
+                     train=False) == pytest.approx(0.1)
 
 
 def test_markdown_table_columns():

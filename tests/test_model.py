@@ -154,3 +154,29 @@ def test_dropout_only_in_train_mode():
     assert not np.allclose(a, plain) and not np.allclose(a, b)
     with pytest.raises(Exception, match="dropout"):
         model.apply({"params": params}, x, train=True)  # needs a "dropout" rng
+
+
+def test_prefix_only_last_block_keeps_the_logits():
+    """The last block computes only CLS / DIST (the head reads nothing else): same logits as
+    the full block (trace_source turns the shortcut off), and its MACs are not counted."""
+    from fast_ast_jax import bench
+    model = create_ast("tiny", width=32, depth=2, num_heads=2, mlp_dim=64, num_mel_bins=32,
+                       frames=64, num_classes=5)
+    assert model.prefix_only_last_block()
+    full = model.clone(trace_source=True)
+    assert not full.prefix_only_last_block()
+    assert not model.clone(prune_keep_rate=0.5, prune_layers=(1,)).prefix_only_last_block()
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 64, 32), dtype=np.float32))
+    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
+    got = jax.jit(model.apply)({"params": params}, x)
+    want, _ = jax.jit(lambda p, x: full.apply(p, x, mutable=["intermediates"]))(
+            {"params": params}, x)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5)
+    assert bench.ast_macs(model).total < bench.ast_macs(full).total
+
+
+def test_gelu_exact_matches_jax_gelu():
+    from fast_ast_jax.models.ast import gelu_exact
+    x = jnp.linspace(-12.0, 12.0, 20001, dtype=jnp.float32)
+    np.testing.assert_allclose(np.asarray(gelu_exact(x)),
+                               np.asarray(jax.nn.gelu(x, approximate=False)), atol=1e-6)

@@ -13,8 +13,12 @@ included):
                stays in cache; the softmax is normalised after the value product, and the
                backward pass recomputes each tile instead of storing (B, H, Tq, Tk) residuals.
     "cudnn":   `jax.nn.dot_product_attention(implementation="cudnn")`, the fused GPU kernel
-               (float16 / bfloat16 only, no mask; raises elsewhere).
-    "auto":    "chunked" on CPU for long sequences, "cudnn" on GPU where it applies, else "xla".
+               (float16 / bfloat16; bias and mask become one additive bias in that dtype, the
+               bias is a constant for autodiff: cuDNN returns a zero bias gradient for
+               batch > 1, and every bias here, log token sizes and segment masks, carries no
+               parameter gradient anyway).
+    "auto":    `choose_implementation`: "chunked" on CPU for long sequences, "cudnn" on GPU
+               whenever shapes, dtype, bias and mask allow it, else "xla".
 `default_implementation(name)` switches the default for code traced inside it (benchmarks use
 it to compare kernels inside a whole model).
 """
@@ -59,18 +63,69 @@ def _check_implementation(name: str) -> None:
 
 
 def resolve_implementation(name: str | None, *, q: jax.Array, k: jax.Array,
-                           mask: jax.Array | None) -> str:
+                           bias: jax.Array | None = None,
+                           mask: jax.Array | None = None) -> str:
     """The concrete implementation ("xla", "chunked" or "cudnn") that `name` selects."""
     name = _DEFAULT.get() if name is None else name
     _check_implementation(name)
     if name != "auto":
         return name
-    backend = jax.default_backend()
+    return choose_implementation(
+            backend=jax.default_backend(), q_shape=q.shape, k_shape=k.shape,
+            dtype=jnp.dtype(q.dtype), bias_shape=None if bias is None else bias.shape,
+            mask_shape=None if mask is None else mask.shape)
+
+
+def choose_implementation(*, backend: str, q_shape: tuple[int, ...],
+                          k_shape: tuple[int, ...], dtype: jnp.dtype,
+                          bias_shape: tuple[int, ...] | None = None,
+                          mask_shape: tuple[int, ...] | None = None) -> str:
+    """The "auto" rule, a pure function of the backend name, shapes and dtype.
+
+    Args:
+        backend: `jax.default_backend()` ("cpu", "gpu", "tpu").
+        q_shape: (B, Tq, H, D); k_shape: (B, Tk, H, D).
+        dtype: the compute dtype of q, k, v.
+        bias_shape, mask_shape: shapes broadcastable to (B, H, Tq, Tk), or None.
+
+    Returns:
+        "chunked" on CPU when a (batch, head) score matrix has at least
+        `_CHUNKED_MIN_ELEMENTS` entries; "cudnn" on GPU when `cudnn_supports` says so;
+        else "xla".
+    """
+    tq, tk = q_shape[1], k_shape[1]
     if backend == "cpu":
-        return "chunked" if q.shape[1] * k.shape[1] >= _CHUNKED_MIN_ELEMENTS else "xla"
-    if backend == "gpu" and mask is None and q.dtype in (jnp.bfloat16, jnp.float16):
+        return "chunked" if tq * tk >= _CHUNKED_MIN_ELEMENTS else "xla"
+    if backend == "gpu" and cudnn_supports(q_shape=q_shape, k_shape=k_shape, dtype=dtype,
+                                           bias_shape=bias_shape, mask_shape=mask_shape):
         return "cudnn"
     return "xla"
+
+
+def cudnn_supports(*, q_shape: tuple[int, ...], k_shape: tuple[int, ...], dtype: jnp.dtype,
+                   bias_shape: tuple[int, ...] | None = None,
+                   mask_shape: tuple[int, ...] | None = None) -> bool:
+    """Whether cuDNN's fused attention takes these inputs (JAX 0.10's checks, and what
+    `_cudnn_bias_mask` can give it), forward and backward.
+
+    cuDNN needs float16 / bfloat16, a head dim that is a multiple of 8 and <= 128 (256 on
+    Hopper; 128 keeps one rule for every GPU), and, when any bias or mask is present in a
+    training step, even query and key lengths (odd ones raise NotImplementedError when the
+    gradient is traced; the forward cannot know whether one will be). Bias and mask must
+    broadcast to (B, H, Tq, Tk); their query and key axes are broadcast to full length here.
+    """
+    if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        return False
+    head_dim = q_shape[-1]
+    if head_dim % 8 or head_dim > 128:
+        return False
+    target = (q_shape[0], q_shape[2], q_shape[1], k_shape[1])
+    extras = [s for s in (bias_shape, mask_shape) if s is not None]
+    for shape in extras:
+        if len(shape) > 4 or any(s not in (1, t) for s, t in zip(
+                (1,) * (4 - len(shape)) + tuple(shape), target)):
+            return False
+    return not extras or (q_shape[1] % 2 == 0 and k_shape[1] % 2 == 0)
 
 
 def dot_product_attention(
@@ -103,8 +158,9 @@ def dot_product_attention(
             q.shape[-1] != k.shape[-1]):
         raise ValueError(f"attention expects q (B, Tq, H, D) and k, v (B, Tk, H, D); got q "
                          f"{q.shape}, k {k.shape}, v {v.shape}")
-    impl = resolve_implementation(implementation, q=q, k=k, mask=mask)
+    impl = resolve_implementation(implementation, q=q, k=k, bias=bias, mask=mask)
     if impl == "cudnn":
+        bias, mask = _cudnn_bias_mask(q, k, bias=bias, mask=mask)
         return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask,
                                             implementation="cudnn")
     # Scale the (Tq, D) queries, not the (Tq, Tk) logits: one pass fewer over the scores.
@@ -125,6 +181,23 @@ def _bias_and_mask(logits, *, bias, mask):
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     return logits
+
+
+def _cudnn_bias_mask(q, k, *, bias, mask):
+    """Bias and mask in the form cuDNN takes: 4-d with full (Tq, Tk) axes (its layout check
+    rejects a (B, 1, 1, Tk) key bias), the bias in q's dtype and constant for autodiff
+    (cuDNN's bias gradient is zero for batch > 1; see the module docstring)."""
+    b, tq, h, _ = q.shape
+    target = (b, h, tq, k.shape[1])
+
+    def full(x, name):
+        x = _as_4d(x, name, target)
+        return None if x is None else jnp.broadcast_to(x, x.shape[:2] + target[2:])
+
+    bias = full(bias, "bias")
+    if bias is not None:
+        bias = jax.lax.stop_gradient(bias).astype(q.dtype)
+    return bias, full(mask, "mask")
 
 
 def _as_4d(x: jax.Array | None, name: str, target: tuple[int, int, int, int]):
@@ -234,8 +307,12 @@ class SelfAttention(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, *, bias=None, mask=None):
-        """x: (B, T, W) -> (out (B, T, W), q (B, T, H, D), k (B, T, H, D))."""
+    def __call__(self, x, *, bias=None, mask=None, num_queries: int | None = None):
+        """x: (B, T, W) -> (out (B, Q, W), q (B, Q, H, D), k (B, T, H, D)).
+
+        num_queries: only the first Q tokens query (Q = T when None): the other tokens still
+            serve as keys and values, but their outputs are not computed.
+        """
         width = x.shape[-1]
         if width % self.num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
@@ -243,7 +320,11 @@ class SelfAttention(nn.Module):
         qkv = nn.DenseGeneral(
                 features=(3, self.num_heads, head_dim), dtype=self.dtype, name="qkv"
         )(x)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q, k, v = qkv[:, :num_queries, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if num_queries is not None and mask is not None:
+            mask = mask[..., :num_queries, :] if mask.shape[-2] > 1 else mask
+        if num_queries is not None and bias is not None:
+            bias = bias[..., :num_queries, :] if bias.shape[-2] > 1 else bias
         out = dot_product_attention(q, k, v, bias=bias, mask=mask)
         out = nn.DenseGeneral(features=width, axis=(-2, -1), dtype=self.dtype, name="out")(out)
         return out, q, k
