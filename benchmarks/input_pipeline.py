@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,7 +47,6 @@ from fast_ast_jax.models.ast import create_ast
 from fast_ast_jax.train.state import TrainState
 from fast_ast_jax.train.step import train_step
 
-MAX_LOAD = 1.5
 NUM_CLASSES = 527
 
 
@@ -70,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="tiny smoke version (few 1 s clips, 4-block AST-tiny, 128 frames)")
     p.add_argument("--out", type=Path, default=None, help="write the results (.json)")
     p.add_argument("--allow-load", action="store_true",
-                   help=f"write --out even when the 1-min load exceeds {MAX_LOAD}")
+                   help=f"write --out even when the 1-min load exceeds {bench.MAX_LOAD}")
     args = p.parse_args(argv)
     if args.quick:
         args.clips, args.seconds, args.workers = 6, 1.0, [0, 1]
@@ -78,21 +75,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.clips < 2 or args.batch < 1 or args.repeats < 1 or min(args.workers) < 0:
         p.error("need --clips >= 2, --batch >= 1, --repeats >= 1, --workers >= 0")
     return args
-
-
-def uptime() -> tuple[str, float]:
-    """(`uptime` output, 1-minute load average)."""
-    try:
-        text = subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        text = ""
-    load = os.getloadavg()[0]
-    return text.strip() or f"load average: {load:.2f}", load
-
-
-def may_write(load: float, *, allow_load: bool) -> bool:
-    """Whether results taken at this 1-minute load may be written."""
-    return allow_load or load <= MAX_LOAD
 
 
 def make_clips(directory: Path, *, count: int, seconds: float, rate: int) -> list[Path]:
@@ -148,17 +130,6 @@ def loader_rate(paths: list[Path], load, *, workers: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def halving_r(*, size: str, depth: int | None, frames: int) -> int:
-    """Smallest constant ToMe r with at most half the MACs of the plain model."""
-    kw = dict(num_classes=NUM_CLASSES, frames=frames, fstride=10, tstride=10,
-              **({"depth": depth} if depth else {}))
-    base = bench.ast_macs(create_ast(size, **kw)).total
-    for r in range(1, frames):
-        if bench.ast_macs(create_ast(size, tome_r=r, **kw)).total <= base / 2:
-            return r
-    raise ValueError(f"no constant ToMe r halves the MACs of AST-{size} at {frames} frames")
-
-
 def device_rates(args, frontend: FrontEnd) -> dict:
     """Clips/s of the train steps and of the on-device front-end alone."""
     rng = np.random.default_rng(1)
@@ -168,11 +139,11 @@ def device_rates(args, frontend: FrontEnd) -> dict:
     x = jnp.asarray(rng.standard_normal((b, args.frames, frontend.num_mel_bins)), jnp.float32)
     y = jnp.asarray(rng.random((b, NUM_CLASSES)) < 0.05, jnp.float32)
     mask = jnp.ones((b,), jnp.float32)
-    r = halving_r(size=args.size, depth=args.depth, frames=args.frames)
     tx = optax.adamw(1e-4, weight_decay=1e-4)
     kw = dict(num_classes=NUM_CLASSES, frames=args.frames, fstride=10, tstride=10,
               num_mel_bins=frontend.num_mel_bins, **({"depth": args.depth} if args.depth
                                                      else {}))
+    r = bench.halving_tome_r(create_ast(args.size, **kw))
     params = jax.jit(create_ast(args.size, **kw).init)(jax.random.key(0), x[:1])["params"]
     rates = {"tome_r": r}
     cases = (("step_fp32", {}, {"x": x}), ("step_tome", {"tome_r": r}, {"x": x}),
@@ -198,7 +169,7 @@ def device_rates(args, frontend: FrontEnd) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    before, load_before = uptime()
+    before, load_before = bench.machine_load()
     print(f"uptime before: {before}")
     print(f"devices: {jax.devices()}")
     frontend = FrontEnd(target_frames=args.frames)
@@ -228,18 +199,18 @@ def main(argv=None) -> dict:
     print(f"on-device front-end = {100 * share['step_fp32']:.2f} % of the fp32 step, "
           f"{100 * share['step_tome']:.2f} % of the ToMe r={rates['tome_r']} step "
           f"(target <= 5 %)")
-    after, load_after = uptime()
+    after, load_after = bench.machine_load()
     print(f"uptime after: {after}")
     results.update(device_rates=rates, host_work_ratio=host_ratio,
                    frontend_share_of_step=share, uptime_before=before, uptime_after=after)
     if args.out is not None:
         load = max(load_before, load_after)
-        if may_write(load, allow_load=args.allow_load):
+        if bench.may_write(load, allow_load=args.allow_load):
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=1))
             print(f"wrote {args.out}")
         else:
-            print(f"NOT writing {args.out}: 1-min load {load:.2f} > {MAX_LOAD} (timings under "
+            print(f"NOT writing {args.out}: 1-min load {load:.2f} > {bench.MAX_LOAD} (timings under "
                   f"load are not results); rerun on an idle machine or pass --allow-load",
                   file=sys.stderr)
     return results

@@ -15,7 +15,7 @@ XLA's compiled temp memory.
         --r half 100 --keep-rates 0.9 0.7 0.5 --out docs/throughput.md
 
 Figures are only honest on an idle machine: with --out, the script refuses to start when the
-1-minute load average exceeds MAX_LOAD (--allow-load overrides, for smoke runs), and the
+1-minute load average exceeds bench.MAX_LOAD (--allow-load overrides, for smoke runs), and the
 table header records the load average before and after the run.
 
 No XLA flags are set here: on the 2-core CPU we measured, the defaults were fastest (oneDNN /
@@ -42,9 +42,6 @@ from fast_ast_jax.models.ast import SIZES, create_ast, gelu_exact
 
 STRIDE = 10
 MEL = 128
-# Above this 1-minute load average other processes share the cores and the figures are not
-# the machine's (a 2-core run at load 6-8 once overstated JAX/PyTorch by 2.2x).
-MAX_LOAD = 1.5
 
 
 def log(msg: str) -> None:
@@ -77,7 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also time the parts of one block (where the forward time goes)")
     p.add_argument("--out", type=Path, default=None, help="write the tables (.md or .json)")
     p.add_argument("--allow-load", action="store_true",
-                   help=f"write --out even when the 1-min load average exceeds {MAX_LOAD}")
+                   help=f"write --out even when the 1-min load average exceeds {bench.MAX_LOAD}")
     args = p.parse_args(argv)
     if args.batch < 1 or args.repeats < 1:
         p.error("--batch and --repeats must be >= 1")
@@ -307,22 +304,9 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def check_load(args) -> float:
-    """The 1-minute load average now; exits when a results file would be written under
-    more load than MAX_LOAD (unless --allow-load)."""
-    load = os.getloadavg()[0]
-    if args.out is not None and load > MAX_LOAD and not args.allow_load:
-        raise SystemExit(
-                f"1-minute load average is {load:.2f} > {MAX_LOAD}: other processes share the "
-                f"cores, so the figures for {args.out} would not be the machine's. Wait until "
-                f"`uptime` shows a load below {MAX_LOAD}, or pass --allow-load (then the "
-                f"table header records the load).")
-    return load
-
-
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    load_start = check_load(args)
+    _, load_start = bench.refuse_loaded_results(args.out, allow_load=args.allow_load)
     log(f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}), "
         f"{os.cpu_count()} cores, AST-{args.size}, batch {args.batch}")
     rows = []
@@ -333,7 +317,7 @@ def main(argv=None) -> list[dict]:
     if args.train:
         for frames in args.train_frames if args.train_frames is not None else args.frames:
             rows += train_table(args, frames)
-    load_end = os.getloadavg()[0]
+    _, load_end = bench.machine_load()
     table = (f"1-minute load average: {load_start:.2f} at start, {load_end:.2f} at end; "
              f"{os.cpu_count()} cores; jax {jax.__version__}; median of {args.repeats} "
              f"interleaved rounds\n\n" + markdown(rows))

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import statistics
+import subprocess
 import time
 from typing import Any, Callable
 
@@ -258,3 +260,37 @@ def train_step_fn(forward: Callable, *, learning_rate: float = 1e-4):
         return optax.apply_updates(params, updates), opt_state, loss
 
     return tx, step
+
+
+# Above this 1-minute load average other processes share the cores, so timings are not the
+# machine's (a 2-core run at load 6-8 once overstated JAX/PyTorch by 2.2x).
+MAX_LOAD = 1.5
+
+
+def machine_load() -> tuple[str, float]:
+    """(`uptime`'s line, the 1-minute load average): printed next to every timing table."""
+    load = os.getloadavg()[0]
+    try:
+        text = subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        text = ""
+    return text.strip() or f"load average: {load:.2f}", load
+
+
+def may_write(load: float, *, allow_load: bool) -> bool:
+    """Whether timings taken at this 1-minute load may be written as results."""
+    return allow_load or load <= MAX_LOAD
+
+
+def refuse_loaded_results(out, *, allow_load: bool) -> tuple[str, float]:
+    """machine_load(), after checking that a results file `out` (None: none) may be written
+    at this load; raises SystemExit naming the load and what to do otherwise."""
+    line, load = machine_load()
+    if out is not None and not may_write(load, allow_load=allow_load):
+        raise SystemExit(
+            f"1-minute load average is {load:.2f} > {MAX_LOAD}: other processes share the "
+            f"cores, so the figures for {out} would not be the machine's. Wait until "
+            f"`uptime` shows a load below {MAX_LOAD}, or pass --allow-load (then the "
+            f"table header records the load).")
+    return line, load
+

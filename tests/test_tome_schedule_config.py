@@ -84,3 +84,17 @@ def test_model_overrides_is_the_one_reader_of_config_model():
     assert create_ast("tiny", **fields).r_schedule() == [4, 0]
     with pytest.raises(ValueError, match=r"AST\.tome_r: ToMe schedule 'blocks:4,4,4'"):
         create_ast("tiny", **{**fields, "tome_r": "blocks:4,4,4"}).r_schedule()
+
+
+def test_schedules_saved_as_lists_by_older_versions_load_as_they_meant():
+    """Checkpoints of older versions stored a schedule as a JSON list: two values were
+    ToMe's (r, inflection), any other count one r per block."""
+    from fast_ast_jax.models.tome import parse_schedule
+    from fast_ast_jax.train.checkpoint import model_fields_from_meta
+
+    ramp = model_fields_from_meta({"model": {"tome_r": [16, -1.0], "depth": 4}})["tome_r"]
+    assert ramp == "ramp:16,-1.0"
+    assert parse_schedule(ramp, depth=4) == parse_schedule("ramp:16,-1", depth=4)
+    blocks = model_fields_from_meta({"model": {"tome_r": [4, 2, 1]}})["tome_r"]
+    assert blocks == "blocks:4,2,1" and parse_schedule(blocks, depth=4) == [4, 2, 1, 0]
+    assert model_fields_from_meta({"model": {"tome_r": 8}})["tome_r"] == 8

@@ -81,8 +81,22 @@ def check_shapes(saved, target, *, where: str, exact: bool = False) -> None:
                 "workdir")
 
 
+def _schedule_string(tome_r):
+    """A ToMe schedule saved as a JSON list by older versions -> today's tagged string
+    (models.tome.parse_schedule), with the meaning it had then: two values were ToMe's
+    (r, inflection), any other count one r per block."""
+    if not isinstance(tome_r, list):
+        return tome_r
+    if len(tome_r) == 2:
+        return f"ramp:{int(tome_r[0])},{float(tome_r[1])}"
+    return "blocks:" + ",".join(str(int(r)) for r in tome_r)
+
+
 def model_fields_from_meta(meta: dict) -> dict[str, Any]:
-    return {k: _tuples(v) for k, v in meta["model"].items()}
+    fields = dict(meta["model"])
+    if "tome_r" in fields:
+        fields["tome_r"] = _schedule_string(fields["tome_r"])
+    return {k: _tuples(v) for k, v in fields.items()}
 
 
 class Checkpointer:
