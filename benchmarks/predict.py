@@ -27,6 +27,9 @@ import numpy as np
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fast_ast_jax.bench import machine_load  # noqa: E402
 
 
 def write_clips(directory: Path, *, count: int, seconds: float, sr: int = 16000) -> list[str]:
@@ -67,6 +70,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--batch_size", type=int, default=8)
     args = parser.parse_args(argv)
+    before, _ = machine_load()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         files = write_clips(tmp / "clips", count=args.files, seconds=args.seconds)
@@ -84,8 +88,7 @@ def main(argv=None) -> None:
             steady = max(every - one, 1e-9)
             rows.append((name, every, len(files) / every, len(files) * args.seconds / every,
                          (len(files) - 1) / steady, (len(files) - 1) * args.seconds / steady))
-    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    print(f"machine: {os.cpu_count()} CPUs; uptime: {load}")
+    print(f"machine: {os.cpu_count()} CPUs; uptime before: {before}; after: {machine_load()[0]}")
     print(f"{args.files} files x {args.seconds:g} s, --batch_size {args.batch_size}, "
           f"checkpoint {checkpoint if args.checkpoint else 'demo (2 steps)'}")
     print("| version | wall s | clips/s | audio-s/s | steady clips/s | steady audio-s/s |")

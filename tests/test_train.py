@@ -332,10 +332,12 @@ def test_sharded_training_matches_one_device(tmp_path):
 def test_tome_training_evaluate_sweep_and_predict(tmp_path):
     c = load_config("test")
     c.num_steps = 1
-    c.model.tome_r = 1  # train with token merging (FastAST)
+    # Two blocks: the last block computes only the class token when it reduces nothing
+    # (AST.prefix_only_last_block), so the settings below reduce in block 0 only.
+    c.model.update(depth=2, tome_schedule="blocks:1")  # train with token merging (FastAST)
     loop.train_and_evaluate(c, str(tmp_path / "w"))
     rows = evaluate_checkpoint(tmp_path / "w", settings=[
-        {"tome_r": 0}, {"tome_r": 2}, {"prune_keep_rate": 0.5, "prune_layers": (0,)}],
+        {"tome_r": 0}, {"tome_r": "blocks:2"}, {"prune_keep_rate": 0.5, "prune_layers": (0,)}],
         plot=tmp_path / "s.png", echo=None)  # evaluate.py --keep_rate 0.5 --prune_layers 0
     assert len(rows) == 3 and rows[0]["speedup"] == 1.0 and (tmp_path / "s.png").stat().st_size
     assert rows[1]["macs"] < rows[0]["macs"] and rows[2]["macs"] < rows[0]["macs"]
