@@ -34,7 +34,11 @@ def test_quick_run_measures_everything_and_writes(tmp_path, capsys):
     assert json.loads(out.read_text())["loader"] == results["loader"]
 
 
-def test_results_are_refused_under_load():
+def test_results_are_refused_under_load(monkeypatch, tmp_path):
     assert bench.may_write(0.4, allow_load=False)
     assert not bench.may_write(2.0, allow_load=False)
     assert bench.may_write(2.0, allow_load=True)
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (2.0, 2.0, 2.0))
+    with pytest.raises(SystemExit, match="load average is 2.00 > 1.5"):
+        input_pipeline.main(["--quick", "--out", str(tmp_path / "r.json")])
+    assert not (tmp_path / "r.json").exists()
