@@ -3,9 +3,10 @@
 Measured in one run on one machine:
 - host loader clips/s over generated 10 s FLAC clips: decode + resample + NumPy fbank (the
   host front-end) and decode + resample only (what the host does with
-  config.frontend.on_device), in-process (workers=0) and in grain worker processes
-  (grain.MapDataset(...).map(load).to_iter_dataset().mp_prefetch(num_workers=k); rates
-  with workers are steady-state, timed once every worker has delivered a clip);
+  config.frontend.on_device), through the project's loader (a FolderSource over the
+  files, Pipeline with the cache off -> data.loader), in-process (workers=0) and in grain
+  worker processes (rates with workers are steady-state, timed once every worker has
+  delivered a batch);
 - the jitted train step (fast_ast_jax.train.step.train_step, AdamW, sigmoid loss) of
   AST-base at 1024 frames on this machine's default device: on features (fp32), with ToMe
   at the smallest constant r that halves the MACs (r=94 at 1024 frames), and on waveforms
@@ -39,9 +40,9 @@ import soundfile as sf
 
 from fast_ast_jax import bench
 from fast_ast_jax.audio.fbank_jax import device_features, pad_waves, samples_for_frames
-from fast_ast_jax.audio.features import features
 from fast_ast_jax.audio.frontend import FrontEnd
-from fast_ast_jax.audio.io import load_audio
+from fast_ast_jax.data import FolderSource
+from fast_ast_jax.data.pipeline import Pipeline
 from fast_ast_jax.models.ast import create_ast
 from fast_ast_jax.train.state import TrainState
 from fast_ast_jax.train.step import train_step
@@ -57,6 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="sample rate of the files (resampled to 16 kHz on load)")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2],
                    help="loader worker processes (0 = in-process)")
+    p.add_argument("--loader-batch", type=int, default=4, help="loader batch size")
     p.add_argument("--size", default="base", help="AST size of the train step")
     p.add_argument("--depth", type=int, default=None, help="override the AST depth")
     p.add_argument("--frames", type=int, default=1024, help="model input frames")
@@ -69,10 +71,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"write --out even when the 1-min load exceeds {bench.MAX_LOAD}")
     args = p.parse_args(argv)
     if args.quick:
-        args.clips, args.seconds, args.workers = 6, 1.0, [0, 1]
+        args.clips, args.seconds, args.workers, args.loader_batch = 6, 1.0, [0, 1], 2
         args.size, args.depth, args.frames, args.batch, args.repeats = "tiny", 4, 128, 2, 1
     if args.clips < 2 or args.batch < 1 or args.repeats < 1 or min(args.workers) < 0:
         p.error("need --clips >= 2, --batch >= 1, --repeats >= 1, --workers >= 0")
+    if args.clips % args.loader_batch or args.clips // args.loader_batch <= max(args.workers):
+        p.error("--clips must be a multiple of --loader-batch, with more batches than the "
+                "largest --workers")
     return args
 
 
@@ -89,44 +94,33 @@ def make_clips(directory: Path, *, count: int, seconds: float, rate: int) -> lis
         wave[n // 3: n // 3 + n // 10] = 0.0
         paths.append(directory / f"clip{i:04d}.flac")
         sf.write(paths[-1], np.clip(wave, -1, 1), rate, subtype="PCM_16")
+    (directory / "meta.csv").write_text(
+        "filename,label\n" + "".join(f"{p.name},noise\n" for p in paths))
     return paths
 
 
-def load_features(path: str, *, frontend: FrontEnd) -> np.ndarray:
-    """Host front-end: decode, resample, fbank, pad/crop, normalise."""
-    return features(load_audio(path, sample_rate=frontend.sample_rate), frontend=frontend)
-
-
-def load_wave(path: str, *, frontend: FrontEnd) -> np.ndarray:
-    """On-device front-end: decode and resample only, cut to target_frames' worth."""
-    wave = load_audio(path, sample_rate=frontend.sample_rate)
-    return wave[:samples_for_frames(frontend.target_frames, frontend=frontend)]
-
-
-def loader_rate(paths: list[Path], load, *, workers: int) -> float:
-    """Clips/s of `load` over `paths`: in-process, or steady state of a grain MapDataset
-    read by `workers` processes (timed once every worker has delivered a clip, so process
-    start-up, which imports jax, is not counted)."""
-    import grain
-    from absl import flags
-
-    if not flags.FLAGS.is_parsed():  # grain reads absl flags; defaults are fine here
-        flags.FLAGS.mark_as_parsed()
-    files = [str(p) for p in paths]
-    if workers == 0:
-        start = time.perf_counter()
-        for f in files:
-            load(f)
-        return len(files) / (time.perf_counter() - start)
-    dataset = (grain.MapDataset.source(files).map(load).to_iter_dataset()
-               .mp_prefetch(grain.MultiprocessingOptions(num_workers=workers)))
-    iterator = iter(dataset)
-    for _ in range(workers):  # clips are dealt round-robin: now every worker is running
-        next(iterator)
-    start, count = time.perf_counter(), 0
-    for _ in iterator:
-        count += 1
-    return count / (time.perf_counter() - start)
+def loader_rate(directory: Path, *, frontend: FrontEnd, waves: bool, workers: int,
+                batch: int) -> float:
+    """Clips/s of the project's loader (Pipeline.iterate -> data.loader, cache off, one
+    pass) over the FLAC files listed in directory/meta.csv: decode + resample + NumPy fbank
+    + batching (the host front-end), or decode + resample + batching only (`waves`: what
+    the host does with config.frontend.on_device). In-process (workers=0, one thread
+    ahead) or in grain worker processes; with workers the rate is the steady state, timed
+    once every worker has delivered a batch (process start-up, which imports jax, is not
+    counted)."""
+    source = FolderSource(csv_path=directory / "meta.csv", sample_rate=frontend.sample_rate)
+    pipeline = Pipeline(source, frontend=frontend, batch_size=batch, train=False, cache=False,
+                        waves=waves, worker_count=workers, process_index=0, process_count=1)
+    items = pipeline.iterate()
+    try:
+        for _ in range(workers):  # batches are dealt round-robin: now every worker runs
+            next(items)
+        start, count = time.perf_counter(), 0
+        for b, _ in items:
+            count += int(b["mask"].sum())
+        return count / (time.perf_counter() - start)
+    finally:
+        items.close()
 
 
 def device_rates(args, frontend: FrontEnd) -> dict:
@@ -177,14 +171,14 @@ def main(argv=None) -> dict:
                         for k, v in vars(args).items()},
                "device": str(jax.devices()[0].device_kind), "loader": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        paths = make_clips(Path(tmp), count=args.clips, seconds=args.seconds,
-                           rate=args.file_rate)
+        make_clips(Path(tmp), count=args.clips, seconds=args.seconds, rate=args.file_rate)
         print(f"host loader, {args.clips} FLAC clips of {args.seconds:g} s at "
-              f"{args.file_rate} Hz -> {frontend.sample_rate} Hz (clips/s):")
-        for label, fn in (("host_frontend", load_features), ("decode_only", load_wave)):
-            load = functools.partial(fn, frontend=frontend)
+              f"{args.file_rate} Hz -> {frontend.sample_rate} Hz, batches of "
+              f"{args.loader_batch} (clips/s):")
+        for label, waves in (("host_frontend", False), ("decode_only", True)):
             for workers in args.workers:
-                rate = loader_rate(paths, load, workers=workers)
+                rate = loader_rate(Path(tmp), frontend=frontend, waves=waves,
+                                   workers=workers, batch=args.loader_batch)
                 results["loader"][f"{label}_workers{workers}"] = rate
                 print(f"  {label:<14} workers={workers}: {rate:8.1f}", flush=True)
     loader = results["loader"]

@@ -28,6 +28,9 @@ def get_config(arg: str = "full"):
     c.data.train = {**common, "csv_path": "audioset/train.csv"}
     c.data.eval = {**common, "csv_path": "audioset/eval.csv"}
     c.data.cache = False  # 2M clips do not fit in memory
+    # ... so every epoch decodes and featurises every clip: in 8 loader processes (AST's
+    # run.sh uses 32 PyTorch loader workers); give one per spare CPU core.
+    c.data.worker_count = 8
     c.model.update(size="base", fstride=10, tstride=10)
     c.augment.update(freqm=48, timem=192, mixup=0.5)
     # AST warms up linearly over 1000 steps, then MultiStepLR per epoch.

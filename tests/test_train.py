@@ -121,6 +121,8 @@ def test_speechcommands_recipe_one_step_bf16(tmp_path):
 def test_audioset_recipe_one_step(tmp_path):
     c = tiny(load_config("audioset"), frames=96)
     c.optim.warmup_steps = 1
+    assert c.data.worker_count == 8 and not c.data.cache
+    c.data.worker_count = 1  # the recipe's loader processes, one here
     labels = ["/m/a", "/m/a;/m/b", "/m/c", "/m/b;/m/c"]
     rows = [(f"{i}.wav", labels[i % 4], "") for i in range(8)]
     paths = folder_data(tmp_path, ("filename", "label", "unused"), rows)

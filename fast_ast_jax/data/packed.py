@@ -40,7 +40,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -51,8 +51,8 @@ from fast_ast_jax.audio.fbank import fbank, num_frames
 from fast_ast_jax.audio.features import normalize
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.audio.io import AudioError
-from fast_ast_jax.data.pipeline import (BAD_CLIP_POLICIES, Augment, batch_positions,
-                                        in_background, teacher_rows)
+from fast_ast_jax.data.loader import Loadable
+from fast_ast_jax.data.pipeline import BAD_CLIP_POLICIES, Augment, teacher_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +72,7 @@ class PackSpec:
                              f"max_slots={self.max_slots} must all be >= 1")
 
 
-class PackedPipeline:
+class PackedPipeline(Loadable):
     """Packed batches over one random-access source (see the module docstring).
 
     Args:
@@ -101,6 +101,8 @@ class PackedPipeline:
             `teacher_probs` at `teacher_tau` (sigmoid if `teacher_multilabel`, else softmax;
             labels and clip ids checked here, as data.pipeline.Pipeline does).
         on_bad_clip: "skip" or "fail" (see the module docstring).
+        worker_count: grain worker processes building batches (0 = in this process;
+            data.loader).
     """
 
     def __init__(self, source, *, frontend: FrontEnd, spec: PackSpec, train: bool,
@@ -109,7 +111,8 @@ class PackedPipeline:
                  cache: bool = True, cache_dir: str | os.PathLike | None = None,
                  cache_key: str = "", process_index: int | None = None,
                  process_count: int | None = None, teacher=None, teacher_tau: float = 1.0,
-                 teacher_multilabel: bool = False, on_bad_clip: str = "skip"):
+                 teacher_multilabel: bool = False, on_bad_clip: str = "skip",
+                 worker_count: int = 0):
         if on_bad_clip not in BAD_CLIP_POLICIES:
             raise ValueError(f"config.data.on_bad_clip={on_bad_clip!r}: use one of "
                              f"{BAD_CLIP_POLICIES}")
@@ -136,6 +139,7 @@ class PackedPipeline:
         self.hops_ms = tuple(float(h) for h in hops_ms)
         self.max_frames, self.token_dropout, self.seed = max_frames, token_dropout, seed
         self.augment, self.on_bad_clip = augment, on_bad_clip
+        self.worker_count = worker_count
         self.local_rows = spec.rows // process_count
         self.process_index = process_index
         self.bad_clips: dict[int, str] = {}
@@ -360,10 +364,3 @@ class PackedPipeline:
         if self._teacher is not None:
             batch["teacher_probs"] = packed.slot_values(per_clip(teachers))
         return batch
-
-    def iterate(self, *, epoch: int = 0, index: int = 0, prefetch: int = 2
-                ) -> Iterator[tuple[dict[str, np.ndarray], tuple[int, int]]]:
-        """Yield (batch, position after it) from (epoch, index) on; eval: one pass."""
-        items = ((self.batch(e, i), nxt) for e, i, nxt in batch_positions(
-            epoch=epoch, index=index, steps=self.steps, train=self.train))
-        return in_background(items, prefetch=prefetch)

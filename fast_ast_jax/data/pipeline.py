@@ -1,9 +1,9 @@
 """Batching pipeline: features on the host, per-epoch shuffle, per-host shard, fixed shapes.
 
-A plain NumPy, index-based pipeline instead of grain or tf.data: every batch is a pure
-function of (seed, epoch, batch index), so the data position (epoch, index-in-epoch) saved
-in a checkpoint is enough to resume the exact same sample order, with no iterator state to
-serialise; sources are random access, and a background thread hides the host work.
+Every batch is a pure function of (seed, epoch, batch index), so the data position (epoch,
+index-in-epoch) saved in a checkpoint is enough to resume the exact same sample order;
+sources are random access. `iterate` reads batches through the grain loader
+(data.loader): in-process with a background thread, or in `worker_count` processes.
 
 Batches are dicts of NumPy arrays for this host:
     x (B_host, frames, bins) float32 normalised features;
@@ -44,10 +44,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import queue
-import threading
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -58,6 +55,7 @@ from fast_ast_jax.audio.features import features
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.audio.io import AudioError
 from fast_ast_jax.data import source_ids
+from fast_ast_jax.data.loader import Loadable
 
 BAD_CLIP_POLICIES = ("skip", "fail")
 
@@ -122,7 +120,7 @@ def teacher_rows(teacher, source, *, tau: float, multilabel: bool) -> _TeacherRo
                         multilabel=multilabel)
 
 
-class Pipeline:
+class Pipeline(Loadable):
     """Features + batches over one source.
 
     Args:
@@ -147,6 +145,8 @@ class Pipeline:
             teacher predictions; must match the loss (train.losses.kd_loss).
         waves: ship waveforms instead of features (see the module docstring); training
             augmentation then runs on the device, and `cache` keeps waveforms.
+        worker_count: grain worker processes building batches (0 = in this process;
+            data.loader).
     """
 
     def __init__(self, source, *, frontend: FrontEnd, batch_size: int, train: bool,
@@ -155,7 +155,7 @@ class Pipeline:
                  process_index: int | None = None,
                  process_count: int | None = None, teacher=None,
                  teacher_tau: float = 1.0, teacher_multilabel: bool = False,
-                 on_bad_clip: str = "skip", waves: bool = False):
+                 on_bad_clip: str = "skip", waves: bool = False, worker_count: int = 0):
         if on_bad_clip not in BAD_CLIP_POLICIES:
             raise ValueError(f"config.data.on_bad_clip={on_bad_clip!r}: use one of "
                              f"{BAD_CLIP_POLICIES}")
@@ -177,7 +177,7 @@ class Pipeline:
                              "config.frontend.on_device=True the loader ships waveforms; "
                              "set config.data.cache_dir='' (data.cache keeps them in memory)")
         self.source, self.frontend, self.train, self.seed = source, frontend, train, seed
-        self.waves = waves
+        self.waves, self.worker_count = waves, worker_count
         self.augment = augment
         self.batch_size, self.local_batch = batch_size, batch_size // process_count
         self.process_index = process_index
@@ -366,69 +366,3 @@ class Pipeline:
         if self._teacher is not None:
             batch["teacher_probs"] = np.stack(ts).astype(np.float32)
         return batch
-
-    def iterate(self, *, epoch: int = 0, index: int = 0, prefetch: int = 2
-                ) -> Iterator[tuple[dict[str, np.ndarray], tuple[int, int]]]:
-        """Yield (batch, position after it) from data position (epoch, index) onwards.
-
-        Training runs forever (epoch after epoch); eval yields one pass. Batches are built
-        in a background thread, `prefetch` ahead.
-        """
-        items = ((self.batch(e, i), nxt) for e, i, nxt in batch_positions(
-            epoch=epoch, index=index, steps=self.steps, train=self.train))
-        return in_background(items, prefetch=prefetch)
-
-
-def batch_positions(*, epoch: int, index: int, steps: Callable[[int], int],
-                    train: bool) -> Iterator[tuple[int, int, tuple[int, int]]]:
-    """(epoch, index, position after it) from (epoch, index) on.
-
-    Training walks epoch after epoch forever; eval stops after the epoch it starts in.
-    `steps(e)` is the number of batches in epoch e (packed epochs differ in length).
-    """
-    e, i = epoch, index
-    while True:
-        if i >= steps(e):
-            if not train:
-                return
-            e, i = e + 1, 0
-        yield e, i, ((e, i + 1) if i + 1 < steps(e) else (e + 1, 0))
-        i += 1
-
-
-def in_background(items: Iterator, *, prefetch: int) -> Iterator:
-    """Run a generator in a daemon thread, `prefetch` items ahead of the consumer.
-
-    Worker errors are re-raised in the consumer; closing the consumer (or an exception in
-    it) stops the worker, which may be blocked on a full queue.
-    """
-    q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
-    stop, done = threading.Event(), object()
-
-    def work():
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                q.put(item)
-            q.put(done)
-        except BaseException as err:  # surface worker errors in the consumer
-            q.put(err)
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a worker waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.05)

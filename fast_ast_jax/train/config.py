@@ -43,6 +43,9 @@ def default_config() -> ml_collections.ConfigDict:
     # A clip that fails to load (fast_ast_jax.audio.AudioError): "skip" (replaced by the next
     # good clip in training, masked out in eval; counted in */bad_clips) or "fail".
     c.data.on_bad_clip = "skip"
+    # Processes that decode clips and build batches (grain workers, fast_ast_jax.data.loader);
+    # 0 = in this process, one thread ahead. Worth it with data.cache off (e.g. AudioSet).
+    c.data.worker_count = 0
 
     c.augment = ml_collections.ConfigDict(
         dict(freqm=0, timem=0, mixup=0.0, mixup_alpha=10.0, noise=False))

@@ -67,7 +67,8 @@ def table_pipelines(source, *, frontend: FrontEnd, spec: PackSpec,
                     hops_ms: Sequence[float], max_frames: Sequence[int], **kwargs
                     ) -> list[tuple[dict[str, Any], PackedPipeline]]:
     """One eval pipeline per (hop, length cap): ({"hop_ms", "max_frames"}, pipeline);
-    kwargs go to every PackedPipeline (cache, cache_dir, cache_key, on_bad_clip)."""
+    kwargs go to every PackedPipeline (cache, cache_dir, cache_key, on_bad_clip,
+    worker_count)."""
     return [({"hop_ms": float(hop), "max_frames": int(frames)},
              PackedPipeline(source, frontend=frontend, spec=spec, train=False,
                             hops_ms=(hop,), max_frames=int(frames), **kwargs))

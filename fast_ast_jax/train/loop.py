@@ -285,10 +285,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         evaluated[int(state.step)] = result
         return result
 
+    batches = task.train.iterate(epoch=position[0], index=position[1])
     try:
         state, final = run_steps(
-            state, step_fn=step_fn,
-            batches=task.train.iterate(epoch=position[0], index=position[1]),
+            state, step_fn=step_fn, batches=batches,
             position=position, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
             config=config, ckpt=ckpt, meta=meta, writer=writer,
             bad_clips=lambda: len(task.train.bad_clips),
@@ -306,6 +306,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if is_main:
                 print(format_table(table))
     finally:
+        batches.close()  # stops the loader's thread / worker processes
         ckpt.close()
         writer.close()
     programs = getattr(scheduled, "compiled_rates", {None: scheduled}).values()

@@ -96,7 +96,8 @@ def build_pipeline(config, split: str, *, frontend: FrontEnd, train: bool,
                     cache=config.data.cache, cache_dir=config.data.cache_dir or None,
                     cache_key=_cache_key(config, split), teacher=teacher,
                     **_teacher_targets(config, source.multi_label),
-                    on_bad_clip=config.data.on_bad_clip, waves=frontend.on_device)
+                    on_bad_clip=config.data.on_bad_clip, waves=frontend.on_device,
+                    worker_count=config.data.worker_count)
 
 
 def padded_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
@@ -125,7 +126,7 @@ def packed_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
     model = build_elastic_model(config, num_classes=len(labels), frontend=frontend)
     spec = pack_spec(config, model)
     cache = dict(cache=data.cache, cache_dir=data.cache_dir or None,
-                 on_bad_clip=data.on_bad_clip)
+                 on_bad_clip=data.on_bad_clip, worker_count=data.worker_count)
     train = PackedPipeline(source, frontend=frontend, spec=spec, train=True,
                            hops_ms=tuple(e.hops_ms), max_frames=int(e.max_frames),
                            token_dropout=float(e.token_dropout), seed=config.seed,

@@ -59,6 +59,8 @@ def validate_config(config, *, device_count: int) -> None:
     need(config.num_steps >= 0, "num_steps", "must be >= 0 (0 = use num_epochs)")
     need(config.num_steps > 0 or config.num_epochs > 0, "num_epochs",
          "must be > 0 when num_steps is 0")
+    need(config.data.worker_count >= 0, "data.worker_count",
+         "must be >= 0 (0 = build batches in this process)")
     need(config.log_every > 0, "log_every", "must be > 0")
     need(config.eval_every >= 0, "eval_every", "must be >= 0 (0 = at the end only)")
     need(config.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0 = at the end)")
