@@ -103,11 +103,12 @@ def test_training_on_bad_clips_reports_them(tmp_path):
 def test_interrupted_resumed_run_equals_straight_run(tmp_path, monkeypatch):
     """Ctrl-C after step 3 saves step 3 and stops; resuming reaches the uninterrupted run's
     params bit for bit (same packed batches: the data position is in the checkpoint)."""
+    handler = signal.getsignal(signal.SIGINT)  # the default, or SIG_IGN under `cmd &`
     straight = loop.train_and_evaluate(config(6, checkpoint_every=100), str(tmp_path / "s"))
     sigint_at_batch(monkeypatch, PackedPipeline, 2)
     stopped = loop.train_and_evaluate(config(6, checkpoint_every=100), str(tmp_path / "r"))
     assert stopped["step"] == 3 and steps_saved(tmp_path / "r") == ["3"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler  # restored
     monkeypatch.undo()
     resumed = loop.train_and_evaluate(config(6, checkpoint_every=100), str(tmp_path / "r"))
     assert resumed["step"] == 6

@@ -300,11 +300,12 @@ def sigint_at_batch(monkeypatch, pipeline_class, k: int):
 
 def test_ctrl_c_saves_and_stops(tmp_path, monkeypatch):
     """SIGINT (Ctrl-C) is handled like SIGTERM: finish the step, save it, stop cleanly."""
+    handler = signal.getsignal(signal.SIGINT)  # the default, or SIG_IGN under `cmd &`
     sigint_at_batch(monkeypatch, Pipeline, 2)
     stopped = loop.train_and_evaluate(config(num_steps=8, checkpoint_every=100), str(tmp_path))
     assert stopped["step"] == 3
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["3"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signal.getsignal(signal.SIGINT) is handler  # restored
 
 
 # --- 4. config and checkpoint errors ----------------------------------------------------------
