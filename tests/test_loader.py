@@ -16,6 +16,7 @@ from fast_ast_jax.data.loader import iterate
 from fast_ast_jax.data.packed import PackedPipeline, PackSpec
 from fast_ast_jax.data.pipeline import Augment, Pipeline
 from fast_ast_jax.train import loop
+from fast_ast_jax.train.task import build_pipeline
 from tests.test_reliability import bad_folder, constant_lr
 
 FE = FrontEnd(num_mel_bins=32, target_frames=48)
@@ -106,3 +107,13 @@ def test_negative_worker_count_is_refused():
                     process_count=1)
     with pytest.raises(ValueError, match=r"worker_count=-1"):
         take(pipe, 1, worker_count=-1)
+
+
+def test_configs_saved_before_worker_count_existed_still_build_pipelines():
+    """evaluate.py / distill dump rebuild pipelines from a checkpoint's saved config, which
+    lacks data.worker_count when the run predates it: it loads in-process."""
+    c = constant_lr(1)
+    del c.data["worker_count"]
+    pipe = build_pipeline(c, "train", frontend=FrontEnd.from_dict(c.frontend.to_dict()),
+                          train=False)
+    assert pipe.worker_count == 0 and len(take(pipe, 1)) == 1

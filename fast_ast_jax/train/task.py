@@ -97,7 +97,8 @@ def build_pipeline(config, split: str, *, frontend: FrontEnd, train: bool,
                     cache_key=_cache_key(config, split), teacher=teacher,
                     **_teacher_targets(config, source.multi_label),
                     on_bad_clip=config.data.on_bad_clip, waves=frontend.on_device,
-                    worker_count=config.data.worker_count)
+                    # configs saved in checkpoints before worker_count existed lack it
+                    worker_count=config.data.get("worker_count", 0))
 
 
 def padded_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
