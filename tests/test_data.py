@@ -180,3 +180,21 @@ def test_make_source_rejects_unknown_arguments():
         make_source("synthetic", sample_rate=16000, num_examples=4, csv_path="x.csv")
     with pytest.raises(ValueError, match="unknown data source 'hf'"):
         make_source("hf", sample_rate=16000)
+
+
+def test_uncached_training_batch_decodes_each_clip_once():
+    """Without the cache (AudioSet), a training batch reads and featurises each of its
+    clips once: choosing a good clip must not decode it a second time to use it."""
+    class Counting(SyntheticSource):
+        reads = 0
+
+        def __getitem__(self, index):
+            Counting.reads += 1
+            return super().__getitem__(index)
+
+    src = Counting(num_examples=24, seed=0, min_seconds=0.1, max_seconds=0.3)
+    p = Pipeline(src, frontend=FE, batch_size=8, train=True, seed=1, cache=False,
+                 process_index=0, process_count=1)
+    Counting.reads = 0
+    p.batch(0, 0)
+    assert Counting.reads == 8

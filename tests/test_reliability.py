@@ -167,7 +167,7 @@ def test_bad_clips_are_skipped_deterministically(tmp_path):
         np.testing.assert_array_equal(a["x"], b["x"])
         assert a["mask"].all()  # training batches stay full
     # A bad clip is replaced by the next good one in source order.
-    assert [cached.good_index(i) for i in (0, 1, 4, 6, 9)] == [0, 2, 5, 7, 10]
+    assert [cached.good_example(i)[0] for i in (0, 1, 4, 6, 9)] == [0, 2, 5, 7, 10]
     ev = pipe(False)
     masks = np.concatenate([ev.batch(0, i)["mask"] for i in range(ev.steps_per_epoch)])
     assert [i for i in range(len(src)) if not masks[i]] == sorted(bad)

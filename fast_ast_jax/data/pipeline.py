@@ -234,12 +234,15 @@ class Pipeline(Loadable):
             self._cache[index] = self._checked(index)
         return self._cache[index]
 
-    def good_index(self, index: int) -> int:
-        """`index`, or the next index in source order (wrapping) whose clip is good."""
+    def good_example(self, index: int) -> tuple[int, tuple[np.ndarray, np.ndarray]]:
+        """(i, example(i)) for i = `index` or the next index in source order (wrapping)
+        whose clip is good; the example is computed once (without the cache, computing it
+        again to use it would double the decoding and fbank work)."""
         n = len(self.source)
         for k in range(n):
-            if self.example((index + k) % n) is not None:
-                return (index + k) % n
+            ex = self.example((index + k) % n)
+            if ex is not None:
+                return (index + k) % n, ex
         raise AudioError(f"all {n} clips of the source are bad, e.g. "
                          f"{next(iter(self.bad_clips.values()))}")
 
@@ -328,8 +331,7 @@ class Pipeline(Loadable):
                 ts.append(None if self._teacher is None else self._teacher[i])
                 mask.append(float(ok))
                 continue
-            i = self.good_index(i)
-            x, y = self.example(i)
+            i, (x, y) = self.good_example(i)
             t = None if self._teacher is None else self._teacher[i]
             if self.waves:  # augmented on the device (augment_jax.device_batch)
                 xs.append(x)
@@ -340,8 +342,7 @@ class Pipeline(Loadable):
             rng = np.random.default_rng([self.seed, epoch, index, self.process_index, j])
             aug = self.augment
             if aug.mixup > 0 and rng.random() < aug.mixup:
-                other = self.good_index(int(rng.integers(len(self.source))))
-                x2, y2 = self.example(other)
+                other, (x2, y2) = self.good_example(int(rng.integers(len(self.source))))
                 if t is not None:  # mix teacher predictions with the labels' weight
                     y, y2 = np.concatenate([y, t]), np.concatenate([y2, self._teacher[other]])
                 x, y = augment.mixup(x, y, x2, y2, rng=rng, alpha=aug.mixup_alpha)
