@@ -49,6 +49,9 @@ class _BatchAt:
     def __init__(self, pipeline, *, epoch: int, index: int):
         self.pipeline, self.epoch, self.index = pipeline, epoch, index
         self._steps: dict[int, int] = {}  # epoch -> batches (packed epochs differ)
+        # (epoch, j of its first batch) of the last lookup: j grows in every reader, so
+        # `position` walks from there rather than from the start epoch each batch.
+        self._cursor = (epoch, -index)
 
     def steps(self, epoch: int) -> int:
         if epoch not in self._steps:
@@ -57,10 +60,12 @@ class _BatchAt:
 
     def position(self, j: int) -> tuple[int, int, Position]:
         """(epoch, index) of the j-th batch from the start and the position after it."""
-        e, i = self.epoch, self.index + j
+        e, first = self._cursor if j >= self._cursor[1] else (self.epoch, -self.index)
+        i = j - first
         while i >= self.steps(e):
             i -= self.steps(e)
             e += 1
+        self._cursor = (e, j - i)
         return e, i, ((e, i + 1) if i + 1 < self.steps(e) else (e + 1, 0))
 
     def __call__(self, j: int):
@@ -105,9 +110,7 @@ def iterate(pipeline, *, epoch: int = 0, index: int = 0, worker_count: int = 0,
                 batch = {k: np.array(v) for k, v in batch.items()}
             yield batch, after
     finally:
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            close()
+        iterator.close()
 
 
 class Loadable:
