@@ -21,6 +21,12 @@ def test_quick_run_measures_everything_and_writes(tmp_path, capsys):
                                                                    "decode_only")
                                       for w in (0, 1)}
     assert all(rate > 0 for rate in results["loader"].values())
+    # --quick files are at 44.1 kHz: also measured after the one-off 16 kHz conversion
+    converted = results["converted"]
+    assert set(converted) == {"conversion", "decode_only_workers0", "decode_only_workers1",
+                              "host_work_ratio"}
+    assert converted["host_work_ratio"] == pytest.approx(
+        converted["decode_only_workers0"] / results["loader"]["host_frontend_workers0"])
     rates = results["device_rates"]
     # ToMe at half the MACs: the smallest constant r that halves them (4-block AST-tiny)
     model = create_ast("tiny", depth=4, frames=128, fstride=10, tstride=10,
