@@ -37,6 +37,9 @@ flags.DEFINE_string("plot", None, "PNG path for the sweep plot (default WORKDIR/
 flags.DEFINE_string("maps", None, "write ToMe merge / TopK kept-patch PNG maps of the first "
                     "--num_maps clips into this directory")
 flags.DEFINE_integer("num_maps", 4, "clips to draw maps of (with --maps)")
+flags.DEFINE_integer("workers", None, "loader worker processes (default: the config's "
+                     "data.worker_count, i.e. the training run's); with --hop_frames, "
+                     "decoding threads (default 2)", lower_bound=0)
 flags.mark_flags_as_required(["checkpoint"])
 
 
@@ -52,7 +55,7 @@ def main(argv):
     plot = f.plot or (Path(f.checkpoint) / "sweep.png" if f.sweep else None)
     with cli.path_errors():
         evaluate_checkpoint(f.checkpoint, config=f.config, split=f.split, settings=settings,
-                            plot=plot, hop_frames=f.hop_frames)
+                            plot=plot, hop_frames=f.hop_frames, workers=f.workers)
         if f.maps:
             for path in write_split_maps(f.checkpoint, directory=f.maps,
                                          num_maps=f.num_maps, config=f.config, split=f.split,

@@ -77,9 +77,9 @@ def test_sweep_runs_every_length_and_hop_through_one_program(source):
     pipe = PackedPipeline(source, frontend=FRONTEND, spec=SPEC, train=False)
     params = jax.jit(model.init)(jax.random.PRNGKey(0), pipe.batch(0, 0))["params"]
     mesh = sharding.make_mesh()
-    rows = elastic.elastic_sweep(params, model=model, source=source, frontend=FRONTEND,
-                                 spec=SPEC, hops_ms=(10.0, 25.0, 40.0), max_frames=(32, 64),
-                                 mesh=mesh)
+    rows = elastic.evaluate_table(params, model=model, mesh=mesh, pipelines=(
+        elastic.table_pipelines(source, frontend=FRONTEND, spec=SPEC,
+                                hops_ms=(10.0, 25.0, 40.0), max_frames=(32, 64))))
     assert [(r["hop_ms"], r["max_frames"]) for r in rows] == [
         (h, f) for h in (10.0, 25.0, 40.0) for f in (32, 64)]
     assert all(r["num_clips"] == len(source) for r in rows)
@@ -107,6 +107,9 @@ def test_one_step_test_config(tmp_path):
     assert len(rows) == 8 and rows[4]["tome_r"] == 0
     for got, want in zip(rows[:4], table):
         assert got["accuracy"] == pytest.approx(want["accuracy"])
+    # the same table with the clips loaded in a worker process (evaluate.py --workers 1)
+    in_worker = evaluate_checkpoint(tmp_path / "work", echo=None, workers=1)
+    assert [r["accuracy"] for r in in_worker] == [r["accuracy"] for r in rows[:4]]
     # resuming with a later target continues from the saved step
     c.num_steps = 4
     assert loop.train_and_evaluate(c, str(tmp_path / "work"))["step"] == 4

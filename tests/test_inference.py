@@ -247,6 +247,8 @@ def test_usage_errors_one_line_exit_2(padded, packed, tmp_path):
         "evaluate: misspelt field": py + ["evaluate.py", "--checkpoint", str(padded),
                                           "--config", "configs/test.py",
                                           "--config.batch_sise=2"],
+        "evaluate: negative workers": py + ["evaluate.py", "--checkpoint", str(padded),
+                                            "--workers=-1"],
         "predict: missing": py + ["-m", "fast_ast_jax.predict", "x.wav", "--checkpoint",
                                   str(typo)],
         "predict: empty": py + ["-m", "fast_ast_jax.predict", "x.wav", "--checkpoint",
@@ -259,10 +261,11 @@ def test_usage_errors_one_line_exit_2(padded, packed, tmp_path):
     }
     env = {"PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin",
            "HOME": str(tmp_path)}
-    # Alongside: evaluate.py on an ElasticAST checkpoint with --sweep, --plot and --maps.
+    # Alongside: evaluate.py on an ElasticAST checkpoint with --sweep, --plot and --maps,
+    # loading in a worker process.
     works = py + ["evaluate.py", "--checkpoint", str(packed), "--sweep", "r=0,1", "--plot",
                   str(tmp_path / "sweep.png"), "--maps", str(tmp_path / "maps"),
-                  "--num_maps", "1"]
+                  "--num_maps", "1", "--workers", "1"]
     procs = {name: subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
              for name, cmd in {**cases, "works": works}.items()}
@@ -274,7 +277,8 @@ def test_usage_errors_one_line_exit_2(padded, packed, tmp_path):
              "evaluate: misspelt field": 'did you mean "batch_size"',
              "train: no config file": "configs/nope.py does not exist",
              "distill: no config file": "configs/nope.py does not exist",
-             "evaluate: empty": "no checkpoint in", "predict: empty": "no checkpoint in"}
+             "evaluate: empty": "no checkpoint in", "predict: empty": "no checkpoint in",
+             "evaluate: negative workers": "--workers=-1: -1 is not a non-negative"}
     for name, proc in procs.items():
         out, err = proc.communicate(timeout=300)
         lines = err.strip().splitlines()

@@ -84,7 +84,12 @@ def test_fsdd_config_on_generated_folder(tmp_path):
     paths = folder_data(tmp_path, ("filename", "label", "official_split"), rows)
     c.data.train.update(paths)
     c.data.eval.update(paths)
-    run_one_step(c, tmp_path, reevaluate=True)
+    final = run_one_step(c, tmp_path, reevaluate=True)
+    # evaluate.py --workers 1: the same accuracy with the clips loaded in a worker process
+    rows = evaluate_checkpoint(tmp_path / "work", echo=None, workers=1)
+    assert rows[0]["accuracy"] == pytest.approx(final["eval_accuracy"])
+    with pytest.raises(ValueError, match="workers=-1"):
+        evaluate_checkpoint(tmp_path / "work", echo=None, workers=-1)
 
 
 def test_fsdd_config_on_real_data(tmp_path):

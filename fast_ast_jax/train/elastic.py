@@ -12,7 +12,6 @@ from typing import Any, Sequence
 import jax.numpy as jnp
 import ml_collections
 
-from fast_ast_jax import sharding
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data.packed import PackedPipeline, PackSpec
 from fast_ast_jax.models.ast import SIZES, model_overrides
@@ -83,15 +82,3 @@ def evaluate_table(params, *, model: ElasticAST, pipelines, mesh,
                                multi_label=multi_label,
                                desc=" ".join(f"{k}={v}" for k, v in key.items()))}
             for key, pipeline in pipelines]
-
-
-def elastic_sweep(params, *, model: ElasticAST, source, frontend: FrontEnd, spec: PackSpec,
-                  hops_ms: Sequence[float], max_frames: Sequence[int],
-                  multi_label: bool = False, mesh=None,
-                  on_bad_clip: str = "skip") -> list[dict[str, Any]]:
-    """Evaluate at every (hop, length cap) of `source`: one row each, all through one
-    compiled program (rows as `evaluate_table`; mesh: default all devices)."""
-    return evaluate_table(
-        params, model=model, mesh=mesh or sharding.make_mesh(), multi_label=multi_label,
-        pipelines=table_pipelines(source, frontend=frontend, spec=spec, hops_ms=hops_ms,
-                                  max_frames=max_frames, on_bad_clip=on_bad_clip))

@@ -21,9 +21,9 @@ from fast_ast_jax.bundle import Bundle
 from fast_ast_jax.data import make_source
 from fast_ast_jax.models import AST, ElasticAST
 from fast_ast_jax.train import metrics as metrics_lib
-from fast_ast_jax.train.elastic import elastic_sweep, pack_spec
+from fast_ast_jax.train.elastic import evaluate_table, pack_spec
 from fast_ast_jax.train.forward import evaluate
-from fast_ast_jax.train.task import build_pipeline
+from fast_ast_jax.train.task import build_pipeline, packed_evals
 from fast_ast_jax.train.table import format_table
 from fast_ast_jax.windows import scorer, windowed_scores
 
@@ -61,7 +61,8 @@ def _with_speedup(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def evaluate_checkpoint(path: str | Path, *, config: ml_collections.ConfigDict | None = None,
                         split: str = "eval", settings: Sequence[dict] = ({},),
                         plot: str | Path | None = None, echo=print,
-                        hop_frames: int | None = None) -> list[dict[str, Any]]:
+                        hop_frames: int | None = None,
+                        workers: int | None = None) -> list[dict[str, Any]]:
     """Evaluate a checkpoint (any kind) under each model setting (e.g. {"tome_r": 8}).
 
     Args:
@@ -73,6 +74,9 @@ def evaluate_checkpoint(path: str | Path, *, config: ml_collections.ConfigDict |
         plot: write a PNG of accuracy (or mAP) against clips/s there.
         hop_frames: score whole clips by sliding windows every hop_frames frames
             (fast_ast_jax.windows) instead of the cropped input / the packed table.
+        workers: loader worker processes (config.data.worker_count; None: the config's,
+            i.e. the training run's unless `config` is given); with hop_frames, decoding
+            threads (None: 2).
     Returns:
         one row per setting (ElasticAST: per setting, hop and length cap): the overrides,
         accuracy (mAP), clips_per_s, speedup; padded models add macs (AST: analytic count)
@@ -80,12 +84,18 @@ def evaluate_checkpoint(path: str | Path, *, config: ml_collections.ConfigDict |
     """
     bundle = checkpoints.load(path)
     config = config or bundle.config
+    if workers is not None:
+        if workers < 0:
+            raise ValueError(f"workers={workers}: give a count >= 0 (0 = in-process)")
+        config = config.copy_and_resolve_references()
+        with config.unlocked():
+            config.data.worker_count = workers
     if not isinstance(bundle.model, (AST, ElasticAST)) and any(settings):
         raise ValueError(f"token-reduction settings {list(settings)} apply to an AST or "
                          f"ElasticAST only; {path} holds a {type(bundle.model).__name__}")
     if hop_frames is not None:
         rows = _evaluate_windows(bundle, config, split=split, settings=settings,
-                                 hop_frames=hop_frames)
+                                 hop_frames=hop_frames, threads=2 if workers is None else workers)
     elif isinstance(bundle.model, ElasticAST):
         rows = _evaluate_packed(bundle, config, split=split, settings=settings)
     else:
@@ -145,23 +155,23 @@ def _evaluate_padded(bundle: Bundle, config, *, split: str,
 
 def _evaluate_packed(bundle: Bundle, config, *, split: str,
                      settings: Sequence[dict]) -> list[dict[str, Any]]:
-    """The ElasticAST (eval_hops_ms x eval_max_frames) table, one compiled program per
-    setting; clips/s of the jitted model alone, as for padded models."""
-    source = _source(bundle, config, split)
-    e, mesh = config.elastic, sharding.make_mesh()
+    """The ElasticAST (eval_hops_ms x eval_max_frames) table, as training evaluates it
+    (task.packed_evals), one compiled program per setting; clips/s of the jitted model
+    alone, as for padded models."""
+    pipelines = [(key, pipeline) for _, key, pipeline in packed_evals(
+        config, split, source=_source(bundle, config, split), frontend=bundle.frontend,
+        spec=pack_spec(config, bundle.model))]
+    mesh = sharding.make_mesh()
     rows = []
     for setting in settings:
-        model = bundle.model.clone(**setting)
-        rows += [{**setting, **row} for row in elastic_sweep(
-            bundle.params, model=model, source=source, frontend=bundle.frontend,
-            spec=pack_spec(config, model), hops_ms=e.eval_hops_ms,
-            max_frames=e.eval_max_frames, multi_label=bundle.multi_label, mesh=mesh,
-            on_bad_clip=config.data.on_bad_clip)]
+        rows += [{**setting, **row} for row in evaluate_table(
+            bundle.params, model=bundle.model.clone(**setting), pipelines=pipelines,
+            mesh=mesh, multi_label=bundle.multi_label)]
     return rows
 
 
 def _evaluate_windows(bundle: Bundle, config, *, split: str, settings: Sequence[dict],
-                      hop_frames: int) -> list[dict[str, Any]]:
+                      hop_frames: int, threads: int) -> list[dict[str, Any]]:
     """Whole clips scored by sliding windows (bad clips skipped and counted, or fatal, as
     config.data.on_bad_clip says). clips_per_s here includes decoding and features
     (windows are featurised on the fly), unlike the cropped path."""
@@ -192,7 +202,7 @@ def _evaluate_windows(bundle: Bundle, config, *, split: str, settings: Sequence[
         start = time.perf_counter()
         scores = np.stack([c.scores for c in windowed_scores(
             waves(), scorer=scorer(bundle, batch_size=batch, **setting),
-            hop_frames=hop_frames, workers=2)])
+            hop_frames=hop_frames, workers=threads)])
         seconds = time.perf_counter() - start
         y = np.stack(targets)
         row = {**setting, "accuracy": metrics_lib.accuracy(logits=scores, targets=y),

@@ -80,6 +80,13 @@ def _cache_key(config, split: str) -> str:
     return json.dumps([config.data.source, config.data[split].to_dict()], sort_keys=True)
 
 
+def _loading(data) -> dict[str, Any]:
+    """Pipeline kwargs from config.data: feature cache, bad-clip policy, workers."""
+    # configs saved in checkpoints before worker_count existed lack it
+    return dict(cache=data.cache, cache_dir=data.cache_dir or None,
+                on_bad_clip=data.on_bad_clip, worker_count=data.get("worker_count", 0))
+
+
 def build_pipeline(config, split: str, *, frontend: FrontEnd, train: bool,
                    source=None, teacher=None) -> Pipeline | None:
     """Padded pipeline over config.data.<split> (None if that split has no arguments);
@@ -93,12 +100,9 @@ def build_pipeline(config, split: str, *, frontend: FrontEnd, train: bool,
     batch = config.batch_size if train else (config.eval_batch_size or 2 * config.batch_size)
     return Pipeline(source, frontend=frontend, batch_size=batch, train=train,
                     seed=config.seed, augment=Augment(**config.augment) if train else Augment(),
-                    cache=config.data.cache, cache_dir=config.data.cache_dir or None,
                     cache_key=_cache_key(config, split), teacher=teacher,
                     **_teacher_targets(config, source.multi_label),
-                    on_bad_clip=config.data.on_bad_clip, waves=frontend.on_device,
-                    # configs saved in checkpoints before worker_count existed lack it
-                    worker_count=config.data.get("worker_count", 0))
+                    waves=frontend.on_device, **_loading(config.data))
 
 
 def padded_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
@@ -126,14 +130,12 @@ def packed_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
     labels = list(source.labels)
     model = build_elastic_model(config, num_classes=len(labels), frontend=frontend)
     spec = pack_spec(config, model)
-    cache = dict(cache=data.cache, cache_dir=data.cache_dir or None,
-                 on_bad_clip=data.on_bad_clip, worker_count=data.worker_count)
     train = PackedPipeline(source, frontend=frontend, spec=spec, train=True,
                            hops_ms=tuple(e.hops_ms), max_frames=int(e.max_frames),
                            token_dropout=float(e.token_dropout), seed=config.seed,
                            augment=Augment(**config.augment), teacher=teacher,
                            **_teacher_targets(config, source.multi_label),
-                           cache_key=_cache_key(config, "train"), **cache)
+                           cache_key=_cache_key(config, "train"), **_loading(data))
     evals = []
     if data.eval.to_dict():
         eval_source = make_source(data.source, sample_rate=frontend.sample_rate,
@@ -141,17 +143,28 @@ def packed_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
         if list(eval_source.labels) != labels:
             raise ValueError(f"train labels {labels} differ from eval labels "
                              f"{list(eval_source.labels)}; give config.data.*.labels")
-        eval_spec = dataclasses.replace(spec, rows=config.eval_batch_size or spec.rows)
-        evals = [(f"hop{key['hop_ms']:g}_len{key['max_frames']}", key, pipeline)
-                 for key, pipeline in table_pipelines(
-                     eval_source, frontend=frontend, spec=eval_spec, hops_ms=e.eval_hops_ms,
-                     max_frames=e.eval_max_frames, cache_key=_cache_key(config, "eval"),
-                     **cache)]
+        evals = packed_evals(config, "eval", source=eval_source, frontend=frontend,
+                             spec=spec)
     example = {"patches": np.zeros((1, 8, spec.patch_size ** 2), np.float32),
                "segment_ids": np.ones((1, 8), np.int32),
                "positions": np.zeros((1, 8, 2), np.int32),
                "slot_index": np.zeros((1, 1), np.int32)}
     return Task(model=model, train=train, evals=evals, example=example)
+
+
+def packed_evals(config, split: str, *, source, frontend: FrontEnd, spec
+                 ) -> list[tuple[str, dict, PackedPipeline]]:
+    """The hop x length table of config.data.<split> (elastic.eval_hops_ms x
+    eval_max_frames) as Task.evals: (name, key, pipeline), config.eval_batch_size rows per
+    step (0 = spec.rows), the config's cache and workers. Training and evaluate.py both
+    evaluate packed checkpoints through this."""
+    e = config.elastic
+    eval_spec = dataclasses.replace(spec, rows=config.get("eval_batch_size") or spec.rows)
+    return [(f"hop{key['hop_ms']:g}_len{key['max_frames']}", key, pipeline)
+            for key, pipeline in table_pipelines(
+                source, frontend=frontend, spec=eval_spec, hops_ms=e.eval_hops_ms,
+                max_frames=e.eval_max_frames, cache_key=_cache_key(config, split),
+                **_loading(config.data))]
 
 
 def make_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
