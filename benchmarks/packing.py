@@ -5,8 +5,9 @@ Packed: the clips at their native length (capped at --max-frames), packed greedi
 --rows x --max-tokens rows with up to --slots clips per row (ElasticAST, same width/depth).
 Both use 16x16 patches with stride 16 and random weights (speed does not depend on them).
 Forwards are compiled first, then timed in interleaved rounds (median), so the ratio is taken
-under the same machine load. --train times training steps instead (softmax cross-entropy
-over the real clips, gradient and an Adam update, one jitted step each).
+under the same machine load. --train times training steps instead (`bench.train_step_fn`:
+sigmoid cross-entropy over the real clips, gradient and an AdamW update, one jitted step
+each).
 
     PYTHONPATH=. python benchmarks/packing.py --size tiny --clips 512 --r 16  # --data DIR
     PYTHONPATH=. python benchmarks/packing.py --size tiny --depth 6 --train   # train steps
@@ -21,10 +22,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import soundfile as sf
 
-from fast_ast_jax import packing
+from fast_ast_jax import bench, packing
 from fast_ast_jax.models.ast import SIZES, create_ast
 from fast_ast_jax.models.elastic import ElasticAST
 
@@ -42,31 +42,23 @@ def native_frames(data: Path, clips: int, max_frames: int) -> np.ndarray:
     return np.clip(1 + (secs * 16000 - 400).astype(int) // 160, 16, max_frames)
 
 
-def train_step(forward):
-    """A jitted (params, opt_state), batch -> same, after one Adam step on the softmax
-    cross-entropy of random labels over the forward's real clips (padded: all; packed: the
-    slots holding a clip)."""
-    tx = optax.adam(1e-4)
+def train_step(forward, num_clips: int):
+    """A jitted (params, opt_state), batch -> same: one `bench.train_step_fn` step (AdamW,
+    sigmoid cross-entropy, the library's benchmark step) on fixed random labels over the
+    forward's real clips (padded: all; packed: the slots holding a clip)."""
+    tx, step = bench.train_step_fn(forward)
+    labels = jax.nn.one_hot(jnp.arange(num_clips) % 10, 10)
 
-    def step(state, batch):
-        params, opt_state = state
+    def run(state, batch):
+        # packed: each slot's clip's label (empty slots, -1, have weight 0)
+        y = labels[jnp.maximum(batch["slot_index"], 0)] if isinstance(batch, dict) else labels
+        params, opt_state, _ = step(*state, batch, y)
+        return params, opt_state
 
-        def loss(p):
-            logits = forward(p, batch).reshape(-1, 10)
-            labels = jnp.arange(logits.shape[0]) % 10
-            mask = ((batch["slot_index"] >= 0).reshape(-1) if isinstance(batch, dict)
-                    else jnp.ones(logits.shape[0]))
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-            return (ce * mask).sum() / mask.sum()
-
-        grads = jax.grad(loss)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-
-    return jax.jit(step)
+    return tx, jax.jit(run)
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=FSDD)
     ap.add_argument("--size", default="tiny", choices=sorted(SIZES))
@@ -82,7 +74,7 @@ def main():
                     help="also time packed ToMe with these merges per row and block")
     ap.add_argument("--depth", type=int, default=None, help="blocks (default: the size's)")
     ap.add_argument("--train", action="store_true", help="time train steps, not forwards")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     rng = np.random.default_rng(0)
     frames = native_frames(args.data, args.clips, args.max_frames)
@@ -99,17 +91,20 @@ def main():
     packed = packing.pack([samples[i] for i in group], rows=args.rows,
                           max_tokens=args.max_tokens, max_slots=args.slots).arrays()
     p_el = jax.jit(el.init)(jax.random.PRNGKey(0), packed)
-    forwards = {"padded": (ast.apply, p_ast, padded, args.batch),
-                "packed": (lambda p, b: el.apply(p, b)[0], p_el, packed, len(group))}
+    # (params, input) -> (logits, weights 1 for real clips), as bench.train_step_fn takes
+    forwards = {"padded": (lambda p, x: (ast.apply(p, x), jnp.ones(len(x))), p_ast, padded,
+                           args.batch),
+                "packed": (el.apply, p_el, packed, len(group))}
     for r in args.r:
-        tome = el.clone(tome_r=r)
-        forwards[f"packed r={r}"] = (lambda p, b, m=tome: m.apply(p, b)[0], p_el, packed,
-                                     len(group))
+        forwards[f"packed r={r}"] = (el.clone(tome_r=r).apply, p_el, packed, len(group))
     if args.train:
-        runs = {k: (train_step(f), (p, optax.adam(1e-4).init(p)), x, n)
-                for k, (f, p, x, n) in forwards.items()}
+        runs = {}
+        for k, (f, p, x, n) in forwards.items():
+            tx, step = train_step(f, n)
+            runs[k] = (step, (p, tx.init(p)), x, n)
     else:
-        runs = {k: (jax.jit(f), p, x, n) for k, (f, p, x, n) in forwards.items()}
+        runs = {k: (jax.jit(lambda p, x, f=f: f(p, x)[0]), p, x, n)
+                for k, (f, p, x, n) in forwards.items()}
     times = {k: [] for k in runs}
     for fn, params, x, _ in runs.values():
         jax.block_until_ready(fn(params, x))

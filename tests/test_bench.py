@@ -7,7 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import soundfile as sf
 
+from benchmarks import packing as packing_bench
 from benchmarks import throughput
 from fast_ast_jax import bench
 from fast_ast_jax.models import attention
@@ -164,3 +166,21 @@ def test_markdown_table_columns():
     text = throughput.markdown(rows)
     assert "JAX/PyTorch" in text and "| 8 | baseline | 5 | 1.0 | 2.000 |" in text
     assert text.rstrip().endswith("| 1.50 |")
+
+
+def test_packing_benchmark_times_padded_and_packed_train_steps(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    names = [f"{i}.wav" for i in range(12)]
+    for name in names:  # FSDD-like: 0.2-0.9 s
+        sf.write(tmp_path / name, 0.1 * rng.standard_normal(int(16000 * rng.uniform(0.2, 0.9))),
+                 16000)
+    (tmp_path / "meta.csv").write_text("filename\n" + "\n".join(names) + "\n")
+    packing_bench.main(["--data", str(tmp_path), "--size", "tiny", "--depth", "1",
+                        "--clips", "12", "--batch", "4", "--rows", "2", "--max-tokens", "96",
+                        "--rounds", "1", "--train", "--r", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("12 clips, native tokens per clip mean")
+    steps = {line.split(":")[0]: line for line in lines[1:]}
+    assert set(steps) == {"padded", "packed", "packed r=2"}
+    assert "4 clips per train step" in steps["padded"]
+    assert all("clips/s" in line for line in steps.values())
