@@ -52,7 +52,7 @@ from fast_ast_jax.audio.features import normalize
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.audio.io import AudioError
 from fast_ast_jax.data.loader import Loadable
-from fast_ast_jax.data.pipeline import BAD_CLIP_POLICIES, Augment, teacher_rows
+from fast_ast_jax.data.pipeline import BAD_CLIP_POLICIES, Augment, target, teacher_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,13 +161,6 @@ class PackedPipeline(Loadable):
 
     # -- clips ------------------------------------------------------------------------------
 
-    def _target(self, label) -> np.ndarray:
-        if np.ndim(label) == 0:
-            y = np.zeros(self.num_classes, np.float32)
-            y[int(label)] = 1.0
-            return y
-        return np.asarray(label, np.float32)
-
     def clip(self, index: int, hop_ms: float) -> tuple[np.ndarray, np.ndarray]:
         """Un-normalised native-length fbank (frames, bins) at `hop_ms` and target (C,).
 
@@ -188,7 +181,7 @@ class PackedPipeline(Loadable):
             if len(feats) < self.spec.patch_size:
                 feats = np.concatenate([feats, np.zeros(
                     (self.spec.patch_size - len(feats), feats.shape[1]), np.float32)])
-            out = (feats, self._target(ex["label"]))
+            out = (feats, target(ex["label"], num_classes=self.num_classes))
             if self._cache is None:
                 return out
             self._cache[key] = out

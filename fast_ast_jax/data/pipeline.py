@@ -77,6 +77,16 @@ class Augment:
             raise ValueError(f"mask widths freqm={self.freqm}, timem={self.timem} must be >= 0")
 
 
+def target(label, *, num_classes: int) -> np.ndarray:
+    """A source example's label -> (num_classes,) float32: one-hot of an int label, a
+    multi-hot vector as given."""
+    if np.ndim(label) == 0:
+        y = np.zeros(num_classes, np.float32)
+        y[int(label)] = 1.0
+        return y
+    return np.asarray(label, np.float32)
+
+
 def teacher_probs(logits: np.ndarray, *, tau: float, multilabel: bool) -> np.ndarray:
     """Teacher predictions at temperature tau: (..., C) logits -> (..., C) float32.
 
@@ -195,22 +205,15 @@ class Pipeline(Loadable):
 
     # -- examples ---------------------------------------------------------------------------
 
-    def _target(self, label) -> np.ndarray:
-        if np.ndim(label) == 0:
-            y = np.zeros(self.num_classes, np.float32)
-            y[int(label)] = 1.0
-            return y
-        return np.asarray(label, np.float32)
-
     def _compute(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         ex = self.source[index]
         if self.waves:  # the device computes the features (fbank_jax.device_features)
             wave = np.asarray(ex["audio"], np.float32)[:self._wave_samples]
-            return wave, self._target(ex["label"])
+            return wave, target(ex["label"], num_classes=self.num_classes)
         # Dither (off by default) is drawn once per clip, so cached features stay valid.
         rng = np.random.default_rng([self.seed, index]) if self.frontend.dither > 0 else None
         x = np.asarray(features(ex["audio"], frontend=self.frontend, rng=rng), np.float32)
-        return x, self._target(ex["label"])
+        return x, target(ex["label"], num_classes=self.num_classes)
 
     def _checked(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
         """`_compute`, or None (recorded in bad_clips) for a bad clip under "skip"."""

@@ -19,6 +19,7 @@ from fast_ast_jax import bench, checkpoints, maps, sharding
 from fast_ast_jax.audio.io import AudioError
 from fast_ast_jax.bundle import Bundle
 from fast_ast_jax.data import make_source
+from fast_ast_jax.data.pipeline import target
 from fast_ast_jax.models import AST, ElasticAST
 from fast_ast_jax.train import metrics as metrics_lib
 from fast_ast_jax.train.elastic import evaluate_table, pack_spec
@@ -190,13 +191,7 @@ def _evaluate_windows(bundle: Bundle, config, *, split: str, settings: Sequence[
                         raise
                     bad.append(str(e))
                     continue
-                label = ex["label"]
-                y = np.zeros(len(source.labels), np.float32)
-                if np.ndim(label) == 0:
-                    y[int(label)] = 1.0
-                else:
-                    y = np.asarray(label, np.float32)
-                targets.append(y)
+                targets.append(target(ex["label"], num_classes=len(source.labels)))
                 yield ex["audio"]
 
         start = time.perf_counter()
