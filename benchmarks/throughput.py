@@ -225,32 +225,88 @@ def train_table(args, frames: int) -> list[dict]:
     return rows
 
 
+PEAK_GEMM = 2048  # the reference GEMM: (n x n) @ (n x n), big enough to run at the peak
+
+
+def torch_parts(args, *, x, q, k, v, params: dict) -> dict:
+    """PyTorch (2 threads per --threads[0], inference mode) counterparts of the profiled
+    block parts and of the reference GEMM, on the same arrays and weights; {} without
+    torch or with --no-torch."""
+    if args.no_torch:
+        return {}
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError as e:
+        log(f"PyTorch parts skipped: {e}")
+        return {}
+    t = lambda a: torch.from_numpy(np.array(a))  # a writable copy
+    dense = {n: (t(p["params"]["kernel"]).T.contiguous(), t(p["params"]["bias"]))
+             for n, p in params.items() if n != "ln"}
+    tx, w = t(x), x.shape[-1]
+    # SDPA takes (B, heads, T, head_dim)
+    tq, tk, tv = (t(a).transpose(1, 2).contiguous() for a in (q, k, v))
+    g = torch.randn(PEAK_GEMM, PEAK_GEMM)
+    parts = {
+        "2x LayerNorm": lambda: F.layer_norm(F.layer_norm(tx, (w,), eps=1e-6), (w,), eps=1e-6),
+        "qkv + out projections": lambda: F.linear(F.linear(tx, *dense["qkv"])[..., :w],
+                                                  *dense["out"]),
+        "attention (chunked)": lambda: F.scaled_dot_product_attention(tq, tk, tv),
+        "MLP (fc1, exact GELU, fc2)": lambda: F.linear(F.gelu(F.linear(tx, *dense["fc1"])),
+                                                       *dense["fc2"]),
+        f"GEMM {PEAK_GEMM}^3 (peak reference)": lambda: g @ g,
+    }
+    threads = args.threads[0]
+
+    def wrap(fn):
+        def run():
+            torch.set_num_threads(threads)  # process-global: set on every call
+            with torch.inference_mode():
+                return fn()
+        return run
+
+    # the attention row is SDPA, whichever JAX kernel it sits next to
+    return {f"PyTorch {threads} threads: {n.replace(' (chunked)', ' (SDPA)')}": wrap(fn)
+            for n, fn in parts.items()}
+
+
 def profile_table(args, frames: int) -> list[dict]:
-    """Seconds per forward spent in each part of the blocks, timed part by part.
+    """Seconds per forward spent in each part of the blocks, timed part by part, with the
+    part's model FLOP rate; the same parts in PyTorch; and a GEMM big enough to run at the
+    cores' peak, the ceiling that the dense parts are measured against.
 
     Each part of one block is compiled alone on (batch, tokens, width) inputs and timed in
     interleaved rounds; the row scales it by depth. The parts do not add up exactly to the
     whole forward (fusion across parts, patch embedding and head are left out).
     """
     s = {**SIZES[args.size], **({} if args.depth is None else dict(depth=args.depth))}
-    w, heads, depth = s["width"], s["num_heads"], s["depth"]
+    w, heads, depth, mlp_dim = s["width"], s["num_heads"], s["depth"], s["mlp_dim"]
     tokens = bench.layer_tokens(model_for(args, frames), frames=frames)[0].tokens_in
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.standard_normal((args.batch, tokens, w), dtype=np.float32))
     q, k, v = (jnp.asarray(rng.standard_normal((args.batch, tokens, heads, w // heads),
                                                dtype=np.float32)) for _ in range(3))
     ln = nn.LayerNorm(epsilon=1e-6, use_fast_variance=False)
-    dense = {name: nn.Dense(f) for name, f in (("qkv", 3 * w), ("out", w), ("fc1", s["mlp_dim"]))}
+    dense = {name: nn.Dense(f) for name, f in (("qkv", 3 * w), ("out", w), ("fc1", mlp_dim))}
     fc2 = nn.Dense(w)
     key = jax.random.key(0)
     p_ln, p_qkv, p_out, p_fc1 = (m.init(key, x) for m in (ln, *dense.values()))
-    h = jnp.zeros((args.batch, tokens, s["mlp_dim"]))
+    h = jnp.zeros((args.batch, tokens, mlp_dim))
     p_fc2 = fc2.init(key, h)
+    g = jnp.asarray(rng.standard_normal((PEAK_GEMM, PEAK_GEMM), dtype=np.float32))
 
     def mlp(x):
         y = gelu_exact(dense["fc1"].apply(p_fc1, x))
         return fc2.apply(p_fc2, y)
 
+    bt = args.batch * tokens
+    gemm = f"GEMM {PEAK_GEMM}^3 (peak reference)"
+    # model FLOPs of one call (2 per multiply-add; LayerNorm not counted)
+    flops = {"qkv + out projections": 2 * bt * w * 4 * w,
+             "attention (chunked)": 4 * args.batch * tokens * tokens * w,
+             "attention (xla)": 4 * args.batch * tokens * tokens * w,
+             "MLP (fc1, exact GELU, fc2)": 4 * bt * w * mlp_dim,
+             gemm: 2 * PEAK_GEMM ** 3}
     parts = {
         "2x LayerNorm": (lambda x: ln.apply(p_ln, ln.apply(p_ln, x)), x),
         "qkv + out projections": (
@@ -260,15 +316,24 @@ def profile_table(args, frames: int) -> list[dict]:
         "attention (xla)": (lambda q, k, v: attention.dot_product_attention(
                 q, k, v, implementation="xla"), q, k, v),
         "MLP (fc1, exact GELU, fc2)": (mlp, x),
+        gemm: (lambda a: a @ a, g),
     }
     fns = {}
     for name, (fn, *fargs) in parts.items():
         compiled = jax.jit(fn).lower(*fargs).compile()
-        fns[name] = lambda c=compiled, a=fargs: c(*a)
+        fns[f"JAX: {name}"] = lambda c=compiled, a=fargs: c(*a)
+    fns.update(torch_parts(args, x=x, q=q, k=k, v=v, params=dict(
+        ln=p_ln, qkv=p_qkv, out=p_out, fc1=p_fc1, fc2=p_fc2)))
     timings = interleaved(fns, warmup=args.warmup, repeats=args.repeats)
-    return [dict(table="profile", frames=frames, setting=name, batch=args.batch,
-                 tokens=tokens, seconds_per_forward=depth * t.median,
-                 seconds=list(t.times)) for name, t in timings.items()]
+    rows = []
+    for name, t in timings.items():
+        part = name.split(": ", 1)[1].replace(" (SDPA)", " (chunked)")
+        per_forward = 1 if part == gemm else depth
+        rows.append(dict(table="profile", frames=frames, setting=name, batch=args.batch,
+                         tokens=tokens, seconds_per_forward=per_forward * t.median,
+                         gflops_per_s=flops[part] / t.median / 1e9 if part in flops else None,
+                         seconds=list(t.times)))
+    return rows
 
 
 def markdown(rows: list[dict]) -> str:
@@ -296,11 +361,12 @@ def markdown(rows: list[dict]) -> str:
                     f"| {r['efficiency']:.2f} | {r['temp_mib']:.0f} | {r['temp_ratio']:.2f} |")
     prof = [r for r in rows if r["table"] == "profile"]
     if prof:
-        lines += ["", "| frames | block part (x depth) | tokens | s per forward |",
-                  "|---" * 4 + "|"]
+        lines += ["", "| frames | block part (x depth; the GEMM once) | tokens | "
+                  "s per forward | GFLOP/s |", "|---" * 5 + "|"]
         for r in prof:
+            rate = "" if r["gflops_per_s"] is None else f"{r['gflops_per_s']:.0f}"
             lines.append(f"| {r['frames']} | {r['setting']} | {r['tokens']} | "
-                         f"{r['seconds_per_forward']:.3f} |")
+                         f"{r['seconds_per_forward']:.3f} | {rate} |")
     return "\n".join(lines)
 
 

@@ -127,6 +127,25 @@ def test_throughput_script_smoke(tmp_path, capsys):
     assert "| 48 | baseline |" in text and "1-minute load average:" in text
 
 
+def test_profile_times_each_block_part_in_jax_and_pytorch_with_flop_rates(capsys):
+    rows = throughput.main(["--size", "tiny", "--depth", "1", "--frames", "48", "--batch", "1",
+                            "--repeats", "1", "--r", "--keep-rates", "--no-xla-baseline",
+                            "--no-train", "--profile", "--threads", "1"])
+    prof = {r["setting"]: r for r in rows if r["table"] == "profile"}
+    parts = ["2x LayerNorm", "qkv + out projections", "attention (chunked)",
+             "attention (xla)", "MLP (fc1, exact GELU, fc2)", "GEMM 2048^3 (peak reference)"]
+    torch_parts = [p.replace("(chunked)", "(SDPA)") for p in parts if p != "attention (xla)"]
+    assert set(prof) == ({f"JAX: {p}" for p in parts}
+                         | {f"PyTorch 1 threads: {p}" for p in torch_parts})
+    for name, r in prof.items():
+        assert r["seconds_per_forward"] > 0
+        assert (r["gflops_per_s"] is None) == ("LayerNorm" in name)
+    gemm = prof["JAX: GEMM 2048^3 (peak reference)"]
+    assert gemm["gflops_per_s"] == pytest.approx(2 * 2048 ** 3 / gemm["seconds_per_forward"]
+                                                 / 1e9)
+    assert "| GFLOP/s |" in capsys.readouterr().out
+
+
 def test_throughput_refuses_a_results_file_under_load(tmp_path, monkeypatch):
     monkeypatch.setattr(throughput.os, "getloadavg", lambda: (6.5, 5.0, 4.0))
     out = tmp_path / "t.md"
