@@ -123,3 +123,12 @@ def test_ensemble_averages_members_by_clip_id(tmp_path):
         distill.ensemble([tmp_path / "a.npz", tmp_path / "d.npz"], out=tmp_path / "f.npz")
     with pytest.raises(distill.TeacherLogitsError, match="two or more files"):
         distill.ensemble([tmp_path / "a.npz"], out=tmp_path / "f.npz")
+
+
+def test_dump_cli_rejects_a_negative_worker_count(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        distill_main(["dump", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "t.npz"),
+                      "--workers", "-1"])
+    assert exit_info.value.code == 2
+    assert "--workers -1: give a count >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "t.npz").exists()

@@ -198,6 +198,8 @@ def test_elastic_checkpoint_predict_evaluate_dump_init(packed, padded, tmp_path,
     assert rows[0]["num_clips"] == 8 and 0 <= rows[0]["accuracy"] <= 1
     # distill dump: one row per training clip, in source order.
     teacher = dump(packed, out=tmp_path / "t.npz", echo=None)
+    in_worker = dump(packed, out=tmp_path / "t1.npz", echo=None, workers=1)
+    np.testing.assert_array_equal(in_worker.logits, teacher.logits)
     source = make_source(config.data.source, sample_rate=16000, **config.data.train.to_dict())
     assert teacher.ids == tuple(source_ids(source)) and teacher.labels == bundle.labels
     assert distill.load(tmp_path / "t.npz").logits.shape == (24, len(bundle.labels))

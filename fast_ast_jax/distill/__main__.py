@@ -20,6 +20,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     d.add_argument("--out", required=True, help="output .npz")
     d.add_argument("--top_k", type=int, default=None, help="keep the k largest logits")
     d.add_argument("--batch_size", type=int, default=0, help="clips per forward pass")
+    d.add_argument("--workers", type=int, default=None,
+                   help="loader worker processes (default: the config's data.worker_count)")
     e = sub.add_parser("ensemble", help="average the logits of several teacher files")
     e.add_argument("files", nargs="+")
     e.add_argument("--out", required=True, help="output .npz")
@@ -27,11 +29,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     i = sub.add_parser("inspect", help="summarise a teacher-logits file")
     i.add_argument("file")
     args = parser.parse_args(argv)
+    if getattr(args, "workers", None) is not None and args.workers < 0:
+        parser.error(f"--workers {args.workers}: give a count >= 0 (0 = in-process)")
     with cli.path_errors():
         if args.command == "dump":
             config = cli.config_file(args.config) if args.config else None
             dump(args.checkpoint, out=args.out, config=config, split=args.split,
-                 top_k=args.top_k, batch_size=args.batch_size)
+                 top_k=args.top_k, batch_size=args.batch_size, workers=args.workers)
         elif args.command == "ensemble":
             print(summary(ensemble(args.files, out=args.out, top_k=args.top_k)))
         else:

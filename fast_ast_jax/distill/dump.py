@@ -20,7 +20,8 @@ from fast_ast_jax.distill import TeacherLogits, TeacherLogitsError, load, save, 
 from fast_ast_jax.models import ElasticAST, model_fields, model_name
 from fast_ast_jax.train.elastic import pack_spec
 from fast_ast_jax.train.forward import packed_forward
-from fast_ast_jax.train.task import build_pipeline
+from fast_ast_jax.train.task import (build_pipeline, cache_key, loading_kwargs,
+                                     with_worker_count)
 
 
 def _padded_logits(bundle: Bundle, config, split: str) -> tuple[list[str], np.ndarray]:
@@ -49,7 +50,7 @@ def _packed_logits(bundle: Bundle, config, split: str) -> tuple[list[str], np.nd
     pipeline = PackedPipeline(source, frontend=bundle.frontend,
                               spec=pack_spec(config, bundle.model), train=False,
                               hops_ms=(float(e.eval_hops_ms[0]),), max_frames=int(e.max_frames),
-                              on_bad_clip=config.data.on_bad_clip)
+                              cache_key=cache_key(config, split), **loading_kwargs(config.data))
     forward = jax.jit(lambda params, batch: packed_forward(bundle.model, params, batch,
                                                            train=False).logits)
     logits = np.full((len(source), len(bundle.labels)), np.nan, np.float32)
@@ -70,7 +71,7 @@ def _check_labels(bundle: Bundle, source, split: str) -> None:
 
 def dump(checkpoint: str | os.PathLike, *, out: str | os.PathLike, config=None,
          split: str = "train", top_k: int | None = None, batch_size: int = 0,
-         echo=print) -> TeacherLogits:
+         workers: int | None = None, echo=print) -> TeacherLogits:
     """Compute a frozen teacher's logits for every clip of a data split and save them.
 
     The checkpoint (any kind: CNN teacher, AST, ElasticAST) is run deterministically
@@ -84,11 +85,12 @@ def dump(checkpoint: str | os.PathLike, *, out: str | os.PathLike, config=None,
         top_k: keep only the k largest logits per clip (None = dense).
         batch_size: clips per forward pass of a padded model (0 = the config's eval batch
             size); a packed model uses its config.elastic rows.
+        workers: loader worker processes (None: the config's data.worker_count).
     Returns:
         the saved file, loaded back (validated).
     """
     bundle = checkpoints.load(checkpoint)
-    config = config or bundle.config
+    config = with_worker_count(config or bundle.config, workers)
     if batch_size:
         config = config.copy_and_resolve_references()
         config.eval_batch_size = batch_size

@@ -24,7 +24,7 @@ from fast_ast_jax.models import AST, ElasticAST
 from fast_ast_jax.train import metrics as metrics_lib
 from fast_ast_jax.train.elastic import evaluate_table, pack_spec
 from fast_ast_jax.train.forward import evaluate
-from fast_ast_jax.train.task import build_pipeline, packed_evals
+from fast_ast_jax.train.task import build_pipeline, packed_evals, with_worker_count
 from fast_ast_jax.train.table import format_table
 from fast_ast_jax.windows import scorer, windowed_scores
 
@@ -85,12 +85,7 @@ def evaluate_checkpoint(path: str | Path, *, config: ml_collections.ConfigDict |
     """
     bundle = checkpoints.load(path)
     config = config or bundle.config
-    if workers is not None:
-        if workers < 0:
-            raise ValueError(f"workers={workers}: give a count >= 0 (0 = in-process)")
-        config = config.copy_and_resolve_references()
-        with config.unlocked():
-            config.data.worker_count = workers
+    config = with_worker_count(config, workers)
     if not isinstance(bundle.model, (AST, ElasticAST)) and any(settings):
         raise ValueError(f"token-reduction settings {list(settings)} apply to an AST or "
                          f"ElasticAST only; {path} holds a {type(bundle.model).__name__}")

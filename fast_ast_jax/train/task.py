@@ -75,16 +75,31 @@ def _teacher_targets(config, multi_label: bool) -> dict[str, Any]:
                 teacher_multilabel=loss_kind(config, multi_label) == "sigmoid")
 
 
-def _cache_key(config, split: str) -> str:
+def cache_key(config, split: str) -> str:
     """Identifies a split's source for the feature cache (config.data.cache_dir)."""
     return json.dumps([config.data.source, config.data[split].to_dict()], sort_keys=True)
 
 
-def _loading(data) -> dict[str, Any]:
-    """Pipeline kwargs from config.data: feature cache, bad-clip policy, workers."""
+def loading_kwargs(data) -> dict[str, Any]:
+    """Pipeline kwargs from config.data: feature cache, bad-clip policy, workers (the same
+    for padded and packed pipelines, in training, evaluate.py and distill dump)."""
     # configs saved in checkpoints before worker_count existed lack it
     return dict(cache=data.cache, cache_dir=data.cache_dir or None,
                 on_bad_clip=data.on_bad_clip, worker_count=data.get("worker_count", 0))
+
+
+def with_worker_count(config, workers: int | None):
+    """`config` with config.data.worker_count = workers (a copy; None: `config` itself):
+    evaluate.py and distill dump --workers, e.g. a checkpoint trained on a many-core host
+    evaluated on a laptop."""
+    if workers is None:
+        return config
+    if workers < 0:
+        raise ValueError(f"workers={workers}: give a count >= 0 (0 = in-process)")
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.data.worker_count = workers
+    return config
 
 
 def build_pipeline(config, split: str, *, frontend: FrontEnd, train: bool,
@@ -100,9 +115,9 @@ def build_pipeline(config, split: str, *, frontend: FrontEnd, train: bool,
     batch = config.batch_size if train else (config.eval_batch_size or 2 * config.batch_size)
     return Pipeline(source, frontend=frontend, batch_size=batch, train=train,
                     seed=config.seed, augment=Augment(**config.augment) if train else Augment(),
-                    cache_key=_cache_key(config, split), teacher=teacher,
+                    cache_key=cache_key(config, split), teacher=teacher,
                     **_teacher_targets(config, source.multi_label),
-                    waves=frontend.on_device, **_loading(config.data))
+                    waves=frontend.on_device, **loading_kwargs(config.data))
 
 
 def padded_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
@@ -135,7 +150,7 @@ def packed_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
                            token_dropout=float(e.token_dropout), seed=config.seed,
                            augment=Augment(**config.augment), teacher=teacher,
                            **_teacher_targets(config, source.multi_label),
-                           cache_key=_cache_key(config, "train"), **_loading(data))
+                           cache_key=cache_key(config, "train"), **loading_kwargs(data))
     evals = []
     if data.eval.to_dict():
         eval_source = make_source(data.source, sample_rate=frontend.sample_rate,
@@ -163,8 +178,8 @@ def packed_evals(config, split: str, *, source, frontend: FrontEnd, spec
     return [(f"hop{key['hop_ms']:g}_len{key['max_frames']}", key, pipeline)
             for key, pipeline in table_pipelines(
                 source, frontend=frontend, spec=eval_spec, hops_ms=e.eval_hops_ms,
-                max_frames=e.eval_max_frames, cache_key=_cache_key(config, split),
-                **_loading(config.data))]
+                max_frames=e.eval_max_frames, cache_key=cache_key(config, split),
+                **loading_kwargs(config.data))]
 
 
 def make_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
