@@ -299,12 +299,19 @@ def profile_table(args, frames: int) -> list[dict]:
         y = gelu_exact(dense["fc1"].apply(p_fc1, x))
         return fc2.apply(p_fc2, y)
 
+    def attention_matmuls(q, k, v):
+        """The two products of attention alone (no softmax), one (batch, head) pair at a
+        time: what any attention built from XLA's dots costs at least."""
+        pairs = lambda a: a.transpose(0, 2, 1, 3).reshape(-1, tokens, w // heads)
+        return jax.lax.map(lambda a: (a[0] @ a[1].T) @ a[2], (pairs(q), pairs(k), pairs(v)))
+
     bt = args.batch * tokens
     gemm = f"GEMM {PEAK_GEMM}^3 (peak reference)"
     # model FLOPs of one call (2 per multiply-add; LayerNorm not counted)
     flops = {"qkv + out projections": 2 * bt * w * 4 * w,
              "attention (chunked)": 4 * args.batch * tokens * tokens * w,
              "attention (xla)": 4 * args.batch * tokens * tokens * w,
+             "attention matmuls only (QK, AV; no softmax)": 4 * args.batch * tokens * tokens * w,
              "MLP (fc1, exact GELU, fc2)": 4 * bt * w * mlp_dim,
              gemm: 2 * PEAK_GEMM ** 3}
     parts = {
@@ -315,6 +322,7 @@ def profile_table(args, frames: int) -> list[dict]:
                 q, k, v, implementation="chunked"), q, k, v),
         "attention (xla)": (lambda q, k, v: attention.dot_product_attention(
                 q, k, v, implementation="xla"), q, k, v),
+        "attention matmuls only (QK, AV; no softmax)": (attention_matmuls, q, k, v),
         "MLP (fc1, exact GELU, fc2)": (mlp, x),
         gemm: (lambda a: a @ a, g),
     }

@@ -133,8 +133,10 @@ def test_profile_times_each_block_part_in_jax_and_pytorch_with_flop_rates(capsys
                             "--no-train", "--profile", "--threads", "1"])
     prof = {r["setting"]: r for r in rows if r["table"] == "profile"}
     parts = ["2x LayerNorm", "qkv + out projections", "attention (chunked)",
-             "attention (xla)", "MLP (fc1, exact GELU, fc2)", "GEMM 2048^3 (peak reference)"]
-    torch_parts = [p.replace("(chunked)", "(SDPA)") for p in parts if p != "attention (xla)"]
+             "attention (xla)", "attention matmuls only (QK, AV; no softmax)",
+             "MLP (fc1, exact GELU, fc2)", "GEMM 2048^3 (peak reference)"]
+    torch_parts = [p.replace("(chunked)", "(SDPA)") for p in parts
+                   if p not in ("attention (xla)", "attention matmuls only (QK, AV; no softmax)")]
     assert set(prof) == ({f"JAX: {p}" for p in parts}
                          | {f"PyTorch 1 threads: {p}" for p in torch_parts})
     for name, r in prof.items():
