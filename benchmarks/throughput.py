@@ -229,9 +229,9 @@ PEAK_GEMM = 2048  # the reference GEMM: (n x n) @ (n x n), big enough to run at 
 
 
 def torch_parts(args, *, x, q, k, v, params: dict) -> dict:
-    """PyTorch (2 threads per --threads[0], inference mode) counterparts of the profiled
-    block parts and of the reference GEMM, on the same arrays and weights; {} without
-    torch or with --no-torch."""
+    """PyTorch (--threads[0] threads, inference mode) counterparts of the profiled block
+    parts and of the reference GEMM, on the same arrays and the Flax Dense weights in
+    `params` (name -> variables); {} without torch or with --no-torch."""
     if args.no_torch:
         return {}
     try:
@@ -242,7 +242,7 @@ def torch_parts(args, *, x, q, k, v, params: dict) -> dict:
         return {}
     t = lambda a: torch.from_numpy(np.array(a))  # a writable copy
     dense = {n: (t(p["params"]["kernel"]).T.contiguous(), t(p["params"]["bias"]))
-             for n, p in params.items() if n != "ln"}
+             for n, p in params.items()}
     tx, w = t(x), x.shape[-1]
     # SDPA takes (B, heads, T, head_dim)
     tq, tk, tv = (t(a).transpose(1, 2).contiguous() for a in (q, k, v))
@@ -331,7 +331,7 @@ def profile_table(args, frames: int) -> list[dict]:
         compiled = jax.jit(fn).lower(*fargs).compile()
         fns[f"JAX: {name}"] = lambda c=compiled, a=fargs: c(*a)
     fns.update(torch_parts(args, x=x, q=q, k=k, v=v, params=dict(
-        ln=p_ln, qkv=p_qkv, out=p_out, fc1=p_fc1, fc2=p_fc2)))
+        qkv=p_qkv, out=p_out, fc1=p_fc1, fc2=p_fc2)))
     timings = interleaved(fns, warmup=args.warmup, repeats=args.repeats)
     rows = []
     for name, t in timings.items():

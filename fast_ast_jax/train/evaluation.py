@@ -84,8 +84,7 @@ def evaluate_checkpoint(path: str | Path, *, config: ml_collections.ConfigDict |
         or xla_flops (other models: XLA's cost analysis, flops not MACs).
     """
     bundle = checkpoints.load(path)
-    config = config or bundle.config
-    config = with_worker_count(config, workers)
+    config = with_worker_count(config or bundle.config, workers)
     if not isinstance(bundle.model, (AST, ElasticAST)) and any(settings):
         raise ValueError(f"token-reduction settings {list(settings)} apply to an AST or "
                          f"ElasticAST only; {path} holds a {type(bundle.model).__name__}")
