@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fast_ast_jax import distill  # noqa: E402
-from fast_ast_jax.distill.dump import dump  # noqa: E402
+from fast_ast_jax.train.dump import dump  # noqa: E402
 from fast_ast_jax.train.config import recipe  # noqa: E402
 
 

@@ -83,7 +83,8 @@ def main(argv=None):
                      **({"depth": args.depth} if args.depth else {}))
     p_ast = jax.jit(ast.init)(jax.random.PRNGKey(0), jnp.zeros((1, args.frames, 128)))
     padded = jnp.asarray(rng.normal(size=(args.batch, args.frames, 128)), jnp.float32)
-    el = ElasticAST(num_classes=10, frames=args.max_frames, pool="mean", **fields)
+    el = ElasticAST(num_classes=10, frames=args.max_frames, fstride=16, tstride=16, pool="mean",
+                    **fields)
     samples = [packing.patchify(rng.normal(size=(int(n), 128)).astype(np.float32))
                for n in frames]
     group = packing.greedy_batches([len(s[0]) for s in samples], rows=args.rows,

@@ -24,6 +24,7 @@ def get_config(arg: str = "resolution"):
     if arg not in ("resolution", "length"):
         raise ValueError(f"configs/audioset_elastic.py:{arg}: use ':resolution' or ':length'")
     c = default_config()
+    c.model.name = "elastic"  # ElasticAST on packed rows, shaped by c.elastic
     c.elastic = elastic_defaults()
     c.data.source = "folder"
     c.data.cache = False

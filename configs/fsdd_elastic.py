@@ -37,6 +37,7 @@ def get_config(arg: str = "fold"):
         raise ValueError(f"configs/fsdd_elastic.py:{arg}: use ':fold' or ':official', "
                          "optionally with ',kd' (e.g. ':official,kd'), or ':kd'")
     c = fsdd_config(split[0])
+    c.model.name = "elastic"  # ElasticAST on packed rows, shaped by c.elastic
     c.elastic = elastic_defaults()
     c.elastic.update(rows=4, max_tokens=256, max_slots=32, hops_ms=(10.0, 20.0, 30.0, 40.0),
                      max_frames=256, token_dropout=0.1, pos_embedding="factorised",

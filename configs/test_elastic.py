@@ -11,6 +11,7 @@ from fast_ast_jax.train.elastic import elastic_defaults
 
 def get_config():
     c = test_config()
+    c.model.name = "elastic"  # ElasticAST on packed rows, shaped by c.elastic
     c.elastic = elastic_defaults()
     c.data.train = {"num_examples": 24, "split": "train", "min_seconds": 0.2,
                     "max_seconds": 0.6}

@@ -17,7 +17,7 @@ from typing import Iterator, NoReturn, Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from fast_ast_jax.train.checkpoint import CheckpointError
+from fast_ast_jax.checkpoints.store import CheckpointError
 from fast_ast_jax.train.config import recipe
 
 USAGE = 2  # exit status of usage errors (argparse's)

@@ -17,11 +17,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from fast_ast_jax import packing, viz
+from fast_ast_jax import models, packing, viz
 from fast_ast_jax.audio.fbank import num_frames
 from fast_ast_jax.audio.features import features
 from fast_ast_jax.bundle import Bundle
-from fast_ast_jax.models import AST, ElasticAST
+from fast_ast_jax.models import AST
 from fast_ast_jax.windows import elastic_row
 
 
@@ -37,7 +37,7 @@ def _source(bundle: Bundle, wave: np.ndarray, overrides: dict[str, Any]
             bundle.params, x[None])
         source = np.asarray(state["intermediates"]["source"][0][0])
         return x, source[:, model.num_prefix:], model.grid(), model
-    if isinstance(model, ElasticAST):
+    if models.is_packed(model):
         tokens, fe = elastic_row(model, bundle)  # the packed row, its hop and window
         n = num_frames(len(wave), window_size=fe.window_size, hop_size=fe.hop_size)
         x = features(wave, frontend=fe)[:max(min(n, fe.target_frames), model.patch_size)]

@@ -20,6 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
+from fast_ast_jax.models.ast import grid_shape
+
 
 def patchify(fbank: np.ndarray, *, patch_size: int = 16, fstride: int = 16,
              tstride: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -32,11 +34,8 @@ def patchify(fbank: np.ndarray, *, patch_size: int = 16, fstride: int = 16,
         positions: (f_dim * t_dim, 2) int32 (frequency index, time index).
     """
     frames, bins = fbank.shape
-    if frames < patch_size or bins < patch_size:
-        raise ValueError(f"a {frames}x{bins} spectrogram is smaller than one "
-                         f"{patch_size}x{patch_size} patch")
-    f_dim = (bins - patch_size) // fstride + 1
-    t_dim = (frames - patch_size) // tstride + 1
+    f_dim, t_dim = grid_shape(frames=frames, num_mel_bins=bins, patch_size=patch_size,
+                              fstride=fstride, tstride=tstride)
     spec = np.ascontiguousarray(np.asarray(fbank, np.float32).T)  # (F, T): height = freq
     sf, st = spec.strides
     windows = np.lib.stride_tricks.as_strided(

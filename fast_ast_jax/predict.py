@@ -42,7 +42,7 @@ from tqdm import tqdm
 from fast_ast_jax import checkpoints, cli, maps
 from fast_ast_jax.audio.io import AudioError, load_audio
 from fast_ast_jax.bundle import Bundle
-from fast_ast_jax.models import AST, ElasticAST
+from fast_ast_jax.models.ast import Encoder
 from fast_ast_jax.windows import ordered_map, scorer, windowed_scores
 
 AUDIO_EXTENSIONS = frozenset((".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a",
@@ -231,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  if v is not None}
     with cli.path_errors():
         bundle = checkpoints.load(args.checkpoint)
-    if (args.maps or overrides) and not isinstance(bundle.model, (AST, ElasticAST)):
+    if (args.maps or overrides) and not isinstance(bundle.model, Encoder):
         cli.fail(f"--maps / --tome_r / --keep_rate need an AST or ElasticAST; "
                  f"{args.checkpoint} holds a {type(bundle.model).__name__}")
     table = _Table(args.out, args.top_k) if args.out else None

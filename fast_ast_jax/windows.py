@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator
 import jax
 import numpy as np
 
-from fast_ast_jax import packing
+from fast_ast_jax import models, packing
 from fast_ast_jax.audio.fbank import fbank, num_frames
 from fast_ast_jax.audio.features import normalize
 from fast_ast_jax.audio.frontend import FrontEnd
@@ -85,7 +85,7 @@ def scorer(bundle: Bundle, *, batch_size: int = 8, **overrides: Any) -> Scorer:
     packed alone into one row at its own length (tokens of padding frames never enter)."""
     model = bundle.model.clone(**overrides) if overrides else bundle.model
     params = bundle.params
-    if not isinstance(model, ElasticAST):
+    if not models.is_packed(model):
         forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
         return Scorer(apply=lambda x, frames: forward(params, x), frontend=bundle.frontend,
                       multi_label=bundle.multi_label, batch_size=batch_size)

@@ -1,7 +1,6 @@
 """Data sources, the batching pipeline and augmentation."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -14,24 +13,10 @@ from fast_ast_jax.data import FolderSource, SyntheticSource, make_source
 from fast_ast_jax.data.pipeline import Augment, Pipeline
 from fast_ast_jax.data.synthetic import CLASSES
 
+from tests.helpers import write_folder
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FE = FrontEnd(num_mel_bins=32, target_frames=48)
-
-
-def write_folder(root: Path, rows: list[tuple[str, str, str]], *, sr: int = 8000,
-                 header=("filename", "label", "fold")) -> Path:
-    """Generated wavs (chirps of label-dependent pitch) and a CSV describing them."""
-    (root / "audio").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for name, label, _ in rows:
-        f0 = 300 + 200 * (abs(hash(label)) % 5)
-        t = np.arange(int(sr * rng.uniform(0.2, 0.4))) / sr
-        sf.write(root / "audio" / name, 0.5 * np.sin(2 * np.pi * f0 * t), sr)
-    with open(root / "meta.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return root / "meta.csv"
 
 
 def test_synthetic_is_deterministic_varied_and_balanced():

@@ -10,7 +10,7 @@ import pytest
 
 from fast_ast_jax import distill
 from fast_ast_jax.distill.__main__ import main as distill_main
-from fast_ast_jax.distill.dump import dump
+from fast_ast_jax.train.dump import dump
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import SyntheticSource, source_ids
 from fast_ast_jax.data.pipeline import Augment, Pipeline, teacher_probs
@@ -19,7 +19,7 @@ from fast_ast_jax.predict import predict
 from fast_ast_jax.checkpoints import load as load_checkpoint
 from fast_ast_jax.train import loop, task
 from fast_ast_jax.train.evaluation import evaluate_checkpoint
-from tests.test_train import folder_data, load_config, run_one_step, tiny
+from tests.helpers import folder_data, load_config, run_one_step, tiny
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -250,7 +250,7 @@ def test_bad_teacher_file_fails_before_training(kind, match, tmp_path, monkeypat
 def test_fsdd_table_script_overrides():
     import importlib.util
 
-    from tests.test_train import ROOT
+    from tests.helpers import ROOT
 
     spec = importlib.util.spec_from_file_location("fsdd_fastast_bench",
                                                   ROOT / "benchmarks" / "fsdd_fastast.py")

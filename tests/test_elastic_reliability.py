@@ -19,8 +19,7 @@ from fast_ast_jax.data import FolderSource
 from fast_ast_jax.data.packed import PackedPipeline, PackSpec
 from fast_ast_jax.train import loop
 from fast_ast_jax.train.validate import validate_config
-from tests.test_elastic_train import load_config
-from tests.test_reliability import bad_folder, sigint_at_batch
+from tests.helpers import bad_folder, load_config, sigint_at_batch
 
 
 pytestmark = pytest.mark.usefixtures("fast_compile")

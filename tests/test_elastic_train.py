@@ -1,7 +1,6 @@
 """Elastic training: packed native-length / variable-hop pipeline, one compiled program."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from fast_ast_jax import checkpoints
+from fast_ast_jax import checkpoints, models
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import SyntheticSource
 from fast_ast_jax.data.packed import PackedPipeline, PackSpec
@@ -19,18 +18,11 @@ from fast_ast_jax import sharding
 from fast_ast_jax.train import elastic, loop
 from fast_ast_jax.train.evaluation import evaluate_checkpoint
 from fast_ast_jax.train.forward import eval_forward
-from tests.test_data import write_folder
+from tests.helpers import load_config, write_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 FRONTEND = FrontEnd(num_mel_bins=32, target_frames=64)
 SPEC = PackSpec(rows=2, max_tokens=40, max_slots=8)
-
-
-def load_config(name: str, arg: str | None = None):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
 
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -136,7 +128,7 @@ def test_fsdd_elastic_config_on_generated_folder(tmp_path):
 def test_recipe_configs_build():
     for arg in ("resolution", "length"):
         c = load_config("audioset_elastic", arg)
-        model = elastic.build_elastic_model(c, num_classes=5, frontend=FrontEnd())
+        model = models.from_config(c, num_classes=5, frontend=FrontEnd())
         assert model.fstride == model.tstride == 16 and c.elastic.max_tokens == 2048
     res = load_config("audioset_elastic", "resolution").elastic
     assert res.hops_ms[0] == 10.0 and res.hops_ms[-1] == 40.0 and len(res.hops_ms) == 16

@@ -12,7 +12,7 @@ from fast_ast_jax.audio import features
 from fast_ast_jax.audio.fbank_jax import pad_waves
 from fast_ast_jax.train import loop
 from fast_ast_jax.checkpoints import load as load_checkpoint
-from tests.test_train import load_config
+from tests.helpers import load_config
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 

@@ -180,8 +180,7 @@ def test_wave_pipeline_and_device_batch_equal_host_features():
 def test_training_on_device_records_it_and_predicts(tmp_path):
     from fast_ast_jax.predict import predict
     from fast_ast_jax.train import loop
-    from tests.test_data import write_folder
-    from tests.test_train import load_config
+    from tests.helpers import load_config, write_folder
 
     c = load_config("test")
     c.num_steps = 2
@@ -223,7 +222,7 @@ def test_on_device_field_keeps_old_checkpoints_and_feature_caches(tmp_path):
 
 def test_packed_training_refuses_on_device(tmp_path):
     from fast_ast_jax.train import loop
-    from tests.test_train import load_config
+    from tests.helpers import load_config
 
     c = load_config("test_elastic")
     c.frontend.on_device = True

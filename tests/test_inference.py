@@ -22,7 +22,7 @@ from fast_ast_jax import checkpoints, distill
 from fast_ast_jax.audio.io import load_audio
 from fast_ast_jax.data import make_source, source_ids
 from fast_ast_jax.data.packed import PackedPipeline
-from fast_ast_jax.distill.dump import dump
+from fast_ast_jax.train.dump import dump
 from fast_ast_jax.models import AST, ElasticAST
 from fast_ast_jax.predict import main as predict_main
 from fast_ast_jax.predict import expand_inputs, predict_files
@@ -30,7 +30,7 @@ from fast_ast_jax.train import loop
 from fast_ast_jax.train.elastic import pack_spec
 from fast_ast_jax.train.forward import packed_forward
 from fast_ast_jax.train.evaluation import evaluate_checkpoint, write_split_maps
-from tests.test_train import load_config
+from tests.helpers import load_config
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,7 +217,7 @@ def test_elastic_checkpoint_predict_evaluate_dump_init(packed, padded, tmp_path,
 
 def test_old_elastic_metadata_is_read(packed, tmp_path):
     """Checkpoints written before the registry carry meta "model_kind" only."""
-    from fast_ast_jax.train.checkpoint import Checkpointer
+    from fast_ast_jax.checkpoints.store import Checkpointer
 
     bundle = checkpoints.load(packed)
     ckpt = Checkpointer(packed / "checkpoints", create=False)
@@ -297,7 +297,7 @@ def test_no_import_cycles_and_format_without_training_code():
     modules = ["fast_ast_jax.train.evaluation", "fast_ast_jax.train.loop",
                "fast_ast_jax.train.elastic", "fast_ast_jax.train.task",
                "fast_ast_jax.train.forward", "fast_ast_jax.checkpoints", "fast_ast_jax.predict",
-               "fast_ast_jax.distill.dump", "fast_ast_jax.maps", "fast_ast_jax.windows",
+               "fast_ast_jax.train.dump", "fast_ast_jax.maps", "fast_ast_jax.windows",
                "fast_ast_jax.export"]
     code = ("import importlib, sys\n"
             "for m in sys.argv[1:]:\n"

@@ -8,7 +8,7 @@ import pytest
 
 from fast_ast_jax.train import keep_rate
 from fast_ast_jax.train.config import recipe
-from tests.test_train import ROOT, load_config, tiny
+from tests.helpers import ROOT, load_config, tiny
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 

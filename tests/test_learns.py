@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.test_train import load_config
+from tests.helpers import load_config
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 

@@ -17,7 +17,7 @@ from fast_ast_jax.data.packed import PackedPipeline, PackSpec
 from fast_ast_jax.data.pipeline import Augment, Pipeline
 from fast_ast_jax.train import loop
 from fast_ast_jax.train.task import build_pipeline
-from tests.test_reliability import bad_folder, constant_lr
+from tests.helpers import bad_folder, constant_lr
 
 FE = FrontEnd(num_mel_bins=32, target_frames=48)
 

@@ -17,7 +17,7 @@ import pytest
 from fast_ast_jax import distill
 from fast_ast_jax.data import SyntheticSource, source_ids
 from fast_ast_jax.train import loop
-from tests.test_train import load_config
+from tests.helpers import load_config, packed_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ os.environ.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES
 from absl import logging
 logging.set_verbosity(logging.WARNING)
 from fast_ast_jax.train import loop
-from tests.test_train import load_config
+from tests.helpers import load_config
 
 def run(steps, workdir, evaluate=False):
     c = load_config("test")
@@ -77,7 +77,7 @@ result["preempted"] = run(8, out + "/preempted")
 Pipeline.iterate = iterate
 
 # Packed: each host packs its 2 of the 4 rows of every step; 1 step, then resumed for a 2nd.
-from tests.test_multiprocess import packed_config
+from tests.helpers import packed_config
 first = packed_config(out + "/teacher.npz")
 first.update(distributed=True, num_steps=1)
 first.data.eval = {}
@@ -94,16 +94,6 @@ result["packed"] = {"step": final["step"], "train_loss": final["train_loss"],
 with open(f"{out}/result_{pid}.json", "w") as f:
     json.dump(result, f)
 """
-
-
-def packed_config(teacher: str):
-    """configs/test_elastic.py with 4 rows per step, 2 steps, distillation and a 2-cell
-    evaluation table."""
-    c = load_config("test_elastic")
-    c.update(num_steps=2, log_every=1, checkpoint_every=2)
-    c.elastic.update(rows=4, eval_hops_ms=(10.0, 20.0), eval_max_frames=(64,))
-    c.distill.update(teacher_logits=teacher, lam=0.5, tau=2.0)
-    return c
 
 
 def write_teacher(path) -> None:

@@ -30,7 +30,7 @@ from fast_ast_jax.data.pipeline import Pipeline
 from fast_ast_jax.models.ast import create_ast
 from fast_ast_jax.predict import predict, predict_windows
 from fast_ast_jax.train import loop
-from fast_ast_jax.train.checkpoint import CheckpointError, CheckpointMismatchError
+from fast_ast_jax.checkpoints.store import CheckpointError, CheckpointMismatchError
 from fast_ast_jax.train.config import default_config
 from fast_ast_jax.checkpoints import load as load_checkpoint
 from fast_ast_jax.train.evaluation import evaluate_checkpoint
@@ -38,29 +38,14 @@ from fast_ast_jax.train.state import TrainState, make_optimizer
 from fast_ast_jax.train.step import train_step
 from fast_ast_jax.train.validate import validate_config
 from fast_ast_jax.windows import Scorer, window_starts, windowed_scores
-from tests.test_data import write_folder
-from tests.test_train import load_config
+from tests.helpers import (bad_folder, config, constant_lr, load_config, sigint_at_batch,
+                           write_folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 FE = FrontEnd(num_mel_bins=32, target_frames=48)
 
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
-
-
-def config(**top):
-    """configs/test.py (1-block AST, 32 synthetic clips, 4 steps/epoch), no eval."""
-    c = load_config("test")
-    c.data.eval = {}
-    c.update(log_every=1, **top)
-    return c
-
-
-def constant_lr(num_steps: int, **top):
-    """`config` with a constant lr, so runs of different lengths share their first steps."""
-    c = config(num_steps=num_steps, **top)
-    c.optim.schedule = "constant"
-    return c
 
 
 def jsonl(workdir: Path) -> list[dict]:
@@ -138,18 +123,6 @@ def test_nonfinite_batches_are_skipped_counted_then_stop(tmp_path, monkeypatch, 
 
 
 # --- 2. bad clips -----------------------------------------------------------------------------
-
-def bad_folder(root: Path, n: int = 12) -> tuple[Path, dict[int, str]]:
-    """n clips, four of them bad (zero bytes, text, NaN samples, cut header)."""
-    rows = [(f"{i}.wav", "abc"[i % 3], "1") for i in range(n)]
-    meta = write_folder(root, rows)
-    audio = root / "audio"
-    (audio / "1.wav").write_bytes(b"")
-    (audio / "4.wav").write_text("not audio\n" * 50)
-    sf.write(audio / "6.wav", np.full(800, np.nan, np.float32), 8000, subtype="FLOAT")
-    (audio / "9.wav").write_bytes((audio / "0.wav").read_bytes()[:30])
-    return meta, {1: "1.wav", 4: "4.wav", 6: "6.wav", 9: "9.wav"}
-
 
 def test_bad_clips_are_skipped_deterministically(tmp_path):
     meta, bad = bad_folder(tmp_path)
@@ -258,7 +231,7 @@ logging.set_verbosity(logging.WARNING)
 import jax
 jax.config.update("jax_disable_most_optimizations", True)
 from fast_ast_jax.train import loop
-from tests.test_reliability import constant_lr
+from tests.helpers import constant_lr
 loop.train_and_evaluate(constant_lr(1000, checkpoint_every=2), sys.argv[2])
 """
 
@@ -283,19 +256,6 @@ def test_killed_process_resumes(tmp_path):
                                        str(tmp_path / "straight"))
     assert resumed["step"] == target
     chex.assert_trees_all_equal(resumed["state"].params, straight["state"].params)
-
-
-def sigint_at_batch(monkeypatch, pipeline_class, k: int):
-    """Send this process SIGINT (Ctrl-C) while the k-th batch (0-based) is handed out."""
-    original = pipeline_class.iterate
-
-    def interrupted(self, **kw):
-        for i, item in enumerate(original(self, **kw)):
-            if i == k:
-                os.kill(os.getpid(), signal.SIGINT)
-            yield item
-
-    monkeypatch.setattr(pipeline_class, "iterate", interrupted)
 
 
 def test_ctrl_c_saves_and_stops(tmp_path, monkeypatch):

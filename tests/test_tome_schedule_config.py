@@ -90,7 +90,7 @@ def test_schedules_saved_as_lists_by_older_versions_load_as_they_meant():
     """Checkpoints of older versions stored a schedule as a JSON list: two values were
     ToMe's (r, inflection), any other count one r per block."""
     from fast_ast_jax.models.tome import parse_schedule
-    from fast_ast_jax.train.checkpoint import model_fields_from_meta
+    from fast_ast_jax.checkpoints.store import model_fields_from_meta
 
     ramp = model_fields_from_meta({"model": {"tome_r": [16, -1.0], "depth": 4}})["tome_r"]
     assert ramp == "ramp:16,-1.0"

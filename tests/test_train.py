@@ -16,59 +16,19 @@ import numpy as np
 import pytest
 
 from fast_ast_jax.audio.frontend import FrontEnd
-from fast_ast_jax.data import make_source
 from fast_ast_jax.data.pipeline import Pipeline
-from fast_ast_jax.train import loop, task
-from fast_ast_jax.train.checkpoint import Checkpointer
+from fast_ast_jax import models
+from fast_ast_jax.train import loop
+from fast_ast_jax.checkpoints.store import Checkpointer
 from fast_ast_jax.train.evaluation import evaluate_checkpoint, parse_sweep
 from fast_ast_jax.predict import predict
-from tests.test_data import write_folder
+from tests.helpers import (folder_data, load_config, run_one_step, sharded_configs, tiny,
+                           write_folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
-
-
-def load_config(name: str, arg: str | None = None):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
-
-
-def tiny(c, *, frames=64, bins=32):
-    """Shrink any config to a 1-step run of a 1-block AST."""
-    c.model.update(width=64, depth=1, num_heads=2, mlp_dim=128)
-    c.frontend.update(target_frames=frames, num_mel_bins=bins)
-    c.update(batch_size=4, num_steps=1, eval_batch_size=4, log_every=1, checkpoint_every=1)
-    return c
-
-
-def run_one_step(c, tmp_path, *, expect_map=False, reevaluate=False):
-    final = loop.train_and_evaluate(c, str(tmp_path / "work"))
-    assert final["step"] == 1 and np.isfinite(final["train_loss"])
-    # Accuracy is a count of correct clips over the eval set's clips.
-    correct = final["eval_accuracy"] * final["eval_num_clips"]
-    source = make_source(c.data.source, sample_rate=c.frontend.sample_rate,
-                         **c.data.eval.to_dict())
-    assert final["eval_num_clips"] + final["eval_bad_clips"] == len(source)
-    assert correct == pytest.approx(round(correct), abs=1e-6)
-    if expect_map:
-        assert "eval_mAP" in final
-    lines = [json.loads(s) for s in (tmp_path / "work" / "metrics.jsonl").read_text().splitlines()]
-    assert {"train/loss", "train/lr", "train/clips_per_s"} <= set(lines[0])
-    if reevaluate:  # evaluate.py on the checkpoint reproduces the end-of-training eval
-        rows = evaluate_checkpoint(tmp_path / "work", echo=None)
-        assert rows[0]["accuracy"] == pytest.approx(final["eval_accuracy"])
-    return final
-
-
-def folder_data(tmp_path, header, rows):
-    meta = write_folder(tmp_path / "data", rows, header=header)
-    return {"csv_path": str(meta), "audio_dir": str(tmp_path / "data" / "audio")}
 
 
 @pytest.mark.parametrize("name", ["test", "demo"])
@@ -245,7 +205,7 @@ SHARDED = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     from fast_ast_jax import sharding
     from fast_ast_jax.train import loop
-    from tests.test_train import sharded_configs
+    from tests.helpers import sharded_configs
     jax.config.update("jax_disable_most_optimizations", True)  # as in the parent test
     assert jax.device_count() == 8
     seen = {}
@@ -273,24 +233,6 @@ SHARDED = textwrap.dedent("""
     with open(sys.argv[2] + "/batches.json", "w") as f:
         json.dump(seen, f)
 """)
-
-
-def sharded_configs() -> dict:
-    """The runs of the 8-device test, also run on 1 device: padded (8 clips per step) with
-    replicated and with FSDP parameters, and packed (8 rows per step) with FSDP."""
-    runs = {}
-    for mode in ("replicate", "fsdp"):
-        c = load_config("test")
-        c.update(num_steps=2, param_sharding=mode, log_every=1)
-        c.data.eval = {}
-        runs[f"padded_{mode}"] = c
-    c = load_config("test_elastic")
-    c.update(num_steps=2, param_sharding="fsdp", log_every=1)
-    c.data.eval = {}
-    c.data.train.num_examples = 48
-    c.elastic.rows = 8
-    runs["packed_fsdp"] = c
-    return runs
 
 
 def test_sharded_training_matches_one_device(tmp_path):
@@ -376,7 +318,6 @@ def test_init_from_pretrained_hf_directory(tmp_path):
     c.optim.lr = 0.0  # the step leaves the loaded weights as they are
     c.data.eval = {}
     final = loop.train_and_evaluate(c, str(tmp_path / "w"))
-    model = task.build_model(c.model, num_classes=8, frontend=FrontEnd(
-        **c.frontend.to_dict()))
+    model = models.from_config(c, num_classes=8, frontend=FrontEnd(**c.frontend.to_dict()))
     expected = convert.load_into(model, tmp_path / "hf", seed=c.seed)
     chex.assert_trees_all_close(final["state"].params, expected, atol=1e-7)

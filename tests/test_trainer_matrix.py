@@ -17,8 +17,7 @@ from fast_ast_jax.data.packed import PackedPipeline
 from fast_ast_jax.predict import predict
 from fast_ast_jax.train import loop
 from fast_ast_jax.train.task import packed_task
-from tests.test_data import write_folder
-from tests.test_train import load_config
+from tests.helpers import load_config, write_folder
 
 pytestmark = pytest.mark.usefixtures("fast_compile", "persistent_compilation_cache")
 

@@ -11,8 +11,9 @@ higher layer runs back up (a lower part depending on a part built on it). A fold
 --walk follows `config` from `train.loop.train_and_evaluate`: depth first, in call
 order, into every package function that a call passes `config` (or `config.<field>`)
 to; it prints the functions met and counts the climbs (a function whose layer is above
-the previous function's) and the visits to model building (a function whose name says
-it builds a model, or anything in models/).
+the previous function's) and the visits to model building (BUILDERS). A call that cannot
+be resolved statically (a method of an object, e.g. the model registry's
+`kind.from_config(config, ...)`) is listed as models.<kind>.<name> and not followed.
 """
 from __future__ import annotations
 
@@ -141,8 +142,14 @@ def _resolve(func: ast.expr, local: dict[str, str], funcs) -> str | None:
     return q if q in funcs else None
 
 
+# functions that build a model (or a throwaway one to check a config)
+BUILDERS = ("build_model", "build_elastic_model", "create_ast", "create_cnn", "from_config",
+            "_check_model", "check_config")
+
+
 def walk(start: str = f"{PACKAGE}.train.loop.train_and_evaluate") -> list[str]:
     funcs = _functions()
+    model_functions = {q.rsplit(".", 1)[1] for q in funcs if f"{PACKAGE}.models." in q}
     seen, order = set(), []
 
     def visit(q):
@@ -160,6 +167,13 @@ def walk(start: str = f"{PACKAGE}.train.loop.train_and_evaluate") -> list[str]:
         for call in calls:
             if _passes_config(call, names):
                 target = _resolve(call.func, local, funcs)
+                if target is None and isinstance(call.func, ast.Attribute) and \
+                        call.func.attr in model_functions:
+                    # a call through the model registry (kind.check, entry.from_config):
+                    # a visit to models/, counted once per call site
+                    target = f"{PACKAGE}.models.<kind>.{call.func.attr}"
+                    order.append(target)
+                    continue
                 if target:
                     visit(target)
 
@@ -182,11 +196,9 @@ def main(argv=None) -> None:
           + (": " + ", ".join(f"{a} -> {b}" for a, b in up) if up else ""))
     if args.walk:
         order = walk()
-        layer = lambda q: LAYERS[unit(q.rsplit(".", 1)[0])]
+        layer = lambda q: LAYERS[unit(q.split(".<")[0] if ".<" in q else q.rsplit(".", 1)[0])]
         climbs = sum(layer(b) > layer(a) for a, b in zip(order, order[1:]))
-        builds = sum(".models." in q or "model" in q.rsplit(".", 1)[1] and "build" in q
-                     or q.rsplit(".", 1)[1] in ("create_ast", "create_cnn")
-                     for q in order)
+        builds = sum(q.rsplit(".", 1)[1] in BUILDERS for q in order)
         for q in order:
             print(f"  {layer(q)} {q.removeprefix(PACKAGE + '.')}")
         print(f"walk of config: {len(order)} functions, {climbs} climbs back up, "

@@ -51,8 +51,10 @@ from fast_ast_jax.audio.fbank import fbank, num_frames
 from fast_ast_jax.audio.features import normalize
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.audio.io import AudioError
+from fast_ast_jax.data.core import BadClips, host_share, save_cache
 from fast_ast_jax.data.loader import Loadable
-from fast_ast_jax.data.pipeline import BAD_CLIP_POLICIES, Augment, target, teacher_rows
+from fast_ast_jax.data.pipeline import Augment, target, teacher_rows
+from fast_ast_jax.models.ast import grid_shape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,9 +115,7 @@ class PackedPipeline(Loadable):
                  process_count: int | None = None, teacher=None, teacher_tau: float = 1.0,
                  teacher_multilabel: bool = False, on_bad_clip: str = "skip",
                  worker_count: int = 0):
-        if on_bad_clip not in BAD_CLIP_POLICIES:
-            raise ValueError(f"config.data.on_bad_clip={on_bad_clip!r}: use one of "
-                             f"{BAD_CLIP_POLICIES}")
+        self.bad_clips = BadClips(on_bad_clip)
         if source.sample_rate != frontend.sample_rate:
             raise ValueError(f"source audio is at {source.sample_rate} Hz but the front-end "
                              f"expects {frontend.sample_rate} Hz")
@@ -127,22 +127,15 @@ class PackedPipeline(Loadable):
         if max_frames < spec.patch_size:
             raise ValueError(f"max_frames={max_frames} is shorter than one patch "
                              f"({spec.patch_size} frames)")
-        if process_index is None or process_count is None:
-            import jax
-
-            process_index, process_count = jax.process_index(), jax.process_count()
-        if spec.rows % process_count:
-            raise ValueError(f"config.elastic.rows={spec.rows} (or the eval rows, "
-                             f"config.eval_batch_size) must be a multiple of the number of "
-                             f"hosts ({process_count}): each host packs rows of its own")
+        self.process_index, self.local_rows = host_share(
+            spec.rows, what="config.elastic.rows" if train else
+            "the eval rows (config.eval_batch_size, 0 = config.elastic.rows)",
+            process_index=process_index, process_count=process_count)
         self.source, self.frontend, self.spec, self.train = source, frontend, spec, train
         self.hops_ms = tuple(float(h) for h in hops_ms)
         self.max_frames, self.token_dropout, self.seed = max_frames, token_dropout, seed
         self.augment, self.on_bad_clip = augment, on_bad_clip
         self.worker_count = worker_count
-        self.local_rows = spec.rows // process_count
-        self.process_index = process_index
-        self.bad_clips: dict[int, str] = {}
         self.num_classes = len(source.labels)
         self._teacher = None if teacher is None else teacher_rows(
             teacher, source, tau=teacher_tau, multilabel=teacher_multilabel)
@@ -200,13 +193,6 @@ class PackedPipeline(Loadable):
                 self._frames[key] = max(min(n, self.max_frames), self.spec.patch_size)
         return self._frames[key]
 
-    def _bad(self, index: int, error: AudioError) -> None:
-        """Record a bad clip under "skip"; raise naming it under "fail"."""
-        if self.on_bad_clip == "fail":
-            raise AudioError(f"{error} [example {index}; config.data.on_bad_clip='skip' "
-                             "skips bad clips]") from error
-        self.bad_clips[index] = str(error)
-
     def _fill_cache(self, cache_dir: Path, cache_key: str, hop: float) -> None:
         """Every clip's fbank at `hop`, from (or else into) an .npz in cache_dir."""
         key = json.dumps([cache_key, self.frontend.to_json(), hop, self.max_frames,
@@ -218,7 +204,7 @@ class PackedPipeline(Loadable):
                 feats, offsets, ys = f["feats"], f["offsets"], f["y"]
                 bad = dict(zip(f["bad"].tolist(), f["reasons"].tolist()))
             for i, reason in bad.items():
-                self._bad(int(i), AudioError(str(reason)))
+                self.bad_clips.record(int(i), AudioError(str(reason)))
             for i in range(n):
                 if i not in bad:
                     self._cache[(i, hop)] = (feats[offsets[i]:offsets[i + 1]], ys[i])
@@ -230,16 +216,13 @@ class PackedPipeline(Loadable):
             try:
                 clips.append(self.clip(i, hop))
             except AudioError as e:
-                self._bad(i, e)
+                self.bad_clips.record(i, e)
                 bad[i] = str(e)
                 clips.append(empty)
         offsets = np.cumsum([0] + [len(x) for x, _ in clips])
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # hosts may write it at once
-        np.savez(tmp, feats=np.concatenate([x for x, _ in clips]), offsets=offsets,
-                 y=np.stack([y for _, y in clips]), bad=np.asarray(sorted(bad), np.int64),
-                 reasons=np.asarray([bad[i] for i in sorted(bad)], dtype=str))
-        os.replace(tmp, path)
+        save_cache(path, feats=np.concatenate([x for x, _ in clips]), offsets=offsets,
+                   y=np.stack([y for _, y in clips]), bad=np.asarray(sorted(bad), np.int64),
+                   reasons=np.asarray([bad[i] for i in sorted(bad)], dtype=str))
 
     def _num_tokens(self, index: int, hop: float) -> int | None:
         """Tokens of the clip at `hop` (after token dropout); None for a skipped bad clip."""
@@ -248,10 +231,11 @@ class PackedPipeline(Loadable):
         try:
             frames = self.num_frames(index, hop)
         except AudioError as e:
-            self._bad(index, e)
+            self.bad_clips.record(index, e)
             return None
-        f_dim = (self.frontend.num_mel_bins - self.spec.patch_size) // self.spec.fstride + 1
-        t_dim = (frames - self.spec.patch_size) // self.spec.tstride + 1
+        f_dim, t_dim = grid_shape(frames=frames, num_mel_bins=self.frontend.num_mel_bins,
+                                  patch_size=self.spec.patch_size, fstride=self.spec.fstride,
+                                  tstride=self.spec.tstride)
         n = f_dim * t_dim
         return max(1, int(n * (1.0 - self.token_dropout))) if self.train else n
 
@@ -277,9 +261,7 @@ class PackedPipeline(Loadable):
                 raise AudioError(f"all {n} clips of the source are bad, e.g. "
                                  f"{next(iter(self.bad_clips.values()))}")
             if len(self.bad_clips) > known_bad:
-                tqdm.write(f"{len(self.bad_clips)} of {n} {'train' if self.train else 'eval'} "
-                           f"clips are bad and skipped, e.g. "
-                           f"{next(iter(self.bad_clips.values()))}")
+                self.bad_clips.report(total=n, train=self.train)
             rows = self.spec.rows
             streams = []
             for r in range(rows):

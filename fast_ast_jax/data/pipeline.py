@@ -55,9 +55,8 @@ from fast_ast_jax.audio.features import features
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.audio.io import AudioError
 from fast_ast_jax.data import source_ids
+from fast_ast_jax.data.core import BadClips, host_share, save_cache
 from fast_ast_jax.data.loader import Loadable
-
-BAD_CLIP_POLICIES = ("skip", "fail")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,16 +165,10 @@ class Pipeline(Loadable):
                  process_count: int | None = None, teacher=None,
                  teacher_tau: float = 1.0, teacher_multilabel: bool = False,
                  on_bad_clip: str = "skip", waves: bool = False, worker_count: int = 0):
-        if on_bad_clip not in BAD_CLIP_POLICIES:
-            raise ValueError(f"config.data.on_bad_clip={on_bad_clip!r}: use one of "
-                             f"{BAD_CLIP_POLICIES}")
-        if process_index is None or process_count is None:
-            import jax
-
-            process_index, process_count = jax.process_index(), jax.process_count()
-        if batch_size % process_count:
-            raise ValueError(f"batch_size={batch_size} must be divisible by the number of "
-                             f"hosts ({process_count})")
+        self.bad_clips = BadClips(on_bad_clip)
+        self.process_index, self.local_batch = host_share(
+            batch_size, what="batch_size", process_index=process_index,
+            process_count=process_count)
         if train and len(source) < batch_size:
             raise ValueError(f"training set of {len(source)} examples is smaller than one "
                              f"batch ({batch_size}); lower config.batch_size")
@@ -189,14 +182,12 @@ class Pipeline(Loadable):
         self.source, self.frontend, self.train, self.seed = source, frontend, train, seed
         self.waves, self.worker_count = waves, worker_count
         self.augment = augment
-        self.batch_size, self.local_batch = batch_size, batch_size // process_count
-        self.process_index = process_index
+        self.batch_size = batch_size
         self.num_classes = len(source.labels)
         # row i = teacher predictions (C,) of example i
         self._teacher = None if teacher is None else teacher_rows(
             teacher, source, tau=teacher_tau, multilabel=teacher_multilabel)
         self.on_bad_clip = on_bad_clip
-        self.bad_clips: dict[int, str] = {}
         # index -> (features, target), or None for a bad clip.
         self._cache: dict[int, tuple[np.ndarray, np.ndarray] | None] | None = (
             {} if cache else None)
@@ -220,11 +211,8 @@ class Pipeline(Loadable):
         try:
             return self._compute(index)
         except AudioError as e:
-            if self.on_bad_clip == "fail":
-                raise AudioError(f"{e} [example {index}; config.data.on_bad_clip='skip' "
-                                 "skips bad clips]") from e
             if index not in self.bad_clips:
-                self.bad_clips[index] = str(e)
+                self.bad_clips.record(index, e)
                 tqdm.write(f"warning: skipping bad clip {index}: {e}")
             return None
 
@@ -264,35 +252,26 @@ class Pipeline(Loadable):
                         raise AudioError(f"{path} records {len(bad)} bad clip(s), e.g. "
                                          f"{reasons[0]}; config.data.on_bad_clip='skip' "
                                          "skips them")
-                    self.bad_clips = {int(i): str(r) for i, r in zip(bad, reasons)}
+                    self.bad_clips.update({int(i): str(r) for i, r in zip(bad, reasons)})
                     self._cache = {i: (xs[i], ys[i]) for i in range(len(xs))}
                     self._cache.update({i: None for i in self.bad_clips})
-                    self._report_bad()
+                    self.bad_clips.report(total=len(self.source), train=self.train)
                     return
         desc = (f"{'waveforms' if self.waves else 'features'} "
                 f"({'train' if self.train else 'eval'})")
         for i in tqdm(range(len(self.source)), desc=desc, leave=False):
             self.example(i)
-        self._report_bad()
+        self.bad_clips.report(total=len(self.source), train=self.train)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npz")
             shape = (self.frontend.target_frames, self.frontend.num_mel_bins)
             cached = [self._cache[i] or (np.zeros(shape, np.float32),
                                          np.zeros(self.num_classes, np.float32))
                       for i in range(len(self.source))]
-            np.savez(tmp, x=np.stack([x for x, _ in cached]), y=np.stack([y for _, y in cached]),
-                     bad=np.asarray(sorted(self.bad_clips), np.int64),
-                     reasons=np.asarray([self.bad_clips[i] for i in sorted(self.bad_clips)],
-                                        dtype=str))
-            os.replace(tmp, path)
-
-    def _report_bad(self) -> None:
-        if self.bad_clips:
-            first = next(iter(self.bad_clips.values()))
-            tqdm.write(f"{len(self.bad_clips)} of {len(self.source)} "
-                       f"{'train' if self.train else 'eval'} clips are bad and skipped, "
-                       f"e.g. {first}")
+            save_cache(path, x=np.stack([x for x, _ in cached]),
+                       y=np.stack([y for _, y in cached]),
+                       bad=np.asarray(sorted(self.bad_clips), np.int64),
+                       reasons=np.asarray([self.bad_clips[i] for i in sorted(self.bad_clips)],
+                                          dtype=str))
 
     # -- batches ----------------------------------------------------------------------------
 

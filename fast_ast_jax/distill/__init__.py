@@ -16,8 +16,8 @@ Top-k files keep only the K largest logits per clip (AudioSet has 527 classes); 
 are read as `fill_value` (default -1000: probability 0 under sigmoid and softmax, yet finite
 so KL terms stay 0 * finite, never NaN).
 
-This package reads and writes the format and imports no training code; `dump`
-(fast_ast_jax.distill.dump) runs a checkpoint over a data split, and the command line
+This package reads and writes the format and imports no training code (training reads
+it); `dump` (fast_ast_jax.train.dump) runs a checkpoint over a data split, and the command line
 (fast_ast_jax/distill/__main__.py) is a thin layer over `dump`, `ensemble` and `summary`:
     python -m fast_ast_jax.distill dump --checkpoint WORKDIR [--config FILE[:ARG]] \
         [--split train] --out teacher.npz [--top_k K]

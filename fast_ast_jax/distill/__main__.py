@@ -6,7 +6,7 @@ from typing import Sequence
 
 from fast_ast_jax import cli
 from fast_ast_jax.distill import ensemble, load, summary
-from fast_ast_jax.distill.dump import dump
+from fast_ast_jax.train.dump import dump
 
 
 def main(argv: Sequence[str] | None = None) -> None:

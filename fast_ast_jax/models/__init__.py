@@ -1,42 +1,107 @@
 """Models: AST (with token merging and pruning), the packed ElasticAST, and teachers.
 
-The registry below is the one place that names model kinds: config.model.name and the
-checkpoint metadata ("model_class") use these names.
+`KINDS` is the one place that names model kinds and says what differs between them:
+config.model.name and the checkpoint metadata ("model_class") use its names; a model is
+built from a config (`from_config`) or from a checkpoint's stored fields (`from_fields`)
+through it; whether a model reads padded clips or packed rows is its entry's `packed`,
+asked through `is_packed` and nowhere else. A new model kind is one module (a Flax module
+and its `from_config`) and one entry here.
 """
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fast_ast_jax.models import ast, cnn, elastic
 from fast_ast_jax.models.ast import AST, SIZES, create_ast, grid_shape, model_fields
 from fast_ast_jax.models.cnn import CNNTeacher, create_cnn
 from fast_ast_jax.models.elastic import ElasticAST
 
-# config.model.name / checkpoint meta "model_class" -> module class.
-MODEL_CLASSES: dict[str, type[nn.Module]] = {"ast": AST, "cnn": CNNTeacher,
-                                             "elastic": ElasticAST}
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """One model kind.
+
+    cls: the Flax module; a checkpoint's stored fields rebuild it as cls(**fields).
+    from_config: (config, *, num_classes, frontend: audio.FrontEnd) -> model.
+    packed: the model reads packed rows (data.packed; config.elastic holds their shape),
+        else padded clips (x (B, frames, bins); data.pipeline).
+    check_config: (config, frontend) -> None, raising ValueError("config.<field>=<value>: ...")
+        for a field of this kind that cannot work; no model is built. None: nothing to check.
+    from_ast: (model, ast_params, *, ast: AST, init) -> params: how an AST's weights (an
+        AST checkpoint, or HF / .pth / timm weights through `ast.ast_twin`) initialise this
+        kind (config.init_from); None: only from a checkpoint of the same kind.
+    """
+
+    cls: type[nn.Module]
+    from_config: Callable[..., nn.Module]
+    packed: bool = False
+    check_config: Callable[[Any, Any], None] | None = None
+    from_ast: Callable[..., dict] | None = None
+
+
+def _ast_as_is(model, ast_params, *, ast, init):
+    return ast_params
+
+
+def _elastic_from_ast(model, ast_params, *, ast, init):
+    return elastic.params_from_ast(model, ast_params, ast_grid=ast.grid(),
+                                   num_prefix=ast.num_prefix, init=init)
+
+
+KINDS: dict[str, Kind] = {
+    "ast": Kind(AST, ast.from_config, check_config=ast.check_config, from_ast=_ast_as_is),
+    "elastic": Kind(ElasticAST, elastic.from_config, packed=True, check_config=elastic.check_config,
+                    from_ast=_elastic_from_ast),
+    "cnn": Kind(CNNTeacher, cnn.from_config),
+}
+
+
+def config_name(config) -> str:
+    """The model kind a training config names: config.model.name. Configs written before
+    "elastic" was a name (and checkpoints that store them) chose ElasticAST by a
+    `config.elastic` block with the default name "ast"; such a config names "elastic"."""
+    name = config.model.get("name", "ast")
+    return "elastic" if name == "ast" and "elastic" in config else name
+
+
+def kind(name: str) -> Kind:
+    if name not in KINDS:
+        raise ValueError(f"config.model.name={name!r}: use one of {sorted(KINDS)}")
+    return KINDS[name]
 
 
 def model_name(model: nn.Module) -> str:
-    """The registry name of a model instance ("ast", "cnn" or "elastic")."""
-    for name, cls in MODEL_CLASSES.items():
-        if type(model) is cls:
+    """The registry name of a model instance ("ast", "cnn", "elastic", ...)."""
+    for name, entry in KINDS.items():
+        if type(model) is entry.cls:
             return name
-    raise TypeError(f"{type(model).__name__} is not one of {sorted(MODEL_CLASSES)}")
+    raise TypeError(f"{type(model).__name__} is not one of {sorted(KINDS)}")
 
 
-def model_from_fields(name: str, fields: dict[str, Any]) -> nn.Module:
+def is_packed(model: nn.Module) -> bool:
+    """Whether `model` reads packed rows (else padded clips): the one padded/packed switch."""
+    return KINDS[model_name(model)].packed
+
+
+def from_config(config, *, num_classes: int, frontend) -> nn.Module:
+    """The model of a training config (`config_name`), for `num_classes` and the input of
+    `frontend` (audio.FrontEnd)."""
+    return kind(config_name(config)).from_config(config, num_classes=num_classes,
+                                                 frontend=frontend)
+
+
+def from_fields(name: str, fields: dict[str, Any]) -> nn.Module:
     """Rebuild a model from its registry name and constructor fields (checkpoint meta)."""
-    if name not in MODEL_CLASSES:
-        raise ValueError(f"unknown model class {name!r}; choose one of {sorted(MODEL_CLASSES)}")
-    if name == "cnn":
-        return create_cnn(**fields)
+    if name not in KINDS:
+        raise ValueError(f"unknown model class {name!r}; choose one of {sorted(KINDS)}")
     fields = dict(fields)
     if isinstance(fields.get("dtype"), str):
         fields["dtype"] = jnp.dtype(fields["dtype"])
-    return MODEL_CLASSES[name](**fields)
+    return KINDS[name].cls(**fields)
 
 
 def name_from_meta(meta: dict[str, Any]) -> str:
@@ -45,6 +110,6 @@ def name_from_meta(meta: dict[str, Any]) -> str:
     return meta.get("model_class") or meta.get("model_kind") or "ast"
 
 
-__all__ = ["AST", "CNNTeacher", "ElasticAST", "MODEL_CLASSES", "SIZES", "create_ast",
-           "create_cnn", "grid_shape", "model_fields", "model_from_fields", "model_name",
-           "name_from_meta"]
+__all__ = ["AST", "CNNTeacher", "ElasticAST", "KINDS", "Kind", "SIZES", "config_name",
+           "create_ast", "create_cnn", "from_config", "from_fields", "grid_shape", "is_packed",
+           "kind", "model_fields", "model_name", "name_from_meta"]

@@ -14,6 +14,7 @@ Parameter tree (what `fast_ast_jax.convert` fills):
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
@@ -117,7 +118,38 @@ class _ReductionState:
         self.kept = None
 
 
-class AST(nn.Module):
+class Encoder(nn.Module):
+    """The fields that AST and the packed ElasticAST share, defined once with their
+    defaults (both subclass it; `ast_twin` turns either into the padded AST with the same
+    weights' shapes). Their meaning: see `AST`."""
+
+    num_classes: int = 527
+    width: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    patch_size: int = 16
+    fstride: int = 10
+    tstride: int = 10
+    num_mel_bins: int = 128
+    frames: int = 1024
+    dist_token: bool = True
+    ln_eps: float = 1e-6
+    head_ln_eps: float = 1e-5
+    dropout: float = 0.0
+    dtype: Any = jnp.float32
+    tome_r: int | str = 0
+    tome_prop_attn: bool = True
+    prune_keep_rate: float = 1.0
+    prune_layers: tuple = (3, 6, 9)
+    trace_source: bool = False
+
+    @property
+    def num_prefix(self) -> int:
+        return 2 if self.dist_token else 1
+
+
+class AST(Encoder):
     """AST classifier. Input: (B, frames, mel) normalised fbank (HF `input_values`).
 
     Attributes:
@@ -155,32 +187,8 @@ class AST(nn.Module):
     `trace_source`, `source` (B, T_final, T0) including the class-token columns.
     """
 
-    num_classes: int = 527
-    width: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_dim: int = 3072
-    patch_size: int = 16
-    fstride: int = 10
-    tstride: int = 10
-    num_mel_bins: int = 128
-    frames: int = 1024
-    dist_token: bool = True
-    ln_eps: float = 1e-6
-    head_ln_eps: float = 1e-5
-    dropout: float = 0.0
-    dtype: Any = jnp.float32
-    tome_r: int | str = 0
-    tome_prop_attn: bool = True
-    prune_keep_rate: float = 1.0
-    prune_layers: tuple = (3, 6, 9)
     prune_fuse: bool = False
     prune_score: str = "cls"
-    trace_source: bool = False
-
-    @property
-    def num_prefix(self) -> int:
-        return 2 if self.dist_token else 1
 
     def grid(self, frames: int | None = None) -> tuple[int, int]:
         return grid_shape(frames=self.frames if frames is None else frames,
@@ -380,7 +388,9 @@ def model_overrides(model_config) -> dict[str, Any]:
     is an error. The one reader of config.model for every trainer and the validator.
     """
     m = dict(model_config.items())
-    out = {k: v for k, v in m.items() if k not in _NOT_FIELDS and v is not None}
+    # sub-blocks (config.model.cnn, ...) hold the fields of other model kinds
+    out = {k: v for k, v in m.items()
+           if k not in _NOT_FIELDS and v is not None and not hasattr(v, "items")}
     schedule = m.get("tome_schedule") or ""
     if schedule:
         if m.get("tome_r"):
@@ -401,15 +411,77 @@ def model_fields(model: nn.Module) -> dict[str, Any]:
     return out
 
 
-def create_ast(size: str = "base", **overrides) -> AST:
-    """AST of a named size ("tiny", "small", "base") with field overrides."""
+def field_names(cls: type[nn.Module]) -> set[str]:
+    """The constructor fields of a model class."""
+    return {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+
+
+def create_ast(size: str = "base", *, cls: type[Encoder] | None = None, **overrides
+               ) -> Encoder:
+    """AST (or another `Encoder`, e.g. ElasticAST) of a named size ("tiny", "small",
+    "base") with field overrides."""
+    cls = cls or AST
     if size not in SIZES:
         raise ValueError(f"unknown AST size {size!r}; choose one of {sorted(SIZES)}")
     fields = {**SIZES[size], **overrides}
     if isinstance(fields.get("dtype"), str):
         fields["dtype"] = jnp.dtype(fields["dtype"])
-    known = {f.name for f in dataclasses.fields(AST)} - {"parent", "name"}
+    known = field_names(cls)
     unknown = sorted(set(fields) - known)
     if unknown:
-        raise ValueError(f"unknown AST field(s) {unknown}; known fields: {sorted(known)}")
-    return AST(**fields)
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known fields: "
+                         f"{sorted(known)}")
+    return cls(**fields)
+
+
+def from_config(config, *, num_classes: int, frontend) -> AST:
+    """config.model.name "ast": sized by config.model (set fields over the size's), for
+    the front-end's input (frontend.target_frames x num_mel_bins)."""
+    return create_ast(config.model.size, num_classes=num_classes,
+                      num_mel_bins=frontend.num_mel_bins, frames=frontend.target_frames,
+                      **model_overrides(config.model))
+
+
+def ast_twin(model: Encoder) -> AST:
+    """The padded AST with `model`'s shared fields (`Encoder`), whose weights an
+    ElasticAST converts from (`elastic.params_from_ast`); an AST's twin is itself."""
+    if isinstance(model, AST):
+        return model
+    return AST(**{k: getattr(model, k) for k in field_names(Encoder)} | {"trace_source": False})
+
+
+def require(config, ok: bool, field: str, rule: str) -> None:
+    """Raise ValueError("config.<field>=<value>: <rule>") unless `ok`: the one form of a
+    config error (train.validate and the model kinds' `check_config`)."""
+    if not ok:
+        value = config
+        for part in field.split("."):
+            value = value[part]
+        raise ValueError(f"config.{field}={value!r}: {rule}")
+
+
+def check_config(config, frontend) -> None:
+    """config.model of an AST (or the AST an ElasticAST shares fields with): the token plan
+    (strides, heads, ToMe r, TopK layers) for the front-end's input; warns when ToMe's r
+    is clamped in the first block."""
+    try:
+        fields = model_overrides(config.model)
+        model = create_ast(config.model.size, num_classes=2,
+                           num_mel_bins=frontend.num_mel_bins, frames=frontend.target_frames,
+                           **fields)
+        if model.width % model.num_heads:
+            raise ValueError(f"config.model.width={model.width} is not divisible by "
+                             f"num_heads={model.num_heads}")
+        plan = model.token_plan()
+    except ValueError as e:
+        msg = str(e)
+        raise ValueError(msg if msg.startswith("config.") else f"config.model: {msg}") from None
+    f_dim, t_dim = model.grid()
+    most = (f_dim * t_dim) // 2
+    first = model.r_schedule()[0] if plan else 0
+    if first > most:  # ToMe clamps r per block (reference semantics): legal, but suspicious
+        field = "tome_schedule" if config.model.get("tome_schedule") else "tome_r"
+        warnings.warn(f"config.model.{field}={fields['tome_r']!r}: the first block can "
+                      f"merge at most {most} of its {f_dim * t_dim} patch tokens "
+                      f"(frames={frontend.target_frames}, fstride={model.fstride}, "
+                      f"tstride={model.tstride}); r is clamped to that", stacklevel=3)

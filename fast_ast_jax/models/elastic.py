@@ -31,7 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fast_ast_jax.models import packed_reduce, posemb
-from fast_ast_jax.models.ast import Block, grid_shape, reduction_schedule
+from fast_ast_jax.models import ast
+from fast_ast_jax.models.ast import (Block, Encoder, create_ast, field_names, grid_shape,
+                                     model_overrides, reduction_schedule, require)
 from fast_ast_jax.models.attention import dot_product_attention
 from fast_ast_jax.models.tome import merge_source, merge_wavg
 
@@ -135,12 +137,13 @@ def masked_mean_pool(x, *, segment_ids, num_slots: int, size=None):
     return total / jnp.maximum(onehot.sum(axis=1), 1e-6)[..., None]
 
 
-class ElasticAST(nn.Module):
+class ElasticAST(Encoder):
     """AST on packed rows (see the module docstring for inputs, outputs and parameters).
 
     Attributes:
         num_classes, width, depth, num_heads, mlp_dim, patch_size, fstride, tstride,
-        num_mel_bins, frames, dist_token, ln_eps, head_ln_eps, dropout, dtype: as in `AST`;
+        num_mel_bins, frames, dist_token, ln_eps, head_ln_eps, dropout, dtype: as in `AST`
+            (`ast.Encoder`, the one definition of both models' shared fields);
             `frames` sizes the time position table (64 time patches for 1024 frames at
             stride 16); `dist_token` only sets the prefix length of an AST `pos_embed`.
         pos_embedding: "factorised" (ElasticAST: pos_embed_freq[f] + pos_embed_time[t]) or
@@ -155,28 +158,8 @@ class ElasticAST(nn.Module):
         trace_source: also return the (R, T_final, L) 0/1 map of original tokens per token.
     """
 
-    num_classes: int = 527
-    width: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_dim: int = 3072
-    patch_size: int = 16
-    fstride: int = 16
-    tstride: int = 16
-    num_mel_bins: int = 128
-    frames: int = 1024
-    dist_token: bool = True
     pos_embedding: str = "factorised"
     pool: str = "attn"
-    tome_r: Any = 0
-    tome_prop_attn: bool = True
-    prune_keep_rate: float = 1.0
-    prune_layers: tuple = (3, 6, 9)
-    trace_source: bool = False
-    ln_eps: float = 1e-6
-    head_ln_eps: float = 1e-5
-    dropout: float = 0.0
-    dtype: Any = jnp.float32
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -184,10 +167,6 @@ class ElasticAST(nn.Module):
         return grid_shape(frames=self.frames, num_mel_bins=self.num_mel_bins,
                           patch_size=self.patch_size, fstride=self.fstride,
                           tstride=self.tstride)
-
-    @property
-    def num_prefix(self) -> int:
-        return 2 if self.dist_token else 1
 
     def schedules(self) -> tuple[list[int], list[float]]:
         """Per-block ToMe r (before the row clamp) and TopK keep rate, validated
@@ -281,6 +260,55 @@ class ElasticAST(nn.Module):
         if self.trace_source:
             return logits, valid, state.source
         return logits, valid
+
+
+def from_config(config, *, num_classes: int, frontend) -> ElasticAST:
+    """config.model.name "elastic": sized by config.model as an AST (the fields it shares
+    with AST), pos_embedding and pool from config.elastic; its time table covers the
+    longest clip (elastic.max_frames and every eval_max_frames)."""
+    e = config.elastic
+    fields = {k: v for k, v in model_overrides(config.model).items()
+              if k in field_names(ElasticAST)}
+    return create_ast(config.model.size, cls=ElasticAST, num_classes=num_classes,
+                      num_mel_bins=frontend.num_mel_bins,
+                      frames=max(int(e.max_frames), max(int(f) for f in e.eval_max_frames)),
+                      pos_embedding=e.pos_embedding, pool=e.pool, **fields)
+
+
+def check_config(config, frontend) -> None:
+    """The packed model's fields (config.model as an AST, config.elastic): shapes, hops,
+    and that the longest clip fits a row."""
+    ast.check_config(config, frontend)
+    e, m = config.elastic, config.model
+    need = lambda ok, field, rule: require(config, ok, field, rule)
+    need(not m.prune_fuse, "model.prune_fuse", "is not supported with packing (a fused "
+         "token per sample has no static place in a row)")
+    # data.packed.PackedPipeline refuses mixup too (it is built without a config): this
+    # check gives the config's one-line error before any data is read.
+    need(config.augment.mixup == 0, "augment.mixup",
+         "must be 0 with packing (clips of different lengths and hops cannot be mixed)")
+    for name in ("rows", "max_tokens", "max_slots"):
+        need(e[name] >= 1, f"elastic.{name}", "must be >= 1")
+    need(0 <= e.token_dropout < 1, "elastic.token_dropout", "must lie in [0, 1)")
+    need(e.pos_embedding in POS_EMBEDDINGS, "elastic.pos_embedding",
+         "use 'factorised' or 'ast'")
+    need(e.pool in POOLS, "elastic.pool", "use 'attn' or 'mean'")
+    for name in ("hops_ms", "eval_hops_ms"):
+        need(len(e[name]) > 0 and all(h > 0 for h in e[name]), f"elastic.{name}",
+             "give one or more frame shifts > 0 ms")
+    need(len(e.eval_max_frames) > 0, "elastic.eval_max_frames", "give one or more caps")
+    patch = ElasticAST.patch_size
+    for name, caps, keep in (("max_frames", [e.max_frames], 1.0 - e.token_dropout),
+                             ("eval_max_frames", list(e.eval_max_frames), 1.0)):
+        for frames in caps:
+            need(frames >= patch, f"elastic.{name}", f"every cap must be >= {patch} frames "
+                 "(one patch)")
+            f_dim, t_dim = grid_shape(frames=frames, num_mel_bins=frontend.num_mel_bins,
+                                      patch_size=patch, fstride=m.fstride, tstride=m.tstride)
+            tokens = max(1, int(f_dim * t_dim * keep))
+            need(tokens <= e.max_tokens, f"elastic.{name}",
+                 f"a {frames}-frame clip is {tokens} tokens, more than a row holds "
+                 f"(elastic.max_tokens={e.max_tokens}); raise max_tokens or lower the cap")
 
 
 def check_positions(model: ElasticAST, positions: np.ndarray) -> None:

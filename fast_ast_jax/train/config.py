@@ -51,7 +51,8 @@ def default_config() -> ml_collections.ConfigDict:
         dict(freqm=0, timem=0, mixup=0.0, mixup_alpha=10.0, noise=False))
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "ast"  # "ast" | "cnn" (the CNN teacher: fields in c.model.cnn)
+    c.model.name = "ast"  # fast_ast_jax.models.KINDS: "ast", "elastic" (packed rows: needs
+    # a c.elastic block, train.elastic.elastic_defaults()) or "cnn" (fields in c.model.cnn)
     c.model.size = "tiny"  # fast_ast_jax.models.SIZES; None fields below keep the size's
     c.model.width = ml_collections.config_dict.placeholder(int)
     c.model.depth = ml_collections.config_dict.placeholder(int)

@@ -1,5 +1,6 @@
-"""ElasticAST recipes: the `config.elastic` block, the packed model and pack spec it
-builds, and the hop x length evaluation table.
+"""ElasticAST recipes: the `config.elastic` block (with config.model.name "elastic";
+the model itself is built by models.from_config), the pack spec, and the hop x length
+evaluation table.
 
 Packed runs train through the one trainer (`train.loop.train_and_evaluate`, with
 `train.task.packed_task`); every cell of the table runs through one compiled program
@@ -9,18 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import jax.numpy as jnp
 import ml_collections
 
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data.packed import PackedPipeline, PackSpec
-from fast_ast_jax.models.ast import SIZES, model_overrides
 from fast_ast_jax.models.elastic import ElasticAST
 from fast_ast_jax.train.forward import evaluate
-
-# config.model fields that ElasticAST shares with AST.
-_SHARED = ("width", "depth", "num_heads", "mlp_dim", "fstride", "tstride", "dist_token",
-           "dropout", "dtype", "tome_r", "tome_prop_attn", "prune_keep_rate", "prune_layers")
 
 
 def elastic_defaults() -> ml_collections.ConfigDict:
@@ -37,23 +32,6 @@ def elastic_defaults() -> ml_collections.ConfigDict:
         eval_hops_ms=(10.0,),  # evaluation table: hops ...
         eval_max_frames=(1024,),  # ... times length caps
     ))
-
-
-def build_elastic_model(config, *, num_classes: int, frontend: FrontEnd) -> ElasticAST:
-    """ElasticAST sized by config.model; its time table covers config.elastic.max_frames."""
-    m, e = config.model, config.elastic
-    if m.size not in SIZES:
-        raise ValueError(f"config.model.size={m.size!r}; choose one of {sorted(SIZES)}")
-    overrides = model_overrides(m)
-    fields = {**SIZES[m.size], **{k: overrides[k] for k in _SHARED if k in overrides}}
-    if m.get("prune_fuse"):
-        raise ValueError("config.model.prune_fuse is not supported by the packed model "
-                         "(a fused token per sample has no static place in a row)")
-    if isinstance(fields.get("dtype"), str):
-        fields["dtype"] = jnp.dtype(fields["dtype"])
-    return ElasticAST(num_classes=num_classes, num_mel_bins=frontend.num_mel_bins,
-                      frames=max(int(e.max_frames), max(int(f) for f in e.eval_max_frames)),
-                      pos_embedding=e.pos_embedding, pool=e.pool, **fields)
 
 
 def pack_spec(config, model: ElasticAST) -> PackSpec:

@@ -15,12 +15,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from fast_ast_jax import bench, checkpoints, maps, sharding
+from fast_ast_jax import bench, checkpoints, maps, models, sharding
 from fast_ast_jax.audio.io import AudioError
 from fast_ast_jax.bundle import Bundle
 from fast_ast_jax.data import make_source
 from fast_ast_jax.data.pipeline import target
-from fast_ast_jax.models import AST, ElasticAST
+from fast_ast_jax.models import AST
+from fast_ast_jax.models.ast import Encoder
 from fast_ast_jax.train import metrics as metrics_lib
 from fast_ast_jax.train.elastic import evaluate_table, pack_spec
 from fast_ast_jax.train.forward import evaluate
@@ -85,13 +86,13 @@ def evaluate_checkpoint(path: str | Path, *, config: ml_collections.ConfigDict |
     """
     bundle = checkpoints.load(path)
     config = with_worker_count(config or bundle.config, workers)
-    if not isinstance(bundle.model, (AST, ElasticAST)) and any(settings):
+    if not isinstance(bundle.model, Encoder) and any(settings):
         raise ValueError(f"token-reduction settings {list(settings)} apply to an AST or "
                          f"ElasticAST only; {path} holds a {type(bundle.model).__name__}")
     if hop_frames is not None:
         rows = _evaluate_windows(bundle, config, split=split, settings=settings,
                                  hop_frames=hop_frames, threads=2 if workers is None else workers)
-    elif isinstance(bundle.model, ElasticAST):
+    elif models.is_packed(bundle.model):
         rows = _evaluate_packed(bundle, config, split=split, settings=settings)
     else:
         rows = _evaluate_padded(bundle, config, split=split, settings=settings)

@@ -21,9 +21,9 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from fast_ast_jax import sharding
+from fast_ast_jax import models, sharding
 from fast_ast_jax.audio.augment_jax import device_batch
-from fast_ast_jax.models.elastic import ElasticAST, check_positions
+from fast_ast_jax.models.elastic import check_positions
 from fast_ast_jax.train import metrics as metrics_lib
 
 # The model input of a packed batch (the other keys are targets, masks, teacher predictions).
@@ -77,8 +77,8 @@ PACKED = Kind(forward=packed_forward,
 
 
 def kind_of(model) -> Kind:
-    """PACKED for an ElasticAST (packed batches), PADDED for the AST and the CNN teacher."""
-    return PACKED if isinstance(model, ElasticAST) else PADDED
+    """PACKED for a model that reads packed rows (`models.is_packed`), else PADDED."""
+    return PACKED if models.is_packed(model) else PADDED
 
 
 def eval_forward(model, mesh, frontend=None) -> Callable:

@@ -29,7 +29,7 @@ from fast_ast_jax.data.pipeline import Augment
 from fast_ast_jax.models import model_fields, model_name
 from fast_ast_jax.train import keep_rate
 from fast_ast_jax.train import metrics as metrics_lib
-from fast_ast_jax.train.checkpoint import Checkpointer
+from fast_ast_jax.checkpoints.store import Checkpointer
 from fast_ast_jax.train.forward import evaluate, kind_of
 from fast_ast_jax.train.table import format_table
 from fast_ast_jax.train.state import TrainState, learning_rate_schedule, make_optimizer

@@ -1,9 +1,10 @@
 """What differs between a padded and a packed (ElasticAST) training run, behind one small
 interface (`Task`); the trainer (train.loop) is the same for both.
 
-A padded run (no `config.elastic`) trains an AST or the CNN teacher on clips padded or
-cropped to `frontend.target_frames` (data.pipeline) and evaluates config.data.eval once.
-A packed run (`config.elastic`, configs/*elastic*.py) trains an ElasticAST on native-length,
+A padded run (config.model.name "ast", "cnn", ...: a padded kind of models.KINDS) trains
+on clips padded or cropped to `frontend.target_frames` (data.pipeline) and evaluates
+config.data.eval once. A packed run (config.model.name "elastic" with a `config.elastic`
+block, configs/*elastic*.py) trains an ElasticAST on native-length,
 variable-hop clips packed into rows (data.packed) and evaluates the hop x length table
 (`elastic.eval_hops_ms` x `elastic.eval_max_frames`), every cell through one compiled
 program; periodic evaluations use the first cell.
@@ -21,16 +22,15 @@ from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import make_source
 from fast_ast_jax.data.packed import PackedPipeline
 from fast_ast_jax.data.pipeline import Augment, Pipeline
-from fast_ast_jax.models import create_ast, create_cnn
-from fast_ast_jax.models.ast import model_overrides
-from fast_ast_jax.train.elastic import build_elastic_model, pack_spec, table_pipelines
+from fast_ast_jax import models
+from fast_ast_jax.train.elastic import pack_spec, table_pipelines
 
 
 @dataclasses.dataclass
 class Task:
     """The model, data and initialisation of one run.
 
-    model: AST / CNNTeacher (padded batches) or ElasticAST (packed batches); its
+    model: any kind of models.KINDS (padded or packed batches, `models.is_packed`);
         `forward.kind_of` turns a batch into per-clip logits, targets, mask (and teacher).
     train: training pipeline (`iterate(epoch=, index=)`, `steps(epoch)`, `bad_clips`).
     evals: (name, table key, pipeline) per evaluation; evals[0] is the periodic one
@@ -48,20 +48,6 @@ class Task:
     @property
     def has_table(self) -> bool:
         return any(key for _, key, _ in self.evals)
-
-
-def build_model(model_config, *, num_classes: int, frontend: FrontEnd):
-    """config.model.name "ast" (sized by config.model) or "cnn" (config.model.cnn fields),
-    with the input shape of the front-end."""
-    name = model_config.get("name", "ast")
-    if name == "cnn":
-        return create_cnn(num_classes=num_classes, num_mel_bins=frontend.num_mel_bins,
-                          dtype=model_config.dtype, **model_config.cnn.to_dict())
-    if name != "ast":
-        raise ValueError(f"config.model.name={name!r}: use 'ast' or 'cnn'")
-    return create_ast(model_config.size, num_classes=num_classes,
-                      num_mel_bins=frontend.num_mel_bins, frames=frontend.target_frames,
-                      **model_overrides(model_config))
 
 
 def loss_kind(config, multi_label: bool) -> str:
@@ -127,7 +113,7 @@ def padded_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
     if evals is not None and list(evals.source.labels) != labels:
         raise ValueError(f"train labels {labels} differ from eval labels "
                          f"{list(evals.source.labels)}; give config.data.*.labels")
-    model = build_model(config.model, num_classes=len(labels), frontend=frontend)
+    model = models.from_config(config, num_classes=len(labels), frontend=frontend)
     example = {"x": np.zeros((1, frontend.target_frames, frontend.num_mel_bins), np.float32)}
     return Task(model=model, train=train, evals=[] if evals is None else [("", {}, evals)],
                 example=example)
@@ -143,7 +129,7 @@ def packed_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
                          "set config.frontend.on_device=False")
     source = make_source(data.source, sample_rate=frontend.sample_rate, **data.train.to_dict())
     labels = list(source.labels)
-    model = build_elastic_model(config, num_classes=len(labels), frontend=frontend)
+    model = models.from_config(config, num_classes=len(labels), frontend=frontend)
     spec = pack_spec(config, model)
     train = PackedPipeline(source, frontend=frontend, spec=spec, train=True,
                            hops_ms=tuple(e.hops_ms), max_frames=int(e.max_frames),
@@ -183,7 +169,8 @@ def packed_evals(config, split: str, *, source, frontend: FrontEnd, spec
 
 
 def make_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
-    """The packed task for a config with an `elastic` block, else the padded one."""
-    if "elastic" in config:
+    """The packed task for a packed model kind (models.KINDS, config.model.name), else the
+    padded one."""
+    if models.kind(models.config_name(config)).packed:
         return packed_task(config, frontend=frontend, teacher=teacher)
     return padded_task(config, frontend=frontend, teacher=teacher)

@@ -17,7 +17,7 @@ from fast_ast_jax.bundle import Bundle
 from fast_ast_jax.data import make_source, source_ids
 from fast_ast_jax.data.packed import PackedPipeline
 from fast_ast_jax.distill import TeacherLogits, TeacherLogitsError, load, save, summary
-from fast_ast_jax.models import ElasticAST, model_fields, model_name
+from fast_ast_jax.models import is_packed, model_fields, model_name
 from fast_ast_jax.train.elastic import pack_spec
 from fast_ast_jax.train.forward import packed_forward
 from fast_ast_jax.train.task import (build_pipeline, cache_key, loading_kwargs,
@@ -94,7 +94,7 @@ def dump(checkpoint: str | os.PathLike, *, out: str | os.PathLike, config=None,
     if batch_size:
         config = config.copy_and_resolve_references()
         config.eval_batch_size = batch_size
-    packed = isinstance(bundle.model, ElasticAST)
+    packed = is_packed(bundle.model)
     ids, logits = (_packed_logits if packed else _padded_logits)(bundle, config, split)
     teacher = {"model_class": model_name(bundle.model), "model": model_fields(bundle.model),
                "checkpoint": str(checkpoints.checkpoint_dir(checkpoint).absolute()),

@@ -6,8 +6,9 @@
     init_params(path, model, fresh=..., seed=...)   config.init_from for any model kind
 
 Reading never creates anything: a mistyped path is a FileNotFoundError naming it, and the
-directory is left as it was. This module sits below the training loop (train/loop.py,
-train/elastic.py), `predict`, `evaluate.py` and `distill dump`, which all load through it.
+directory is left as it was. This package (with the writer/reader, store.py) sits below
+the training loop (train/loop.py), `predict`, `evaluate.py` and `distill dump`, which all
+load through it.
 """
 from __future__ import annotations
 
@@ -16,12 +17,11 @@ from typing import Any
 
 import ml_collections
 
-from fast_ast_jax import convert
+from fast_ast_jax import convert, models
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.bundle import Bundle
-from fast_ast_jax.models import AST, CNNTeacher, ElasticAST, model_from_fields, name_from_meta
-from fast_ast_jax.models.elastic import params_from_ast
-from fast_ast_jax.train.checkpoint import Checkpointer, check_shapes, model_fields_from_meta
+from fast_ast_jax.checkpoints.store import Checkpointer, check_shapes, model_fields_from_meta
+from fast_ast_jax.models.ast import ast_twin
 
 
 def checkpoint_dir(path: str | Path) -> Path:
@@ -53,7 +53,7 @@ def load(path: str | Path, *, step: int | None = None) -> Bundle:
             newer one is skipped with a warning naming it).
     Raises:
         FileNotFoundError: no such path, or no checkpoint in it.
-        fast_ast_jax.train.checkpoint.CheckpointError: no readable step.
+        fast_ast_jax.checkpoints.store.CheckpointError: no readable step.
     """
     path = Path(path)
     if not path.exists():
@@ -70,19 +70,11 @@ def load(path: str | Path, *, step: int | None = None) -> Bundle:
         step = ckpt.restored_step
     finally:
         ckpt.close()
-    model = model_from_fields(name_from_meta(meta), model_fields_from_meta(meta))
+    model = models.from_fields(models.name_from_meta(meta), model_fields_from_meta(meta))
     return Bundle(model=model, params=state["params"],
                   frontend=FrontEnd.from_dict(meta["frontend"]),
                   labels=tuple(str(label) for label in meta["labels"]), loss=meta["loss"],
                   config=ml_collections.ConfigDict(meta["config"]), step=int(step))
-
-
-def _ast_twin(model: ElasticAST) -> AST:
-    """The padded AST whose weights `params_from_ast` turns into `model`'s."""
-    return AST(num_classes=model.num_classes, width=model.width, depth=model.depth,
-               num_heads=model.num_heads, mlp_dim=model.mlp_dim, patch_size=model.patch_size,
-               fstride=model.fstride, tstride=model.tstride, num_mel_bins=model.num_mel_bins,
-               frames=model.frames, dist_token=model.dist_token)
 
 
 def init_params(path: str | Path, model, *, fresh: dict[str, Any], seed: int = 0
@@ -103,14 +95,15 @@ def init_params(path: str | Path, model, *, fresh: dict[str, Any], seed: int = 0
         seed: initialisation of a fresh head for imported weights.
     """
     where = f"config.init_from {path}"
+    name = models.model_name(model)
+    from_ast = models.KINDS[name].from_ast
     if is_checkpoint_dir(path):
         saved = load(path)
         params = dict(saved.params)
-        if isinstance(model, ElasticAST) and isinstance(saved.model, AST):
-            twin = saved.model
-            return params_from_ast(model, params, ast_grid=twin.grid(),
-                                   num_prefix=twin.num_prefix, init=fresh)
-        if type(saved.model) is not type(model):
+        saved_name = models.model_name(saved.model)
+        if saved_name != name and saved_name == "ast" and from_ast is not None:
+            return from_ast(model, params, ast=saved.model, init=fresh)
+        if saved_name != name:
             raise ValueError(f"{where} holds a {type(saved.model).__name__} checkpoint, which "
                              f"cannot initialise the {type(model).__name__} being trained; use "
                              "one of the same model kind (or an AST one for an ElasticAST)")
@@ -118,11 +111,9 @@ def init_params(path: str | Path, model, *, fresh: dict[str, Any], seed: int = 0
             params["head"] = fresh["head"]  # another label set: new classifier
         check_shapes(params, fresh, where=f"{where} ({checkpoint_dir(path)})", exact=True)
         return params
-    if isinstance(model, ElasticAST):
-        twin = _ast_twin(model)
-        return params_from_ast(model, convert.load_into(twin, path, seed=seed),
-                               ast_grid=twin.grid(), num_prefix=twin.num_prefix, init=fresh)
-    if isinstance(model, CNNTeacher):
-        raise ValueError(f"{where} is AST weights (HF / .pth / timm); a CNN teacher can "
-                         "only start from a CNN training checkpoint")
-    return convert.load_into(model, path, seed=seed)
+    if from_ast is None:
+        raise ValueError(f"{where} is AST weights (HF / .pth / timm); a "
+                         f"{type(model).__name__} can only start from a training checkpoint "
+                         "of its own kind")
+    twin = ast_twin(model)
+    return from_ast(model, convert.load_into(twin, path, seed=seed), ast=twin, init=fresh)
