@@ -61,17 +61,31 @@ KINDS: dict[str, Kind] = {
 
 
 def config_name(config) -> str:
-    """The model kind a training config names: config.model.name. Configs written before
-    "elastic" was a name (and checkpoints that store them) chose ElasticAST by a
-    `config.elastic` block with the default name "ast"; such a config names "elastic"."""
-    name = config.model.get("name", "ast")
-    return "elastic" if name == "ast" and "elastic" in config else name
+    """The model kind a training config names: config.model.name, a key of KINDS.
 
-
-def kind(name: str) -> Kind:
+    Packed kinds read the shape of their rows from a `config.elastic` block, padded kinds
+    have none. Configs written before "elastic" was a name (and checkpoints that store
+    them) chose ElasticAST by that block with the default name "ast": such a config names
+    "elastic". Raises ValueError("config.model.name=...") for an unknown name or a block
+    that does not fit the kind.
+    """
+    name, block = config.model.get("name", "ast"), "elastic" in config
+    if name == "ast" and block:
+        return "elastic"
     if name not in KINDS:
         raise ValueError(f"config.model.name={name!r}: use one of {sorted(KINDS)}")
-    return KINDS[name]
+    if KINDS[name].packed and not block:
+        raise ValueError(f"config.model.name={name!r}: a packed model needs a config.elastic "
+                         "block (train.elastic.elastic_defaults())")
+    if block and not KINDS[name].packed:
+        raise ValueError(f"config.model.name={name!r}: packed training (a config.elastic "
+                         "block) needs model.name 'elastic'")
+    return name
+
+
+def config_kind(config) -> Kind:
+    """The registry entry of a training config's model kind (`config_name`)."""
+    return KINDS[config_name(config)]
 
 
 def model_name(model: nn.Module) -> str:
@@ -90,8 +104,8 @@ def is_packed(model: nn.Module) -> bool:
 def from_config(config, *, num_classes: int, frontend) -> nn.Module:
     """The model of a training config (`config_name`), for `num_classes` and the input of
     `frontend` (audio.FrontEnd)."""
-    return kind(config_name(config)).from_config(config, num_classes=num_classes,
-                                                 frontend=frontend)
+    return config_kind(config).from_config(config, num_classes=num_classes,
+                                           frontend=frontend)
 
 
 def from_fields(name: str, fields: dict[str, Any]) -> nn.Module:
@@ -111,5 +125,5 @@ def name_from_meta(meta: dict[str, Any]) -> str:
 
 
 __all__ = ["AST", "CNNTeacher", "ElasticAST", "KINDS", "Kind", "SIZES", "config_name",
-           "create_ast", "create_cnn", "from_config", "from_fields", "grid_shape", "is_packed",
-           "kind", "model_fields", "model_name", "name_from_meta"]
+           "config_kind", "create_ast", "create_cnn", "from_config", "from_fields", "grid_shape",
+           "is_packed", "model_fields", "model_name", "name_from_meta"]

@@ -171,6 +171,6 @@ def packed_evals(config, split: str, *, source, frontend: FrontEnd, spec
 def make_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
     """The packed task for a packed model kind (models.KINDS, config.model.name), else the
     padded one."""
-    if models.kind(models.config_name(config)).packed:
+    if models.config_kind(config).packed:
         return packed_task(config, frontend=frontend, teacher=teacher)
     return padded_task(config, frontend=frontend, teacher=teacher)

@@ -37,13 +37,7 @@ def validate_config(config, *, device_count: int) -> None:
             value = value[part]
         need(value in choices, field, f"use one of {choices}")
     need(config.model.size in SIZES, "model.size", f"use one of {sorted(SIZES)}")
-    name = models.config_name(config)
-    need(name in models.KINDS, "model.name", f"use one of {sorted(models.KINDS)}")
-    kind = models.kind(name)
-    need(kind.packed == ("elastic" in config), "model.name",
-         "a packed model needs a config.elastic block (train.elastic.elastic_defaults()) "
-         "and a padded one none" if kind.packed else
-         "packed training (a config.elastic block) needs model.name 'elastic'")
+    kind = models.config_kind(config)
     # Packed runs batch rows (config.elastic.rows; eval: eval_batch_size rows, 0 = rows).
     if kind.packed:
         need(config.elastic.rows % device_count == 0, "elastic.rows",
