@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import chex
 import jax
@@ -20,7 +19,6 @@ from fast_ast_jax.train.evaluation import evaluate_checkpoint
 from fast_ast_jax.train.forward import eval_forward
 from tests.helpers import load_config, write_folder
 
-ROOT = Path(__file__).resolve().parents[1]
 FRONTEND = FrontEnd(num_mel_bins=32, target_frames=64)
 SPEC = PackSpec(rows=2, max_tokens=40, max_slots=8)
 

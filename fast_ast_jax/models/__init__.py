@@ -29,8 +29,9 @@ class Kind:
     from_config: (config, *, num_classes, frontend: audio.FrontEnd) -> model.
     packed: the model reads packed rows (data.packed; config.elastic holds their shape),
         else padded clips (x (B, frames, bins); data.pipeline).
-    check_config: (config, frontend) -> None, raising ValueError("config.<field>=<value>: ...")
-        for a field of this kind that cannot work; no model is built. None: nothing to check.
+    check_config: (config, frontend) -> None, raising ValueError("config.<field>=<value>:
+        ...") for a field of this kind that cannot work, before any data is read or any
+        parameter made (train.validate). None: nothing to check.
     from_ast: (model, ast_params, *, ast: AST, init) -> params: how an AST's weights (an
         AST checkpoint, or HF / .pth / timm weights through `ast.ast_twin`) initialise this
         kind (config.init_from); None: only from a checkpoint of the same kind.
@@ -54,8 +55,8 @@ def _elastic_from_ast(model, ast_params, *, ast, init):
 
 KINDS: dict[str, Kind] = {
     "ast": Kind(AST, ast.from_config, check_config=ast.check_config, from_ast=_ast_as_is),
-    "elastic": Kind(ElasticAST, elastic.from_config, packed=True, check_config=elastic.check_config,
-                    from_ast=_elastic_from_ast),
+    "elastic": Kind(ElasticAST, elastic.from_config, packed=True,
+                    check_config=elastic.check_config, from_ast=_elastic_from_ast),
     "cnn": Kind(CNNTeacher, cnn.from_config),
 }
 

@@ -4,10 +4,10 @@ interface (`Task`); the trainer (train.loop) is the same for both.
 A padded run (config.model.name "ast", "cnn", ...: a padded kind of models.KINDS) trains
 on clips padded or cropped to `frontend.target_frames` (data.pipeline) and evaluates
 config.data.eval once. A packed run (config.model.name "elastic" with a `config.elastic`
-block, configs/*elastic*.py) trains an ElasticAST on native-length,
-variable-hop clips packed into rows (data.packed) and evaluates the hop x length table
-(`elastic.eval_hops_ms` x `elastic.eval_max_frames`), every cell through one compiled
-program; periodic evaluations use the first cell.
+block, configs/*elastic*.py) trains an ElasticAST on native-length, variable-hop clips
+packed into rows (data.packed) and evaluates the hop x length table (`elastic.eval_hops_ms`
+x `elastic.eval_max_frames`), every cell through one compiled program; periodic
+evaluations use the first cell.
 """
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ from typing import Any
 import flax.linen as nn
 import numpy as np
 
+from fast_ast_jax import models
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import make_source
 from fast_ast_jax.data.packed import PackedPipeline
 from fast_ast_jax.data.pipeline import Augment, Pipeline
-from fast_ast_jax import models
 from fast_ast_jax.train.elastic import pack_spec, table_pipelines
 
 
