@@ -220,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "file's first window into this directory")
     parser.add_argument("--tome_r", type=int, default=None, help="ToMe: tokens merged per block")
     parser.add_argument("--keep_rate", type=float, default=None, help="TopK pruning keep rate")
-    parser.add_argument("--debug", action="store_true", help="tracebacks for failed files")
+    parser.add_argument("--debug", action="store_true",
+                        help="tracebacks for failed files and usage errors")
     args = parser.parse_args(argv)
     if not args.inputs and not args.list:
         cli.fail("no input: give audio files, folders, glob patterns or --list FILE")
@@ -229,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     files = expand_inputs(args.inputs, list_file=args.list)
     overrides = {k: v for k, v in (("tome_r", args.tome_r), ("prune_keep_rate", args.keep_rate))
                  if v is not None}
-    with cli.path_errors():
+    with cli.user_errors(debug=args.debug):
         bundle = checkpoints.load(args.checkpoint)
     if (args.maps or overrides) and not isinstance(bundle.model, (AST, ElasticAST)):
         cli.fail(f"--maps / --tome_r / --keep_rate need an AST or ElasticAST; "
