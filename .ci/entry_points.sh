@@ -10,6 +10,15 @@ trap 'rm -rf "$work"' EXIT
 
 step() { printf '\n== %s\n' "$*"; }
 
+step "the demo learned: README says eval accuracy ~0.97 (CI accepts >= 0.9)"
+$py - <<'PY'
+import json
+rows = [json.loads(line) for line in open("workdirs/demo/metrics.jsonl")]
+accuracy = [r["eval/accuracy"] for r in rows if "eval/accuracy" in r][-1]
+print(f"demo eval accuracy {accuracy:.4f}")
+assert accuracy >= 0.9, f"the demo reached only {accuracy:.4f}"
+PY
+
 step "generated audio: two good files (1 s at 16 kHz mono, 3 s at 44.1 kHz stereo), one corrupt"
 mkdir -p "$work/audio"
 $py - "$work/audio" <<'PY'
