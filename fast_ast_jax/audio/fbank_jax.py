@@ -107,6 +107,15 @@ def _spectrum(frames: jax.Array, *, frontend: FrontEnd) -> jax.Array:
     return total * (x_scale * (m_scale / (_FIRST * _FIRST)))
 
 
+def log_mel_macs(frames: int, *, frontend: FrontEnd) -> int:
+    """Multiply-accumulates of `log_mel` for `frames` frames: the slice products of
+    `_spectrum` (SLICES * (SLICES + 1) / 2 matmuls of frames x window x 2 * bins) and the mel
+    projection (frames x bins x num_mel_bins)."""
+    bins = fft_size(frontend.window_size) // 2 + 1
+    products = SLICES * (SLICES + 1) // 2
+    return frames * (products * frontend.window_size * 2 * bins + bins * frontend.num_mel_bins)
+
+
 def log_mel(waves: jax.Array, *, frontend: FrontEnd, key: jax.Array | None = None
             ) -> jax.Array:
     """Kaldi log-mel fbank of a batch, as `fbank.fbank` row by row.
