@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from benchmarks import predict as predict_bench
 from fast_ast_jax import checkpoints, distill
 from fast_ast_jax.audio.fbank_jax import samples_for_frames
 from fast_ast_jax.audio.frontend import FrontEnd
-from fast_ast_jax.bundle import Bundle
 from fast_ast_jax.audio.io import load_audio
+from fast_ast_jax.bundle import Bundle
 from fast_ast_jax.data import make_source, source_ids
 from fast_ast_jax.data.packed import PackedPipeline
 from fast_ast_jax.distill.dump import dump
@@ -174,6 +175,15 @@ def test_device_features_predict_as_host_features(kind, request, tmp_path):
         for (h0, h1, htop), (d0, d1, dtop) in zip(h.windows, d.windows):
             assert (d0, d1) == (h0, h1) and dict(dtop) == pytest.approx(dict(htop), abs=1e-4)
     assert len(device[-1].windows) > 10 and len(device[0].windows) == 1
+
+
+def test_predict_benchmark_runs_both_feature_paths(padded, capsys):
+    predict_bench.main(["--checkpoint", str(padded), "--files", "3", "--seconds", "1",
+                        "--rounds", "2", "--batch_size", "4", "--workers", "1"])
+    out = capsys.readouterr().out
+    assert "| host features |" in out and "| device features |" in out
+    assert "device / host audio-s/s: " in out and "load average" in out
+    assert "MACs per window: model " in out
 
 
 # --- maps ---------------------------------------------------------------------------------
