@@ -3,8 +3,9 @@
 `device_features(waves, ...)` computes what `features.features` computes on the host (fbank
 -> zero-pad / crop to target_frames -> normalise) for a batch of waveforms of one length,
 so the loader only decodes and resamples and the accelerator makes the features
-(config.frontend.on_device). It agrees with the float64 NumPy reference to ~1e-5 on
-normalised features (tests/test_fbank_jax.py) using float32 arithmetic only.
+(config.frontend.on_device; predict's windows on an accelerator, fast_ast_jax.windows). It
+agrees with the float64 NumPy reference to ~1e-5 on normalised features
+(tests/test_fbank_jax.py) using float32 arithmetic only.
 
 Why not a float32 rfft: mel bins just above the log floor (float32 eps = 1.2e-7, e.g. the
 empty 4-8 kHz band of 8 kHz audio resampled to 16 kHz, or the lowest bins after
