@@ -26,7 +26,7 @@ from fast_ast_jax.train.elastic import evaluate_table, pack_spec
 from fast_ast_jax.train.forward import evaluate
 from fast_ast_jax.train.task import build_pipeline, packed_evals, with_worker_count
 from fast_ast_jax.train.table import format_table
-from fast_ast_jax.windows import scorer, windowed_scores
+from fast_ast_jax.windows import ordered_map, scorer, windowed_scores
 
 # Short names accepted by --sweep / overrides -> model fields.
 FIELD_ALIASES = {"r": "tome_r", "tome_r": "tome_r", "keep_rate": "prune_keep_rate",
@@ -168,8 +168,9 @@ def _evaluate_packed(bundle: Bundle, config, *, split: str,
 def _evaluate_windows(bundle: Bundle, config, *, split: str, settings: Sequence[dict],
                       hop_frames: int, threads: int) -> list[dict[str, Any]]:
     """Whole clips scored by sliding windows (bad clips skipped and counted, or fatal, as
-    config.data.on_bad_clip says). clips_per_s here includes decoding and features
-    (windows are featurised on the fly), unlike the cropped path."""
+    config.data.on_bad_clip says); clips are decoded by `threads` threads, the features
+    made as `windows.scorer` says (on an accelerator: on the device). clips_per_s here
+    includes decoding and features, unlike the cropped path."""
     source = _source(bundle, config, split)
     batch = config.get("eval_batch_size") or 2 * config.batch_size
     rows = []
@@ -177,13 +178,13 @@ def _evaluate_windows(bundle: Bundle, config, *, split: str, settings: Sequence[
         targets, bad = [], []
 
         def waves():
-            for i in range(len(source)):
-                try:
-                    ex = source[i]
-                except AudioError as e:
-                    if config.data.get("on_bad_clip", "skip") == "fail":
-                        raise
-                    bad.append(str(e))
+            for _, ex, error in ordered_map(source.__getitem__, range(len(source)),
+                                            workers=threads):
+                if error is not None:
+                    if not isinstance(error, AudioError) or config.data.get(
+                            "on_bad_clip", "skip") == "fail":
+                        raise error
+                    bad.append(str(error))
                     continue
                 targets.append(target(ex["label"], num_classes=len(source.labels)))
                 yield ex["audio"]
