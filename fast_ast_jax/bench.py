@@ -75,7 +75,7 @@ def layer_tokens(model: Any, *, frames: int) -> tuple[LayerTokens, ...]:
     queries = 2 if getattr(model, "prune_score", "cls") == "cls_dist" else 1
     out = []
     plans = model.token_plan(frames)
-    prefix_only = model.prefix_only_last_block(frames)
+    prefix_only = model.prefix_only_last_block()
     for i, plan in enumerate(plans):
         after_prune = plan.tokens_in
         if plan.keep is not None:

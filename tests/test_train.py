@@ -339,8 +339,8 @@ def test_sharded_training_matches_one_device(tmp_path):
 def test_tome_training_evaluate_sweep_and_predict(tmp_path):
     c = load_config("test")
     c.num_steps = 1
-    # Two blocks: the last block computes only the class token when it reduces nothing
-    # (AST.prefix_only_last_block), so the settings below reduce in block 0 only.
+    # Two blocks: the last block never reduces (it computes only the class tokens,
+    # AST.prefix_only_last_block), so the settings below reduce in block 0.
     c.model.update(depth=2, tome_schedule="blocks:1")  # train with token merging (FastAST)
     loop.train_and_evaluate(c, str(tmp_path / "w"))
     rows = evaluate_checkpoint(tmp_path / "w", settings=[
