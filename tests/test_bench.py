@@ -140,6 +140,15 @@ def test_measure_throughput_and_memory():
     assert memory["temp"] > 0 and memory["argument"] == 64 * 64 * 4
     with pytest.raises(ValueError, match="repeats >= 1"):
         bench.measure_throughput(fn, x, repeats=0)
+    # Several calls against each other: every one warmed up, then one call each per round.
+    calls, rounds = [], []
+    timings = bench.measure_interleaved(
+            {"a": lambda: calls.append("a") or fn(x), "b": lambda: calls.append("b") or fn(x)},
+            warmup=2, repeats=3, log=rounds.append)
+    assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 3
+    assert [len(t.times) for t in timings.values()] == [3, 3] and len(rounds) == 5
+    assert bench.Timing((1.0, 2.0, 3.0, 4.0, 5.0)).spread == pytest.approx(2.0 / 3.0)
+    assert bench.Timing((1.0,)).spread == 0.0
 
 
 def test_throughput_script_smoke(tmp_path, capsys):
