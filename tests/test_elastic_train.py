@@ -157,7 +157,7 @@ def test_init_from_pretrained_hf_directory(tmp_path):
     transformers.ASTForAudioClassification(cfg).save_pretrained(tmp_path / "hf")
     c = load_config("test_elastic")
     c.update(num_steps=1, init_from=str(tmp_path / "hf"))
-    c.model.update(tome_r=0)
+    c.model.update(depth=1, tome_r=0)
     c.elastic.update(pos_embedding="ast", pool="mean")
     c.optim.update(lr=0.0, weight_decay=0.0)  # the step leaves the loaded weights as they are
     c.data.eval = {}
