@@ -192,7 +192,8 @@ class AST(nn.Module):
                           fstride=self.fstride, tstride=self.tstride)
 
     def r_schedule(self) -> list[int]:
-        """Per-block ToMe r from `tome_r` (before the per-block clamp), validated."""
+        """Per-block ToMe r from `tome_r` (before the per-block clamp; 0 in the last block),
+        validated."""
         return reduction_schedule(self, name="AST")[0]
 
     def token_plan(self, frames: int | None = None) -> list[LayerPlan]:
