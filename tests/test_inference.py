@@ -50,11 +50,11 @@ def tone(path: Path, seconds: float, *, freq: float = 440.0, sr: int = 16000) ->
 
 @pytest.fixture(scope="module")
 def padded(tmp_path_factory) -> Path:
-    """1 step of configs/test.py with ToMe and TopK on (for the maps)."""
+    """1 step of configs/test.py with ToMe and TopK on in block 0 of 2 (for the maps)."""
     c = load_config("test")
     c.update(num_steps=1, checkpoint_every=1)
     c.data.eval = {"num_examples": 4, "split": "eval", "min_seconds": 0.2, "max_seconds": 0.5}
-    c.model.update(tome_r=1, prune_keep_rate=0.5, prune_layers=(0,))
+    c.model.update(depth=2, tome_r=1, prune_keep_rate=0.5, prune_layers=(0,))
     work = tmp_path_factory.mktemp("padded") / "w"
     loop.train_and_evaluate(c, str(work))
     return work
@@ -272,19 +272,28 @@ def test_elastic_checkpoint_predict_evaluate_dump_init(packed, padded, tmp_path,
 
 
 def test_old_elastic_metadata_is_read(packed, tmp_path):
-    """Checkpoints written before the registry carry meta "model_kind" only."""
+    """Checkpoints written before the registry carry meta "model_kind" only; those written
+    before the last block stopped reducing have no "reduce_last_block" and keep reducing
+    there (their ToMe r=2 in the last of 2 blocks), the meaning they were trained with."""
     from fast_ast_jax.train.checkpoint import Checkpointer
 
     bundle = checkpoints.load(packed)
+    assert not bundle.model.reduce_last_block
     ckpt = Checkpointer(packed / "checkpoints", create=False)
     state, meta = ckpt.restore()
     ckpt.close()
     meta = {k: v for k, v in meta.items() if k != "model_class"} | {"model_kind": "elastic"}
-    old = Checkpointer(tmp_path / "old" / "checkpoints", every=1)
-    old.save(1, state, meta)
-    old.close()
-    assert isinstance(checkpoints.load(tmp_path / "old").model, ElasticAST)
-    assert checkpoints.load(tmp_path / "old").model == bundle.model
+    for name, model_meta, want in [
+            ("registry", meta["model"], bundle.model),
+            ("last_block", {k: v for k, v in meta["model"].items()
+                            if k != "reduce_last_block"},
+             bundle.model.clone(reduce_last_block=True))]:
+        old = Checkpointer(tmp_path / name / "checkpoints", every=1)
+        old.save(1, state, {**meta, "model": model_meta})
+        old.close()
+        loaded = checkpoints.load(tmp_path / name).model
+        assert isinstance(loaded, ElasticAST) and loaded == want
+    assert bundle.model.schedules()[0] == [2, 0] and want.schedules()[0] == [2, 2]
 
 
 # --- wrong paths and flags ---------------------------------------------------------------------

@@ -342,7 +342,7 @@ def test_impossible_config_values(field, value, match):
 def test_tome_r_larger_than_the_tokens_warns():
     """ToMe clamps r per block (as the reference), so a too-large r is legal: a warning."""
     c = load_config("test")
-    c.model.tome_r = 50
+    c.model.update(depth=2, tome_r=50)  # the last (here: only) block would never merge
     with pytest.warns(UserWarning, match=r"config\.model\.tome_r=50: the first block can "
                                          r"merge at most 3 of its 6 patch tokens"):
         validate_config(c, device_count=1)
