@@ -48,12 +48,12 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     f = flags.FLAGS
-    layers = tuple(int(i) for i in f.prune_layers) if f.prune_layers else None
-    base = {k: v for k, v in (("tome_r", f.tome_r), ("prune_keep_rate", f.keep_rate),
-                              ("prune_layers", layers)) if v is not None}
-    settings = [{**base, **s} for s in parse_sweep(f.sweep)] if f.sweep else [base]
     plot = f.plot or (Path(f.checkpoint) / "sweep.png" if f.sweep else None)
-    with cli.path_errors():
+    with cli.user_errors(debug=cli.DEBUG.value):
+        layers = tuple(int(i) for i in f.prune_layers) if f.prune_layers else None
+        base = {k: v for k, v in (("tome_r", f.tome_r), ("prune_keep_rate", f.keep_rate),
+                                  ("prune_layers", layers)) if v is not None}
+        settings = [{**base, **s} for s in parse_sweep(f.sweep)] if f.sweep else [base]
         evaluate_checkpoint(f.checkpoint, config=f.config, split=f.split, settings=settings,
                             plot=plot, hop_frames=f.hop_frames, workers=f.workers)
         if f.maps:

@@ -23,7 +23,7 @@ def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
         logging.set_verbosity(logging.WARNING)
-    with cli.path_errors():
+    with cli.user_errors(debug=cli.DEBUG.value):
         train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 
 

@@ -352,8 +352,13 @@ def ast_model(settings: Settings, size: str, depth: int | None, *, frames: int,
 
 
 def tome_r(settings: Settings, model) -> int:
-    """The ToMe r of the settings for this model ("half": the r that halves its MACs)."""
-    return bench.halving_tome_r(model) if settings.tome_r == "half" else int(settings.tome_r)
+    """The ToMe r of the settings for this model ("half": the smallest even r that halves
+    its MACs: an even r keeps an even token count in every block, which cuDNN attention
+    needs when it carries ToMe's size bias; an odd r sends every other block to XLA)."""
+    if settings.tome_r != "half":
+        return int(settings.tome_r)
+    r = bench.halving_tome_r(model)
+    return r + r % 2  # one more merge per block only lowers the MACs further
 
 
 def ast_variants(settings: Settings) -> dict[str, Any]:

@@ -10,7 +10,7 @@ Measured in one run on one machine:
   `python -m fast_ast_jax.data.resample` (decode only, no resampling left per epoch);
 - the jitted train step (fast_ast_jax.train.step.train_step, AdamW, sigmoid loss) of
   AST-base at 1024 frames on this machine's default device: on features (fp32), with ToMe
-  at the smallest constant r that halves the MACs (r=94 at 1024 frames), and on waveforms
+  at the smallest constant r that halves the MACs (r=101 at 1024 frames), and on waveforms
   with the on-device front-end inside the step;
 - the on-device front-end alone (jitted device_features) and its cost as a fraction of the
   train step.

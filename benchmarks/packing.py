@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import time
+import functools
 from pathlib import Path
 
 import jax
@@ -106,21 +106,16 @@ def main(argv=None):
     else:
         runs = {k: (jax.jit(lambda p, x, f=f: f(p, x)[0]), p, x, n)
                 for k, (f, p, x, n) in forwards.items()}
-    times = {k: [] for k in runs}
-    for fn, params, x, _ in runs.values():
-        jax.block_until_ready(fn(params, x))
-    for _ in range(args.rounds):
-        for k, (fn, params, x, _) in runs.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(params, x))
-            times[k].append(time.perf_counter() - start)
+    timings = bench.measure_interleaved(
+            {k: functools.partial(fn, params, x) for k, (fn, params, x, _) in runs.items()},
+            repeats=args.rounds)
     f_dim = (128 - 16) // 16 + 1
     tokens = f_dim * ((frames - 16) // 16 + 1)
     print(f"{len(frames)} clips, native tokens per clip mean {tokens.mean():.1f}; "
           f"padded to {args.frames} frames: {f_dim * ((args.frames - 16) // 16 + 1)} tokens "
           f"+ CLS/DIST, {(frames > args.frames).mean():.3f} of clips cropped")
     for k, (_, _, x, n) in runs.items():
-        t = float(np.median(times[k]))
+        t = timings[k].median
         extra = (f", {float((packed['segment_ids'] > 0).mean()):.3f} real tokens"
                  if k.startswith("packed") else "")
         what = "train step" if args.train else "call"

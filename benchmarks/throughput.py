@@ -135,20 +135,6 @@ def torch_forward(args, frames: int, batch: np.ndarray, threads: int):
     return run
 
 
-def interleaved(fns: dict, *, warmup: int, repeats: int) -> dict[str, bench.Timing]:
-    """Times every callable once per round (after warm-up) so all see the same load."""
-    for name, fn in fns.items():
-        log(f"warm-up {name}")
-        bench.measure_throughput(fn, warmup=warmup, repeats=1)
-    times = {name: [] for name in fns}
-    for i in range(repeats):
-        for name, fn in fns.items():
-            times[name] += bench.measure_throughput(fn, warmup=0, repeats=1).times
-        log(f"round {i + 1}/{repeats}: " + ", ".join(
-            f"{n} {t[-1]:.2f}s" for n, t in times.items()))
-    return {name: bench.Timing(tuple(t)) for name, t in times.items()}
-
-
 def forward_table(args, frames: int) -> list[dict]:
     x = np.random.default_rng(0).standard_normal((args.batch, frames, MEL), dtype=np.float32)
     xj = jnp.asarray(x)
@@ -173,7 +159,8 @@ def forward_table(args, frames: int) -> list[dict]:
         torch_label = torch_label or label
         fns[label] = run
         macs[label] = macs["baseline"]
-    timings = interleaved(fns, warmup=args.warmup, repeats=args.repeats)
+    timings = bench.measure_interleaved(fns, warmup=args.warmup, repeats=args.repeats,
+                                        log=log)
     base_rate = timings["baseline"].rate(args.batch)
     rows = []
     for label, timing in timings.items():
@@ -210,7 +197,8 @@ def train_table(args, frames: int) -> list[dict]:
         compiled = jax.jit(step).lower(params, opt_state, x, y).compile()
         memory[label] = compiled.memory_analysis().temp_size_in_bytes
         fns[label] = lambda c=compiled, o=opt_state: c(params, o, x, y)
-    timings = interleaved(fns, warmup=args.warmup, repeats=args.repeats)
+    timings = bench.measure_interleaved(fns, warmup=args.warmup, repeats=args.repeats,
+                                        log=log)
     base = timings["baseline"].rate(1)
     rows = []
     for label, timing in timings.items():
@@ -332,7 +320,8 @@ def profile_table(args, frames: int) -> list[dict]:
         fns[f"JAX: {name}"] = lambda c=compiled, a=fargs: c(*a)
     fns.update(torch_parts(args, x=x, q=q, k=k, v=v, params=dict(
         qkv=p_qkv, out=p_out, fc1=p_fc1, fc2=p_fc2)))
-    timings = interleaved(fns, warmup=args.warmup, repeats=args.repeats)
+    timings = bench.measure_interleaved(fns, warmup=args.warmup, repeats=args.repeats,
+                                        log=log)
     rows = []
     for name, t in timings.items():
         part = name.split(": ", 1)[1].replace(" (SDPA)", " (chunked)")

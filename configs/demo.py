@@ -22,7 +22,9 @@ def get_config():
     c.frontend.target_frames = 128
     c.data.train = {"num_examples": 2048, "split": "train"}
     c.data.eval = {"num_examples": 256, "split": "eval"}
-    c.model.update(depth=4, fstride=10, tstride=10)  # 5 x 12 overlapping patches
+    # 5 x 12 overlapping patches. TopK (evaluate.py --sweep keep_rate=...) prunes in blocks
+    # 1 and 2: AST's (3, 6, 9) of 12 blocks scaled to 4, less the last (it never prunes).
+    c.model.update(depth=4, fstride=10, tstride=10, prune_layers=(1, 2))
     c.augment.update(freqm=12, timem=24)
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 30

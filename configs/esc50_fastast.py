@@ -9,8 +9,8 @@
 The teacher file must hold the training folds' clips (one file per fold). FastAST's
 published material gives no r, lam or tau per dataset (papers.md §1(d)); we use the
 prototype's KD defaults lam = 0.1 (weight of the label term) and tau = 1, and r = 32 (its
-training script) — 512 frames at stride 10 give 12 x 50 = 600 patches, so 12 blocks of
-r = 32 leave 216.
+training script) — 512 frames at stride 10 give 12 x 50 = 600 patches, so r = 32 in the
+11 blocks that merge (the last never does) leaves 248.
 """
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ the test set). Reference points (DESIGN.md §5): MFCC 1-NN scores 0.96 (official
 
 Expected (docs/RESULTS.md, measured 2026-11-22 on 2 CPU cores): official split 0.953 after
 50 epochs (~30 min idle at 80-88 clips/s, 52 min on the shared machine); held-out speaker
-0.626 after 30 epochs. Off-the-shelf ToMe r=12 (2.17x fewer MACs) keeps 0.950 on the
-official split. Featurising the 3,000 clips takes ~75 s; pass --config.data.cache_dir=DIR
+0.626 after 30 epochs. Off-the-shelf ToMe r=12 (1.9x fewer MACs by today's count, which
+skips the useless last-block merge) keeps 0.950 on the official split. Featurising the 3,000 clips takes ~75 s; pass --config.data.cache_dir=DIR
 to do it once across runs.
 """
 from __future__ import annotations

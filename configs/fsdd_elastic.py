@@ -13,7 +13,7 @@ Expected on the held-out speaker (benchmarks/fsdd_elastic.py, docs/RESULTS.md): 
 clips/s of padding to 128 frames.
 
 `:kd` (or `:official,kd`) is the whole composition, ElasticAST + ToMe + CMKD: ToMe merges
-r = 16 tokens per packed row in every block, and the loss distils the CNN teacher's logits
+r = 16 tokens per packed row in every block but the last, and the loss distils the CNN teacher's logits
 (configs/fsdd_teacher_cnn.py on the same split; docs/ELASTIC.md, "ElasticAST + ToMe + CMKD"):
 
     python -m fast_ast_jax.distill dump --checkpoint /tmp/fsdd_cnn --split train \

@@ -1,5 +1,5 @@
 """FastAST on FSDD: the AST of configs/fsdd.py trained with ToMe (r tokens merged in every
-block) and cross-model distillation from the CNN teacher's logits (configs/fsdd_teacher_cnn.py).
+block but the last) and cross-model distillation from the CNN teacher's logits (configs/fsdd_teacher_cnn.py).
 
     python train.py --config configs/fsdd_fastast.py:official --workdir /tmp/fsdd_fastast \
         --config.distill.teacher_logits=/tmp/fsdd_cnn/teacher_train.npz
@@ -9,8 +9,8 @@ Without --config.distill.teacher_logits it trains with ToMe only (the "AST train
 ToMe" row of the FSDD table). Loss (CMKD): lam * CE(student, y) + (1 - lam) *
 KL(softmax(teacher / tau) || softmax(student)), lam 0.5 and tau 1 (CMKD's lam; tau 1 as
 FastAST's prototype). Token grid 8 x 8 = 64 patches (+2 class tokens); r = 8 merges 8
-tokens in each of the 6 blocks (66 tokens enter the first block, 26 the last): 1.6x fewer
-MACs than the baseline.
+tokens in each of the first 5 blocks (66 tokens enter the first block, 26 the last, which
+computes only the class tokens): 1.5x fewer MACs than the baseline.
 Expected on the held-out speaker (benchmarks/fsdd_fastast.py, docs/RESULTS.md): 0.614 with
 the CNN teacher, 0.650 with the CNN + AST ensemble teacher (`distill ensemble`), against
 0.626 for the baseline AST, at 1.9x its throughput.

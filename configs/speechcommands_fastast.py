@@ -7,7 +7,8 @@ CMKD from teacher logits (papers.md §1(b), prototype README). Not runnable here
 As the prototype (and AST) this single-label task trains with BCE, so distillation is the
 sigmoid form: BCE(sigmoid(student), sigmoid(teacher / tau)). lam = 0.1, tau = 1 (prototype
 KD defaults; the paper's values are unpublished). 128 frames at stride 10 give 12 x 12 =
-144 patches (+2 class tokens): r = 8 leaves 50 tokens after 12 blocks. The prototype's
+144 patches (+2 class tokens): r = 8 leaves 58 tokens after the 11 blocks that merge (the
+last never does). The prototype's
 r = 32 (training) or 16 (evaluation) would hit ToMe's 50 % cap and shrink the sequence
 to a handful of tokens in the last blocks (146 -> 34 after 7 blocks at r = 16).
 """

@@ -1,5 +1,6 @@
-"""Tiny CPU config for the packed (ElasticAST) path: 1 block, width 64, synthetic clips of
-0.2-0.6 s at hops 10 or 20 ms packed into 2 rows x 48 tokens.
+"""Tiny CPU config for the packed (ElasticAST) path: 2 blocks (ToMe r=2 in the first; the
+last block never reduces), width 64, synthetic clips of 0.2-0.6 s at hops 10 or 20 ms
+packed into 2 rows x 48 tokens.
 
     python train.py --config configs/test_elastic.py --workdir /tmp/test_elastic
 """
@@ -20,5 +21,5 @@ def get_config():
     c.elastic.update(rows=2, max_tokens=48, max_slots=8, hops_ms=(10.0, 20.0),
                      max_frames=64, token_dropout=0.1, eval_hops_ms=(10.0, 20.0),
                      eval_max_frames=(32, 64))
-    c.model.update(tome_r=2)
+    c.model.update(depth=2, tome_r=2)
     return c

@@ -7,7 +7,7 @@ weighted average and TopK gather) is not counted: it is memory traffic, not MACs
 few percent of XLA's flop count (`tests/test_bench.py` checks the tolerance).
 
 `measure_throughput` times a compiled function (median of repeats after warm-up, every call
-blocked until ready); `compiled_memory` reads XLA's compiled memory analysis. `train_step_fn`
+blocked until ready), `measure_interleaved` several against each other (interleaved rounds); `compiled_memory` reads XLA's compiled memory analysis. `train_step_fn`
 is the one benchmark training step (benchmarks/throughput.py and device_check.py), and
 `peak_bf16_flops` / `mfu` turn a step rate into model-FLOPs utilisation.
 """
@@ -75,7 +75,7 @@ def layer_tokens(model: Any, *, frames: int) -> tuple[LayerTokens, ...]:
     queries = 2 if getattr(model, "prune_score", "cls") == "cls_dist" else 1
     out = []
     plans = model.token_plan(frames)
-    prefix_only = model.prefix_only_last_block(frames)
+    prefix_only = model.prefix_only_last_block()
     for i, plan in enumerate(plans):
         after_prune = plan.tokens_in
         if plan.keep is not None:
@@ -180,23 +180,51 @@ class Timing:
         """Items per second at the median time (e.g. clips/s for a batch of `items`)."""
         return items / self.median
 
+    @property
+    def spread(self) -> float:
+        """How much the repeats vary: interquartile range over the median (0 for < 2)."""
+        if len(self.times) < 2:
+            return 0.0
+        q1, _, q3 = statistics.quantiles(self.times, n=4, method="inclusive")
+        return (q3 - q1) / self.median
+
 
 def measure_throughput(fn: Callable, *args, warmup: int = 1, repeats: int = 3) -> Timing:
     """Times `fn(*args)` (e.g. a jitted or AOT-compiled function), blocking on its outputs.
 
     The first warm-up call also compiles a jitted function; its time is not counted.
     """
+    return measure_interleaved({"fn": lambda: fn(*args)}, warmup=warmup,
+                               repeats=repeats)["fn"]
+
+
+def measure_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 1,
+                        repeats: int = 3, log: Callable[[str], None] | None = None
+                        ) -> dict[str, Timing]:
+    """Times several calls against each other: all warmed up (and so compiled) first, then
+    `repeats` rounds of one call of each, every call blocked until ready, so that every
+    timing sees the same machine load; a ratio of medians compares them fairly.
+
+    fns: name -> a call without arguments. log: told of each warm-up and round.
+    """
     if warmup < 0 or repeats < 1:
-        raise ValueError(f"measure_throughput needs warmup >= 0 and repeats >= 1, got "
+        raise ValueError(f"timing needs warmup >= 0 and repeats >= 1, got "
                          f"warmup={warmup}, repeats={repeats}")
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return Timing(tuple(times))
+    for name, fn in fns.items():
+        if log:
+            log(f"warm-up {name}")
+        for _ in range(warmup):
+            jax.block_until_ready(fn())
+    times = {name: [] for name in fns}
+    for i in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+        if log:
+            log(f"round {i + 1}/{repeats}: " + ", ".join(
+                    f"{n} {t[-1]:.2f}s" for n, t in times.items()))
+    return {name: Timing(tuple(t)) for name, t in times.items()}
 
 
 # Dense (no sparsity) bf16 matrix peaks in FLOP/s by device kind, from the vendors' datasheets:

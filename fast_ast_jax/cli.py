@@ -1,16 +1,22 @@
 """Command-line errors read like a tool's: one line on stderr and exit status 2.
 
-A wrong path or a misspelt flag is the user's to fix, not a crash: `train.py`,
-`evaluate.py`, `python -m fast_ast_jax.predict` and `python -m fast_ast_jax.distill` report a
-missing config file, a misspelt `--config.` field (with ml_collections' "did you mean" hint)
-and a missing or empty checkpoint as `error: ...` and exit with status 2 (as argparse does
-for bad arguments), without a traceback.
+Every error a user can cause is the user's to fix, not a crash: `train.py`, `evaluate.py`,
+`python -m fast_ast_jax.predict`, `.distill` and `.export` report a missing config file, a
+misspelt `--config.` field (with ml_collections' "did you mean" hint), a missing or empty
+checkpoint, an impossible config value (`--config.batch_size=-3`), options that do not go
+together and mismatched files as `error: ...` and exit with status 2 (as argparse does for
+bad arguments), without a traceback; `--debug` shows it.
+
+The rule for "a user can cause it": a ValueError that this project's code raises on purpose
+(its messages name the field, file or value and the fix) or a missing path. A ValueError
+raised inside a library (jax, numpy, ...) is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import contextlib
 import re
 import sys
+import traceback
 from pathlib import Path
 from typing import Iterator, NoReturn, Sequence
 
@@ -21,6 +27,12 @@ from fast_ast_jax.checkpoints.store import CheckpointError
 from fast_ast_jax.train.config import recipe
 
 USAGE = 2  # exit status of usage errors (argparse's)
+# Top-level directories whose ValueErrors are deliberate user-facing checks.
+_OWN = (Path(__file__).resolve().parent, Path(__file__).resolve().parents[1] / "configs")
+_ENTRY_SCRIPTS = ("train.py", "evaluate.py")
+
+DEBUG = flags.DEFINE_boolean("debug", False, "show the traceback of usage errors "
+                             "(train.py, evaluate.py)")
 
 
 def fail(message: str) -> NoReturn:
@@ -71,10 +83,31 @@ def config_file(spec: str):
     return recipe(path, arg or None)
 
 
+def _raised_by_us(error: BaseException) -> bool:
+    """Whether the innermost frame of `error`'s traceback is this project's code."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return False
+    path = Path(frames[-1].filename).resolve()
+    return path.name in _ENTRY_SCRIPTS or any(own in path.parents for own in _OWN)
+
+
 @contextlib.contextmanager
-def path_errors() -> Iterator[None]:
-    """A missing path (checkpoint, data) or an unreadable checkpoint -> fail()."""
+def user_errors(*, debug: bool = False) -> Iterator[None]:
+    """A user's mistake inside the block -> fail() (one line, status 2); debug=True lets
+    it propagate with its traceback.
+
+    A user's mistake: a missing path (checkpoint, data, teacher file), an unreadable
+    checkpoint, or a ValueError raised by this project's checks (config values, options
+    that do not go together, mismatched checkpoints / teacher logits / labels).
+    """
     try:
         yield
-    except (FileNotFoundError, CheckpointError) as e:
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, CheckpointError) as e:
+        if debug:
+            raise
+        fail(str(e))
+    except ValueError as e:
+        if debug or not _raised_by_us(e):
+            raise
         fail(str(e))

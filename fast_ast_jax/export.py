@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fast_ast_jax import checkpoints
+from fast_ast_jax import checkpoints, cli
 from fast_ast_jax.audio.fbank_jax import device_features, samples_for_frames
 from fast_ast_jax.audio.frontend import FrontEnd
 
@@ -102,10 +102,12 @@ def main(argv=None) -> None:
                         help="input length (default: the trained length)")
     parser.add_argument("--platforms", default=",".join(PLATFORMS),
                         help="comma-separated lowering targets")
+    parser.add_argument("--debug", action="store_true", help="tracebacks of usage errors")
     args = parser.parse_args(argv)
-    spec = export_checkpoint(args.checkpoint, args.out, batch=args.batch,
-                             seconds=args.seconds,
-                             platforms=tuple(p for p in args.platforms.split(",") if p))
+    with cli.user_errors(debug=args.debug):
+        spec = export_checkpoint(args.checkpoint, args.out, batch=args.batch,
+                                 seconds=args.seconds,
+                                 platforms=tuple(p for p in args.platforms.split(",") if p))
     print(f"wrote {args.out} (+ .json): waves ({spec['batch'] or 'B'}, {spec['samples']}) at "
           f"{spec['sample_rate']} Hz + lengths -> logits over {len(spec['labels'])} labels, "
           f"for {','.join(spec['platforms'])}")

@@ -7,7 +7,9 @@
 Inputs: files, folders (searched recursively for audio extensions), glob patterns (quoted
 ones are expanded here) and `--list` files of paths (one a line). Files of any format, sample
 rate and channel count are decoded in a background thread pool, downmixed and resampled by
-the checkpoint's own front-end.
+the checkpoint's own front-end, whose fbank is then made on the accelerator in the model's
+compiled program (on a CPU-only machine: on the host, where it is cheaper;
+fast_ast_jax.windows).
 
 Scoring: windows of consecutive files share fixed-size batches (one compilation for any
 number of files and lengths; a file's scores do not depend on its batch-mates). A padded
@@ -93,7 +95,8 @@ def _top(labels: Sequence[str], scores: np.ndarray, k: int) -> Top:
 
 def predict_files(files: Sequence[str | os.PathLike], *, checkpoint: str | os.PathLike | Bundle,
                   top_k: int = 5, batch_size: int = 8, hop_frames: int | None = None,
-                  workers: int = 4, debug: bool = False, **overrides) -> Iterator[FileResult]:
+                  workers: int = 4, debug: bool = False, on_device: bool | None = None,
+                  **overrides) -> Iterator[FileResult]:
     """A FileResult per file, in order, lazily; a file that cannot be read or scored gets
     its `error` (the message; with `debug`, the traceback) and the others go on.
 
@@ -103,12 +106,14 @@ def predict_files(files: Sequence[str | os.PathLike], *, checkpoint: str | os.Pa
         top_k: labels per file and window.
         batch_size: windows per model call (a fixed shape: one compilation).
         hop_frames: frames between windows of clips longer than one window.
-        workers: threads decoding the next files, and threads computing their features,
-            while the model runs.
+        workers: threads decoding the next files (and, with host features, threads
+            computing their features) while the model runs.
+        on_device: features made on the device (`windows.scorer`; default: unless the
+            backend is the CPU).
         **overrides: model fields for this run (tome_r=8, prune_keep_rate=0.7, ...).
     """
     bundle = checkpoint if isinstance(checkpoint, Bundle) else checkpoints.load(checkpoint)
-    sc = scorer(bundle, batch_size=batch_size, **overrides)
+    sc = scorer(bundle, batch_size=batch_size, on_device=on_device, **overrides)
     sr = sc.frontend.sample_rate
     results: list[FileResult] = []
     scored: list[int] = []  # results[scored[k]] gets the k-th clip's scores
@@ -220,7 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "file's first window into this directory")
     parser.add_argument("--tome_r", type=int, default=None, help="ToMe: tokens merged per block")
     parser.add_argument("--keep_rate", type=float, default=None, help="TopK pruning keep rate")
-    parser.add_argument("--debug", action="store_true", help="tracebacks for failed files")
+    parser.add_argument("--debug", action="store_true",
+                        help="tracebacks for failed files and usage errors")
     args = parser.parse_args(argv)
     if not args.inputs and not args.list:
         cli.fail("no input: give audio files, folders, glob patterns or --list FILE")
@@ -229,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     files = expand_inputs(args.inputs, list_file=args.list)
     overrides = {k: v for k, v in (("tome_r", args.tome_r), ("prune_keep_rate", args.keep_rate))
                  if v is not None}
-    with cli.path_errors():
+    with cli.user_errors(debug=args.debug):
         bundle = checkpoints.load(args.checkpoint)
     if (args.maps or overrides) and not isinstance(bundle.model, Encoder):
         cli.fail(f"--maps / --tome_r / --keep_rate need an AST or ElasticAST; "

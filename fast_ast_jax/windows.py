@@ -3,13 +3,25 @@
 A model trained on `frontend.target_frames` frames (T) sees a long clip as windows of T
 frames every `hop_frames` frames (default T // 2); the last window is padded like a short
 training clip. Windows of all clips are streamed through the model in fixed-size batches,
-so an hour-long file costs its waveform and its fbank (computed once) in memory plus one
-batch of window features, never all of its windows at once. A clip of at most T frames is
-exactly one window (the usual input).
+so an hour-long file costs its waveform in memory plus one batch of windows, never all of
+its windows at once. A clip of at most T frames is exactly one window (the usual input).
+
+Where the features are made (`scorer(on_device=...)`):
+    on the device: a window is cut from the waveform (the samples of its T frames,
+        `samples_for_frames`), and one jitted program makes its fbank
+        (fast_ast_jax.audio.fbank_jax), normalises it and runs the model; the host only
+        decodes, resamples and slices. Frame k of the window starting at frame s is frame
+        s + k of the clip (snip-edges framing from sample s * hop), so the window's features
+        are those the host cuts from the clip's fbank (parity: tests/test_fbank_jax.py).
+    on the host: the clip's fbank is computed once (NumPy, float64) and windows are cut
+        from it. The default on the CPU backend, where the "device" is the same cores and
+        the on-device DFT, exact enough for parity (fbank_jax's module docstring), costs
+        more than the host's FFT (benchmarks/predict.py measures both).
 
 An ElasticAST (packed, any-length model) is scored the same way with windows as long as
 its packed row allows: a clip that fits is one window at its own length (packed alone into
-one row, no padding frames), a longer one is cut into row-sized windows (`scorer`).
+one row, no padding frames, inside the jitted program), a longer one is cut into row-sized
+windows (`scorer`).
 
 Aggregation over a clip's windows (documented in docs/RELIABILITY.md):
     single-label (softmax): softmax of the mean of the window logits;
@@ -25,14 +37,16 @@ import itertools
 from typing import Any, Callable, Iterable, Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from fast_ast_jax import models, packing
+from fast_ast_jax import models
 from fast_ast_jax.audio.fbank import fbank, num_frames
+from fast_ast_jax.audio.fbank_jax import device_features, samples_for_frames
 from fast_ast_jax.audio.features import normalize
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.bundle import Bundle
-from fast_ast_jax.models import ElasticAST
+from fast_ast_jax.models import ElasticAST, grid_shape
 
 
 @dataclasses.dataclass
@@ -48,17 +62,22 @@ class Scorer:
     """A model's forward over fixed-size batches of windows.
 
     Attributes:
-        apply: (features (batch_size, T, bins), frames (batch_size,) real frames per
-            window) -> logits (batch_size, C); always called with exactly batch_size rows.
-        frontend: features of one window (T = target_frames: the window length).
+        apply: (windows, lengths (batch_size,) int) -> logits (batch_size, C); always
+            called with exactly batch_size rows. on_device: windows (batch_size,
+            samples_for_frames(T)) float32 waveforms zero-padded at the end, lengths their
+            real samples; else windows (batch_size, T, bins) normalised features padded
+            as in training, lengths their real frames.
+        frontend: the front-end of one window (T = target_frames: the window length).
         multi_label: sigmoid + max over windows, else softmax of mean logits.
         batch_size: windows per call.
+        on_device: where the features are made (module docstring).
     """
 
     apply: Callable[[np.ndarray, np.ndarray], np.ndarray]
     frontend: FrontEnd
     multi_label: bool
     batch_size: int = 8
+    on_device: bool = False
 
 
 def elastic_row(model: ElasticAST, bundle: Bundle) -> tuple[int, FrontEnd]:
@@ -79,28 +98,72 @@ def elastic_row(model: ElasticAST, bundle: Bundle) -> tuple[int, FrontEnd]:
         target_frames=(t_dim - 1) * model.tstride + model.patch_size)
 
 
-def scorer(bundle: Bundle, *, batch_size: int = 8, **overrides: Any) -> Scorer:
+def packed_rows(x: jax.Array, frames: jax.Array, *, model: ElasticAST, tokens: int
+                ) -> dict[str, jax.Array]:
+    """Each window alone in one packed row of `tokens` tokens, at its own length: what
+    `packing.pack(..., max_slots=1)` makes of the windows' patches (`packing.patchify` of
+    their first max(frames, patch_size) frames), as a jittable function.
+
+    x: (B, T, bins) features; frames: (B,) int real frames per window. Returns the packed
+    model input: patches (B, tokens, p*p), segment_ids (B, tokens), positions (B, tokens,
+    2), slot_index (B, 1).
+    """
+    p, fs, ts = model.patch_size, model.fstride, model.tstride
+    batch, window, bins = x.shape
+    f_dim, t_all = grid_shape(frames=window, num_mel_bins=bins, patch_size=p, fstride=fs,
+                              tstride=ts)
+    # Every patch of the full window, frequency-major, each vector ordered (p_freq, p_time).
+    freq = (np.arange(f_dim) * fs)[:, None, None, None] + np.arange(p)[None, None, :, None]
+    time = (np.arange(t_all) * ts)[None, :, None, None] + np.arange(p)[None, None, None, :]
+    grid = x[:, time, freq].reshape(batch, f_dim * t_all, p * p)
+    # Token j of a window with `cols` patch columns is patch (j // cols, j % cols).
+    cols = (jnp.maximum(jnp.asarray(frames, jnp.int32), p) - p) // ts + 1
+    j = jnp.arange(tokens)[None, :]
+    valid = j < f_dim * cols[:, None]
+    f, t = j // cols[:, None], j % cols[:, None]
+    source = jnp.where(valid, f * t_all + t, 0)
+    patches = jnp.take_along_axis(grid, source[..., None], axis=1)
+    return {"patches": jnp.where(valid[..., None], patches, 0.0),
+            "segment_ids": valid.astype(jnp.int32),
+            "positions": jnp.where(valid[..., None], jnp.stack([f, t], axis=-1), 0),
+            "slot_index": jnp.arange(batch, dtype=jnp.int32)[:, None]}
+
+
+def scorer(bundle: Bundle, *, batch_size: int = 8, on_device: bool | None = None,
+           **overrides: Any) -> Scorer:
     """The jitted fixed-batch forward of a loaded checkpoint, with model field `overrides`
     (e.g. tome_r=8). AST / CNN: windows of the trained length. ElasticAST: each window is
-    packed alone into one row at its own length (tokens of padding frames never enter)."""
+    packed alone into one row at its own length (tokens of padding frames never enter).
+
+    on_device: make the features in the jitted program from waveform windows (default:
+        on an accelerator backend, not on the CPU; module docstring).
+    """
     model = bundle.model.clone(**overrides) if overrides else bundle.model
     params = bundle.params
-    if not models.is_packed(model):
-        forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
-        return Scorer(apply=lambda x, frames: forward(params, x), frontend=bundle.frontend,
-                      multi_label=bundle.multi_label, batch_size=batch_size)
-    tokens, fe = elastic_row(model, bundle)
-    forward = jax.jit(lambda p, b: model.apply({"params": p}, b, train=False)[0][:, 0])
+    on_device = jax.default_backend() != "cpu" if on_device is None else on_device
+    if models.is_packed(model):
+        tokens, fe = elastic_row(model, bundle)
+        run = lambda p, x, frames: model.apply(
+            {"params": p}, packed_rows(x, frames, model=model, tokens=tokens),
+            train=False)[0][:, 0]
+    else:
+        fe = bundle.frontend
+        run = lambda p, x, frames: model.apply({"params": p}, x, train=False)
+    # Dither (if any) from a fixed key, as evaluation does: predictions are deterministic.
+    key = jax.random.PRNGKey(0) if fe.dither > 0 else None
 
-    def apply(x, frames):
-        samples = [packing.patchify(w[:max(int(n), model.patch_size)],
-                                    patch_size=model.patch_size, fstride=model.fstride,
-                                    tstride=model.tstride) for w, n in zip(x, frames)]
-        rows = packing.pack(samples, rows=len(x), max_tokens=tokens, max_slots=1)
-        return forward(params, rows.arrays())
+    def forward(p, windows, lengths):
+        if not on_device:
+            return run(p, windows, lengths)
+        x = device_features(windows, frontend=fe, lengths=lengths, key=key)
+        frames = jnp.where(lengths >= fe.window_size,
+                           1 + (lengths - fe.window_size) // fe.hop_size, 0)
+        return run(p, x, frames)
 
-    return Scorer(apply=apply, frontend=fe, multi_label=bundle.multi_label,
-                  batch_size=batch_size)
+    jitted = jax.jit(forward)
+    return Scorer(apply=lambda windows, lengths: jitted(params, windows, lengths),
+                  frontend=fe, multi_label=bundle.multi_label, batch_size=batch_size,
+                  on_device=on_device)
 
 
 def window_starts(num_samples: int, *, frontend: FrontEnd, hop_frames: int) -> list[int]:
@@ -118,43 +181,48 @@ def window_starts(num_samples: int, *, frontend: FrontEnd, hop_frames: int) -> l
 
 
 @dataclasses.dataclass(frozen=True)
-class _ClipFeatures:
-    """A clip's normalised fbank (frames, bins), computed once, and its window starts."""
+class _Clip:
+    """A clip's waveform (on_device) or normalised fbank (frames, bins) computed once
+    (host), and its window starts."""
 
-    feats: np.ndarray
+    data: np.ndarray
     starts: list[int]
     duration: float
 
 
-def _clip_features(wave: np.ndarray, *, frontend: FrontEnd, hop_frames: int) -> _ClipFeatures:
-    wave = np.asarray(wave)
+def _prepare(wave: np.ndarray, *, frontend: FrontEnd, hop_frames: int, on_device: bool
+             ) -> _Clip:
     starts = window_starts(len(wave), frontend=frontend, hop_frames=hop_frames)
     # Samples past the last window's last frame cannot change any window.
-    needed = frontend.window_size + (starts[-1] + frontend.target_frames - 1) * frontend.hop_size
-    return _ClipFeatures(feats=normalize(fbank(wave[:needed], frontend=frontend),
-                                         frontend=frontend),
-                         starts=starts, duration=len(wave) / frontend.sample_rate)
+    data = np.asarray(wave[:samples_for_frames(starts[-1] + frontend.target_frames,
+                                               frontend=frontend)], np.float32)
+    if not on_device:
+        data = normalize(fbank(data, frontend=frontend), frontend=frontend)
+    return _Clip(data=data, starts=starts, duration=len(wave) / frontend.sample_rate)
 
 
-def clip_windows(clip: _ClipFeatures, *, frontend: FrontEnd
+def clip_windows(clip: _Clip, *, frontend: FrontEnd, on_device: bool
                  ) -> Iterator[tuple[float, float, np.ndarray, int]]:
-    """(start_s, end_s, features (T, bins), real frames <= T) of each window of a clip;
-    the last window ends at the clip's end. Frames are independent, so a window cut from
-    the clip's fbank equals `features(wave[first:])` of its own samples (padding cells are
-    normalised zeros, as there)."""
-    window, feats = frontend.target_frames, clip.feats
-    pad = normalize(np.zeros((1, feats.shape[1]), np.float32), frontend=frontend)
+    """(start_s, end_s, window, length) of each window of a clip (`Scorer.apply`'s rows:
+    waveform and samples, or features and frames); the last window ends at the clip's end.
+    Frames are independent, so a window cut from the clip's fbank equals
+    `features(wave[first:])` of its own samples (padding cells are normalised zeros, as
+    there), and equals what `device_features` makes of those samples."""
+    window, hop = frontend.target_frames, frontend.hop_size
+    samples = samples_for_frames(window, frontend=frontend)
+    size, fill = (samples, 0.0) if on_device else (window, normalize(
+        np.zeros((1, clip.data.shape[1]), np.float32), frontend=frontend))
     for k, start in enumerate(clip.starts):
-        first = start * frontend.hop_size
+        first = start * hop
         # The last window reaches the end of the clip (a tail shorter than one frame hop
         # is not seen by any frame; a short clip is padded).
         t1 = clip.duration if k + 1 == len(clip.starts) else (
-            first + frontend.window_size + (window - 1) * frontend.hop_size
-        ) / frontend.sample_rate
-        x = feats[start:start + window]
+            (first + samples) / frontend.sample_rate)
+        x = clip.data[first:first + samples] if on_device else clip.data[start:start + window]
         n = len(x)
-        if n < window:
-            x = np.concatenate([x, np.repeat(pad, window - n, axis=0)])
+        if n < size:
+            x = np.concatenate([x, np.broadcast_to(np.asarray(fill, np.float32),
+                                                   (size - n,) + x.shape[1:])])
         yield first / frontend.sample_rate, t1, x, n
 
 
@@ -196,22 +264,22 @@ def windowed_scores(waves: Iterable[np.ndarray], *, scorer: Scorer,
         waves: mono float32 waveforms at scorer.frontend.sample_rate (read lazily).
         scorer: the model (`scorer(bundle)`).
         hop_frames: frames between window starts (default T // 2).
-        workers: threads computing features of the next clips while the model runs
-            (0: in this thread).
+        workers: threads preparing the next clips (on the host: their features) while the
+            model runs (0: in this thread).
     """
     frontend, batch_size, multi_label = scorer.frontend, scorer.batch_size, scorer.multi_label
     hop = hop_frames or max(1, frontend.target_frames // 2)
-    pending: list[tuple[int, float, float, np.ndarray, int]] = []  # (clip, t0, t1, x, frames)
+    pending: list[tuple[int, float, float, np.ndarray, int]] = []  # (clip, t0, t1, x, length)
     logits: dict[int, list[tuple[float, float, np.ndarray]]] = {}
     done = 0  # clips whose windows are all scored are yielded in order
 
     def flush():
         x = np.stack([p[3] for p in pending])
-        frames = np.asarray([p[4] for p in pending] + [0] * (batch_size - len(x)))
+        lengths = np.asarray([p[4] for p in pending] + [0] * (batch_size - len(x)), np.int32)
         pad = batch_size - len(x)
         if pad:
             x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-        out = np.asarray(scorer.apply(x, frames), np.float32)[:len(pending)]
+        out = np.asarray(scorer.apply(x, lengths), np.float32)[:len(pending)]
         for (clip, t0, t1, _, _), row in zip(pending, out):
             logits[clip].append((t0, t1, row))
         pending.clear()
@@ -231,13 +299,15 @@ def windowed_scores(waves: Iterable[np.ndarray], *, scorer: Scorer,
                                                   zip(rows, probs)])
 
     clip = -1
-    prepared = ordered_map(lambda w: _clip_features(w, frontend=frontend, hop_frames=hop),
+    prepared = ordered_map(lambda w: _prepare(w, frontend=frontend, hop_frames=hop,
+                                              on_device=scorer.on_device),
                            waves, workers=workers)
-    for clip, (_, features, error) in enumerate(prepared):
+    for clip, (_, prepared_clip, error) in enumerate(prepared):
         if error is not None:
             raise error
         logits[clip] = []
-        for t0, t1, x, n in clip_windows(features, frontend=frontend):
+        for t0, t1, x, n in clip_windows(prepared_clip, frontend=frontend,
+                                         on_device=scorer.on_device):
             pending.append((clip, t0, t1, x, n))
             if len(pending) == batch_size:
                 flush()

@@ -13,7 +13,8 @@ from benchmarks import packing as packing_bench
 from benchmarks import throughput
 from fast_ast_jax import bench
 from fast_ast_jax.models import attention
-from fast_ast_jax.models.ast import create_ast
+from fast_ast_jax.models.ast import create_ast, model_overrides
+from tests.helpers import load_config
 
 # width 8, 2 heads, mlp 16, 2 blocks; 16 mel x 36 frames -> 1 x 3 patches + CLS + DIST = 5.
 TOY = dict(width=8, depth=2, num_heads=2, mlp_dim=16, num_mel_bins=16, frames=36,
@@ -72,13 +73,16 @@ def test_macs_match_xla_cost_analysis():
 
 
 def test_token_plan_reference_values_and_reduction_parts():
+    # The last block never merges (reference.md §2.4's last count is 3) and computes only
+    # CLS / DIST.
     tome = bench.ast_macs(create_ast("base", tome_r=300))
     assert [lt.tokens_out for lt in tome.layers] == [914, 614, 314, 158, 80, 41, 22, 12, 7, 5,
-                                                     4, 3]
+                                                     4, 4]
     assert tome.layers[3].tokens_in == 314 and tome.layers[0].matched == 1214
+    assert tome.layers[-1].matched == 0 and tome.layers[-1].queries == 2
     assert tome.parts["tome_match"] == sum(
             -(-n // 2) * (n // 2) * 64 for n in [1214, 914, 614, 314, 158, 80, 41, 22, 12, 7,
-                                                 5, 4])
+                                                 5])
     # TopK on AST stride 16 (8 x 64 patches, reference.md §8): k=0.7 -> 359 / 252 / 177.
     topk = bench.ast_macs(create_ast("base", fstride=16, tstride=16, prune_keep_rate=0.7))
     assert [topk.layers[i].tokens_out - 2 for i in (2, 3, 6, 9)] == [512, 359, 252, 177]
@@ -86,8 +90,32 @@ def test_token_plan_reference_values_and_reduction_parts():
     assert topk.total < bench.ast_macs(create_ast("base", fstride=16, tstride=16)).total
 
 
+def test_sweep_macs_never_rise_on_the_demo_model():
+    """The demo's sweeps (evaluate.py --sweep r=... / keep_rate=...): more merging or pruning
+    never costs MACs (a last-block reduction once did: r=4 > r=0)."""
+    c = load_config("demo")
+    model = create_ast(c.model.size, num_classes=8, num_mel_bins=c.frontend.num_mel_bins,
+                       frames=c.frontend.target_frames, **model_overrides(c.model))
+    assert (model.depth, model.num_mel_bins, model.frames, model.fstride) == (4, 64, 128, 10)
+    tokens = model.token_plan()[0].tokens_in  # 5 x 12 patches + CLS + DIST
+    assert tokens == 62
+
+    def never_rise(settings):
+        macs = [bench.ast_macs(model.clone(**s)).total for s in settings]
+        assert all(b <= a for a, b in zip(macs, macs[1:])), list(zip(settings, macs))
+        return macs
+
+    macs = never_rise([dict(tome_r=r) for r in range(tokens // 2 + 1)])
+    assert macs[4] < macs[0] and macs[-1] < macs[0] / 2
+    rates = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
+    for fuse in (False, True):
+        macs = never_rise([dict(prune_keep_rate=k, prune_fuse=fuse) for k in rates])
+        assert macs[1] < macs[0]
+    never_rise([dict(prune_keep_rate=0.7, tome_r=r) for r in range(0, tokens // 2 + 1, 3)])
+
+
 def test_token_counts_match_the_forward_pass():
-    model = create_ast("tiny", width=16, depth=2, num_heads=2, mlp_dim=32, num_mel_bins=32,
+    model = create_ast("tiny", width=16, depth=3, num_heads=2, mlp_dim=32, num_mel_bins=32,
                        frames=96, num_classes=4, tome_r=3, prune_keep_rate=0.5,
                        prune_layers=(1,))
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 96, 32), dtype=np.float32))
@@ -112,6 +140,15 @@ def test_measure_throughput_and_memory():
     assert memory["temp"] > 0 and memory["argument"] == 64 * 64 * 4
     with pytest.raises(ValueError, match="repeats >= 1"):
         bench.measure_throughput(fn, x, repeats=0)
+    # Several calls against each other: every one warmed up, then one call each per round.
+    calls, rounds = [], []
+    timings = bench.measure_interleaved(
+            {"a": lambda: calls.append("a") or fn(x), "b": lambda: calls.append("b") or fn(x)},
+            warmup=2, repeats=3, log=rounds.append)
+    assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 3
+    assert [len(t.times) for t in timings.values()] == [3, 3] and len(rounds) == 5
+    assert bench.Timing((1.0, 2.0, 3.0, 4.0, 5.0)).spread == pytest.approx(2.0 / 3.0)
+    assert bench.Timing((1.0,)).spread == 0.0
 
 
 def test_throughput_script_smoke(tmp_path, capsys):

@@ -44,8 +44,10 @@ def test_smoke_runs_every_section(tmp_path, capsys):
 
 def test_gpu_kernel_choice_for_the_ast_base_settings():
     """On a GPU, AST-base bf16 at 1024 frames gets cuDNN in every block for the three
-    settings (ToMe at half MACs keeps even token counts, so its bias is allowed)."""
+    settings (ToMe at half MACs takes an even r, so token counts stay even and its bias is
+    allowed)."""
     variants = device_check.ast_variants(device_check.FULL)
+    assert bench.halving_tome_r(variants["baseline"]) == 101  # odd: rounded up to even
     assert list(variants)[1] == "ToMe r=102 (half MACs)"
     for model in variants.values():
         assert device_check.attention_kernels(model, 32, backend="gpu") == "cudnn x12"

@@ -78,6 +78,34 @@ def test_no_leakage_between_samples_of_a_row(pool):
         np.testing.assert_allclose(logits[0, s], alone[0, 0], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("over", [dict(tome_r=3), dict(prune_keep_rate=0.5, prune_layers=(1,))])
+def test_last_block_never_reduces_unless_an_older_checkpoint_did(over):
+    """As in AST, the schedule's last-block entry is ignored. Here it would change the
+    pooled tokens, so checkpoints saved before that rule (no reduce_last_block in their
+    metadata) load with reduce_last_block=True and get the logits they were trained with."""
+    from fast_ast_jax.checkpoints.store import model_fields_from_meta
+
+    model = ElasticAST(**KW, **over)
+    assert model.schedules()[0][-1] == 0 and model.schedules()[1][-1] == 1.0
+    old = model.clone(reduce_last_block=True)
+    counts, old_counts = model.token_counts(32, 4), old.token_counts(32, 4)
+    assert counts[-1] == counts[-2] and old_counts[-1] < old_counts[-2]
+    packed = _batch([_clip(48), _clip(128), _clip(33)], max_tokens=32)
+    params = jax.jit(model.init)(jax.random.PRNGKey(1), packed)["params"]
+    new_logits, _ = jax.jit(model.apply)({"params": params}, packed)
+    old_logits, _ = jax.jit(old.apply)({"params": params}, packed)
+    assert not np.allclose(new_logits, old_logits, atol=1e-4)
+    # Metadata -> fields: an older ElasticAST keeps its meaning, a newer one its field; an
+    # AST needs no field (its last-block reduction never changed the logits).
+    fields = dict(KW, **over)
+    older = model_fields_from_meta({"model": fields, "model_class": "elastic"})
+    assert ElasticAST(**older) == old
+    newer = model_fields_from_meta({"model": {**fields, "reduce_last_block": False},
+                                    "model_class": "elastic"})
+    assert ElasticAST(**newer) == model
+    assert "reduce_last_block" not in model_fields_from_meta({"model": {"depth": 2}})
+
+
 def test_rows_and_unpack_restore_sample_order():
     model = ElasticAST(**KW, pool="attn")
     clips = [_clip(n) for n in (128, 64, 32, 96, 16)]  # 16, 8, 4, 12, 2 tokens
@@ -95,7 +123,7 @@ def test_rows_and_unpack_restore_sample_order():
 
 
 def test_gradients_are_finite_with_padding_rows():
-    model = ElasticAST(**{**KW, "depth": 1}, tome_r=3, prune_keep_rate=0.7, prune_layers=(0,))
+    model = ElasticAST(**KW, tome_r=3, prune_keep_rate=0.7, prune_layers=(0,))
     packed = _batch([_clip(40), _clip(20)], rows=2, max_tokens=24)
     params = jax.jit(model.init)(jax.random.PRNGKey(3), packed)["params"]
 

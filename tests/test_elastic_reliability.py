@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def config(num_steps: int, **top):
-    """configs/test_elastic.py (1 block, 24 synthetic clips), constant lr, no eval."""
+    """configs/test_elastic.py (2 blocks, 24 synthetic clips), constant lr, no eval."""
     c = load_config("test_elastic")
     c.data.eval = {}
     c.optim.schedule = "constant"

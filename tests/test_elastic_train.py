@@ -62,8 +62,8 @@ def test_pipeline_native_lengths_hops_and_fixed_shapes(source):
 
 
 def test_sweep_runs_every_length_and_hop_through_one_program(source):
-    model = ElasticAST(num_classes=len(source.labels), width=32, depth=1, num_heads=2,
-                       mlp_dim=64, num_mel_bins=32, frames=64, tome_r=2)
+    model = ElasticAST(num_classes=len(source.labels), width=32, depth=2, num_heads=2,
+                       mlp_dim=64, num_mel_bins=32, frames=64, tome_r=2)  # merges in block 0
     pipe = PackedPipeline(source, frontend=FRONTEND, spec=SPEC, train=False)
     params = jax.jit(model.init)(jax.random.PRNGKey(0), pipe.batch(0, 0))["params"]
     mesh = sharding.make_mesh()
@@ -147,7 +147,7 @@ def test_init_from_pretrained_hf_directory(tmp_path):
     transformers.ASTForAudioClassification(cfg).save_pretrained(tmp_path / "hf")
     c = load_config("test_elastic")
     c.update(num_steps=1, init_from=str(tmp_path / "hf"))
-    c.model.update(tome_r=0)
+    c.model.update(depth=1, tome_r=0)
     c.elastic.update(pos_embedding="ast", pool="mean")
     c.optim.update(lr=0.0, weight_decay=0.0)  # the step leaves the loaded weights as they are
     c.data.eval = {}

@@ -18,18 +18,23 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from benchmarks import predict as predict_bench
 from fast_ast_jax import checkpoints, distill
+from fast_ast_jax.audio.fbank_jax import samples_for_frames
+from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.audio.io import load_audio
+from fast_ast_jax.bundle import Bundle
 from fast_ast_jax.data import make_source, source_ids
 from fast_ast_jax.data.packed import PackedPipeline
-from fast_ast_jax.train.dump import dump
-from fast_ast_jax.models import AST, ElasticAST
+from fast_ast_jax.models import AST, CNNTeacher, ElasticAST
 from fast_ast_jax.predict import main as predict_main
 from fast_ast_jax.predict import expand_inputs, predict_files
 from fast_ast_jax.train import loop
+from fast_ast_jax.train.dump import dump
 from fast_ast_jax.train.elastic import pack_spec
 from fast_ast_jax.train.forward import packed_forward
 from fast_ast_jax.train.evaluation import evaluate_checkpoint, write_split_maps
+from fast_ast_jax.windows import scorer
 from tests.helpers import load_config
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -45,11 +50,11 @@ def tone(path: Path, seconds: float, *, freq: float = 440.0, sr: int = 16000) ->
 
 @pytest.fixture(scope="module")
 def padded(tmp_path_factory) -> Path:
-    """1 step of configs/test.py with ToMe and TopK on (for the maps)."""
+    """1 step of configs/test.py with ToMe and TopK on in block 0 of 2 (for the maps)."""
     c = load_config("test")
     c.update(num_steps=1, checkpoint_every=1)
     c.data.eval = {"num_examples": 4, "split": "eval", "min_seconds": 0.2, "max_seconds": 0.5}
-    c.model.update(tome_r=1, prune_keep_rate=0.5, prune_layers=(0,))
+    c.model.update(depth=2, tome_r=1, prune_keep_rate=0.5, prune_layers=(0,))
     work = tmp_path_factory.mktemp("padded") / "w"
     loop.train_and_evaluate(c, str(work))
     return work
@@ -128,6 +133,57 @@ def test_batched_equals_one_at_a_time(padded, tmp_path):
     for f, r in zip(files, together):
         alone, = predict_files([f], checkpoint=bundle, top_k=8, batch_size=4)
         assert r.top == alone.top and r.windows == alone.windows  # bit for bit
+
+
+def _noisy_tones(path: Path, samples: int, *, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples) / 16000
+    wave = 0.2 * np.sin(2 * np.pi * (300 + 200 * seed) * t) + 0.05 * rng.normal(size=samples)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, wave.astype(np.float32), 16000, subtype="FLOAT")
+    return str(path)
+
+
+def _cnn_bundle() -> Bundle:
+    """An initialised CNN teacher (weights do not matter: both paths run the same ones)."""
+    fe = FrontEnd(num_mel_bins=32, target_frames=48)
+    model = CNNTeacher(num_classes=3, stages="tiny", num_mel_bins=32)
+    params = model.init(jax.random.PRNGKey(0), np.zeros((1, 48, 32), np.float32))["params"]
+    return Bundle(model=model, params=params, frontend=fe, labels=("a", "b", "c"))
+
+
+@pytest.mark.parametrize("kind", ["padded", "packed", "cnn"])
+def test_device_features_predict_as_host_features(kind, request, tmp_path):
+    """The fbank made on the device, inside the model's program, from waveform windows
+    gives the predictions of the host's fbank cut into windows: clips shorter than one
+    frame, than one window, exactly one window, one hop longer, many windows."""
+    bundle = _cnn_bundle() if kind == "cnn" else checkpoints.load(request.getfixturevalue(kind))
+    fe = scorer(bundle, on_device=True).frontend  # the window's front-end
+    one = samples_for_frames(fe.target_frames, frontend=fe)
+    lengths = [fe.window_size - 1, one // 3, one, one + fe.hop_size, 7 * one + 11]
+    files = [_noisy_tones(tmp_path / f"{n}.wav", n, seed=i) for i, n in enumerate(lengths)]
+    files.insert(2, str(tmp_path / "missing.wav"))  # a bad file among them
+    k = len(bundle.labels)
+    host = list(predict_files(files, checkpoint=bundle, top_k=k, batch_size=4, on_device=False))
+    device = list(predict_files(files, checkpoint=bundle, top_k=k, batch_size=4,
+                                on_device=True))
+    assert [r.file for r in device] == files
+    assert device[2].error is not None and device[2].error == host[2].error
+    for h, d in zip(host, device):
+        assert len(d.windows) == len(h.windows) and d.duration == h.duration
+        assert dict(d.top) == pytest.approx(dict(h.top), abs=1e-4)
+        for (h0, h1, htop), (d0, d1, dtop) in zip(h.windows, d.windows):
+            assert (d0, d1) == (h0, h1) and dict(dtop) == pytest.approx(dict(htop), abs=1e-4)
+    assert len(device[-1].windows) > 10 and len(device[0].windows) == 1
+
+
+def test_predict_benchmark_runs_both_feature_paths(padded, capsys):
+    predict_bench.main(["--checkpoint", str(padded), "--files", "3", "--seconds", "1",
+                        "--rounds", "2", "--batch_size", "4", "--workers", "1"])
+    out = capsys.readouterr().out
+    assert "| host features |" in out and "| device features |" in out
+    assert "device / host audio-s/s: " in out and "load average" in out
+    assert "MACs per window: model " in out
 
 
 # --- maps ---------------------------------------------------------------------------------
@@ -216,19 +272,28 @@ def test_elastic_checkpoint_predict_evaluate_dump_init(packed, padded, tmp_path,
 
 
 def test_old_elastic_metadata_is_read(packed, tmp_path):
-    """Checkpoints written before the registry carry meta "model_kind" only."""
+    """Checkpoints written before the registry carry meta "model_kind" only; those written
+    before the last block stopped reducing have no "reduce_last_block" and keep reducing
+    there (their ToMe r=2 in the last of 2 blocks), the meaning they were trained with."""
     from fast_ast_jax.checkpoints.store import Checkpointer
 
     bundle = checkpoints.load(packed)
+    assert not bundle.model.reduce_last_block
     ckpt = Checkpointer(packed / "checkpoints", create=False)
     state, meta = ckpt.restore()
     ckpt.close()
     meta = {k: v for k, v in meta.items() if k != "model_class"} | {"model_kind": "elastic"}
-    old = Checkpointer(tmp_path / "old" / "checkpoints", every=1)
-    old.save(1, state, meta)
-    old.close()
-    assert isinstance(checkpoints.load(tmp_path / "old").model, ElasticAST)
-    assert checkpoints.load(tmp_path / "old").model == bundle.model
+    for name, model_meta, want in [
+            ("registry", meta["model"], bundle.model),
+            ("last_block", {k: v for k, v in meta["model"].items()
+                            if k != "reduce_last_block"},
+             bundle.model.clone(reduce_last_block=True))]:
+        old = Checkpointer(tmp_path / name / "checkpoints", every=1)
+        old.save(1, state, {**meta, "model": model_meta})
+        old.close()
+        loaded = checkpoints.load(tmp_path / name).model
+        assert isinstance(loaded, ElasticAST) and loaded == want
+    assert bundle.model.schedules()[0] == [2, 0] and want.schedules()[0] == [2, 2]
 
 
 # --- wrong paths and flags ---------------------------------------------------------------------

@@ -42,7 +42,7 @@ def test_training_compiles_one_step_per_rate(tmp_path, capsys):
     from fast_ast_jax.train.loop import train_and_evaluate
 
     c = tiny(load_config("test"))
-    c.model.update(depth=2, prune_keep_rate=0.5, prune_layers=(1,))
+    c.model.update(depth=2, prune_keep_rate=0.5, prune_layers=(0,))  # the last never prunes
     c.num_steps, c.log_every, c.checkpoint_every = 8, 4, 100
     c.data.eval = {}
     # 32 clips / batch 4 = 8 steps per epoch: rate 1 until step 2, half cosine to 0.5 at

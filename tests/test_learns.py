@@ -50,7 +50,7 @@ def test_packed_training_learns(tmp_path):
     from fast_ast_jax.train.loop import train_and_evaluate
 
     c = configure(load_config("test_elastic"), steps=40)
-    c.model.tome_r = 0
+    c.model.update(depth=1, tome_r=0)
     c.elastic.update(token_dropout=0.0)
     train_and_evaluate(c, str(tmp_path / "work"))
     check_learns(losses(tmp_path / "work"), 40)

@@ -165,7 +165,10 @@ def test_prefix_only_last_block_keeps_the_logits():
     assert model.prefix_only_last_block()
     full = model.clone(trace_source=True)
     assert not full.prefix_only_last_block()
-    assert not model.clone(prune_keep_rate=0.5, prune_layers=(1,)).prefix_only_last_block()
+    # The last block never reduces: a schedule's entry for it is ignored.
+    pruned = model.clone(prune_keep_rate=0.5, prune_layers=(1,), tome_r="blocks:0,4")
+    assert pruned.prefix_only_last_block() and pruned.token_plan()[-1].keep is None
+    assert bench.ast_macs(pruned) == bench.ast_macs(model)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 64, 32), dtype=np.float32))
     params = jax.jit(model.init)(jax.random.key(0), x)["params"]
     got = jax.jit(model.apply)({"params": params}, x)

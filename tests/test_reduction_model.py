@@ -1,6 +1,8 @@
 """Token reduction (ToMe, TopK pruning) inside the AST: static shapes, parity, validation."""
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -42,18 +44,19 @@ def test_off_is_bit_identical(params_and_input):
     assert jnp.array_equal(plain, run(create_ast("tiny", **TINY, tome_r="blocks:0,0")))
 
 
-# Token counts leaving each block, by hand from 38 tokens (36 patches + CLS + DIST).
+# Token counts leaving each block, by hand from 38 tokens (36 patches + CLS + DIST). The
+# last block (2) never reduces, whatever the schedule says.
 @pytest.mark.parametrize("over, want", [
     (dict(tome_r="ramp:8,-1"), [22, 14, 14]),  # r 16, 8, 0
-    (dict(tome_r="blocks:20,20,20"), [20, 11, 7]),  # clamped to (T - 2) // 2: 18, 9, 4
-    # keep ceil(0.5 * 36) = 18 (+ fused) -> 21; block 2: ceil(0.5 * 19) = 10 + 1 -> 13
-    (dict(prune_keep_rate=0.5, prune_layers=(0, 2), prune_fuse=True), [21, 21, 13]),
-    # r 3 -> 35; block 1 keeps ceil(0.7 * 33) = 24 -> 26, r 3 -> 23; r 3 -> 20
+    (dict(tome_r="blocks:20,20,20"), [20, 11, 11]),  # clamped to (T - 2) // 2: 18, 9; 0
+    # keep ceil(0.5 * 36) = 18 (+ fused) -> 21; block 1: ceil(0.5 * 19) = 10 + 1 -> 13
+    (dict(prune_keep_rate=0.5, prune_layers=(0, 1, 2), prune_fuse=True), [21, 13, 13]),
+    # r 3 -> 35; block 1 keeps ceil(0.7 * 33) = 24 -> 26, r 3 -> 23; no r 3 in block 2
     (dict(prune_keep_rate=0.7, prune_layers=(1,), prune_score="cls_dist", tome_r=3),
-     [35, 23, 20]),
-    # r 3 -> 35; block 1 keeps ceil(0.5 * 33) = 17 + fused -> 20, r 3 -> 17; r 3 -> 14
+     [35, 23, 23]),
+    # r 3 -> 35; block 1 keeps ceil(0.5 * 33) = 17 + fused -> 20, r 3 -> 17
     (dict(tome_r=3, prune_keep_rate=0.5, prune_layers=(1,), prune_fuse=True,
-          tome_prop_attn=False), [35, 17, 14]),
+          tome_prop_attn=False), [35, 17, 17]),
 ])
 def test_shapes_shrink_per_layer(params_and_input, over, want):
     params, x = params_and_input
@@ -103,17 +106,45 @@ def nn_intercept(fn):
 
 
 def test_token_plan_matches_reference_counts():
-    # AST 10/10 on 1024 frames: 1214 tokens; r=300 constant (reference.md §2.4).
+    # AST 10/10 on 1024 frames: 1214 tokens; r=300 constant (reference.md §2.4: effective r
+    # [300, 300, 300, 156, 78, 39, 19, 10, 5, 2, 1, 1], counts [914, ..., 5, 4, 3]), except
+    # that the last block never merges.
     model = create_ast("base", tome_r=300)
     plan = model.token_plan()
-    assert [lp.r for lp in plan] == [300, 300, 300, 156, 78, 39, 19, 10, 5, 2, 1, 1]
-    assert [lp.tokens_out for lp in plan] == [914, 614, 314, 158, 80, 41, 22, 12, 7, 5, 4, 3]
+    assert [lp.r for lp in plan] == [300, 300, 300, 156, 78, 39, 19, 10, 5, 2, 1, 0]
+    assert [lp.tokens_out for lp in plan] == [914, 614, 314, 158, 80, 41, 22, 12, 7, 5, 4, 4]
     counts = create_ast("base", tome_r=100).token_counts()
-    assert counts[:2] == [1114, 1014] and counts[-2:] == [114, 58]
+    assert counts[:2] == [1114, 1014] and counts[-2:] == [114, 114]  # reference: 114, 58
     # TopK on stride 16 (512 patches), keep 0.7 at blocks 3, 6, 9 (reference.md §8).
     model = create_ast("base", fstride=16, tstride=16, prune_keep_rate=0.7)
     assert [lp.keep for lp in model.token_plan() if lp.keep] == [359, 252, 177]
     assert model.token_counts()[-1] == 2 + 177
+
+
+@pytest.mark.parametrize("over", [
+    dict(tome_r=4), dict(tome_r="blocks:0,0,9"), dict(tome_r="ramp:6,1"),
+    dict(prune_keep_rate=0.5, prune_layers=(1, 2), prune_fuse=True),
+    dict(prune_keep_rate=0.6, prune_layers=(2,), tome_r=3, prune_score="cls_dist"),
+])
+def test_last_block_reduction_of_older_versions_gave_these_logits(params_and_input, over,
+                                                                  monkeypatch):
+    """Older versions reduced in the last block when the schedule said so (and then ran it
+    on every token); today that entry is ignored and the last block computes only CLS /
+    DIST. The logits are the same, so AST checkpoints load with the meaning they had."""
+    from fast_ast_jax.models import ast
+
+    params, x = params_and_input
+    model = create_ast("tiny", **TINY, **over)
+    assert model.token_plan()[-1].r == 0 and model.token_plan()[-1].keep is None
+    new = jax.jit(lambda p, x: model.apply({"params": p}, x))(params, x)
+    # The older plan: the schedule's last entry kept, and no prefix-only last block.
+    old_schedule = functools.partial(ast.reduction_schedule, reduce_last_block=True)
+    monkeypatch.setattr(ast, "reduction_schedule", old_schedule)
+    monkeypatch.setattr(ast.AST, "prefix_only_last_block", lambda self: False)
+    last = model.token_plan()[-1]
+    assert last.r > 0 or last.keep is not None  # the old last block did reduce
+    old = jax.jit(lambda p, x: model.apply({"params": p}, x))(params, x)
+    np.testing.assert_allclose(np.asarray(new), np.asarray(old), rtol=1e-5, atol=1e-5)
 
 
 def test_gradients_finite(params_and_input):
@@ -183,7 +214,7 @@ def test_json_round_trip_schedule():
 
     model = create_ast("tiny", **TINY, tome_r="ramp:8,-1")
     again = create_ast("tiny", **TINY, tome_r=json.loads(json.dumps(model.tome_r)))
-    assert again.r_schedule() == model.r_schedule() == [16, 8, 0]
+    assert again.tome_r == model.tome_r and again.r_schedule() == [16, 8, 0]
 
 
 def test_prune_scores_are_class_attention(params_and_input):

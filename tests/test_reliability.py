@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from fast_ast_jax import cli
 from fast_ast_jax.audio import AudioError, load_audio
 from fast_ast_jax.audio.features import features
 from fast_ast_jax.audio.frontend import FrontEnd
@@ -301,7 +302,7 @@ def test_impossible_config_values(field, value, match):
 def test_tome_r_larger_than_the_tokens_warns():
     """ToMe clamps r per block (as the reference), so a too-large r is legal: a warning."""
     c = load_config("test")
-    c.model.tome_r = 50
+    c.model.update(depth=2, tome_r=50)  # the last (here: only) block would never merge
     with pytest.warns(UserWarning, match=r"config\.model\.tome_r=50: the first block can "
                                          r"merge at most 3 of its 6 patch tokens"):
         validate_config(c, device_count=1)
@@ -323,19 +324,47 @@ def test_batch_not_divisible_by_devices_and_locked_config():
 
 
 def test_train_py_rejects_bad_flags(tmp_path):
-    def run(*flags):
+    def run(*flags, recipe="test.py"):
         return subprocess.run([sys.executable, str(ROOT / "train.py"), "--config",
-                               str(ROOT / "configs" / "test.py"), "--workdir",
+                               str(ROOT / "configs" / recipe), "--workdir",
                                str(tmp_path), *flags], capture_output=True, text=True,
                               cwd=ROOT, timeout=120)
 
-    typo = run("--config.batch_szie=8")
-    assert typo.returncode == 2 and 'did you mean "batch_size"' in typo.stderr
-    wrong = run("--config.batch_size=abc")
-    assert wrong.returncode != 0 and "flag --config.batch_size=abc" in wrong.stderr
-    neg = run("--config.optim.lr=-1")
-    assert neg.returncode != 0 and "config.optim.lr=-1.0: a learning rate" in neg.stderr
+    def one_line(proc, expected: str):
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+        assert lines[0].startswith("error: ") and expected in lines[0], lines
+
+    one_line(run("--config.batch_szie=8"), 'did you mean "batch_size"')
+    one_line(run("--config.batch_size=abc"), "flag --config.batch_size=abc")
+    one_line(run("--config.optim.lr=-1"), "config.optim.lr=-1.0: a learning rate")
+    one_line(run("--config.batch_size=-3"), "config.batch_size=-3: must be > 0")
+    # an incompatible option found while building the run, not by the validator
+    one_line(run("--config.frontend.on_device=True", recipe="test_elastic.py"),
+             "on_device=True is not supported by packed")
+    debug = run("--config.batch_size=-3", "--debug")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
     assert not (tmp_path / "checkpoints").exists()  # nothing started
+
+
+def test_library_value_errors_keep_their_traceback():
+    """Only this project's deliberate checks become one-line usage errors: a ValueError
+    raised inside a library is a bug and propagates."""
+    c = default_config()
+    c.batch_size = -3
+    with pytest.raises(SystemExit) as exit_info:
+        with cli.user_errors():
+            validate_config(c, device_count=1)
+    assert exit_info.value.code == 2
+    with pytest.raises(ValueError, match="batch_size=-3"):
+        with cli.user_errors(debug=True):
+            validate_config(c, device_count=1)
+    with pytest.raises(ValueError, match="cannot reshape"):
+        with cli.user_errors():
+            np.zeros(3).reshape(2, 2)
+    with pytest.raises(ValueError, match="raised by a test"):  # not the project's code
+        with cli.user_errors():
+            raise ValueError("raised by a test")
 
 
 def test_checkpoint_of_another_size(trained, tmp_path):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fast_ast_jax.models import create_ast, tome
+from fast_ast_jax.models import tome
 
 
 def _unit(degrees):
@@ -237,16 +237,6 @@ def test_parse_schedule_worked_values():
                         (-2, "merges must be >= 0")]:
         with pytest.raises(ValueError, match=match):
             parse(spec, depth=2)
-
-
-def test_token_schedule():
-    # AST base: 12 x 101 patches + CLS + DIST = 1214 tokens; r is clamped per block.
-    plan = create_ast("base", tome_r=300).token_plan()
-    assert [lp.r for lp in plan] == [300, 300, 300, 156, 78, 39, 19, 10, 5, 2, 1, 1]
-    assert [lp.tokens_out for lp in plan] == [914, 614, 314, 158, 80, 41, 22, 12, 7, 5, 4, 3]
-    plan = create_ast("base", tome_r=100).token_plan()
-    counts = [lp.tokens_out for lp in plan]
-    assert counts[:3] == [1114, 1014, 914] and counts[-1] == 58 and plan[-1].r == 56
 
 
 def test_jit_static_shapes_no_retrace():

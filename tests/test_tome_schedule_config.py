@@ -50,16 +50,16 @@ def schedule(out: subprocess.CompletedProcess) -> list[int]:
 
 
 def test_schedules_from_config_file_and_flags(tmp_path):
-    # Config file: a constant and each tagged form.
-    assert schedule(run_flags(tmp_path, "c.model.tome_r = 6")) == [6] * 4
+    # Config file: a constant and each tagged form (the last block never merges).
+    assert schedule(run_flags(tmp_path, "c.model.tome_r = 6")) == [6, 6, 6, 0]
     assert schedule(run_flags(tmp_path, 'c.model.tome_schedule = "ramp:6,-1"')) == [
         12, 8, 4, 0]
     assert schedule(run_flags(tmp_path, 'c.model.tome_schedule = "blocks:16,0"')) == [
         16, 0, 0, 0]
     # Command line, over the config file.
-    assert schedule(run_flags(tmp_path, "pass", "--config.model.tome_r=5")) == [5] * 4
+    assert schedule(run_flags(tmp_path, "pass", "--config.model.tome_r=5")) == [5, 5, 5, 0]
     assert schedule(run_flags(tmp_path, "pass",
-                              "--config.model.tome_schedule=ramp:6,1.0")) == [0, 4, 8, 12]
+                              "--config.model.tome_schedule=ramp:6,1.0")) == [0, 4, 8, 0]
     assert schedule(run_flags(tmp_path, "c.model.tome_r = 6", "--config.model.tome_r=0",
                               "--config.model.tome_schedule=blocks:3,2,1")) == [3, 2, 1, 0]
 

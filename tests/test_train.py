@@ -281,15 +281,24 @@ def test_sharded_training_matches_one_device(tmp_path):
 def test_tome_training_evaluate_sweep_and_predict(tmp_path):
     c = load_config("test")
     c.num_steps = 1
-    # Two blocks: the last block computes only the class token when it reduces nothing
-    # (AST.prefix_only_last_block), so the settings below reduce in block 0 only.
+    # Two blocks: the last block never reduces (it computes only the class tokens,
+    # AST.prefix_only_last_block), so the settings below reduce in block 0.
     c.model.update(depth=2, tome_schedule="blocks:1")  # train with token merging (FastAST)
     loop.train_and_evaluate(c, str(tmp_path / "w"))
+    printed = []
     rows = evaluate_checkpoint(tmp_path / "w", settings=[
         {"tome_r": 0}, {"tome_r": "blocks:2"}, {"prune_keep_rate": 0.5, "prune_layers": (0,)}],
-        plot=tmp_path / "s.png", echo=None)  # evaluate.py --keep_rate 0.5 --prune_layers 0
+        plot=tmp_path / "s.png", echo=printed.append)  # --keep_rate 0.5 --prune_layers 0
     assert len(rows) == 3 and rows[0]["speedup"] == 1.0 and (tmp_path / "s.png").stat().st_size
     assert rows[1]["macs"] < rows[0]["macs"] and rows[2]["macs"] < rows[0]["macs"]
+    for r in rows:  # the speedup the MACs promise, next to the measured one
+        assert r["mac_ratio"] == pytest.approx(rows[0]["macs"] / r["macs"])
+        assert r["speedup"] == pytest.approx(r["clips_per_s"] / rows[0]["clips_per_s"])
+    table, footer = printed
+    assert table.splitlines()[0].split(" | ")[4:7] == [f"{k:>12}" for k in (
+            "macs", "mac_ratio", "speedup")]
+    assert "median of 7 rounds interleaving the settings" in footer
+    assert "1-minute load average" in footer and " at start, " in footer
     assert parse_sweep("r=0,8") == [{"tome_r": 0}, {"tome_r": 8}]
     assert parse_sweep("keep_rate=0.7")[0]["prune_keep_rate"] == 0.7
     with pytest.raises(ValueError, match="NAME"):
@@ -302,6 +311,27 @@ def test_tome_training_evaluate_sweep_and_predict(tmp_path):
     scores = [s for _, s in out[0]]
     assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0 + 1e-6
     assert meta.is_file()
+
+
+def test_sweep_footer_says_what_clips_per_s_measured_and_why_a_cheaper_row_was_slower():
+    from fast_ast_jax.train.evaluation import _footer, _with_ratios
+
+    rows = _with_ratios([{"tome_r": r, "clips_per_s": s, "macs": m} for r, s, m in [
+            (0, 100.0, 100.0), (4, 95.0, 80.0), (8, 70.0, 60.0), (12, 150.0, 50.0)]])
+    assert [r["mac_ratio"] for r in rows] == pytest.approx([1.0, 1.25, 100 / 60, 2.0])
+    assert [r["speedup"] for r in rows] == pytest.approx([1.0, 0.95, 0.7, 1.5])
+    lines = _footer(rows, timed=("timed so", 0.1), loads=(0.5, 2.0)).splitlines()
+    assert lines[0] == ("clips/s: timed so. 1-minute load average 0.50 at start, 2.00 at "
+                        "end; above 1.5, other processes share the cores and the timings "
+                        "are not the machine's.")
+    assert lines[1].startswith("note: tome_r=4 needs 1.25x fewer MACs but measured 0.95x: "
+                               "within this run's timing noise, not a slowdown")
+    assert lines[2].startswith("note: tome_r=8 needs 1.67x fewer MACs but measured 0.70x, "
+                               "beyond this run's timing noise: at this model size")
+    assert len(lines) == 3  # r=12: cheaper and faster, nothing to explain
+    # One pass (noise unknown) on an idle machine: a slower cheaper row is called noise.
+    quiet = _footer(rows[:2], timed=("one pass", None), loads=(0.5, 0.7)).splitlines()
+    assert quiet[0].endswith("0.70 at end.") and "timing noise" in quiet[1]
 
 
 def test_init_from_pretrained_hf_directory(tmp_path):

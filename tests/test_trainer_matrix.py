@@ -59,11 +59,12 @@ def teacher_file(tmp_path_factory):
 
 def cell_config(kind: str, reduction: str, kd: str | None):
     """configs/test.py (padded) or configs/test_elastic.py (packed), shrunk: 16 training
-    clips, 6 eval clips, a 1-block width-32 model, 1 step per call."""
+    clips, 6 eval clips, a 2-block width-32 model (reducing in block 0: the last block never
+    does), 1 step per call."""
     c = load_config("test" if kind == "padded" else "test_elastic")
     c.data.train, c.data.eval = dict(TRAIN), dict(EVAL)
     c.frontend.update(target_frames=64, num_mel_bins=32)
-    c.model.update(width=32, depth=1, num_heads=2, mlp_dim=64, **REDUCTIONS[reduction])
+    c.model.update(width=32, depth=2, num_heads=2, mlp_dim=64, **REDUCTIONS[reduction])
     c.update(num_steps=1, log_every=1, checkpoint_every=1)
     c.optim.schedule = "constant"  # the 1- and 2-step calls run the same program
     if kind == "packed":  # 2 rows per train step, 4 per eval step

@@ -3,8 +3,9 @@
 `device_features(waves, ...)` computes what `features.features` computes on the host (fbank
 -> zero-pad / crop to target_frames -> normalise) for a batch of waveforms of one length,
 so the loader only decodes and resamples and the accelerator makes the features
-(config.frontend.on_device). It agrees with the float64 NumPy reference to ~1e-5 on
-normalised features (tests/test_fbank_jax.py) using float32 arithmetic only.
+(config.frontend.on_device; predict's windows on an accelerator, fast_ast_jax.windows). It
+agrees with the float64 NumPy reference to ~1e-5 on normalised features
+(tests/test_fbank_jax.py) using float32 arithmetic only.
 
 Why not a float32 rfft: mel bins just above the log floor (float32 eps = 1.2e-7, e.g. the
 empty 4-8 kHz band of 8 kHz audio resampled to 16 kHz, or the lowest bins after
@@ -105,6 +106,15 @@ def _spectrum(frames: jax.Array, *, frontend: FrontEnd) -> jax.Array:
                    for i in range(d + 1))
         total = term if total is None else term + total / _NEXT
     return total * (x_scale * (m_scale / (_FIRST * _FIRST)))
+
+
+def log_mel_macs(frames: int, *, frontend: FrontEnd) -> int:
+    """Multiply-accumulates of `log_mel` for `frames` frames: the slice products of
+    `_spectrum` (SLICES * (SLICES + 1) / 2 matmuls of frames x window x 2 * bins) and the mel
+    projection (frames x bins x num_mel_bins)."""
+    bins = fft_size(frontend.window_size) // 2 + 1
+    products = SLICES * (SLICES + 1) // 2
+    return frames * (products * frontend.window_size * 2 * bins + bins * frontend.num_mel_bins)
 
 
 def log_mel(waves: jax.Array, *, frontend: FrontEnd, key: jax.Array | None = None

@@ -26,6 +26,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from fast_ast_jax.models import name_from_meta
+
 
 def _tuples(value):
     """JSON lists -> tuples (flax module fields must be hashable), recursively."""
@@ -93,9 +95,15 @@ def _schedule_string(tome_r):
 
 
 def model_fields_from_meta(meta: dict) -> dict[str, Any]:
+    """The model's constructor fields from a checkpoint's metadata, with the meaning they
+    had when saved: list ToMe schedules (`_schedule_string`); an ElasticAST saved before
+    the last block stopped reducing (no "reduce_last_block" field) keeps reducing there.
+    (An AST's last-block reduction never changed its logits, so its AST needs no field.)"""
     fields = dict(meta["model"])
     if "tome_r" in fields:
         fields["tome_r"] = _schedule_string(fields["tome_r"])
+    if name_from_meta(meta) == "elastic":
+        fields.setdefault("reduce_last_block", True)
     return {k: _tuples(v) for k, v in fields.items()}
 
 

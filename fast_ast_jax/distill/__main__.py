@@ -28,10 +28,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     e.add_argument("--top_k", type=int, default=None, help="keep the k largest logits")
     i = sub.add_parser("inspect", help="summarise a teacher-logits file")
     i.add_argument("file")
+    for p in (d, e, i):
+        p.add_argument("--debug", action="store_true", help="tracebacks of usage errors")
     args = parser.parse_args(argv)
     if getattr(args, "workers", None) is not None and args.workers < 0:
         parser.error(f"--workers {args.workers}: give a count >= 0 (0 = in-process)")
-    with cli.path_errors():
+    with cli.user_errors(debug=args.debug):
         if args.command == "dump":
             config = cli.config_file(args.config) if args.config else None
             dump(args.checkpoint, out=args.out, config=config, split=args.split,

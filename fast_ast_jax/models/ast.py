@@ -166,13 +166,13 @@ class AST(Encoder):
         dtype: compute dtype (float32 or bfloat16); parameters stay float32.
         tome_r: ToMe schedule (`tome.parse_schedule`): int r (constant), "ramp:R,INFL"
             (ToMe's linear ramp) or "blocks:R0,R1,..." (per block). 0 = off. Clamped per
-            block to half the mergeable tokens.
+            block to half the mergeable tokens. The last block never reduces (below).
         tome_prop_attn: proportional attention: log(token size) added to the attention
             logits of every key once tokens have been merged (only when ToMe is on; the
             sizes then include EViT-fused tokens).
         prune_keep_rate: TopK pruning keeps ceil(rate * patch tokens) in each pruning block
             (1 = off).
-        prune_layers: 0-based blocks that prune.
+        prune_layers: 0-based blocks that prune (the last block is ignored, below).
         prune_fuse: EViT fusion: the dropped tokens become one extra (score-weighted) token.
         prune_score: "cls" (CLS attention, the reference) or "cls_dist" (mean of CLS and
             DIST attention rows).
@@ -180,11 +180,15 @@ class AST(Encoder):
 
     Token reduction sits between the attention residual and the MLP of a block: pruning
     first (scores from this block's attention), then merging. Token counts per block are
-    static (`token_plan`). Auxiliary outputs are sown into the "intermediates" collection
-    (`apply(..., mutable=["intermediates"])`): `prune_scores_{i}` (B, N_i) class-attention
-    scores and `prune_kept_{i}` (B, k_i) kept patch indices at each pruning block i,
-    `sizes` (B, T_final, 1) final token sizes (when any reduction runs) and, with
-    `trace_source`, `source` (B, T_final, T0) including the class-token columns.
+    static (`token_plan`). The last block never reduces, whatever the schedule or
+    prune_layers say (`reduction_schedule`): the head reads only CLS / DIST, which a
+    reduction after the last attention cannot change, and the last block then computes
+    only those tokens (`prefix_only_last_block`), which is cheaper than any reduction.
+    Auxiliary outputs are sown into the "intermediates" collection (`apply(...,
+    mutable=["intermediates"])`): `prune_scores_{i}` (B, N_i) class-attention scores and
+    `prune_kept_{i}` (B, k_i) kept patch indices at each pruning block i, `sizes` (B,
+    T_final, 1) final token sizes (when any reduction runs) and, with `trace_source`,
+    `source` (B, T_final, T0) including the class-token columns.
     """
 
     prune_fuse: bool = False
@@ -196,7 +200,8 @@ class AST(Encoder):
                           fstride=self.fstride, tstride=self.tstride)
 
     def r_schedule(self) -> list[int]:
-        """Per-block ToMe r from `tome_r` (before the per-block clamp), validated."""
+        """Per-block ToMe r from `tome_r` (before the per-block clamp; 0 in the last block),
+        validated."""
         return reduction_schedule(self, name="AST")[0]
 
     def token_plan(self, frames: int | None = None) -> list[LayerPlan]:
@@ -221,17 +226,16 @@ class AST(Encoder):
             plan.append(LayerPlan(tokens_in, keep, r, tokens))
         return plan
 
-    def prefix_only_last_block(self, frames: int | None = None) -> bool:
+    def prefix_only_last_block(self) -> bool:
         """Whether the last block computes only the CLS / DIST outputs.
 
         The head reads only those tokens, and every step after the last block's attention
         (out projection, residual, LayerNorm, MLP) is per token, so the other tokens' last
         outputs are never used: skipping them saves ~1/depth of the forward (7% of AST-base)
-        with the same logits. Not when that block reduces tokens (its reduction reads all
-        queries and keys) or when `trace_source` records every token.
+        with the same logits. Always, except when `trace_source` records every token (the
+        last block never reduces tokens, `reduction_schedule`).
         """
-        last = self.token_plan(frames)[-1]
-        return last.keep is None and last.r == 0 and not self.trace_source
+        return not self.trace_source
 
     def token_counts(self, frames: int | None = None) -> list[int]:
         """Tokens leaving each block (static)."""
@@ -269,7 +273,7 @@ class AST(Encoder):
         """x: (B, frames, mel) -> logits (B, num_classes) in float32."""
         frames = x.shape[1] if x.ndim == 3 else None
         plan = self.token_plan(frames)
-        prefix_only = self.prefix_only_last_block(frames)
+        prefix_only = self.prefix_only_last_block()
         x = self.embed(x)
         b, t0 = x.shape[:2]
         reducing = any(lp.keep is not None or lp.r > 0 for lp in plan)
@@ -354,24 +358,38 @@ def _reduce_tokens(model: AST, x, q, k, *, plan: LayerPlan, bias, state: _Reduct
     return x
 
 
-def reduction_schedule(model: nn.Module, *, name: str) -> tuple[list[int], list[float]]:
+def reduction_schedule(model: nn.Module, *, name: str, reduce_last_block: bool = False
+                       ) -> tuple[list[int], list[float]]:
     """Per-block ToMe r (before the per-block clamp) and TopK keep rate (1.0 = no pruning)
     of an AST or ElasticAST (`depth`, `tome_r`, `prune_keep_rate`, `prune_layers`),
-    validated; errors name `name`.<field>. The one parser of both models' schedules."""
+    validated; errors name `name`.<field>. The one parser of both models' schedules.
+
+    The last block never reduces: its entry of any schedule (int r, "ramp:", "blocks:",
+    a last block in prune_layers) is read as 0 / no pruning. In the AST a reduction there
+    runs after the last attention, so it cannot change CLS / DIST, the head's only input,
+    and costs the last block its CLS-only shortcut (more MACs than no reduction). It is
+    ignored rather than refused so that every schedule, the (3, 6, 9) default on a
+    10-block model and checkpoints of older versions keep the logits they had.
+    `reduce_last_block` (ElasticAST checkpoints of older versions only, whose pooling read
+    the last block's reduced tokens) keeps the last entry.
+    """
     try:
         rs = tome.parse_schedule(model.tome_r, depth=model.depth)
         prune.check_keep_rate(model.prune_keep_rate)
     except ValueError as e:
         field = "tome_r" if "ToMe" in str(e) else "prune_keep_rate"
         raise ValueError(f"{name}.{field}: {e}") from None
-    if model.prune_keep_rate >= 1.0:  # default (3, 6, 9) must not reject shallow models
-        return rs, [1.0] * model.depth
-    bad = [i for i in model.prune_layers if not 0 <= int(i) < model.depth]
-    if bad:
-        raise ValueError(f"{name}.prune_layers {tuple(model.prune_layers)} has block indices "
-                         f"{bad} outside [0, depth={model.depth})")
-    layers = {int(i) for i in model.prune_layers}
-    return rs, [model.prune_keep_rate if i in layers else 1.0 for i in range(model.depth)]
+    keeps = [1.0] * model.depth
+    if model.prune_keep_rate < 1.0:  # default (3, 6, 9) must not reject shallow models
+        bad = [i for i in model.prune_layers if not 0 <= int(i) < model.depth]
+        if bad:
+            raise ValueError(f"{name}.prune_layers {tuple(model.prune_layers)} has block "
+                             f"indices {bad} outside [0, depth={model.depth})")
+        layers = {int(i) for i in model.prune_layers}
+        keeps = [model.prune_keep_rate if i in layers else 1.0 for i in range(model.depth)]
+    if not reduce_last_block:
+        rs[-1], keeps[-1] = 0, 1.0
+    return rs, keeps
 
 
 # config.model keys that are not constructor fields of the model.

@@ -155,11 +155,20 @@ class ElasticAST(Encoder):
             row and block; each sample gets its share (`packed_reduce`).
         tome_prop_attn: proportional attention (log size key bias) after merging.
         prune_keep_rate, prune_layers: TopK per sample after attention of these blocks.
+        reduce_last_block: False (always, for new models): the last block never reduces,
+            as in `AST` (`ast.reduction_schedule`); True keeps the last entry of the
+            schedules, the meaning of checkpoints saved before that rule (their metadata
+            has no such field and loads with True, `checkpoints.store.model_fields_from_meta`).
+            Here a last-block reduction does change the output (the pooling reads every
+            token), but it saves only the last MLP and pooling on the removed tokens, net
+            of its matching ~0.5 % of the MACs at configs/fsdd_elastic.py's r=16 (6
+            blocks, rows of 256): one rule for both models costs nothing measurable.
         trace_source: also return the (R, T_final, L) 0/1 map of original tokens per token.
     """
 
     pos_embedding: str = "factorised"
     pool: str = "attn"
+    reduce_last_block: bool = False
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -171,7 +180,8 @@ class ElasticAST(Encoder):
     def schedules(self) -> tuple[list[int], list[float]]:
         """Per-block ToMe r (before the row clamp) and TopK keep rate, validated
         (`ast.reduction_schedule`, the parser AST uses)."""
-        return reduction_schedule(self, name="ElasticAST")
+        return reduction_schedule(self, name="ElasticAST",
+                                  reduce_last_block=self.reduce_last_block)
 
     def token_counts(self, length: int, num_slots: int) -> list[int]:
         """Static tokens per row leaving each block, for rows of `length` tokens."""

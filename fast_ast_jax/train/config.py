@@ -68,6 +68,7 @@ def default_config() -> ml_collections.ConfigDict:
     # of the two): "ramp:R,INFLECTION" (ToMe's linear ramp of mean R, INFLECTION in
     # [-1, 1]) or "blocks:R0,R1,..." (per block, missing blocks 0); from a config file or
     # e.g. --config.model.tome_schedule=ramp:16,-1.0 (fast_ast_jax.models.tome.parse_schedule).
+    # The last block never merges or prunes, whatever they say (models.ast.reduction_schedule).
     c.model.tome_r = 0
     c.model.tome_schedule = ""
     c.model.tome_prop_attn = True

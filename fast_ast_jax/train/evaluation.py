@@ -7,6 +7,7 @@ length (windows only past its row) with `hop_frames`.
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,10 +25,14 @@ from fast_ast_jax.models import AST
 from fast_ast_jax.models.ast import Encoder
 from fast_ast_jax.train import metrics as metrics_lib
 from fast_ast_jax.train.elastic import evaluate_table, pack_spec
-from fast_ast_jax.train.forward import evaluate
+from fast_ast_jax.train.forward import evaluate, time_forwards
 from fast_ast_jax.train.task import build_pipeline, packed_evals, with_worker_count
 from fast_ast_jax.train.table import format_table
-from fast_ast_jax.windows import scorer, windowed_scores
+from fast_ast_jax.windows import ordered_map, scorer, windowed_scores
+
+# Interleaved timing rounds of a padded sweep (median): a stabler ratio on a shared
+# machine, ~5 s for the demo's 4 settings.
+TIMING_ROUNDS = 7
 
 # Short names accepted by --sweep / overrides -> model fields.
 FIELD_ALIASES = {"r": "tome_r", "tome_r": "tome_r", "keep_rate": "prune_keep_rate",
@@ -55,9 +60,48 @@ def _cost(model, params, frontend) -> dict[str, float]:
         lambda p, x: model.apply({"params": p}, x, train=False), params, x)}
 
 
-def _with_speedup(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Adds "speedup": clips/s over the first row's."""
-    return [{**r, "speedup": r["clips_per_s"] / rows[0]["clips_per_s"]} for r in rows]
+def _with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Adds "mac_ratio" (the first row's MACs over the row's, where counted: the speedup the
+    MACs promise) and "speedup" (measured: clips/s over the first row's)."""
+    base = rows[0]
+    return [{**r, **({"mac_ratio": base["macs"] / r["macs"]} if "macs" in r else {}),
+             "speedup": r["clips_per_s"] / base["clips_per_s"]} for r in rows]
+
+
+def _setting(row: dict[str, Any]) -> str:
+    """"tome_r=8, prune_keep_rate=0.5" (or "base"): the overrides a row was evaluated with."""
+    fields = dict.fromkeys(FIELD_ALIASES.values())  # several aliases name one field
+    return ", ".join(f"{k}={row[k]}" for k in fields if k in row) or "base"
+
+
+# How a path measured clips/s (a sentence) and how much its timing rounds varied (relative
+# interquartile range; None: one pass, not known).
+Timed = tuple[str, "float | None"]
+
+
+def _footer(rows: list[dict[str, Any]], *, timed: Timed, loads: tuple[float, float]) -> str:
+    """What clips/s measured and under which load, and why a setting that needs fewer MACs
+    than the first row ran slower: timing noise (within the rounds' spread) or a model too
+    small for MACs to set its speed."""
+    how, noise = timed
+    busy = (f"; above {bench.MAX_LOAD}, other processes share the cores and the timings "
+            "are not the machine's" if max(loads) > bench.MAX_LOAD else "")
+    lines = [f"clips/s: {how}. 1-minute load average {loads[0]:.2f} at start, "
+             f"{loads[1]:.2f} at end{busy}."]
+    for r in rows:
+        if r.get("mac_ratio", 1.0) <= 1.0 or r["speedup"] >= 1.0:
+            continue
+        head = (f"note: {_setting(r)} needs {r['mac_ratio']:.2f}x fewer MACs but measured "
+                f"{r['speedup']:.2f}x")
+        if noise is None or 1.0 - r["speedup"] <= noise:
+            lines.append(f"{head}: within this run's timing noise, not a slowdown; time it "
+                         "on an idle machine or read mac_ratio.")
+        else:
+            lines.append(f"{head}, beyond this run's timing noise: at this model size "
+                         "per-call and per-token overheads (dispatch, the merge's sorts "
+                         "and gathers), not MACs, set the speed, so speedup does not "
+                         "measure the saving here; mac_ratio does.")
+    return "\n".join(lines)
 
 
 def evaluate_checkpoint(path: str | Path, *, config: ml_collections.ConfigDict | None = None,
@@ -81,24 +125,29 @@ def evaluate_checkpoint(path: str | Path, *, config: ml_collections.ConfigDict |
             threads (None: 2).
     Returns:
         one row per setting (ElasticAST: per setting, hop and length cap): the overrides,
-        accuracy (mAP), clips_per_s, speedup; padded models add macs (AST: analytic count)
-        or xla_flops (other models: XLA's cost analysis, flops not MACs).
+        accuracy (mAP), clips_per_s, speedup; padded models add macs (AST: analytic count,
+        and mac_ratio: the first row's over the row's) or xla_flops (other models: XLA's
+        cost analysis, flops not MACs). `echo` gets the table and, under it, how clips/s
+        was measured and the 1-minute load average at the start and the end.
     """
     bundle = checkpoints.load(path)
     config = with_worker_count(config or bundle.config, workers)
     if not isinstance(bundle.model, Encoder) and any(settings):
         raise ValueError(f"token-reduction settings {list(settings)} apply to an AST or "
                          f"ElasticAST only; {path} holds a {type(bundle.model).__name__}")
+    load_start = os.getloadavg()[0]
     if hop_frames is not None:
-        rows = _evaluate_windows(bundle, config, split=split, settings=settings,
-                                 hop_frames=hop_frames, threads=2 if workers is None else workers)
+        rows, timed = _evaluate_windows(bundle, config, split=split, settings=settings,
+                                        hop_frames=hop_frames,
+                                        threads=2 if workers is None else workers)
     elif models.is_packed(bundle.model):
-        rows = _evaluate_packed(bundle, config, split=split, settings=settings)
+        rows, timed = _evaluate_packed(bundle, config, split=split, settings=settings)
     else:
-        rows = _evaluate_padded(bundle, config, split=split, settings=settings)
-    rows = _with_speedup(rows)
+        rows, timed = _evaluate_padded(bundle, config, split=split, settings=settings)
+    rows = _with_ratios(rows)
     if echo:
         echo(format_table(rows))
+        echo(_footer(rows, timed=timed, loads=(load_start, os.getloadavg()[0])))
     if plot:
         plot_sweep(rows, plot)
     return rows
@@ -132,25 +181,32 @@ def _source(bundle: Bundle, config, split: str):
     return source
 
 
-def _evaluate_padded(bundle: Bundle, config, *, split: str,
-                     settings: Sequence[dict]) -> list[dict[str, Any]]:
-    """Cropped training input; clips/s of the jitted model alone."""
+def _evaluate_padded(bundle: Bundle, config, *, split: str, settings: Sequence[dict]
+                     ) -> tuple[list[dict[str, Any]], Timed]:
+    """Cropped training input: accuracy over a pass per setting, then clips/s of the
+    jitted model alone, the settings timed against each other (`time_forwards`)."""
     pipeline = build_pipeline(config, split, frontend=bundle.frontend, train=False,
                               source=_source(bundle, config, split))
     mesh = sharding.make_mesh()
     params = jax.device_put(bundle.params, sharding.param_shardings(bundle.params, mesh))
-    rows = []
-    for setting in settings:
-        model = bundle.model.clone(**setting)
+    rows, models = [], [bundle.model.clone(**setting) for setting in settings]
+    for setting, model in zip(settings, models):
         result = evaluate(params, model=model, pipeline=pipeline, mesh=mesh,
                           multi_label=bundle.multi_label,
                           desc=" ".join(f"{k}={v}" for k, v in setting.items()) or "eval")
         rows.append({**setting, **result, **_cost(model, params, bundle.frontend)})
-    return rows
+    timings, clips = time_forwards(params, models=models, pipeline=pipeline, mesh=mesh,
+                                   rounds=TIMING_ROUNDS)
+    for row, timing in zip(rows, timings):
+        row["clips_per_s"] = timing.rate(clips)
+    noise = max(t.spread for t in timings)
+    return rows, (f"the jitted forward alone on one {clips}-clip eval batch, compiled first, "
+                  f"median of {TIMING_ROUNDS} rounds interleaving the settings (rounds vary "
+                  f"by {noise:.0%}: interquartile range / median)", noise)
 
 
-def _evaluate_packed(bundle: Bundle, config, *, split: str,
-                     settings: Sequence[dict]) -> list[dict[str, Any]]:
+def _evaluate_packed(bundle: Bundle, config, *, split: str, settings: Sequence[dict]
+                     ) -> tuple[list[dict[str, Any]], Timed]:
     """The ElasticAST (eval_hops_ms x eval_max_frames) table, as training evaluates it
     (task.packed_evals), one compiled program per setting; clips/s of the jitted model
     alone, as for padded models."""
@@ -163,14 +219,16 @@ def _evaluate_packed(bundle: Bundle, config, *, split: str,
         rows += [{**setting, **row} for row in evaluate_table(
             bundle.params, model=bundle.model.clone(**setting), pipelines=pipelines,
             mesh=mesh, multi_label=bundle.multi_label)]
-    return rows
+    return rows, ("the jitted forward alone over one pass per row, compilation excluded",
+                  None)
 
 
 def _evaluate_windows(bundle: Bundle, config, *, split: str, settings: Sequence[dict],
-                      hop_frames: int, threads: int) -> list[dict[str, Any]]:
+                      hop_frames: int, threads: int) -> tuple[list[dict[str, Any]], Timed]:
     """Whole clips scored by sliding windows (bad clips skipped and counted, or fatal, as
-    config.data.on_bad_clip says). clips_per_s here includes decoding and features
-    (windows are featurised on the fly), unlike the cropped path."""
+    config.data.on_bad_clip says); clips are decoded by `threads` threads, the features
+    made as `windows.scorer` says (on an accelerator: on the device). clips_per_s here
+    includes decoding and features, unlike the cropped path."""
     source = _source(bundle, config, split)
     batch = config.get("eval_batch_size") or 2 * config.batch_size
     rows = []
@@ -178,13 +236,13 @@ def _evaluate_windows(bundle: Bundle, config, *, split: str, settings: Sequence[
         targets, bad = [], []
 
         def waves():
-            for i in range(len(source)):
-                try:
-                    ex = source[i]
-                except AudioError as e:
-                    if config.data.get("on_bad_clip", "skip") == "fail":
-                        raise
-                    bad.append(str(e))
+            for _, ex, error in ordered_map(source.__getitem__, range(len(source)),
+                                            workers=threads):
+                if error is not None:
+                    if not isinstance(error, AudioError) or config.data.get(
+                            "on_bad_clip", "skip") == "fail":
+                        raise error
+                    bad.append(str(error))
                     continue
                 targets.append(target(ex["label"], num_classes=len(source.labels)))
                 yield ex["audio"]
@@ -201,7 +259,7 @@ def _evaluate_windows(bundle: Bundle, config, *, split: str, settings: Sequence[
         if bundle.multi_label:
             row["mAP"] = metrics_lib.mean_average_precision(logits=scores, targets=y)
         rows.append(row)
-    return rows
+    return rows, ("whole clips over one pass, decoding and features included", None)
 
 
 def plot_sweep(rows: list[dict[str, Any]], path: str | Path) -> None:
@@ -215,9 +273,8 @@ def plot_sweep(rows: list[dict[str, Any]], path: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 4))
     xs, ys = [r["clips_per_s"] for r in rows], [r[metric] for r in rows]
     ax.plot(xs, ys, "o-")
-    fields = dict.fromkeys(FIELD_ALIASES.values())  # several aliases name one field
     for n, (r, x, y) in enumerate(zip(rows, xs, ys)):
-        name = ", ".join(f"{k}={r[k]}" for k in fields if k in r) or "base"
+        name = _setting(r)
         # Alternate above/below: neighbouring settings often share an accuracy.
         ax.annotate(name, (x, y), textcoords="offset points",
                     xytext=(4, 6 if n % 2 == 0 else -12), fontsize=8)

@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from fast_ast_jax import models, sharding
+from fast_ast_jax import bench, models, sharding
 from fast_ast_jax.audio.augment_jax import device_batch
 from fast_ast_jax.models.elastic import check_positions
 from fast_ast_jax.train import metrics as metrics_lib
@@ -101,13 +101,39 @@ def _eval_forward(model, mesh, frontend) -> Callable:
     return jax.jit(clips, out_shardings=NamedSharding(mesh, P()))
 
 
+def _pipeline_forward(model, mesh, pipeline) -> Callable:
+    """`eval_forward` for the batches of `pipeline` (features, or waveforms + front-end)."""
+    return eval_forward(model, mesh, pipeline.frontend if getattr(pipeline, "waves", False)
+                        else None)
+
+
+def time_forwards(params, *, models, pipeline, mesh, rounds: int
+                  ) -> tuple[list[bench.Timing], int]:
+    """Times each model's jitted forward alone on the first batch of `pipeline`, the models
+    against each other: all compiled first, then `rounds` interleaved rounds of one call
+    each (`bench.measure_interleaved`), so a load that comes and goes hits them alike.
+
+    models: variants reading the same batches (e.g. ToMe r settings).
+    Returns: a Timing per model and the clips in the batch (clips/s = timing.rate(clips)).
+    """
+    local, _ = next(iter(pipeline.iterate()))
+    kind_of(models[0]).check(models[0], local)
+    batch = sharding.global_batch(local, mesh)
+    fwds = [_pipeline_forward(m, mesh, pipeline) for m in models]
+    clips = int((np.asarray(fwds[0](params, batch).mask) > 0).sum())
+    timings = bench.measure_interleaved(
+            {str(i): functools.partial(fwd, params, batch) for i, fwd in enumerate(fwds)},
+            repeats=rounds)
+    return [timings[str(i)] for i in range(len(models))], clips
+
+
 def evaluate(params, *, model, pipeline, mesh, multi_label: bool,
              desc: str = "eval") -> dict[str, float]:
     """accuracy (and mAP for multi-label) over one pass of `pipeline` (padded or packed, as
     the model reads), plus clips/s of the model alone (jitted forward, compilation and host
-    work excluded), num_clips and bad_clips."""
-    frontend = pipeline.frontend if getattr(pipeline, "waves", False) else None
-    fwd, check = eval_forward(model, mesh, frontend), kind_of(model).check
+    work excluded; one pass, so noisy on a small set: `time_forwards` compares models),
+    num_clips and bad_clips."""
+    fwd, check = _pipeline_forward(model, mesh, pipeline), kind_of(model).check
     logits, targets, seconds, clips = [], [], 0.0, 0
     for i, (local, _) in enumerate(tqdm(pipeline.iterate(), total=pipeline.steps(0), desc=desc,
                                         leave=False, disable=jax.process_index() != 0)):

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Every entry point once, in the runtime-only environment the README's first command made
+# (.venv without the dev extra), on the demo checkpoint that command trained
+# (workdirs/demo). A module-level import missing from [project].dependencies fails here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=.venv/bin/python
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "the demo learned: README says eval accuracy ~0.97 (CI accepts >= 0.9)"
+$py - <<'PY'
+import json
+rows = [json.loads(line) for line in open("workdirs/demo/metrics.jsonl")]
+accuracy = [r["eval/accuracy"] for r in rows if "eval/accuracy" in r][-1]
+print(f"demo eval accuracy {accuracy:.4f}")
+assert accuracy >= 0.9, f"the demo reached only {accuracy:.4f}"
+PY
+
+step "generated audio: two good files (1 s at 16 kHz mono, 3 s at 44.1 kHz stereo), one corrupt"
+mkdir -p "$work/audio"
+$py - "$work/audio" <<'PY'
+import sys, numpy as np, soundfile as sf
+out = sys.argv[1]
+t = np.arange(16000) / 16000
+sf.write(f"{out}/tone.wav", 0.3 * np.sin(2 * np.pi * 440 * t), 16000)
+t = np.arange(3 * 44100) / 44100
+chirp = 0.3 * np.sin(2 * np.pi * (200 + 300 * t) * t)
+sf.write(f"{out}/chirp.flac", np.stack([chirp, 0.5 * chirp], 1), 44100)
+open(f"{out}/broken.wav", "wb").write(b"RIFF not audio")
+open(f"{out}/meta.csv", "w").write("filename,label\ntone.wav,tone\nchirp.flac,chirp\n")
+PY
+
+step "predict: two files score, the corrupt one is one error line, exit status 1"
+set +e
+$py -m fast_ast_jax.predict "$work/audio" --checkpoint workdirs/demo --top_k 2 \
+    --out "$work/predictions.csv" 2> "$work/predict.err"
+rc=$?
+set -e
+cat "$work/predict.err"
+[ "$rc" -eq 1 ] && grep -q "1 of 3 files failed" "$work/predict.err"
+[ "$(wc -l < "$work/predictions.csv")" -eq 4 ]
+
+step "evaluate.py: one ToMe setting"
+$py evaluate.py --checkpoint workdirs/demo --tome_r 4
+
+step "export: waveform -> logits as one serialised function"
+$py -m fast_ast_jax.export --checkpoint workdirs/demo --out "$work/demo.jaxexport"
+$py - "$work/demo.jaxexport" <<'PY'
+import json, sys, jax, numpy as np
+path = sys.argv[1]
+spec = json.load(open(path + ".json"))
+fn = jax.export.deserialize(bytearray(open(path, "rb").read()))
+logits = fn.call(np.zeros((2, spec["samples"]), np.float32),
+                 np.full(2, spec["samples"], np.int32))
+assert logits.shape == (2, len(spec["labels"])) and np.isfinite(logits).all(), logits
+print("exported function:", logits.shape)
+PY
+
+step "distill dump + inspect"
+$py -m fast_ast_jax.distill dump --checkpoint workdirs/demo --split eval \
+    --out "$work/teacher.npz"
+$py -m fast_ast_jax.distill inspect "$work/teacher.npz"
+
+step "data.resample: convert a folder dataset once to 16 kHz mono FLAC"
+$py -m fast_ast_jax.data.resample --csv "$work/audio/meta.csv" --out "$work/audio16k"
+[ -f "$work/audio16k/meta.csv" ]
+
+step "train.py: a few steps of a packed (ElasticAST) run"
+$py train.py --config configs/test_elastic.py --workdir "$work/elastic" \
+    --config.num_steps=2 --config.eval_every=0
+
+step "train.py: an impossible config value is one error line and exit status 2"
+set +e
+$py train.py --config configs/test.py --workdir "$work/bad" --config.batch_size=-3 \
+    2> "$work/bad.err"
+rc=$?
+set -e
+cat "$work/bad.err"
+[ "$rc" -eq 2 ] && [ "$(wc -l < "$work/bad.err")" -eq 1 ] && [ ! -e "$work/bad" ]
+
+printf '\nentry points: all ran in the runtime-only environment\n'
