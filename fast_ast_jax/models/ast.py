@@ -231,26 +231,7 @@ class AST(nn.Module):
 
     def embed(self, x):
         """(B, frames, mel) fbank -> (B, prefix + f_dim*t_dim, W) tokens + positions."""
-        if x.ndim != 3 or x.shape[-1] != self.num_mel_bins:
-            raise ValueError(f"AST expects input (batch, frames, {self.num_mel_bins}), got "
-                             f"{x.shape}")
-        b, frames, _ = x.shape
-        # (B, T, F) -> (B, F, T, 1): height = frequency, width = time, as in AST.
-        x = jnp.transpose(x, (0, 2, 1))[..., None].astype(self.dtype)
-        x = nn.Conv(self.width, (self.patch_size, self.patch_size),
-                    strides=(self.fstride, self.tstride), padding="VALID", dtype=self.dtype,
-                    name="patch_embed")(x)
-        x = x.reshape(b, -1, self.width)  # frequency-major: token = f * t_dim + t
-        init = nn.initializers.truncated_normal(0.02)
-        prefix = [self.param("cls_token", init, (1, 1, self.width))]
-        if self.dist_token:
-            prefix.append(self.param("dist_token", init, (1, 1, self.width)))
-        f_dim, t_dim = self.grid()
-        pos = self.param("pos_embed", init, (1, self.num_prefix + f_dim * t_dim, self.width))
-        pos = posemb.resize_tokens(pos, old_grid=(f_dim, t_dim), new_grid=self.grid(frames),
-                                   num_prefix=self.num_prefix, method="prefix")
-        prefix = [jnp.broadcast_to(t, (b, 1, self.width)).astype(self.dtype) for t in prefix]
-        return jnp.concatenate(prefix + [x], axis=1) + pos.astype(self.dtype)
+        return jnp.concatenate(embed_tokens(self, x), axis=1)
 
     def pool(self, x):
         """(B, T, W) encoded tokens -> (B, W): mean of CLS and DIST (or CLS)."""
@@ -301,6 +282,39 @@ class AST(nn.Module):
         x = nn.LayerNorm(epsilon=self.head_ln_eps, use_fast_variance=False, dtype=self.dtype,
                          name="head_norm")(x)
         return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)
+
+
+def embed_tokens(model: nn.Module, x):
+    """AST's embedding, called inside `model`'s compact method (AST, models.mae.Encoder):
+    (B, frames, mel) fbank -> class tokens (B, prefix, W) and patch tokens
+    (B, f_dim*t_dim, W), each with its position embedding added.
+
+    Creates `model`'s patch_embed, cls_token, (dist_token,) and pos_embed parameters;
+    `model` has AST's width, patch_size, strides, num_mel_bins, dist_token, dtype, `grid`
+    and `num_prefix`. Patch tokens come apart from the class tokens so that masked
+    pretraining can keep a subset of them (models.mae).
+    """
+    if x.ndim != 3 or x.shape[-1] != model.num_mel_bins:
+        raise ValueError(f"{type(model).__name__} expects input (batch, frames, "
+                         f"{model.num_mel_bins}), got {x.shape}")
+    b, frames, _ = x.shape
+    # (B, T, F) -> (B, F, T, 1): height = frequency, width = time, as in AST.
+    x = jnp.transpose(x, (0, 2, 1))[..., None].astype(model.dtype)
+    x = nn.Conv(model.width, (model.patch_size, model.patch_size),
+                strides=(model.fstride, model.tstride), padding="VALID", dtype=model.dtype,
+                name="patch_embed")(x)
+    x = x.reshape(b, -1, model.width)  # frequency-major: token = f * t_dim + t
+    init = nn.initializers.truncated_normal(0.02)
+    prefix = [model.param("cls_token", init, (1, 1, model.width))]
+    if model.dist_token:
+        prefix.append(model.param("dist_token", init, (1, 1, model.width)))
+    f_dim, t_dim = model.grid()
+    pos = model.param("pos_embed", init, (1, model.num_prefix + f_dim * t_dim, model.width))
+    pos = posemb.resize_tokens(pos, old_grid=(f_dim, t_dim), new_grid=model.grid(frames),
+                               num_prefix=model.num_prefix, method="prefix").astype(model.dtype)
+    prefix = [jnp.broadcast_to(t, (b, 1, model.width)).astype(model.dtype) for t in prefix]
+    return (jnp.concatenate(prefix, axis=1) + pos[:, :model.num_prefix],
+            x + pos[:, model.num_prefix:])
 
 
 def _reduce_tokens(model: AST, x, q, k, *, plan: LayerPlan, bias, state: _ReductionState):
@@ -403,13 +417,21 @@ def model_fields(model: nn.Module) -> dict[str, Any]:
 
 def create_ast(size: str = "base", **overrides) -> AST:
     """AST of a named size ("tiny", "small", "base") with field overrides."""
+    return create_sized(AST, size, **overrides)
+
+
+def create_sized(cls: type[nn.Module], size: str, **overrides) -> nn.Module:
+    """A model with AST's size fields (`AST`, `mae.MAE`) of a named size ("tiny",
+    "small", "base") with field overrides; a dtype may be given by name."""
     if size not in SIZES:
-        raise ValueError(f"unknown AST size {size!r}; choose one of {sorted(SIZES)}")
+        raise ValueError(f"unknown {cls.__name__} size {size!r}; choose one of "
+                         f"{sorted(SIZES)}")
     fields = {**SIZES[size], **overrides}
     if isinstance(fields.get("dtype"), str):
         fields["dtype"] = jnp.dtype(fields["dtype"])
-    known = {f.name for f in dataclasses.fields(AST)} - {"parent", "name"}
+    known = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
     unknown = sorted(set(fields) - known)
     if unknown:
-        raise ValueError(f"unknown AST field(s) {unknown}; known fields: {sorted(known)}")
-    return AST(**fields)
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known fields: "
+                         f"{sorted(known)}")
+    return cls(**fields)
