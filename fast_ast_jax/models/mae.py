@@ -228,9 +228,9 @@ class MAE(nn.Module):
     ln_eps: float = 1e-6
     dtype: Any = jnp.float32
     mask_ratio: float = 0.8
-    decoder_width: int = 256
+    decoder_width: int = 128
     decoder_depth: int = 2
-    decoder_heads: int = 8
+    decoder_heads: int = 4
     norm_pix_loss: bool = True
 
     def setup(self):
@@ -277,6 +277,16 @@ class MAE(nn.Module):
 
     def prefix_only_last_block(self, frames: int | None = None) -> bool:
         return False  # the decoder reads every encoded token
+
+    def decoder_macs(self) -> int:
+        """Analytical MACs of the decoder on one clip, counted as `bench.ast_macs` counts
+        a block (T tokens, width W: qkv 3TW², scores and values 2T²W, out TW², MLP 8TW²):
+        the embedding (prefix + V)·W_enc·W, the blocks on T = prefix + N tokens, and the
+        prediction N·W·p²."""
+        w, t = self.decoder_width, self.num_prefix + self.num_patches
+        embed = (self.num_prefix + self.num_visible) * self.width * w
+        blocks = self.decoder_depth * (12 * t * w * w + 2 * t * t * w)
+        return embed + blocks + self.num_patches * w * self.patch_size ** 2
 
     def __call__(self, x, *, key) -> MaeOutput:
         """x: (B, frames, mel) normalised fbank; key: PRNG key of the mask -> MaeOutput."""
