@@ -176,12 +176,14 @@ def test_encoder_params_load_into_ast_and_elastic_ast():
     # becomes its factorised tables (or its own AST-layout table); class tokens are unused.
     for pos_embedding in elastic.POS_EMBEDDINGS:
         packed = elastic.ElasticAST(num_classes=5, pos_embedding=pos_embedding,
-                                    **{k: v for k, v in model.encoder_fields().items()
-                                       if k != "ln_eps"})
-        init = _elastic_init(packed)
+                                    **model.encoder_fields())
+        batch = _packed_batch(packed)
+        init = packed.init(jax.random.PRNGKey(0), batch)["params"]
         out = elastic.params_from_ast(packed, enc, ast_grid=model.grid(), num_prefix=2,
                                       init=init)
         assert _shapes(out) == _shapes(init)
+        logits, _ = packed.apply({"params": out}, batch)
+        assert np.isfinite(logits).all()
         for name in ["patch_embed", "norm"] + [f"block_{i}" for i in range(model.depth)]:
             chex.assert_trees_all_equal(out[name], enc[name])
         if pos_embedding == "factorised":
@@ -193,14 +195,15 @@ def test_encoder_params_load_into_ast_and_elastic_ast():
             np.testing.assert_array_equal(out["pos_embed"][:, 2:], enc["pos_embed"][:, 2:])
 
 
-def _elastic_init(model: elastic.ElasticAST):
+def _packed_batch(model: elastic.ElasticAST) -> dict:
+    """One packed row holding one clip of the model's full grid (random patches)."""
     f_dim, t_dim = model.grid
     n = f_dim * t_dim
     f, t = np.divmod(np.arange(n), t_dim)
-    batch = {"patches": jnp.zeros((1, n, 256)), "segment_ids": jnp.ones((1, n), jnp.int32),
-             "positions": jnp.asarray(np.stack([f, t], -1)[None], jnp.int32),
-             "slot_index": jnp.zeros((1, 1), jnp.int32)}
-    return model.init(jax.random.PRNGKey(0), batch)["params"]
+    return {"patches": jax.random.normal(jax.random.PRNGKey(5), (1, n, 256)),
+            "segment_ids": jnp.ones((1, n), jnp.int32),
+            "positions": jnp.asarray(np.stack([f, t], -1)[None], jnp.int32),
+            "slot_index": jnp.zeros((1, 1), jnp.int32)}
 
 
 def test_reconstruction_loss_falls_on_generated_audio():
