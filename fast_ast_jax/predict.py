@@ -42,13 +42,10 @@ import numpy as np
 from tqdm import tqdm
 
 from fast_ast_jax import checkpoints, cli, maps
-from fast_ast_jax.audio.io import AudioError, load_audio
+from fast_ast_jax.audio.io import AudioError, audio_files, load_audio
 from fast_ast_jax.bundle import Bundle
 from fast_ast_jax.models.ast import Encoder
 from fast_ast_jax.windows import ordered_map, scorer, windowed_scores
-
-AUDIO_EXTENSIONS = frozenset((".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a",
-                              ".aac", ".aif", ".aiff", ".au", ".webm", ".wma"))
 
 Top = list[tuple[str, float]]
 
@@ -78,8 +75,7 @@ def expand_inputs(paths: Sequence[str | os.PathLike], *,
     files = []
     for p in paths:
         if Path(p).is_dir():
-            found = sorted(str(f) for f in Path(p).rglob("*")
-                           if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file())
+            found = [str(f) for f in audio_files(p)]
             files += found or [p]  # a folder without audio is reported, not skipped
         elif not Path(p).exists() and glob.has_magic(p):
             files += sorted(glob.glob(p, recursive=True)) or [p]

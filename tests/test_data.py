@@ -74,6 +74,43 @@ def test_folder_source_errors(tmp_path):
         FolderSource(csv_path=meta, audio_dir=audio)
 
 
+def test_unlabeled_sources_yield_empty_targets(tmp_path):
+    """A CSV without labels (label_column="") or a bare folder of audio: no label names,
+    (0,) labels, and pipelines whose targets are (B, 0) - what pretraining takes."""
+    rows = [("a.wav", "x", "1"), ("b.wav", "y", "1"), ("c.wav", "x", "2")]
+    meta = write_folder(tmp_path, rows, header=("filename", "kind", "fold"))
+    audio = tmp_path / "audio"
+    with pytest.raises(ValueError, match="no column 'label'.*label_column=''"):
+        FolderSource(csv_path=meta, audio_dir=audio)
+    src = FolderSource(csv_path=meta, audio_dir=audio, label_column="", select={"fold": "1"})
+    assert len(src) == 2 and src.labels == [] and not src.multi_label
+    assert src[1]["id"] == "b.wav" and src[1]["label"].shape == (0,)
+
+    (audio / "sub").mkdir()
+    (audio / "c.wav").rename(audio / "sub" / "c.wav")
+    (audio / "notes.txt").write_text("not audio")
+    folder = make_source("folder", sample_rate=16000, audio_dir=audio)
+    assert folder.ids == ["a.wav", "b.wav", "sub/c.wav"] and folder.labels == []
+    assert folder[2]["audio"].ndim == 1 and folder[2]["label"].shape == (0,)
+    train = Pipeline(folder, frontend=FE, batch_size=2, train=True, seed=1,
+                     augment=Augment(freqm=4, timem=4, mixup=1.0))
+    batch = train.batch(0, 0)
+    assert batch["x"].shape == (2, 48, 32) and batch["y"].shape == (2, 0)
+    evaluation = Pipeline(folder, frontend=FE, batch_size=2, train=False)
+    last = evaluation.batch(0, 1)  # padded: one clip, one filler
+    assert last["y"].shape == (2, 0) and list(last["mask"]) == [1.0, 0.0]
+
+    with pytest.raises(ValueError, match="labels .* for unlabeled audio"):
+        FolderSource(audio_dir=audio, labels=["x"])
+    with pytest.raises(ValueError, match="select .* needs a CSV"):
+        FolderSource(audio_dir=audio, select={"fold": "1"})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no audio files .* under"):
+        FolderSource(audio_dir=tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="audio folder"):
+        FolderSource(audio_dir=tmp_path / "nope")
+
+
 def test_fsdd_meta_csv():
     fsdd = SHARED / "fsdd"
     if not (fsdd / "meta.csv").is_file():

@@ -21,6 +21,17 @@ import soxr
 # soxr quality preset; "HQ" is what librosa's default res_type "soxr_hq" selects.
 RESAMPLE_QUALITY = "HQ"
 
+# File suffixes (lower case) taken for audio when a folder is walked.
+AUDIO_EXTENSIONS = frozenset((".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a",
+                              ".aac", ".aif", ".aiff", ".au", ".webm", ".wma"))
+
+
+def audio_files(folder: str | os.PathLike) -> list[Path]:
+    """Every audio file (`AUDIO_EXTENSIONS`) under `folder`, recursively, sorted by path
+    string."""
+    return sorted((f for f in Path(folder).rglob("*")
+                   if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file()), key=str)
+
 
 class AudioError(ValueError):
     """Unusable audio input: missing, empty, undecodable or non-finite."""

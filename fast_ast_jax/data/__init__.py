@@ -1,7 +1,9 @@
 """Data sources (synthetic, folder + CSV, TFDS) and the batching pipeline.
 
 Every source is random access: `len(source)`, `source[i] -> {"id", "audio", "label"}`,
-plus `labels` (names in logit order), `multi_label` and `sample_rate`.
+plus `labels` (names in logit order), `multi_label` and `sample_rate`. An unlabeled source
+(folder: a CSV read without labels, or a bare folder of audio; for pretraining) has no
+label names and (0,) labels, so its pipeline's targets are (B, 0).
 """
 from __future__ import annotations
 

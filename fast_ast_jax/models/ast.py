@@ -243,26 +243,7 @@ class AST(Encoder):
 
     def embed(self, x):
         """(B, frames, mel) fbank -> (B, prefix + f_dim*t_dim, W) tokens + positions."""
-        if x.ndim != 3 or x.shape[-1] != self.num_mel_bins:
-            raise ValueError(f"AST expects input (batch, frames, {self.num_mel_bins}), got "
-                             f"{x.shape}")
-        b, frames, _ = x.shape
-        # (B, T, F) -> (B, F, T, 1): height = frequency, width = time, as in AST.
-        x = jnp.transpose(x, (0, 2, 1))[..., None].astype(self.dtype)
-        x = nn.Conv(self.width, (self.patch_size, self.patch_size),
-                    strides=(self.fstride, self.tstride), padding="VALID", dtype=self.dtype,
-                    name="patch_embed")(x)
-        x = x.reshape(b, -1, self.width)  # frequency-major: token = f * t_dim + t
-        init = nn.initializers.truncated_normal(0.02)
-        prefix = [self.param("cls_token", init, (1, 1, self.width))]
-        if self.dist_token:
-            prefix.append(self.param("dist_token", init, (1, 1, self.width)))
-        f_dim, t_dim = self.grid()
-        pos = self.param("pos_embed", init, (1, self.num_prefix + f_dim * t_dim, self.width))
-        pos = posemb.resize_tokens(pos, old_grid=(f_dim, t_dim), new_grid=self.grid(frames),
-                                   num_prefix=self.num_prefix, method="prefix")
-        prefix = [jnp.broadcast_to(t, (b, 1, self.width)).astype(self.dtype) for t in prefix]
-        return jnp.concatenate(prefix + [x], axis=1) + pos.astype(self.dtype)
+        return jnp.concatenate(embed_tokens(self, x), axis=1)
 
     def pool(self, x):
         """(B, T, W) encoded tokens -> (B, W): mean of CLS and DIST (or CLS)."""
@@ -313,6 +294,39 @@ class AST(Encoder):
         x = nn.LayerNorm(epsilon=self.head_ln_eps, use_fast_variance=False, dtype=self.dtype,
                          name="head_norm")(x)
         return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)
+
+
+def embed_tokens(model: nn.Module, x):
+    """AST's embedding, called inside `model`'s compact method (AST, models.mae.Encoder):
+    (B, frames, mel) fbank -> class tokens (B, prefix, W) and patch tokens
+    (B, f_dim*t_dim, W), each with its position embedding added.
+
+    Creates `model`'s patch_embed, cls_token, (dist_token,) and pos_embed parameters;
+    `model` has AST's width, patch_size, strides, num_mel_bins, dist_token, dtype, `grid`
+    and `num_prefix`. Patch tokens come apart from the class tokens so that masked
+    pretraining can keep a subset of them (models.mae).
+    """
+    if x.ndim != 3 or x.shape[-1] != model.num_mel_bins:
+        raise ValueError(f"{type(model).__name__} expects input (batch, frames, "
+                         f"{model.num_mel_bins}), got {x.shape}")
+    b, frames, _ = x.shape
+    # (B, T, F) -> (B, F, T, 1): height = frequency, width = time, as in AST.
+    x = jnp.transpose(x, (0, 2, 1))[..., None].astype(model.dtype)
+    x = nn.Conv(model.width, (model.patch_size, model.patch_size),
+                strides=(model.fstride, model.tstride), padding="VALID", dtype=model.dtype,
+                name="patch_embed")(x)
+    x = x.reshape(b, -1, model.width)  # frequency-major: token = f * t_dim + t
+    init = nn.initializers.truncated_normal(0.02)
+    prefix = [model.param("cls_token", init, (1, 1, model.width))]
+    if model.dist_token:
+        prefix.append(model.param("dist_token", init, (1, 1, model.width)))
+    f_dim, t_dim = model.grid()
+    pos = model.param("pos_embed", init, (1, model.num_prefix + f_dim * t_dim, model.width))
+    pos = posemb.resize_tokens(pos, old_grid=(f_dim, t_dim), new_grid=model.grid(frames),
+                               num_prefix=model.num_prefix, method="prefix").astype(model.dtype)
+    prefix = [jnp.broadcast_to(t, (b, 1, model.width)).astype(model.dtype) for t in prefix]
+    return (jnp.concatenate(prefix, axis=1) + pos[:, :model.num_prefix],
+            x + pos[:, model.num_prefix:])
 
 
 def _reduce_tokens(model: AST, x, q, k, *, plan: LayerPlan, bias, state: _ReductionState):
@@ -434,13 +448,14 @@ def field_names(cls: type[nn.Module]) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
 
 
-def create_ast(size: str = "base", *, cls: type[Encoder] | None = None, **overrides
-               ) -> Encoder:
-    """AST (or another `Encoder`, e.g. ElasticAST) of a named size ("tiny", "small",
-    "base") with field overrides."""
+def create_ast(size: str = "base", *, cls: type[nn.Module] | None = None, **overrides
+               ) -> nn.Module:
+    """AST (or another model with AST's size fields: an `Encoder` such as ElasticAST, or
+    mae.MAE) of a named size ("tiny", "small", "base") with field overrides."""
     cls = cls or AST
     if size not in SIZES:
-        raise ValueError(f"unknown AST size {size!r}; choose one of {sorted(SIZES)}")
+        raise ValueError(f"unknown {cls.__name__} size {size!r}; choose one of "
+                         f"{sorted(SIZES)}")
     fields = {**SIZES[size], **overrides}
     if isinstance(fields.get("dtype"), str):
         fields["dtype"] = jnp.dtype(fields["dtype"])
