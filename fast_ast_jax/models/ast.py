@@ -202,29 +202,13 @@ class AST(Encoder):
     def r_schedule(self) -> list[int]:
         """Per-block ToMe r from `tome_r` (before the per-block clamp; 0 in the last block),
         validated."""
-        return reduction_schedule(self, name="AST")[0]
+        return reduction_schedule(name="AST", **{k: getattr(self, k) for k in SCHEDULE_FIELDS})[0]
 
     def token_plan(self, frames: int | None = None) -> list[LayerPlan]:
         """Static per-block token counts for an input of `frames` frames (default: the
-        model's), validating the reduction fields. Used by MAC counting and the forward."""
-        rs, keeps = reduction_schedule(self, name="AST")
-        if self.prune_score not in prune.SCORES:
-            raise ValueError(f"AST.prune_score {self.prune_score!r} is not one of "
-                             f"{prune.SCORES}")
-        if self.prune_score == "cls_dist" and not self.dist_token:
-            raise ValueError("AST.prune_score='cls_dist' needs dist_token=True")
-        f_dim, t_dim = self.grid(frames)
-        tokens = self.num_prefix + f_dim * t_dim
-        plan = []
-        for r, rate in zip(rs, keeps):
-            tokens_in, keep = tokens, None
-            if rate < 1.0:
-                keep = prune.num_kept(tokens - self.num_prefix, rate)
-                tokens = self.num_prefix + keep + int(self.prune_fuse)
-            r = tome.clamp_r(tokens, r, self.num_prefix)
-            tokens -= r
-            plan.append(LayerPlan(tokens_in, keep, r, tokens))
-        return plan
+        model's), validating the reduction fields (module-level `token_plan`). Used by MAC
+        counting and the forward."""
+        return token_plan(grid=self.grid(frames), **{k: getattr(self, k) for k in PLAN_FIELDS})
 
     def prefix_only_last_block(self) -> bool:
         """Whether the last block computes only the CLS / DIST outputs.
@@ -372,11 +356,17 @@ def _reduce_tokens(model: AST, x, q, k, *, plan: LayerPlan, bias, state: _Reduct
     return x
 
 
-def reduction_schedule(model: nn.Module, *, name: str, reduce_last_block: bool = False
+# The fields of an AST / ElasticAST that its reduction schedules and token plan read.
+SCHEDULE_FIELDS = ("depth", "tome_r", "prune_keep_rate", "prune_layers")
+PLAN_FIELDS = SCHEDULE_FIELDS + ("dist_token", "prune_fuse", "prune_score")
+
+
+def reduction_schedule(*, depth: int, tome_r: int | str, prune_keep_rate: float,
+                       prune_layers, name: str, reduce_last_block: bool = False
                        ) -> tuple[list[int], list[float]]:
     """Per-block ToMe r (before the per-block clamp) and TopK keep rate (1.0 = no pruning)
-    of an AST or ElasticAST (`depth`, `tome_r`, `prune_keep_rate`, `prune_layers`),
-    validated; errors name `name`.<field>. The one parser of both models' schedules.
+    of an AST or ElasticAST with these fields (`SCHEDULE_FIELDS`), validated; errors name
+    `name`.<field>. The one parser of both models' schedules.
 
     The last block never reduces: its entry of any schedule (int r, "ramp:", "blocks:",
     a last block in prune_layers) is read as 0 / no pruning. In the AST a reduction there
@@ -388,22 +378,50 @@ def reduction_schedule(model: nn.Module, *, name: str, reduce_last_block: bool =
     the last block's reduced tokens) keeps the last entry.
     """
     try:
-        rs = tome.parse_schedule(model.tome_r, depth=model.depth)
-        prune.check_keep_rate(model.prune_keep_rate)
+        rs = tome.parse_schedule(tome_r, depth=depth)
+        prune.check_keep_rate(prune_keep_rate)
     except ValueError as e:
         field = "tome_r" if "ToMe" in str(e) else "prune_keep_rate"
         raise ValueError(f"{name}.{field}: {e}") from None
-    keeps = [1.0] * model.depth
-    if model.prune_keep_rate < 1.0:  # default (3, 6, 9) must not reject shallow models
-        bad = [i for i in model.prune_layers if not 0 <= int(i) < model.depth]
+    keeps = [1.0] * depth
+    if prune_keep_rate < 1.0:  # default (3, 6, 9) must not reject shallow models
+        bad = [i for i in prune_layers if not 0 <= int(i) < depth]
         if bad:
-            raise ValueError(f"{name}.prune_layers {tuple(model.prune_layers)} has block "
-                             f"indices {bad} outside [0, depth={model.depth})")
-        layers = {int(i) for i in model.prune_layers}
-        keeps = [model.prune_keep_rate if i in layers else 1.0 for i in range(model.depth)]
-    if not reduce_last_block:
+            raise ValueError(f"{name}.prune_layers {tuple(prune_layers)} has block "
+                             f"indices {bad} outside [0, depth={depth})")
+        layers = {int(i) for i in prune_layers}
+        keeps = [prune_keep_rate if i in layers else 1.0 for i in range(depth)]
+    if not reduce_last_block and depth:
         rs[-1], keeps[-1] = 0, 1.0
     return rs, keeps
+
+
+def token_plan(*, grid: tuple[int, int], depth: int, tome_r: int | str,
+               prune_keep_rate: float, prune_layers, dist_token: bool, prune_fuse: bool,
+               prune_score: str) -> list[LayerPlan]:
+    """Static per-block token counts of an AST with these fields (`PLAN_FIELDS`, meaning as
+    in `AST`) on a (f_dim, t_dim) patch `grid`, validating the reduction fields (errors
+    name AST.<field>). The one token plan: `AST.token_plan` and the config check
+    (`check_config`, which builds no model) call it."""
+    rs, keeps = reduction_schedule(depth=depth, tome_r=tome_r,
+                                   prune_keep_rate=prune_keep_rate,
+                                   prune_layers=prune_layers, name="AST")
+    if prune_score not in prune.SCORES:
+        raise ValueError(f"AST.prune_score {prune_score!r} is not one of {prune.SCORES}")
+    if prune_score == "cls_dist" and not dist_token:
+        raise ValueError("AST.prune_score='cls_dist' needs dist_token=True")
+    num_prefix = 2 if dist_token else 1
+    tokens = num_prefix + grid[0] * grid[1]
+    plan = []
+    for r, rate in zip(rs, keeps):
+        tokens_in, keep = tokens, None
+        if rate < 1.0:
+            keep = prune.num_kept(tokens - num_prefix, rate)
+            tokens = num_prefix + keep + int(prune_fuse)
+        r = tome.clamp_r(tokens, r, num_prefix)
+        tokens -= r
+        plan.append(LayerPlan(tokens_in, keep, r, tokens))
+    return plan
 
 
 # config.model keys that are not constructor fields of the model.
@@ -448,23 +466,33 @@ def field_names(cls: type[nn.Module]) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
 
 
-def create_ast(size: str = "base", *, cls: type[nn.Module] | None = None, **overrides
-               ) -> nn.Module:
-    """AST (or another model with AST's size fields: an `Encoder` such as ElasticAST, or
-    mae.MAE) of a named size ("tiny", "small", "base") with field overrides."""
+def ast_fields(size: str = "base", *, cls: type[nn.Module] | None = None, **overrides
+               ) -> dict[str, Any]:
+    """Every constructor field of `cls` (default AST; or another model with AST's size
+    fields) of a named size ("tiny", "small", "base") with field overrides, validated:
+    what `create_ast` builds, as a dict (config checks read it without building)."""
     cls = cls or AST
     if size not in SIZES:
         raise ValueError(f"unknown {cls.__name__} size {size!r}; choose one of "
                          f"{sorted(SIZES)}")
-    fields = {**SIZES[size], **overrides}
-    if isinstance(fields.get("dtype"), str):
-        fields["dtype"] = jnp.dtype(fields["dtype"])
     known = field_names(cls)
-    unknown = sorted(set(fields) - known)
+    unknown = sorted((set(SIZES[size]) | set(overrides)) - known)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known fields: "
                          f"{sorted(known)}")
-    return cls(**fields)
+    fields = {f.name: f.default for f in dataclasses.fields(cls) if f.name in known
+              and f.default is not dataclasses.MISSING}
+    fields.update(SIZES[size], **overrides)
+    if isinstance(fields.get("dtype"), str):
+        fields["dtype"] = jnp.dtype(fields["dtype"])
+    return fields
+
+
+def create_ast(size: str = "base", *, cls: type[nn.Module] | None = None, **overrides
+               ) -> nn.Module:
+    """AST (or another model with AST's size fields: an `Encoder` such as ElasticAST, or
+    mae.MAE) of a named size ("tiny", "small", "base") with field overrides."""
+    return (cls or AST)(**ast_fields(size, cls=cls, **overrides))
 
 
 def from_config(config, *, num_classes: int, frontend) -> AST:
@@ -495,26 +523,28 @@ def require(config, ok: bool, field: str, rule: str) -> None:
 
 def check_config(config, frontend) -> None:
     """config.model of an AST (or the AST an ElasticAST shares fields with): the token plan
-    (strides, heads, ToMe r, TopK layers) for the front-end's input; warns when ToMe's r
-    is clamped in the first block."""
+    (strides, heads, ToMe r, TopK layers) for the front-end's input, from the fields
+    alone (no model is built); warns when ToMe's r is clamped in the first block."""
     try:
-        fields = model_overrides(config.model)
-        model = create_ast(config.model.size, num_classes=2,
-                           num_mel_bins=frontend.num_mel_bins, frames=frontend.target_frames,
-                           **fields)
-        if model.width % model.num_heads:
-            raise ValueError(f"config.model.width={model.width} is not divisible by "
-                             f"num_heads={model.num_heads}")
-        plan = model.token_plan()
+        fields = ast_fields(config.model.size, num_classes=2,
+                            num_mel_bins=frontend.num_mel_bins, frames=frontend.target_frames,
+                            **model_overrides(config.model))
+        if fields["width"] % fields["num_heads"]:
+            raise ValueError(f"config.model.width={fields['width']} is not divisible by "
+                             f"num_heads={fields['num_heads']}")
+        grid = grid_shape(**{k: fields[k] for k in ("frames", "num_mel_bins", "patch_size",
+                                                    "fstride", "tstride")})
+        plan = token_plan(grid=grid, **{k: fields[k] for k in PLAN_FIELDS})
     except ValueError as e:
         msg = str(e)
         raise ValueError(msg if msg.startswith("config.") else f"config.model: {msg}") from None
-    f_dim, t_dim = model.grid()
+    f_dim, t_dim = grid
     most = (f_dim * t_dim) // 2
-    first = model.r_schedule()[0] if plan else 0
+    first = reduction_schedule(name="AST", **{k: fields[k] for k in SCHEDULE_FIELDS}
+                               )[0][0] if plan else 0
     if first > most:  # ToMe clamps r per block (reference semantics): legal, but suspicious
         field = "tome_schedule" if config.model.get("tome_schedule") else "tome_r"
         warnings.warn(f"config.model.{field}={fields['tome_r']!r}: the first block can "
                       f"merge at most {most} of its {f_dim * t_dim} patch tokens "
-                      f"(frames={frontend.target_frames}, fstride={model.fstride}, "
-                      f"tstride={model.tstride}); r is clamped to that", stacklevel=3)
+                      f"(frames={frontend.target_frames}, fstride={fields['fstride']}, "
+                      f"tstride={fields['tstride']}); r is clamped to that", stacklevel=3)

@@ -32,8 +32,9 @@ import numpy as np
 
 from fast_ast_jax.models import packed_reduce, posemb
 from fast_ast_jax.models import ast
-from fast_ast_jax.models.ast import (Block, Encoder, create_ast, field_names, grid_shape,
-                                     model_overrides, reduction_schedule, require)
+from fast_ast_jax.models.ast import (SCHEDULE_FIELDS, Block, Encoder, create_ast, field_names,
+                                     grid_shape, model_overrides, reduction_schedule,
+                                     require)
 from fast_ast_jax.models.attention import dot_product_attention
 from fast_ast_jax.models.tome import merge_source, merge_wavg
 
@@ -180,8 +181,8 @@ class ElasticAST(Encoder):
     def schedules(self) -> tuple[list[int], list[float]]:
         """Per-block ToMe r (before the row clamp) and TopK keep rate, validated
         (`ast.reduction_schedule`, the parser AST uses)."""
-        return reduction_schedule(self, name="ElasticAST",
-                                  reduce_last_block=self.reduce_last_block)
+        return reduction_schedule(name="ElasticAST", reduce_last_block=self.reduce_last_block,
+                                  **{k: getattr(self, k) for k in SCHEDULE_FIELDS})
 
     def token_counts(self, length: int, num_slots: int) -> list[int]:
         """Static tokens per row leaving each block, for rows of `length` tokens."""
