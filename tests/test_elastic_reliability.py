@@ -130,6 +130,29 @@ def test_unreadable_newest_checkpoint_falls_back(tmp_path, capfd):
         loop.train_and_evaluate(other, str(work))
 
 
+def test_older_run_resumes_with_its_last_block_rule(tmp_path):
+    """A run saved before the last block stopped reducing (its metadata has no
+    "reduce_last_block") resumes in its workdir with the meaning it was trained with: ToMe
+    in the last of its 2 blocks (configs/test_elastic.py: tome_r=2), saved as such."""
+    from fast_ast_jax import checkpoints
+    from fast_ast_jax.checkpoints.store import Checkpointer
+
+    work = tmp_path / "w"
+    loop.train_and_evaluate(config(2, checkpoint_every=2), str(work))
+    ckpt = Checkpointer(work / "checkpoints", create=False)
+    state, meta = ckpt.restore()
+    ckpt.close()
+    assert meta["model"].pop("reduce_last_block") is False
+    shutil.rmtree(work / "checkpoints")
+    old = Checkpointer(work / "checkpoints", every=1)
+    old.save(2, state, meta)  # as an older version wrote it
+    old.close()
+    resumed = loop.train_and_evaluate(config(4, checkpoint_every=2), str(work))
+    assert resumed["step"] == 4 and steps_saved(work) == ["2", "4"]
+    model = checkpoints.load(work).model
+    assert model.reduce_last_block and model.schedules()[0] == [2, 2]
+
+
 @pytest.mark.parametrize("field,value,match", [
     ("elastic.max_tokens", 4, r"config\.elastic\.max_frames=64: a 64-frame clip is \d+ "
                                r"tokens, more than a row holds"),

@@ -29,7 +29,7 @@ from fast_ast_jax.data.pipeline import Augment
 from fast_ast_jax.models import model_fields, model_name
 from fast_ast_jax.train import keep_rate
 from fast_ast_jax.train import metrics as metrics_lib
-from fast_ast_jax.checkpoints.store import Checkpointer
+from fast_ast_jax.checkpoints.store import Checkpointer, model_fields_from_meta
 from fast_ast_jax.train.forward import evaluate, kind_of
 from fast_ast_jax.train.table import format_table
 from fast_ast_jax.train.state import TrainState, learning_rate_schedule, make_optimizer
@@ -63,11 +63,18 @@ class _Preemption:
             signal.signal(sig, old)
 
 
+# Model fields that no config key sets and that checkpoints of older versions hold with
+# another value (their metadata lacks them: `checkpoints.store.model_fields_from_meta`):
+# a resumed run takes the checkpoint's, the meaning it was trained with (`resume`).
+CHECKPOINT_FIELDS = ("reduce_last_block",)
+
+
 def check_resumable(saved: dict, requested: dict, *, directory) -> None:
     """Refuse to resume a checkpoint made for another model, front-end or label set.
 
     Orbax restores a subset of a larger tree without complaint (a 12-block checkpoint into a
     6-block model), so resuming with a changed config would silently train something else.
+    The model's CHECKPOINT_FIELDS are not compared: the resumed run takes them.
     """
     for key in ("model", "frontend", "labels", "loss"):
         # JSON round trip: tuples in the live config are lists in the saved metadata.
@@ -75,6 +82,9 @@ def check_resumable(saved: dict, requested: dict, *, directory) -> None:
         have = saved.get(key)
         if key == "frontend" and isinstance(have, dict):  # fields added later: defaults
             have = FrontEnd.from_dict(have).to_dict()
+        if key == "model" and isinstance(have, dict):
+            have, want = ({k: v for k, v in d.items() if k not in CHECKPOINT_FIELDS}
+                          for d in (have, want))
         if have == want:
             continue
         if isinstance(want, dict) and isinstance(have, dict):
@@ -87,8 +97,11 @@ def check_resumable(saved: dict, requested: dict, *, directory) -> None:
                          f"config ({detail}); use a new --workdir or the original config")
 
 
-def resume(ckpt: Checkpointer, *, target, meta: dict) -> tuple[Any, tuple[int, int]]:
-    """(state, data position) of the newest readable checkpoint that matches `meta`.
+def resume(ckpt: Checkpointer, *, target, meta: dict, model
+           ) -> tuple[Any, tuple[int, int], Any]:
+    """(state, data position, model) of the newest readable checkpoint that matches `meta`;
+    the model is `model` with the checkpoint's CHECKPOINT_FIELDS (so an ElasticAST run
+    saved before the last block stopped reducing resumes reducing there).
 
     Unreadable (half-written, corrupted) steps are skipped and moved aside, so they can be
     written again; a checkpoint of another model / front-end / label set is an error.
@@ -97,9 +110,11 @@ def resume(ckpt: Checkpointer, *, target, meta: dict) -> tuple[Any, tuple[int, i
         check_resumable, requested=meta, directory=ckpt.directory))
     ckpt.quarantine(ckpt.unreadable)
     position = tuple(saved["data_position"])
+    fields = model_fields_from_meta(saved)
+    model = model.clone(**{k: fields[k] for k in CHECKPOINT_FIELDS if k in fields})
     if jax.process_index() == 0:
         print(f"resumed from step {int(state.step)} at data position {position}")
-    return state, position
+    return state, position, model
 
 
 def run_steps(state, *, step_fn: Callable, batches: Iterator, position: tuple[int, int],
@@ -251,7 +266,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if ckpt.latest_step() is not None:  # 1. resume
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                               abstract, shardings)
-        state, position = resume(ckpt, target=target, meta=meta)
+        state, position, model = resume(ckpt, target=target, meta=meta, model=model)
+        meta["model"] = model_fields(model)
     else:
         state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
         if config.init_from:  # 2. pretrained
