@@ -159,7 +159,8 @@ class ElasticAST(Encoder):
         reduce_last_block: False (always, for new models): the last block never reduces,
             as in `AST` (`ast.reduction_schedule`); True keeps the last entry of the
             schedules, the meaning of checkpoints saved before that rule (their metadata
-            has no such field and loads with True, `checkpoints.store.model_fields_from_meta`).
+            has no such field and loads with True, `checkpoints.store.model_fields_from_meta`;
+            a run resumed in its workdir keeps it, `train.loop.resume`).
             Here a last-block reduction does change the output (the pooling reads every
             token), but it saves only the last MLP and pooling on the removed tokens, net
             of its matching ~0.5 % of the MACs at configs/fsdd_elastic.py's r=16 (6
@@ -294,10 +295,6 @@ def check_config(config, frontend) -> None:
     need = lambda ok, field, rule: require(config, ok, field, rule)
     need(not m.prune_fuse, "model.prune_fuse", "is not supported with packing (a fused "
          "token per sample has no static place in a row)")
-    # data.packed.PackedPipeline refuses mixup too (it is built without a config): this
-    # check gives the config's one-line error before any data is read.
-    need(config.augment.mixup == 0, "augment.mixup",
-         "must be 0 with packing (clips of different lengths and hops cannot be mixed)")
     for name in ("rows", "max_tokens", "max_slots"):
         need(e[name] >= 1, f"elastic.{name}", "must be >= 1")
     need(0 <= e.token_dropout < 1, "elastic.token_dropout", "must lie in [0, 1)")
