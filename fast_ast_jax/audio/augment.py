@@ -59,3 +59,13 @@ def mixup(x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray, *,
     lam = float(rng.beta(alpha, alpha))
     return ((lam * x1 + (1 - lam) * x2).astype(np.float32),
             (lam * y1 + (1 - lam) * y2).astype(np.float32))
+
+
+def check_no_mixup(mixup: float, *, field: str = "augment.mixup") -> None:
+    """Packed rows have no mixup (mixing needs two clips of one shape; packed clips differ
+    in length and hop): raise ValueError("<field>=<value>: must be 0 ...") unless `mixup`
+    is 0. The one check, made by data.packed.PackedPipeline and, naming the config's
+    field before any data is read, by the packed model's config check."""
+    if mixup > 0:
+        raise ValueError(f"{field}={mixup!r}: must be 0 with packing (clips of different "
+                         "lengths and hops cannot be mixed)")

@@ -74,15 +74,6 @@ class PackSpec:
                              f"max_slots={self.max_slots} must all be >= 1")
 
 
-def check_mixup(mixup: float, *, field: str = "augment.mixup") -> None:
-    """Packing has no mixup: raise ValueError("<field>=<value>: must be 0 ...") unless
-    `mixup` is 0. The one check, made by the pipeline and, naming the config's field
-    before any data is read, by train.validate."""
-    if mixup > 0:
-        raise ValueError(f"{field}={mixup!r}: must be 0 with packing (clips of different "
-                         "lengths and hops cannot be mixed)")
-
-
 class PackedPipeline(Loadable):
     """Packed batches over one random-access source (see the module docstring).
 
@@ -130,7 +121,7 @@ class PackedPipeline(Loadable):
                              f"expects {frontend.sample_rate} Hz")
         if not hops_ms:
             raise ValueError("hops_ms is empty: give at least one frame shift in ms")
-        check_mixup(augment.mixup)
+        augment_lib.check_no_mixup(augment.mixup)
         if max_frames < spec.patch_size:
             raise ValueError(f"max_frames={max_frames} is shorter than one patch "
                              f"({spec.patch_size} frames)")

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fast_ast_jax.audio.augment import check_no_mixup
 from fast_ast_jax.models import packed_reduce, posemb
 from fast_ast_jax.models import ast
 from fast_ast_jax.models.ast import (SCHEDULE_FIELDS, Block, Encoder, create_ast, field_names,
@@ -295,6 +296,7 @@ def check_config(config, frontend) -> None:
     need = lambda ok, field, rule: require(config, ok, field, rule)
     need(not m.prune_fuse, "model.prune_fuse", "is not supported with packing (a fused "
          "token per sample has no static place in a row)")
+    check_no_mixup(config.augment.mixup, field="config.augment.mixup")
     for name in ("rows", "max_tokens", "max_slots"):
         need(e[name] >= 1, f"elastic.{name}", "must be >= 1")
     need(0 <= e.token_dropout < 1, "elastic.token_dropout", "must lie in [0, 1)")

@@ -11,7 +11,6 @@ from __future__ import annotations
 from fast_ast_jax import models
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data.core import BAD_CLIP_POLICIES
-from fast_ast_jax.data.packed import check_mixup
 from fast_ast_jax.models.ast import SIZES, require
 
 _CHOICES = {
@@ -44,7 +43,6 @@ def validate_config(config, *, device_count: int) -> None:
         need(config.elastic.rows % device_count == 0, "elastic.rows",
              f"must be a multiple of the {device_count} devices (the rows are split over "
              "them)")
-        check_mixup(config.augment.mixup, field="config.augment.mixup")
     else:
         need(config.batch_size > 0, "batch_size", "must be > 0")
         need(config.batch_size % device_count == 0, "batch_size",
