@@ -308,6 +308,23 @@ def test_tome_r_larger_than_the_tokens_warns():
         validate_config(c, device_count=1)
 
 
+def test_config_checks_build_no_model(monkeypatch):
+    """The config checks read the fields (models.ast.token_plan is a function of them):
+    validating a padded and a packed config with ToMe and TopK makes no Flax module."""
+    from fast_ast_jax.models import ast
+
+    def built(self):
+        raise AssertionError(f"{type(self).__name__} built while validating a config")
+
+    monkeypatch.setattr(ast.Encoder, "__post_init__", built)
+    for name in ("test", "test_elastic"):
+        c = load_config(name)
+        c.model.update(tome_r=1, prune_keep_rate=0.5, prune_layers=(0,))
+        validate_config(c, device_count=1)
+    with pytest.raises(AssertionError, match="AST built"):
+        ast.create_ast("tiny")
+
+
 def test_batch_not_divisible_by_devices_and_locked_config():
     c = load_config("test")
     validate_config(c, device_count=8)
