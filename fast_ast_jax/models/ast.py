@@ -391,7 +391,7 @@ def reduction_schedule(*, depth: int, tome_r: int | str, prune_keep_rate: float,
                              f"indices {bad} outside [0, depth={depth})")
         layers = {int(i) for i in prune_layers}
         keeps = [prune_keep_rate if i in layers else 1.0 for i in range(depth)]
-    if not reduce_last_block and depth:
+    if not reduce_last_block:
         rs[-1], keeps[-1] = 0, 1.0
     return rs, keeps
 
