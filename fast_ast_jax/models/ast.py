@@ -407,7 +407,10 @@ def reduction_schedule(model: nn.Module, *, name: str, reduce_last_block: bool =
 
 
 # config.model keys that are not constructor fields of the model.
-_NOT_FIELDS = ("name", "size", "cnn", "tome_schedule")
+# Not AST fields: the kind and size, other kinds' blocks, the schedule spelling of tome_r,
+# and the pretraining fields of mae.MAE (its own from_config reads them).
+_NOT_FIELDS = ("name", "size", "cnn", "tome_schedule", "mask_ratio", "decoder_width",
+               "decoder_depth", "decoder_heads", "norm_pix_loss")
 
 
 def model_overrides(model_config) -> dict[str, Any]:
