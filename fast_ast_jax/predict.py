@@ -108,7 +108,8 @@ def predict_files(files: Sequence[str | os.PathLike], *, checkpoint: str | os.Pa
             backend is the CPU).
         **overrides: model fields for this run (tome_r=8, prune_keep_rate=0.7, ...).
     """
-    bundle = checkpoint if isinstance(checkpoint, Bundle) else checkpoints.load(checkpoint)
+    bundle = (checkpoint if isinstance(checkpoint, Bundle)
+              else checkpoints.load_classifier(checkpoint))
     sc = scorer(bundle, batch_size=batch_size, on_device=on_device, **overrides)
     sr = sc.frontend.sample_rate
     results: list[FileResult] = []
@@ -232,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {k: v for k, v in (("tome_r", args.tome_r), ("prune_keep_rate", args.keep_rate))
                  if v is not None}
     with cli.user_errors(debug=args.debug):
-        bundle = checkpoints.load(args.checkpoint)
+        bundle = checkpoints.load_classifier(args.checkpoint)
     if (args.maps or overrides) and not isinstance(bundle.model, Encoder):
         cli.fail(f"--maps / --tome_r / --keep_rate need an AST or ElasticAST; "
                  f"{args.checkpoint} holds a {type(bundle.model).__name__}")

@@ -1,0 +1,211 @@
+"""Masked pretraining through the one trainer (model.name "mae", configs/test_pretrain.py):
+the loss falls, resume and 8-device sharding work, init_from loads the encoder into the
+AST-family kinds, and what cannot work is refused in one line."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fast_ast_jax import checkpoints, models
+from fast_ast_jax.audio.frontend import FrontEnd
+from fast_ast_jax.checkpoints.store import Checkpointer
+from fast_ast_jax.models import mae
+from fast_ast_jax.train import loop
+from tests.helpers import ROOT, load_config, write_folder
+
+
+def logged(workdir, key="train/loss"):
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(s)[key] for s in lines if key in json.loads(s)]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A 40-step pretraining run of configs/test_pretrain.py with 2 encoder blocks (so that
+    ToMe has a block to merge in), and its final result."""
+    c = load_config("test_pretrain")
+    c.update(num_steps=40, log_every=5, checkpoint_every=20)
+    c.model.depth = 2
+    workdir = tmp_path_factory.mktemp("pretrain") / "work"
+    return workdir, loop.train_and_evaluate(c, str(workdir))
+
+
+def test_pretraining_loss_falls_and_is_evaluated(pretrained):
+    workdir, final = pretrained
+    losses = logged(workdir)
+    assert len(losses) == 8 and all(np.isfinite(losses))
+    assert losses[-1] < 0.7 * losses[0], losses
+    # evaluation reports the reconstruction loss (fixed mask key), no accuracy
+    assert np.isfinite(final["eval_loss"]) and final["eval_num_clips"] == 16
+    assert "eval_accuracy" not in final and final["train_compilations"] == 1
+    bundle = checkpoints.load(workdir)
+    assert isinstance(bundle.model, mae.MAE) and bundle.labels == () and bundle.step == 40
+    ckpt = Checkpointer(workdir / "checkpoints", create=False)
+    _, meta = ckpt.restore()
+    ckpt.close()
+    assert meta["model_class"] == "mae" and meta["model"]["mask_ratio"] == 0.75
+
+
+def test_pretraining_resumes_where_it_stopped(tmp_path):
+    def config(steps):
+        c = load_config("test_pretrain")
+        c.update(num_steps=steps, checkpoint_every=2)
+        c.optim.schedule = "constant"  # the same lr at every step, whatever num_steps says
+        return c
+
+    straight = loop.train_and_evaluate(config(6), str(tmp_path / "a"))
+    loop.train_and_evaluate(config(4), str(tmp_path / "b"))
+    resumed = loop.train_and_evaluate(config(6), str(tmp_path / "b"))
+    assert resumed["step"] == 6
+    chex.assert_trees_all_close(resumed["state"].params, straight["state"].params,
+                                rtol=1e-6, atol=1e-7)
+
+
+def _fine_tune_config(kind: str):
+    if kind == "elastic":
+        c = load_config("test_elastic")  # 2 blocks, grid of 64 frames: positions resized
+    else:
+        c = load_config("test")
+        c.model.depth = 2
+        if kind == "tome":
+            c.model.tome_r = 2
+        if kind == "topk":
+            c.model.update(prune_keep_rate=0.5, prune_layers=(1,))
+        if kind == "ast_longer":
+            c.frontend.target_frames = 80  # another grid: pos_embed resized
+    return c
+
+
+@pytest.mark.parametrize("kind", ["ast", "tome", "topk", "ast_longer", "elastic"])
+def test_init_from_pretraining_loads_the_encoder(pretrained, kind):
+    workdir, _ = pretrained
+    c = _fine_tune_config(kind)
+    frontend = FrontEnd.from_dict(c.frontend.to_dict())
+    model = models.from_config(c, num_classes=4, frontend=frontend)
+    inputs = (jnp.zeros((1, frontend.target_frames, frontend.num_mel_bins))
+              if not models.is_packed(model) else None)
+    if inputs is None:
+        from fast_ast_jax.train.task import make_task
+        from fast_ast_jax.train.forward import kind_of
+        task = make_task(c, frontend=frontend)
+        inputs = kind_of(model).inputs(task.example)
+    fresh = model.init({"params": jax.random.PRNGKey(1)}, inputs)["params"]
+    params = checkpoints.init_params(workdir, model, fresh=fresh)
+    encoder = mae.encoder_params(checkpoints.load(workdir).params)
+    for name in ("patch_embed", "block_0", "block_1", "norm"):  # pretrained
+        chex.assert_trees_all_equal(params[name], encoder[name])
+    for name in ("head_norm", "head"):  # fresh
+        chex.assert_trees_all_equal(params[name], fresh[name])
+    assert not any(k.startswith("decoder") for k in params)
+    if kind in ("ast", "tome", "topk"):  # same grid: the position table as pretrained
+        np.testing.assert_array_equal(params["pos_embed"], encoder["pos_embed"])
+    jax.tree.map(lambda a, b: np.testing.assert_equal(np.shape(a), np.shape(b)),
+                 params, fresh)
+
+
+def test_fine_tune_run_starts_from_the_pretrained_encoder(pretrained, tmp_path):
+    """train.py --config configs/test.py --config.init_from=<pretraining workdir>."""
+    workdir, _ = pretrained
+    c = _fine_tune_config("ast")
+    c.update(num_steps=1, init_from=str(workdir))
+    c.optim.lr = 0.0  # step 1 leaves the params as they started
+    final = loop.train_and_evaluate(c, str(tmp_path / "ft"))
+    encoder = mae.encoder_params(checkpoints.load(workdir).params)
+    chex.assert_trees_all_close(final["state"].params["block_1"], encoder["block_1"])
+    assert np.isfinite(final["eval_accuracy"])
+
+
+def _one_line_error(fn, match):
+    with pytest.raises(ValueError, match=match) as e:
+        fn()
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_unlabeled_folder_pretrains_and_is_refused_by_supervised_kinds(tmp_path):
+    write_folder(tmp_path / "audio_src", [(f"c{i}.wav", "a", "") for i in range(8)])
+    c = load_config("test_pretrain")
+    c.data.source = "folder"
+    c.data.train = {"audio_dir": str(tmp_path / "audio_src" / "audio")}  # no CSV, no labels
+    c.data.eval = {}
+    c.update(num_steps=2, batch_size=4)
+    final = loop.train_and_evaluate(c, str(tmp_path / "mae"))
+    assert final["step"] == 2 and np.isfinite(final["train_loss"])
+    c.model.name = "ast"
+    _one_line_error(lambda: loop.train_and_evaluate(c, str(tmp_path / "ast")),
+                    r"^config\.data\.train=.*no labels.*model\.name='mae'")
+
+
+def test_refusals_are_one_line(pretrained, tmp_path):
+    workdir, _ = pretrained
+    c = load_config("test_pretrain")
+    c.distill.teacher_logits = str(tmp_path / "t.npz")
+    _one_line_error(lambda: loop.train_and_evaluate(c, str(tmp_path / "d")),
+                    r"^config\.distill\.teacher_logits=.*no logits")
+    c = load_config("test_elastic")
+    c.model.name = "mae"
+    msg = _one_line_error(lambda: loop.train_and_evaluate(c, str(tmp_path / "e")),
+                          r"^config\.model\.name='mae'.*padded clips")
+    assert "init_from" in msg
+    c = load_config("test_pretrain")
+    c.model.tome_r = 2
+    _one_line_error(lambda: loop.train_and_evaluate(c, str(tmp_path / "t")),
+                    r"^config\.model\.tome_r=2: token reduction")
+    # a CNN cannot take an AST encoder
+    cnn = models.create_cnn(num_classes=4)
+    _one_line_error(lambda: checkpoints.init_params(workdir, cnn, fresh={}),
+                    r"masked-pretraining \(mae\) checkpoint.*not a CNNTeacher")
+
+
+def test_predict_evaluate_dump_refuse_a_pretraining_checkpoint(pretrained, tmp_path):
+    from fast_ast_jax.predict import predict_files
+    from fast_ast_jax.train.dump import dump
+    from fast_ast_jax.train.evaluation import evaluate_checkpoint
+
+    workdir, _ = pretrained
+    for fn in (lambda: list(predict_files([], checkpoint=workdir)),
+               lambda: evaluate_checkpoint(workdir, echo=None),
+               lambda: dump(workdir, out=tmp_path / "t.npz")):
+        _one_line_error(fn, r"no classifier head")
+
+
+SHARDED = textwrap.dedent("""
+    import json, os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax
+    sys.path.insert(0, sys.argv[1])
+    from fast_ast_jax.train import loop
+    from tests.helpers import load_config
+    assert jax.device_count() == 8
+    c = load_config("test_pretrain")
+    c.update(num_steps=4, log_every=1, param_sharding="fsdp")
+    final = loop.train_and_evaluate(c, sys.argv[2])
+    print(json.dumps({"eval_loss": final["eval_loss"]}))
+""")
+
+
+def test_sharded_pretraining_matches_one_device(tmp_path):
+    """8 simulated devices (a subprocess: XLA flags are read when jax starts) give the
+    losses of 1 device: the mask key and the loss's clip weighting do not depend on the
+    split."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run([sys.executable, "-c", SHARDED, str(ROOT), str(tmp_path / "eight")],
+                          capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    eight = json.loads(proc.stdout.strip().splitlines()[-1])
+    c = load_config("test_pretrain")
+    c.update(num_steps=4, log_every=1, param_sharding="fsdp")
+    one = loop.train_and_evaluate(c, str(tmp_path / "one"))
+    np.testing.assert_allclose(logged(tmp_path / "eight"), logged(tmp_path / "one"),
+                               rtol=1e-4)
+    np.testing.assert_allclose(eight["eval_loss"], one["eval_loss"], rtol=1e-4)
