@@ -20,7 +20,7 @@ from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.checkpoints.store import Checkpointer
 from fast_ast_jax.models import mae
 from fast_ast_jax.train import loop
-from tests.helpers import ROOT, load_config, write_folder
+from tests.helpers import ROOT, folder_data, load_config, tiny, write_folder
 
 
 def logged(workdir, key="train/loss"):
@@ -209,3 +209,22 @@ def test_sharded_pretraining_matches_one_device(tmp_path):
     np.testing.assert_allclose(logged(tmp_path / "eight"), logged(tmp_path / "one"),
                                rtol=1e-4)
     np.testing.assert_allclose(eight["eval_loss"], one["eval_loss"], rtol=1e-4)
+
+
+def test_fsdd_pretrain_then_fine_tune_on_generated_folder(tmp_path):
+    """configs/fsdd_pretrain.py's two commands (shrunk) on a generated FSDD-like folder:
+    pretraining reads the CSV without its labels, fine-tuning starts from its encoder."""
+    rows = [(f"{i}.wav", str(i % 3), "train" if i < 8 else "test") for i in range(12)]
+    paths = folder_data(tmp_path, ("filename", "label", "fold"), rows)
+    pre = tiny(load_config("fsdd_pretrain"))
+    assert pre.model.name == "mae" and pre.data.train.label_column == ""
+    for split in ("train", "eval"):
+        pre.data[split].update(paths)
+    final = loop.train_and_evaluate(pre, str(tmp_path / "pre"))
+    assert np.isfinite(final["eval_loss"]) and final["eval_num_clips"] == 4
+    ft = tiny(load_config("fsdd"))
+    for split in ("train", "eval"):
+        ft.data[split].update(paths)
+    ft.update(init_from=str(tmp_path / "pre"))
+    final = loop.train_and_evaluate(ft, str(tmp_path / "ft"))
+    assert final["eval_num_clips"] == 4 and np.isfinite(final["eval_accuracy"])
