@@ -9,14 +9,18 @@ import subprocess
 import sys
 import textwrap
 
+from pathlib import Path
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import soundfile as sf
 
 from fast_ast_jax import checkpoints, models
 from fast_ast_jax.audio.frontend import FrontEnd
+from fast_ast_jax.bundle import Bundle
 from fast_ast_jax.checkpoints.store import Checkpointer
 from fast_ast_jax.models import mae
 from fast_ast_jax.train import loop
@@ -112,13 +116,21 @@ def test_init_from_pretraining_loads_the_encoder(pretrained, kind):
                  params, fresh)
 
 
-def test_fine_tune_run_starts_from_the_pretrained_encoder(pretrained, tmp_path):
-    """train.py --config configs/test.py --config.init_from=<pretraining workdir>."""
+@pytest.fixture(scope="module")
+def fine_tuned(pretrained, tmp_path_factory):
+    """train.py --config configs/test.py --config.init_from=<pretraining workdir>, one step
+    at lr 0 (the params stay as they started)."""
     workdir, _ = pretrained
     c = _fine_tune_config("ast")
     c.update(num_steps=1, init_from=str(workdir))
-    c.optim.lr = 0.0  # step 1 leaves the params as they started
-    final = loop.train_and_evaluate(c, str(tmp_path / "ft"))
+    c.optim.lr = 0.0
+    ft = tmp_path_factory.mktemp("ft") / "work"
+    return ft, loop.train_and_evaluate(c, str(ft))
+
+
+def test_fine_tune_run_starts_from_the_pretrained_encoder(pretrained, fine_tuned):
+    workdir, _ = pretrained
+    _, final = fine_tuned
     encoder = mae.encoder_params(checkpoints.load(workdir).params)
     chex.assert_trees_all_close(final["state"].params["block_1"], encoder["block_1"])
     assert np.isfinite(final["eval_accuracy"])
@@ -228,3 +240,68 @@ def test_fsdd_pretrain_then_fine_tune_on_generated_folder(tmp_path):
     ft.update(init_from=str(tmp_path / "pre"))
     final = loop.train_and_evaluate(ft, str(tmp_path / "ft"))
     assert final["eval_num_clips"] == 4 and np.isfinite(final["eval_accuracy"])
+
+
+def _audio(tmp_path):
+    """One clip of the trained input length or less, one of 3 s (several windows), one
+    corrupt file."""
+    (tmp_path / "in").mkdir()
+    t = np.arange(16000) / 16000
+    sf.write(tmp_path / "in" / "a.wav", 0.3 * np.sin(2 * np.pi * 440 * t[:7000]), 16000)
+    sf.write(tmp_path / "in" / "b.wav", 0.3 * np.sin(2 * np.pi * 300 * np.tile(t, 3)), 16000)
+    (tmp_path / "in" / "c.wav").write_bytes(b"RIFF not audio")
+    return tmp_path / "in"
+
+
+@pytest.mark.parametrize("kind", ["mae", "ast"])
+def test_embed_command(pretrained, fine_tuned, kind, tmp_path, capsys):
+    """python -m fast_ast_jax.embed: embeddings of the good files (a short clip's is the
+    model's own: MAE.encode, or the AST's pooled pre-head features), the bad one reported,
+    exit status 1; --tokens gives each window's patch tokens."""
+    from flax import linen as nn
+
+    from fast_ast_jax.audio.features import features
+    from fast_ast_jax.embed import main
+
+    workdir = (pretrained if kind == "mae" else fine_tuned)[0]
+    folder, out = _audio(tmp_path), tmp_path / "e.npz"
+    assert main([str(folder), "--checkpoint", str(workdir), "--out", str(out),
+                 "--tokens"]) == 1
+    assert "1 of 3 files failed" in capsys.readouterr().err
+    bundle = checkpoints.load(workdir)
+    with np.load(out) as d:
+        assert [Path(f).name for f in d["files"]] == ["a.wav", "b.wav"]
+        assert [Path(f).name for f in d["failed"]] == ["c.wav"] and "c.wav" in d["errors"][0]
+        emb, tokens, token_file = d["embeddings"], d["tokens"], d["token_file"]
+    fe = bundle.frontend
+    n = fe.target_frames
+    windows_b = int((token_file == 1).sum())
+    assert emb.shape == (2, 64) and (token_file == 0).sum() == 1 and windows_b > 1
+    f_dim, t_dim = bundle.model.grid()
+    assert tokens.shape == (1 + windows_b, f_dim * t_dim, 64)
+    wave, _ = sf.read(folder / "a.wav", dtype="float32")
+    x = jnp.asarray(features(wave, frontend=fe))[None]  # padded to the trained input
+    assert x.shape[1] == n
+    if kind == "mae":
+        clip, patch = bundle.model.apply({"params": bundle.params}, x,
+                                         method=mae.MAE.encode)
+        np.testing.assert_allclose(tokens[0], patch[0], rtol=1e-4, atol=1e-5)
+    else:  # the head applied to the embedding gives the AST's logits
+        p = bundle.params
+        z = nn.LayerNorm(epsilon=bundle.model.head_ln_eps, use_fast_variance=False).apply(
+            {"params": p["head_norm"]}, jnp.asarray(emb[:1]))
+        clip = bundle.model.apply({"params": p}, x)
+        emb = np.asarray(nn.Dense(len(bundle.labels)).apply({"params": p["head"]}, z))
+    np.testing.assert_allclose(emb[:1], clip, rtol=1e-4, atol=1e-5)
+
+
+def test_embed_refusals(tmp_path, capsys):
+    from fast_ast_jax.embed import encoder, main
+
+    folder = _audio(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main([str(folder), "--checkpoint", str(tmp_path), "--out", str(tmp_path / "e.parquet")])
+    assert e.value.code == 2 and "use a .npz" in capsys.readouterr().err
+    cnn = models.create_cnn(num_classes=4)
+    bundle = Bundle(model=cnn, params={}, frontend=FrontEnd(), labels=("a",) * 4)
+    _one_line_error(lambda: encoder(bundle, where="w"), r"^w holds a CNNTeacher")
