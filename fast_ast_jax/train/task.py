@@ -117,9 +117,12 @@ def check_labels(config, labels: list) -> None:
 
 
 def padded_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
-    train = build_pipeline(config, "train", frontend=frontend, train=True, teacher=teacher)
-    labels = list(train.source.labels)
-    check_labels(config, labels)
+    source = make_source(config.data.source, sample_rate=frontend.sample_rate,
+                         **config.data.train.to_dict())
+    labels = list(source.labels)
+    check_labels(config, labels)  # before the pipeline featurises anything
+    train = build_pipeline(config, "train", frontend=frontend, train=True, teacher=teacher,
+                           source=source)
     evals = build_pipeline(config, "eval", frontend=frontend, train=False)
     if evals is not None and list(evals.source.labels) != labels:
         raise ValueError(f"train labels {labels} differ from eval labels "
