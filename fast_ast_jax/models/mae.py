@@ -359,7 +359,8 @@ def check_config(config, frontend) -> None:
     need(m.decoder_width % m.decoder_heads == 0, "model.decoder_width",
          f"must be divisible by model.decoder_heads={m.decoder_heads}")
     reduction = "token reduction is for the fine-tuned model: set it there, not in pretraining"
-    need(not m.tome_r and not m.get("tome_schedule"), "model.tome_r", reduction)
+    need(not m.tome_r, "model.tome_r", reduction)
+    need(not m.get("tome_schedule"), "model.tome_schedule", reduction)
     need(m.prune_keep_rate == 1.0, "model.prune_keep_rate", reduction)
     need(m.dropout == 0.0, "model.dropout", "the MAE encoder has no dropout; set 0")
     need(not config.distill.teacher_logits, "distill.teacher_logits",
