@@ -43,6 +43,17 @@ cat "$work/predict.err"
 [ "$rc" -eq 1 ] && grep -q "1 of 3 files failed" "$work/predict.err"
 [ "$(wc -l < "$work/predictions.csv")" -eq 4 ]
 
+step "embed: clip embeddings of the two good files, the corrupt one is one error line, exit 1"
+set +e
+$py -m fast_ast_jax.embed "$work/audio" --checkpoint workdirs/demo --out "$work/emb.npz" \
+    2> "$work/embed.err"
+rc=$?
+set -e
+cat "$work/embed.err"
+[ "$rc" -eq 1 ] && grep -q "1 of 3 files failed" "$work/embed.err"
+$py -c "import numpy as np, sys; assert np.load(sys.argv[1])['embeddings'].shape[0] == 2" \
+    "$work/emb.npz"
+
 step "evaluate.py: one ToMe setting"
 $py evaluate.py --checkpoint workdirs/demo --tome_r 4
 
@@ -71,6 +82,11 @@ $py -m fast_ast_jax.data.resample --csv "$work/audio/meta.csv" --out "$work/audi
 step "train.py: a few steps of a packed (ElasticAST) run"
 $py train.py --config configs/test_elastic.py --workdir "$work/elastic" \
     --config.num_steps=2 --config.eval_every=0
+
+step "train.py: masked pretraining, then fine-tuning from its encoder"
+$py train.py --config configs/test_pretrain.py --workdir "$work/pretrain"
+$py train.py --config configs/test.py --workdir "$work/finetune" \
+    --config.init_from="$work/pretrain"
 
 step "train.py: an impossible config value is one error line and exit status 2"
 set +e

@@ -61,7 +61,7 @@ def export_checkpoint(checkpoint, out, *, batch: int | None = None,
     Returns:
         the spec written to `out`.json.
     """
-    restored = checkpoints.load(checkpoint)
+    restored = checkpoints.load_classifier(checkpoint)
     fe = restored.frontend
     samples = (samples_for_frames(fe.target_frames, frontend=fe) if seconds is None
                else int(round(seconds * fe.sample_rate)))

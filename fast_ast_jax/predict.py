@@ -45,7 +45,7 @@ from fast_ast_jax import checkpoints, cli, maps
 from fast_ast_jax.audio.io import AudioError, audio_files, load_audio
 from fast_ast_jax.bundle import Bundle
 from fast_ast_jax.models.ast import Encoder
-from fast_ast_jax.windows import ordered_map, scorer, windowed_scores
+from fast_ast_jax.windows import ClipScores, Scorer, ordered_map, scorer, windowed_scores
 
 Top = list[tuple[str, float]]
 
@@ -108,28 +108,54 @@ def predict_files(files: Sequence[str | os.PathLike], *, checkpoint: str | os.Pa
             backend is the CPU).
         **overrides: model fields for this run (tome_r=8, prune_keep_rate=0.7, ...).
     """
-    bundle = checkpoint if isinstance(checkpoint, Bundle) else checkpoints.load(checkpoint)
+    bundle = (checkpoint if isinstance(checkpoint, Bundle)
+              else checkpoints.load_classifier(checkpoint))
     sc = scorer(bundle, batch_size=batch_size, on_device=on_device, **overrides)
-    sr = sc.frontend.sample_rate
-    results: list[FileResult] = []
-    scored: list[int] = []  # results[scored[k]] gets the k-th clip's scores
+    for s in score_files(files, scorer=sc, hop_frames=hop_frames, workers=workers,
+                         debug=debug):
+        r = FileResult(file=s.file, duration=s.duration, error=s.error)
+        if s.clip is not None:
+            r.top = _top(bundle.labels, s.clip.scores, top_k)
+            r.windows = [(t0, t1, _top(bundle.labels, p, top_k))
+                         for t0, t1, p in s.clip.windows]
+        yield r
+
+
+@dataclasses.dataclass
+class Scored:
+    """One input file: its duration (s) and the scorer's aggregated and per-window outputs
+    (windows.ClipScores), or the reason it could not be read."""
+
+    file: str
+    duration: float | None = None
+    clip: ClipScores | None = None
+    error: str | None = None
+
+
+def score_files(files: Sequence[str | os.PathLike], *, scorer: Scorer,
+                hop_frames: int | None = None, workers: int = 4, debug: bool = False
+                ) -> Iterator[Scored]:
+    """`scorer`'s outputs for each file, in order, lazily (predict and fast_ast_jax.embed):
+    files are decoded by `workers` threads at the scorer's sample rate; one that cannot be
+    read gets its `error` (the message; with `debug`, the traceback) and the others go on."""
+    sr = scorer.frontend.sample_rate
+    results: list[Scored] = []
+    scored: list[int] = []  # results[scored[k]] gets the k-th clip's outputs
 
     def waves() -> Iterator[np.ndarray]:
         for f, wave, error in ordered_map(lambda f: load_audio(f, sample_rate=sr),
                                           [str(f) for f in files], workers=workers):
             if error is not None:
-                results.append(FileResult(file=f, error=_reason(error, debug)))
+                results.append(Scored(file=f, error=_reason(error, debug)))
                 continue
-            results.append(FileResult(file=f, duration=len(wave) / sr))
+            results.append(Scored(file=f, duration=len(wave) / sr))
             scored.append(len(results) - 1)
             yield wave
 
     emitted = 0
-    for k, clip in enumerate(windowed_scores(waves(), scorer=sc, hop_frames=hop_frames,
+    for k, clip in enumerate(windowed_scores(waves(), scorer=scorer, hop_frames=hop_frames,
                                              workers=workers)):
-        r = results[scored[k]]
-        r.top = _top(bundle.labels, clip.scores, top_k)
-        r.windows = [(t0, t1, _top(bundle.labels, p, top_k)) for t0, t1, p in clip.windows]
+        results[scored[k]].clip = clip
         while emitted <= scored[k]:  # failed files before this one are complete too
             yield results[emitted]
             emitted += 1
@@ -232,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {k: v for k, v in (("tome_r", args.tome_r), ("prune_keep_rate", args.keep_rate))
                  if v is not None}
     with cli.user_errors(debug=args.debug):
-        bundle = checkpoints.load(args.checkpoint)
+        bundle = checkpoints.load_classifier(args.checkpoint)
     if (args.maps or overrides) and not isinstance(bundle.model, Encoder):
         cli.fail(f"--maps / --tome_r / --keep_rate need an AST or ElasticAST; "
                  f"{args.checkpoint} holds a {type(bundle.model).__name__}")

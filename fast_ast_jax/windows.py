@@ -71,6 +71,8 @@ class Scorer:
         multi_label: sigmoid + max over windows, else softmax of mean logits.
         batch_size: windows per call.
         on_device: where the features are made (module docstring).
+        aggregate: (outputs (windows, ...) of one clip) -> (clip output, per-window
+            outputs), in place of the class-score aggregation `multi_label` chooses.
     """
 
     apply: Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -78,6 +80,7 @@ class Scorer:
     multi_label: bool
     batch_size: int = 8
     on_device: bool = False
+    aggregate: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
 
 
 def elastic_row(model: ElasticAST, bundle: Bundle) -> tuple[int, FrontEnd]:
@@ -139,8 +142,6 @@ def scorer(bundle: Bundle, *, batch_size: int = 8, on_device: bool | None = None
         on an accelerator backend, not on the CPU; module docstring).
     """
     model = bundle.model.clone(**overrides) if overrides else bundle.model
-    params = bundle.params
-    on_device = jax.default_backend() != "cpu" if on_device is None else on_device
     if models.is_packed(model):
         tokens, fe = elastic_row(model, bundle)
         run = lambda p, x, frames: model.apply(
@@ -149,6 +150,19 @@ def scorer(bundle: Bundle, *, batch_size: int = 8, on_device: bool | None = None
     else:
         fe = bundle.frontend
         run = lambda p, x, frames: model.apply({"params": p}, x, train=False)
+    return window_scorer(run, params=bundle.params, frontend=fe, batch_size=batch_size,
+                         on_device=on_device, multi_label=bundle.multi_label)
+
+
+def window_scorer(run: Callable, *, params, frontend: FrontEnd, batch_size: int,
+                  on_device: bool | None, multi_label: bool = False,
+                  aggregate: Callable | None = None) -> Scorer:
+    """A Scorer of run(params, x (B, T, bins) features, frames (B,) real frames) -> (B, ...)
+    outputs per window, its features made on the host or in the jitted program
+    (`on_device`; default: on an accelerator backend). `scorer` (class scores) and
+    fast_ast_jax.embed (embeddings) build theirs through it."""
+    fe = frontend
+    on_device = jax.default_backend() != "cpu" if on_device is None else on_device
     # Dither (if any) from a fixed key, as evaluation does: predictions are deterministic.
     key = jax.random.PRNGKey(0) if fe.dither > 0 else None
 
@@ -162,8 +176,8 @@ def scorer(bundle: Bundle, *, batch_size: int = 8, on_device: bool | None = None
 
     jitted = jax.jit(forward)
     return Scorer(apply=lambda windows, lengths: jitted(params, windows, lengths),
-                  frontend=fe, multi_label=bundle.multi_label, batch_size=batch_size,
-                  on_device=on_device)
+                  frontend=fe, multi_label=multi_label, batch_size=batch_size,
+                  on_device=on_device, aggregate=aggregate)
 
 
 def window_starts(num_samples: int, *, frontend: FrontEnd, hop_frames: int) -> list[int]:
@@ -287,7 +301,9 @@ def windowed_scores(waves: Iterable[np.ndarray], *, scorer: Scorer,
     def finished(clip: int) -> ClipScores:
         rows = logits.pop(clip)
         z = np.stack([r[2] for r in rows])
-        if multi_label:
+        if scorer.aggregate is not None:
+            scores, probs = scorer.aggregate(z)
+        elif multi_label:
             probs = 1.0 / (1.0 + np.exp(-z))
             scores = probs.max(axis=0)
         else:

@@ -36,7 +36,7 @@ LAYERS = {
     "bench": 3,
     "train": 4,
     # entry modules: the commands
-    "cli": 5, "predict": 5, "export": 5, "__main__": 5,
+    "cli": 5, "predict": 5, "embed": 5, "export": 5, "__main__": 5,
 }
 
 

@@ -1,8 +1,9 @@
 """Load any checkpoint for inference or as initial weights: one loader, one `Bundle`.
 
     load(path)  -> Bundle   a training workdir / checkpoints dir of any model kind (AST,
-                            CNN teacher, ElasticAST), or imported weights (HF directory,
+                            CNN teacher, ElasticAST, MAE), or imported weights (HF directory,
                             original AST .pth, timm DeiT/ViT: fast_ast_jax.convert)
+    load_classifier(path) -> Bundle   `load`, refusing a checkpoint without a classifier
     init_params(path, model, fresh=..., seed=...)   config.init_from for any model kind
 
 Reading never creates anything: a mistyped path is a FileNotFoundError naming it, and the
@@ -16,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from fast_ast_jax import convert, models
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.bundle import Bundle
 from fast_ast_jax.checkpoints.store import Checkpointer, check_shapes, model_fields_from_meta
-from fast_ast_jax.models.ast import ast_twin
+from fast_ast_jax.models import mae as mae_lib, posemb
+from fast_ast_jax.models.ast import AST, ast_twin
 
 
 def checkpoint_dir(path: str | Path) -> Path:
@@ -77,12 +80,51 @@ def load(path: str | Path, *, step: int | None = None) -> Bundle:
                   config=ml_collections.ConfigDict(meta["config"]), step=int(step))
 
 
+def load_classifier(path: str | Path) -> Bundle:
+    """`load` for what needs class scores (predict, evaluate, distill dump, export): a
+    masked-pretraining (mae) checkpoint has no classifier head and is a one-line error."""
+    bundle = load(path)
+    if models.objective(bundle.model) != "classify":
+        raise ValueError(f"{path} holds a masked-pretraining ({models.model_name(bundle.model)}"
+                         ") checkpoint, which has no classifier head: fine-tune it first "
+                         f"(train.py --config.init_from={path}), or take its embeddings "
+                         "(python -m fast_ast_jax.embed)")
+    return bundle
+
+
+def _from_mae(saved: Bundle, model, *, fresh: dict[str, Any], where: str) -> dict[str, Any]:
+    """`model`'s initial params from a masked-pretraining checkpoint: the encoder (not the
+    decoder) as an AST's weights, its position table resized to `model`'s grid, a fresh
+    head; an ElasticAST (or another kind with `from_ast`) converts them as it converts an
+    AST's."""
+    from_ast = models.KINDS[models.model_name(model)].from_ast
+    if from_ast is None:
+        raise ValueError(f"{where} is a masked-pretraining (mae) checkpoint, whose encoder "
+                         f"initialises an AST-family model (ast, elastic), not a "
+                         f"{type(model).__name__}")
+    mae = saved.model
+    ast = AST(**mae.encoder_fields(), num_classes=1)  # the encoder as the AST it is
+    params = mae_lib.encoder_params(saved.params)
+    if isinstance(model, AST):  # the grid of the AST being trained, and its fresh head
+        grid = model.grid()
+        params["pos_embed"] = posemb.resize_tokens(
+            np.asarray(params["pos_embed"]), old_grid=ast.grid(), new_grid=grid,
+            num_prefix=ast.num_prefix, method="ast")
+        ast = ast.clone(frames=model.frames, num_mel_bins=model.num_mel_bins)
+        params.update(head_norm=fresh["head_norm"], head=fresh["head"])
+    params = from_ast(model, params, ast=ast, init=fresh)
+    check_shapes(params, fresh, where=where, exact=True)
+    return params
+
+
 def init_params(path: str | Path, model, *, fresh: dict[str, Any], seed: int = 0
                 ) -> dict[str, Any]:
     """Initial weights for `model` (config.init_from), any model kind.
 
     From a training checkpoint of the same kind and size: its params (a fresh head when the
-    class count differs; a larger model's checkpoint is an error). From an AST training
+    class count differs; a larger model's checkpoint is an error). From a masked-
+    pretraining (mae) checkpoint into an AST-family model: its encoder, the decoder
+    dropped, the head fresh (`_from_mae`). From an AST training
     checkpoint into an ElasticAST: converted by `params_from_ast` (shared blocks and head,
     position table adapted). From HF / .pth / timm weights (fast_ast_jax.convert): adapted
     to an AST's position grid, or to an ElasticAST through its AST twin.
@@ -101,6 +143,8 @@ def init_params(path: str | Path, model, *, fresh: dict[str, Any], seed: int = 0
         saved = load(path)
         params = dict(saved.params)
         saved_name = models.model_name(saved.model)
+        if saved_name == "mae" and name != "mae":
+            return _from_mae(saved, model, fresh=fresh, where=where)
         if saved_name != name and saved_name == "ast" and from_ast is not None:
             return from_ast(model, params, ast=saved.model, init=fresh)
         if saved_name != name:

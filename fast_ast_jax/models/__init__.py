@@ -1,10 +1,12 @@
-"""Models: AST (with token merging and pruning), the packed ElasticAST, and teachers.
+"""Models: AST (with token merging and pruning), the packed ElasticAST, teachers, and the
+masked autoencoder (mae.MAE) that pretrains an AST encoder without labels.
 
 `KINDS` is the one place that names model kinds and says what differs between them:
 config.model.name and the checkpoint metadata ("model_class") use its names; a model is
 built from a config (`from_config`) or from a checkpoint's stored fields (`from_fields`)
 through it; whether a model reads padded clips or packed rows is its entry's `packed`,
-asked through `is_packed` and nowhere else. A new model kind is one module (a Flax module
+asked through `is_packed` and nowhere else; what a training step optimises is its
+entry's `objective`. A new model kind is one module (a Flax module
 and its `from_config`) and one entry here.
 """
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fast_ast_jax.models import ast, cnn, elastic
+from fast_ast_jax.models import ast, cnn, elastic, mae
 from fast_ast_jax.models.ast import AST, SIZES, create_ast, grid_shape, model_fields
 from fast_ast_jax.models.cnn import CNNTeacher, create_cnn
 from fast_ast_jax.models.elastic import ElasticAST
@@ -35,6 +37,9 @@ class Kind:
     from_ast: (model, ast_params, *, ast: AST, init) -> params: how an AST's weights (an
         AST checkpoint, or HF / .pth / timm weights through `ast.ast_twin`) initialise this
         kind (config.init_from); None: only from a checkpoint of the same kind.
+    objective: what training optimises (train.step.OBJECTIVES): "classify" (logits
+        against labels: cross-entropy, distillation; accuracy) or "reconstruct" (masked
+        patches: mae.MAE's per-clip loss; no labels, no head).
     """
 
     cls: type[nn.Module]
@@ -42,6 +47,7 @@ class Kind:
     packed: bool = False
     check_config: Callable[[Any, Any], None] | None = None
     from_ast: Callable[..., dict] | None = None
+    objective: str = "classify"
 
 
 def _ast_as_is(model, ast_params, *, ast, init):
@@ -58,6 +64,8 @@ KINDS: dict[str, Kind] = {
     "elastic": Kind(ElasticAST, elastic.from_config, packed=True,
                     check_config=elastic.check_config, from_ast=_elastic_from_ast),
     "cnn": Kind(CNNTeacher, cnn.from_config),
+    "mae": Kind(mae.MAE, mae.from_config, check_config=mae.check_config,
+                objective="reconstruct"),
 }
 
 
@@ -79,8 +87,10 @@ def config_name(config) -> str:
         raise ValueError(f"config.model.name={name!r}: a packed model needs a config.elastic "
                          "block (train.elastic.elastic_defaults())")
     if block and not KINDS[name].packed:
+        why = ("; pretrain on padded clips (no config.elastic block), then init_from its "
+               "workdir into the ElasticAST" if KINDS[name].objective == "reconstruct" else "")
         raise ValueError(f"config.model.name={name!r}: packed training (a config.elastic "
-                         "block) needs model.name 'elastic'")
+                         f"block) needs model.name 'elastic'{why}")
     return name
 
 
@@ -95,6 +105,12 @@ def model_name(model: nn.Module) -> str:
         if type(model) is entry.cls:
             return name
     raise TypeError(f"{type(model).__name__} is not one of {sorted(KINDS)}")
+
+
+def objective(model: nn.Module) -> str:
+    """What training `model` optimises: its entry's `objective` ("classify" or
+    "reconstruct")."""
+    return KINDS[model_name(model)].objective
 
 
 def is_packed(model: nn.Module) -> bool:
@@ -127,4 +143,4 @@ def name_from_meta(meta: dict[str, Any]) -> str:
 
 __all__ = ["AST", "CNNTeacher", "ElasticAST", "KINDS", "Kind", "SIZES", "config_name",
            "config_kind", "create_ast", "create_cnn", "from_config", "from_fields", "grid_shape",
-           "is_packed", "model_fields", "model_name", "name_from_meta"]
+           "is_packed", "model_fields", "model_name", "name_from_meta", "objective"]

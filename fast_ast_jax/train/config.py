@@ -52,7 +52,9 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "ast"  # fast_ast_jax.models.KINDS: "ast", "elastic" (packed rows: needs
-    # a c.elastic block, train.elastic.elastic_defaults()) or "cnn" (fields in c.model.cnn)
+    # a c.elastic block, train.elastic.elastic_defaults()), "cnn" (fields in c.model.cnn)
+    # or "mae" (masked pretraining of the AST encoder these fields size, no labels needed:
+    # fields below; docs/PRETRAIN.md)
     c.model.size = "tiny"  # fast_ast_jax.models.SIZES; None fields below keep the size's
     c.model.width = ml_collections.config_dict.placeholder(int)
     c.model.depth = ml_collections.config_dict.placeholder(int)
@@ -80,6 +82,14 @@ def default_config() -> ml_collections.ConfigDict:
     # distinct rates (one compiled train step each). end_epoch = 0: the final rate from
     # step 0. Evaluation always uses model.prune_keep_rate.
     c.keep_rate_schedule = keep_rate.defaults()
+    # Masked pretraining (model.name "mae", fast_ast_jax.models.mae.MAE; ignored by the
+    # other kinds): the fraction of patches hidden from the encoder, the light decoder
+    # (width x depth blocks, heads), per-patch normalised targets.
+    c.model.mask_ratio = 0.8
+    c.model.decoder_width = 128
+    c.model.decoder_depth = 2
+    c.model.decoder_heads = 4
+    c.model.norm_pix_loss = True
     # CNN teacher (fast_ast_jax.models.cnn; used when name = "cnn", with model.dtype).
     c.model.cnn = ml_collections.ConfigDict(dict(
         stages="small", stem_channels=32, feature_dim=256, pooling="attention", dropout=0.2))

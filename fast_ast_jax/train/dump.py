@@ -89,7 +89,7 @@ def dump(checkpoint: str | os.PathLike, *, out: str | os.PathLike, config=None,
     Returns:
         the saved file, loaded back (validated).
     """
-    bundle = checkpoints.load(checkpoint)
+    bundle = checkpoints.load_classifier(checkpoint)
     config = with_worker_count(config or bundle.config, workers)
     if batch_size:
         config = config.copy_and_resolve_references()

@@ -130,7 +130,7 @@ def evaluate_checkpoint(path: str | Path, *, config: ml_collections.ConfigDict |
         cost analysis, flops not MACs). `echo` gets the table and, under it, how clips/s
         was measured and the 1-minute load average at the start and the end.
     """
-    bundle = checkpoints.load(path)
+    bundle = checkpoints.load_classifier(path)
     config = with_worker_count(config or bundle.config, workers)
     if not isinstance(bundle.model, Encoder) and any(settings):
         raise ValueError(f"token-reduction settings {list(settings)} apply to an AST or "
@@ -159,7 +159,7 @@ def write_split_maps(path: str | Path, *, directory: str | Path, num_maps: int,
     """Token-reduction maps (fast_ast_jax.maps) of the first `num_maps` clips of a split,
     named <index>_<clip id>_merge.png / _kept.png, for the checkpoint's settings or the
     model field `overrides` (tome_r=8, prune_keep_rate=0.5, ...)."""
-    bundle = checkpoints.load(path)
+    bundle = checkpoints.load_classifier(path)
     source = _source(bundle, config or bundle.config, split)
     paths = []
     for i in range(min(num_maps, len(source))):

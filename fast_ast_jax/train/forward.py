@@ -7,6 +7,10 @@ losses, metrics and evaluation are written once:
 
     Clips.logits (N, C) float32, targets (N, C), mask (N,) (1 = a real clip), teacher_probs
     (N, C) or None; N = B for padded batches and R * S (rows x slots) for packed ones.
+
+A model whose objective is "reconstruct" (models.objective: masked pretraining, padded
+batches) has no logits: its per-clip output is the reconstruction loss
+(`reconstruction_loss`, `Reconstruction`), and evaluation reports its mean.
 """
 from __future__ import annotations
 
@@ -36,6 +40,19 @@ class Clips:
     targets: jax.Array  # (N, C)
     mask: jax.Array  # (N,)
     teacher_probs: jax.Array | None  # (N, C) teacher predictions (data.pipeline.teacher_probs)
+
+
+@flax.struct.dataclass
+class Reconstruction:
+    loss: jax.Array  # (N,) per-clip masked reconstruction loss
+    mask: jax.Array  # (N,)
+
+
+def reconstruction_loss(model, params, batch: dict, *, key=None) -> jax.Array:
+    """Per-clip masked reconstruction loss (B,) of a masked autoencoder (models.mae.MAE) on
+    a padded batch x (B, frames, bins), the patch mask drawn from `key` (None: a fixed key,
+    so that evaluations compare)."""
+    return model.apply({"params": params}, batch["x"], key=key).loss
 
 
 def _rngs(rng):
@@ -92,10 +109,14 @@ def eval_forward(model, mesh, frontend=None) -> Callable:
 @functools.lru_cache(maxsize=8)
 def _eval_forward(model, mesh, frontend) -> Callable:
     forward = kind_of(model).forward
+    reconstructs = models.objective(model) == "reconstruct"
 
     def clips(params, batch):
         if "wave" in batch:  # dither (if any) from a fixed key: eval stays deterministic
             batch = device_batch(batch, frontend=frontend, key=jax.random.PRNGKey(0))
+        if reconstructs:  # the fixed mask key of reconstruction_loss
+            return Reconstruction(loss=reconstruction_loss(model, params, batch),
+                                  mask=batch["mask"])
         return forward(model, params, batch, train=False).replace(teacher_probs=None)
 
     return jax.jit(clips, out_shardings=NamedSharding(mesh, P()))
@@ -130,11 +151,12 @@ def time_forwards(params, *, models, pipeline, mesh, rounds: int
 def evaluate(params, *, model, pipeline, mesh, multi_label: bool,
              desc: str = "eval") -> dict[str, float]:
     """accuracy (and mAP for multi-label) over one pass of `pipeline` (padded or packed, as
-    the model reads), plus clips/s of the model alone (jitted forward, compilation and host
-    work excluded; one pass, so noisy on a small set: `time_forwards` compares models),
-    num_clips and bad_clips."""
+    the model reads) - for a model whose objective is "reconstruct", the mean masked
+    reconstruction "loss" instead (fixed mask key) - plus clips/s of the model alone
+    (jitted forward, compilation and host work excluded; one pass, so noisy on a small set:
+    `time_forwards` compares models), num_clips and bad_clips."""
     fwd, check = _pipeline_forward(model, mesh, pipeline), kind_of(model).check
-    logits, targets, seconds, clips = [], [], 0.0, 0
+    outputs, seconds, clips = [], 0.0, 0
     for i, (local, _) in enumerate(tqdm(pipeline.iterate(), total=pipeline.steps(0), desc=desc,
                                         leave=False, disable=jax.process_index() != 0)):
         check(model, local)
@@ -145,13 +167,16 @@ def evaluate(params, *, model, pipeline, mesh, multi_label: bool,
         out = jax.block_until_ready(fwd(params, batch))
         seconds += time.perf_counter() - start
         valid = np.asarray(out.mask) > 0
-        logits.append(np.asarray(out.logits)[valid])
-        targets.append(np.asarray(out.targets)[valid])
+        outputs.append(jax.tree.map(lambda a: np.asarray(a)[valid], out))
         clips += int(valid.sum())
-    logits, targets = np.concatenate(logits), np.concatenate(targets)
-    result = {"accuracy": metrics_lib.accuracy(logits=logits, targets=targets),
-              "clips_per_s": clips / max(seconds, 1e-9), "num_clips": float(len(logits)),
+    out = jax.tree.map(lambda *a: np.concatenate(a), *outputs)
+    counts = {"clips_per_s": clips / max(seconds, 1e-9), "num_clips": float(clips),
               "bad_clips": float(len(pipeline.bad_clips))}
+    if isinstance(out, Reconstruction):
+        return {"loss": float(out.loss.mean()), **counts}
+    result = {"accuracy": metrics_lib.accuracy(logits=out.logits, targets=out.targets),
+              **counts}
     if multi_label:
-        result["mAP"] = metrics_lib.mean_average_precision(logits=logits, targets=targets)
+        result["mAP"] = metrics_lib.mean_average_precision(logits=out.logits,
+                                                           targets=out.targets)
     return result

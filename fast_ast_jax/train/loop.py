@@ -26,7 +26,7 @@ from tqdm import tqdm
 from fast_ast_jax import checkpoints, distill, sharding
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data.pipeline import Augment
-from fast_ast_jax.models import model_fields, model_name
+from fast_ast_jax.models import model_fields, model_name, objective
 from fast_ast_jax.train import keep_rate
 from fast_ast_jax.train import metrics as metrics_lib
 from fast_ast_jax.checkpoints.store import Checkpointer, model_fields_from_meta
@@ -225,7 +225,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     Returns:
         {"step", "train_loss", "eval_accuracy", "eval_clips_per_s", ... (mAP for
-        multi-label), "state": the final TrainState, "train_compilations" (how often the
+        multi-label; masked pretraining: "eval_loss", the reconstruction loss, in place
+        of accuracy), "state": the final TrainState, "train_compilations" (how often the
         train step was compiled: 1, whatever the clip lengths and hops of packed runs)};
         packed runs with eval data also "eval_table": rows {"hop_ms", "max_frames",
         "accuracy", ...} over config.elastic.eval_hops_ms x eval_max_frames.
@@ -242,7 +243,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         teacher = distill.load(config.distill.teacher_logits)
     task = make_task(config, frontend=frontend, teacher=teacher)
     model, source = task.model, task.train.source
-    labels = list(source.labels)
+    # a model without a classifier (masked pretraining) has no label names to keep
+    labels = list(source.labels) if objective(model) == "classify" else []
     loss = loss_kind(config, source.multi_label)
     steps_per_epoch = task.train.steps(0)
     total_steps = config.num_steps or config.num_epochs * steps_per_epoch

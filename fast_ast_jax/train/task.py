@@ -106,9 +106,23 @@ def build_pipeline(config, split: str, *, frontend: FrontEnd, train: bool,
                     waves=frontend.on_device, **loading_kwargs(config.data))
 
 
+def check_labels(config, labels: list) -> None:
+    """A kind that classifies needs label names; an unlabeled source (a folder CSV read
+    with label_column="", a bare audio folder) trains only a "reconstruct" kind (mae)."""
+    if not labels and models.config_kind(config).objective == "classify":
+        raise ValueError(
+            f"config.data.train={config.data.train.to_dict()!r}: the source has no labels "
+            f"(0 classes), which model.name={models.config_name(config)!r} needs; pretrain "
+            "on it with model.name='mae' (configs/test_pretrain.py), or give it labels")
+
+
 def padded_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
-    train = build_pipeline(config, "train", frontend=frontend, train=True, teacher=teacher)
-    labels = list(train.source.labels)
+    source = make_source(config.data.source, sample_rate=frontend.sample_rate,
+                         **config.data.train.to_dict())
+    labels = list(source.labels)
+    check_labels(config, labels)  # before the pipeline featurises anything
+    train = build_pipeline(config, "train", frontend=frontend, train=True, teacher=teacher,
+                           source=source)
     evals = build_pipeline(config, "eval", frontend=frontend, train=False)
     if evals is not None and list(evals.source.labels) != labels:
         raise ValueError(f"train labels {labels} differ from eval labels "
@@ -129,6 +143,7 @@ def packed_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
                          "set config.frontend.on_device=False")
     source = make_source(data.source, sample_rate=frontend.sample_rate, **data.train.to_dict())
     labels = list(source.labels)
+    check_labels(config, labels)
     model = models.from_config(config, num_classes=len(labels), frontend=frontend)
     spec = pack_spec(config, model)
     train = PackedPipeline(source, frontend=frontend, spec=spec, train=True,

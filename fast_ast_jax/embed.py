@@ -1,0 +1,163 @@
+"""Embeddings of many audio files from an AST or a masked-pretraining (mae) checkpoint.
+
+    python -m fast_ast_jax.embed clip.wav recordings/ "more/*.flac" --checkpoint WORKDIR
+        --out embeddings.npz [--tokens] [--list files.txt] [--batch_size 8]
+        [--hop_frames N] [--debug]
+
+Inputs, decoding and bad files as in `python -m fast_ast_jax.predict` (the same file
+expansion, decoding threads and one `error:` line per unreadable file; exit status 1 when
+any failed). The encoder runs on every patch (no masking, no token reduction, whatever the
+checkpoint's ToMe / TopK settings), after the final LayerNorm:
+
+    clip embedding (W,): the mean of the class tokens (CLS, DIST) - an AST's pooled
+        features before its head (`AST.pool`), `MAE.encode`'s clip embedding - averaged
+        over the clip's windows (a clip longer than the trained input is cut into windows
+        of that length every --hop_frames frames, as predict does);
+    --tokens: each window's patch tokens (f_dim * t_dim, W), frequency-major.
+
+--out is a .npz (parquet would need pyarrow, not a dependency of this package):
+    files (F,) str, embeddings (F, W) float32, duration_s (F,): the files embedded, in
+        input order;
+    failed (E,) str, errors (E,) str: the files that could not be read and why;
+    with --tokens: tokens (K, N, W) float32 over all K windows, token_file (K,) int (the
+        row of `files`), token_window_s (K, 2) (start, end seconds).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from fast_ast_jax import checkpoints, cli
+from fast_ast_jax.bundle import Bundle
+from fast_ast_jax.models import AST, mae
+from fast_ast_jax.models.ast import field_names
+from fast_ast_jax.predict import Scored, expand_inputs, score_files
+from fast_ast_jax.windows import Scorer, window_scorer
+
+
+def encoder(bundle: Bundle, *, where: str) -> tuple[mae.Encoder, dict]:
+    """The AST encoder (no head, no masking) of an AST or mae checkpoint and its params;
+    another model kind is a one-line ValueError naming `where`."""
+    model, params = bundle.model, bundle.params
+    if isinstance(model, mae.MAE):
+        return mae.Encoder(**model.encoder_fields()), mae.encoder_params(params)
+    if isinstance(model, AST):
+        fields = {k: getattr(model, k) for k in field_names(mae.Encoder)}
+        return mae.Encoder(**fields), {k: v for k, v in params.items()
+                                       if k not in ("head_norm", "head")}
+    raise ValueError(f"{where} holds a {type(model).__name__}: embed takes an AST or a "
+                     "masked-pretraining (mae) checkpoint")
+
+
+def embedder(bundle: Bundle, *, where: str, tokens: bool = False, batch_size: int = 8,
+             on_device: bool | None = None) -> Scorer:
+    """A windows.Scorer whose per-window output is the clip embedding (W,) or, with
+    `tokens`, the clip embedding followed by the patch tokens (1 + N, W); a clip's output
+    is the mean over its windows (of the embedding; the tokens stay per window)."""
+    enc, params = encoder(bundle, where=where)
+    prefix = enc.num_prefix
+
+    def run(p, x, frames):  # padded frames are embedded as in training: `frames` unused
+        out = enc.apply({"params": p}, x).astype(jnp.float32)  # (B, prefix + N, W)
+        clip = out[:, :prefix].mean(axis=1, keepdims=True)
+        return jnp.concatenate([clip, out[:, prefix:]], 1) if tokens else clip[:, 0]
+
+    return window_scorer(run, params=params, frontend=bundle.frontend,
+                         batch_size=batch_size, on_device=on_device,
+                         aggregate=lambda z: ((z[:, 0] if tokens else z).mean(axis=0), z))
+
+
+def embed_files(files: Sequence[str], *, checkpoint, tokens: bool = False,
+                batch_size: int = 8, hop_frames: int | None = None, workers: int = 4,
+                debug: bool = False, on_device: bool | None = None) -> Iterator[Scored]:
+    """predict.Scored per file, in order, lazily: clip.scores the clip embedding (W,),
+    clip.windows (start_s, end_s, window output) - the window's embedding, or with
+    `tokens` its (1 + N, W) embedding and patch tokens; or the file's error."""
+    bundle = (checkpoint if isinstance(checkpoint, Bundle)
+              else checkpoints.load(checkpoint))
+    sc = embedder(bundle, where=str(checkpoint), tokens=tokens, batch_size=batch_size,
+                  on_device=on_device)
+    yield from score_files(files, scorer=sc, hop_frames=hop_frames, workers=workers,
+                           debug=debug)
+
+
+def write_npz(path: str | Path, results: Sequence[Scored], *, tokens: bool) -> None:
+    """The --out file (module docstring) of `embed_files` results."""
+    ok = [r for r in results if r.clip is not None]
+    bad = [r for r in results if r.clip is None]
+    width = ok[0].clip.scores.shape[-1] if ok else 0
+    arrays = {
+        "files": np.asarray([r.file for r in ok], dtype=str),
+        "embeddings": np.stack([r.clip.scores for r in ok]).astype(np.float32)
+        if ok else np.zeros((0, width), np.float32),
+        "duration_s": np.asarray([r.duration for r in ok], np.float64),
+        "failed": np.asarray([r.file for r in bad], dtype=str),
+        "errors": np.asarray([r.error for r in bad], dtype=str)}
+    if tokens:
+        windows = [(i, t0, t1, z[1:]) for i, r in enumerate(ok) for t0, t1, z in r.clip.windows]
+        arrays["tokens"] = (np.stack([w[3] for w in windows]).astype(np.float32) if windows
+                            else np.zeros((0, 0, width), np.float32))
+        arrays["token_file"] = np.asarray([w[0] for w in windows], np.int64)
+        arrays["token_window_s"] = np.asarray([w[1:3] for w in windows],
+                                              np.float64).reshape(-1, 2)
+    np.savez(path, **arrays)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; returns the exit status (0; 1 when a file failed; 2 usage)."""
+    parser = argparse.ArgumentParser(prog="python -m fast_ast_jax.embed",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("inputs", nargs="*", help="audio files, folders or glob patterns")
+    parser.add_argument("--list", help="a text file of audio paths, one a line")
+    parser.add_argument("--checkpoint", required=True,
+                        help="training workdir or checkpoints/ of an AST or mae run")
+    parser.add_argument("--out", required=True, help="the .npz file to write")
+    parser.add_argument("--tokens", action="store_true",
+                        help="also write every window's per-patch tokens")
+    parser.add_argument("--batch_size", type=int, default=8, help="windows per model call")
+    parser.add_argument("--hop_frames", type=int, default=None,
+                        help="frames between windows of long clips (default: half a window)")
+    parser.add_argument("--workers", type=int, default=4, help="decoding threads")
+    parser.add_argument("--debug", action="store_true",
+                        help="tracebacks for failed files and usage errors")
+    args = parser.parse_args(argv)
+    if not args.inputs and not args.list:
+        cli.fail("no input: give audio files, folders, glob patterns or --list FILE")
+    if args.list and not Path(args.list).is_file():
+        cli.fail(f"--list {args.list} does not exist")
+    if Path(args.out).suffix.lower() != ".npz":
+        cli.fail(f"--out {args.out}: use a .npz file name (parquet needs pyarrow, which "
+                 "this package does not depend on)")
+    files = expand_inputs(args.inputs, list_file=args.list)
+    with cli.user_errors(debug=args.debug):
+        bundle = checkpoints.load(args.checkpoint)
+        encoder(bundle, where=args.checkpoint)  # an unsupported kind fails before decoding
+    results, failed = [], 0
+    progress = tqdm(total=len(files), unit="file", disable=len(files) < 20 or None,
+                    file=sys.stderr)
+    try:
+        for r in embed_files(files, checkpoint=bundle, tokens=args.tokens,
+                             batch_size=args.batch_size, hop_frames=args.hop_frames,
+                             workers=args.workers, debug=args.debug):
+            progress.update()
+            results.append(r)
+            if r.error is not None:
+                failed += 1
+                progress.write(f"error: {r.error}", file=sys.stderr)
+    finally:
+        progress.close()
+    write_npz(args.out, results, tokens=args.tokens)
+    print(f"{len(results) - failed} embeddings -> {args.out}")
+    if failed:
+        print(f"{failed} of {len(files)} files failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

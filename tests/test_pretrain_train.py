@@ -1,0 +1,306 @@
+"""Masked pretraining through the one trainer (model.name "mae", configs/test_pretrain.py):
+the loss falls, resume and 8-device sharding work, init_from loads the encoder into the
+AST-family kinds, and what cannot work is refused in one line."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+from pathlib import Path
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import soundfile as sf
+
+from fast_ast_jax import checkpoints, models
+from fast_ast_jax.audio.frontend import FrontEnd
+from fast_ast_jax.bundle import Bundle
+from fast_ast_jax.checkpoints.store import Checkpointer
+from fast_ast_jax.models import mae
+from fast_ast_jax.train import loop
+from fast_ast_jax.train.forward import kind_of
+from fast_ast_jax.train.task import make_task
+from tests.helpers import ROOT, folder_data, load_config, tiny, write_folder
+
+
+def logged(workdir, key="train/loss"):
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(s)[key] for s in lines if key in json.loads(s)]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A 40-step pretraining run of configs/test_pretrain.py with 2 encoder blocks (so that
+    ToMe has a block to merge in), and its final result."""
+    c = load_config("test_pretrain")
+    c.update(num_steps=40, log_every=5, checkpoint_every=20)
+    c.model.depth = 2
+    workdir = tmp_path_factory.mktemp("pretrain") / "work"
+    return workdir, loop.train_and_evaluate(c, str(workdir))
+
+
+def test_pretraining_loss_falls_and_is_evaluated(pretrained):
+    workdir, final = pretrained
+    losses = logged(workdir)
+    assert len(losses) == 8 and all(np.isfinite(losses))
+    assert losses[-1] < 0.7 * losses[0], losses
+    # evaluation reports the reconstruction loss (fixed mask key), no accuracy
+    assert np.isfinite(final["eval_loss"]) and final["eval_num_clips"] == 16
+    assert "eval_accuracy" not in final and final["train_compilations"] == 1
+    bundle = checkpoints.load(workdir)
+    assert isinstance(bundle.model, mae.MAE) and bundle.labels == () and bundle.step == 40
+    ckpt = Checkpointer(workdir / "checkpoints", create=False)
+    _, meta = ckpt.restore()
+    ckpt.close()
+    assert meta["model_class"] == "mae" and meta["model"]["mask_ratio"] == 0.75
+
+
+def test_pretraining_resumes_where_it_stopped(tmp_path):
+    def config(steps):
+        c = load_config("test_pretrain")
+        c.update(num_steps=steps, checkpoint_every=2)
+        c.optim.schedule = "constant"  # the same lr at every step, whatever num_steps says
+        return c
+
+    straight = loop.train_and_evaluate(config(6), str(tmp_path / "a"))
+    loop.train_and_evaluate(config(4), str(tmp_path / "b"))
+    resumed = loop.train_and_evaluate(config(6), str(tmp_path / "b"))
+    assert resumed["step"] == 6
+    chex.assert_trees_all_close(resumed["state"].params, straight["state"].params,
+                                rtol=1e-6, atol=1e-7)
+
+
+def _fine_tune_config(kind: str):
+    if kind == "elastic":
+        c = load_config("test_elastic")  # 2 blocks, grid of 64 frames: positions resized
+    else:
+        c = load_config("test")
+        c.model.depth = 2
+        if kind == "tome":
+            c.model.tome_r = 2
+        if kind == "topk":
+            c.model.update(prune_keep_rate=0.5, prune_layers=(0,))
+        if kind == "ast_longer":
+            c.frontend.target_frames = 80  # another grid: pos_embed resized
+    return c
+
+
+@pytest.mark.parametrize("kind", ["ast", "tome", "topk", "ast_longer", "elastic"])
+def test_init_from_pretraining_loads_the_encoder(pretrained, kind):
+    workdir, _ = pretrained
+    c = _fine_tune_config(kind)
+    task = make_task(c, frontend=FrontEnd.from_dict(c.frontend.to_dict()))
+    model = task.model
+    fresh = model.init({"params": jax.random.PRNGKey(1)},
+                       kind_of(model).inputs(task.example))["params"]
+    params = checkpoints.init_params(workdir, model, fresh=fresh)
+    encoder = mae.encoder_params(checkpoints.load(workdir).params)
+    for name in ("patch_embed", "block_0", "block_1", "norm"):  # pretrained
+        chex.assert_trees_all_equal(params[name], encoder[name])
+    for name in ("head_norm", "head"):  # fresh
+        chex.assert_trees_all_equal(params[name], fresh[name])
+    assert not any(k.startswith("decoder") for k in params)
+    if kind in ("ast", "tome", "topk"):  # same grid: the position table as pretrained
+        np.testing.assert_array_equal(params["pos_embed"], encoder["pos_embed"])
+    if kind == "ast_longer":  # 80 frames: 4 patch columns, not 2; class rows kept
+        assert params["pos_embed"].shape[1] > encoder["pos_embed"].shape[1]
+        np.testing.assert_array_equal(params["pos_embed"][:, :2], encoder["pos_embed"][:, :2])
+    jax.tree.map(lambda a, b: np.testing.assert_equal(np.shape(a), np.shape(b)),
+                 params, fresh)
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(pretrained, tmp_path_factory):
+    """train.py --config configs/test.py --config.init_from=<pretraining workdir>, one step
+    at lr 0 (the params stay as they started)."""
+    workdir, _ = pretrained
+    c = _fine_tune_config("ast")
+    c.update(num_steps=1, init_from=str(workdir))
+    c.optim.lr = 0.0
+    ft = tmp_path_factory.mktemp("ft") / "work"
+    return ft, loop.train_and_evaluate(c, str(ft))
+
+
+def test_fine_tune_run_starts_from_the_pretrained_encoder(pretrained, fine_tuned):
+    workdir, _ = pretrained
+    _, final = fine_tuned
+    encoder = mae.encoder_params(checkpoints.load(workdir).params)
+    chex.assert_trees_all_close(final["state"].params["block_1"], encoder["block_1"])
+    assert np.isfinite(final["eval_accuracy"])
+
+
+def _one_line_error(fn, match):
+    with pytest.raises(ValueError, match=match) as e:
+        fn()
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_unlabeled_folder_pretrains_and_is_refused_by_supervised_kinds(tmp_path):
+    write_folder(tmp_path / "audio_src", [(f"c{i}.wav", "a", "") for i in range(8)])
+    c = load_config("test_pretrain")
+    c.data.source = "folder"
+    c.data.train = {"audio_dir": str(tmp_path / "audio_src" / "audio")}  # no CSV, no labels
+    c.data.eval = {}
+    c.update(num_steps=2, batch_size=4)
+    final = loop.train_and_evaluate(c, str(tmp_path / "mae"))
+    assert final["step"] == 2 and np.isfinite(final["train_loss"])
+    c.model.name = "ast"
+    _one_line_error(lambda: loop.train_and_evaluate(c, str(tmp_path / "ast")),
+                    r"^config\.data\.train=.*no labels.*model\.name='mae'")
+
+
+def test_refusals_are_one_line(pretrained, tmp_path):
+    workdir, _ = pretrained
+    c = load_config("test_pretrain")
+    c.distill.teacher_logits = str(tmp_path / "t.npz")
+    _one_line_error(lambda: loop.train_and_evaluate(c, str(tmp_path / "d")),
+                    r"^config\.distill\.teacher_logits=.*no logits")
+    c = load_config("test_elastic")
+    c.model.name = "mae"
+    msg = _one_line_error(lambda: loop.train_and_evaluate(c, str(tmp_path / "e")),
+                          r"^config\.model\.name='mae'.*padded clips")
+    assert "init_from" in msg
+    c = load_config("test_pretrain")
+    c.model.tome_r = 2
+    _one_line_error(lambda: loop.train_and_evaluate(c, str(tmp_path / "t")),
+                    r"^config\.model\.tome_r=2: token reduction")
+    # a CNN cannot take an AST encoder
+    cnn = models.create_cnn(num_classes=4)
+    _one_line_error(lambda: checkpoints.init_params(workdir, cnn, fresh={}),
+                    r"masked-pretraining \(mae\) checkpoint.*not a CNNTeacher")
+
+
+def test_predict_evaluate_dump_refuse_a_pretraining_checkpoint(pretrained, tmp_path):
+    from fast_ast_jax.predict import predict_files
+    from fast_ast_jax.train.dump import dump
+    from fast_ast_jax.train.evaluation import evaluate_checkpoint
+
+    workdir, _ = pretrained
+    for fn in (lambda: list(predict_files([], checkpoint=workdir)),
+               lambda: evaluate_checkpoint(workdir, echo=None),
+               lambda: dump(workdir, out=tmp_path / "t.npz")):
+        _one_line_error(fn, r"no classifier head")
+
+
+SHARDED = textwrap.dedent("""
+    import json, os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax
+    sys.path.insert(0, sys.argv[1])
+    from fast_ast_jax.train import loop
+    from tests.helpers import load_config
+    assert jax.device_count() == 8
+    c = load_config("test_pretrain")
+    c.update(num_steps=4, log_every=1, param_sharding="fsdp")
+    final = loop.train_and_evaluate(c, sys.argv[2])
+    print(json.dumps({"eval_loss": final["eval_loss"]}))
+""")
+
+
+def test_sharded_pretraining_matches_one_device(tmp_path):
+    """8 simulated devices (a subprocess: XLA flags are read when jax starts) give the
+    losses of 1 device: the mask key and the loss's clip weighting do not depend on the
+    split."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run([sys.executable, "-c", SHARDED, str(ROOT), str(tmp_path / "eight")],
+                          capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    eight = json.loads(proc.stdout.strip().splitlines()[-1])
+    c = load_config("test_pretrain")
+    c.update(num_steps=4, log_every=1, param_sharding="fsdp")
+    one = loop.train_and_evaluate(c, str(tmp_path / "one"))
+    np.testing.assert_allclose(logged(tmp_path / "eight"), logged(tmp_path / "one"),
+                               rtol=1e-4)
+    np.testing.assert_allclose(eight["eval_loss"], one["eval_loss"], rtol=1e-4)
+
+
+def test_fsdd_pretrain_then_fine_tune_on_generated_folder(tmp_path):
+    """configs/fsdd_pretrain.py's two commands (shrunk) on a generated FSDD-like folder:
+    pretraining reads the CSV without its labels, fine-tuning starts from its encoder."""
+    rows = [(f"{i}.wav", str(i % 3), "train" if i < 8 else "test") for i in range(12)]
+    paths = folder_data(tmp_path, ("filename", "label", "fold"), rows)
+    pre = tiny(load_config("fsdd_pretrain"))
+    assert pre.model.name == "mae" and pre.data.train.label_column == ""
+    for split in ("train", "eval"):
+        pre.data[split].update(paths)
+    final = loop.train_and_evaluate(pre, str(tmp_path / "pre"))
+    assert np.isfinite(final["eval_loss"]) and final["eval_num_clips"] == 4
+    ft = tiny(load_config("fsdd"))
+    for split in ("train", "eval"):
+        ft.data[split].update(paths)
+    ft.update(init_from=str(tmp_path / "pre"))
+    final = loop.train_and_evaluate(ft, str(tmp_path / "ft"))
+    assert final["eval_num_clips"] == 4 and np.isfinite(final["eval_accuracy"])
+
+
+def _audio(tmp_path):
+    """One clip of the trained input length or less, one of 3 s (several windows), one
+    corrupt file."""
+    (tmp_path / "in").mkdir()
+    t = np.arange(16000) / 16000
+    sf.write(tmp_path / "in" / "a.wav", 0.3 * np.sin(2 * np.pi * 440 * t[:7000]), 16000)
+    sf.write(tmp_path / "in" / "b.wav", 0.3 * np.sin(2 * np.pi * 300 * np.tile(t, 3)), 16000)
+    (tmp_path / "in" / "c.wav").write_bytes(b"RIFF not audio")
+    return tmp_path / "in"
+
+
+@pytest.mark.parametrize("kind", ["mae", "ast"])
+def test_embed_command(pretrained, fine_tuned, kind, tmp_path, capsys):
+    """python -m fast_ast_jax.embed: embeddings of the good files (a short clip's is the
+    model's own: MAE.encode, or the AST's pooled pre-head features), the bad one reported,
+    exit status 1; --tokens gives each window's patch tokens."""
+    from flax import linen as nn
+
+    from fast_ast_jax.audio.features import features
+    from fast_ast_jax.embed import main
+
+    workdir = (pretrained if kind == "mae" else fine_tuned)[0]
+    folder, out = _audio(tmp_path), tmp_path / "e.npz"
+    assert main([str(folder), "--checkpoint", str(workdir), "--out", str(out),
+                 "--tokens"]) == 1
+    assert "1 of 3 files failed" in capsys.readouterr().err
+    bundle = checkpoints.load(workdir)
+    with np.load(out) as d:
+        assert [Path(f).name for f in d["files"]] == ["a.wav", "b.wav"]
+        assert [Path(f).name for f in d["failed"]] == ["c.wav"] and "c.wav" in d["errors"][0]
+        emb, tokens, token_file = d["embeddings"], d["tokens"], d["token_file"]
+    fe = bundle.frontend
+    n = fe.target_frames
+    windows_b = int((token_file == 1).sum())
+    assert emb.shape == (2, 64) and (token_file == 0).sum() == 1 and windows_b > 1
+    f_dim, t_dim = bundle.model.grid()
+    assert tokens.shape == (1 + windows_b, f_dim * t_dim, 64)
+    wave, _ = sf.read(folder / "a.wav", dtype="float32")
+    x = jnp.asarray(features(wave, frontend=fe))[None]  # padded to the trained input
+    assert x.shape[1] == n
+    if kind == "mae":
+        clip, patch = bundle.model.apply({"params": bundle.params}, x,
+                                         method=mae.MAE.encode)
+        np.testing.assert_allclose(tokens[0], patch[0], rtol=1e-4, atol=1e-5)
+    else:  # the head applied to the embedding gives the AST's logits
+        p = bundle.params
+        z = nn.LayerNorm(epsilon=bundle.model.head_ln_eps, use_fast_variance=False).apply(
+            {"params": p["head_norm"]}, jnp.asarray(emb[:1]))
+        clip = bundle.model.apply({"params": p}, x)
+        emb = np.asarray(nn.Dense(len(bundle.labels)).apply({"params": p["head"]}, z))
+    np.testing.assert_allclose(emb[:1], clip, rtol=1e-4, atol=1e-5)
+
+
+def test_embed_refusals(tmp_path, capsys):
+    from fast_ast_jax.embed import encoder, main
+
+    folder = _audio(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main([str(folder), "--checkpoint", str(tmp_path), "--out", str(tmp_path / "e.parquet")])
+    assert e.value.code == 2 and "use a .npz" in capsys.readouterr().err
+    cnn = models.create_cnn(num_classes=4)
+    bundle = Bundle(model=cnn, params={}, frontend=FrontEnd(), labels=("a",) * 4)
+    _one_line_error(lambda: encoder(bundle, where="w"), r"^w holds a CNNTeacher")
