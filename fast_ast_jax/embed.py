@@ -46,7 +46,7 @@ def encoder(bundle: Bundle, *, where: str) -> tuple[mae.Encoder, dict]:
     another model kind is a one-line ValueError naming `where`."""
     model, params = bundle.model, bundle.params
     if isinstance(model, mae.MAE):
-        return mae.Encoder(**model.encoder_fields()), mae.encoder_params(params)
+        return mae.Encoder(**model.backbone_fields()), mae.encoder_params(params)
     if isinstance(model, AST):
         fields = {k: getattr(model, k) for k in field_names(mae.Encoder)}
         return mae.Encoder(**fields), {k: v for k, v in params.items()

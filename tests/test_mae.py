@@ -122,7 +122,7 @@ def test_patches_are_what_the_patch_embedding_sees(fstride, tstride):
 
 
 def _ast_twin(model: mae.MAE, **overrides) -> ast.AST:
-    return ast.AST(num_classes=5, **model.encoder_fields(), **overrides)
+    return ast.AST(num_classes=5, **model.backbone_fields(), **overrides)
 
 
 def test_encoder_is_the_ast_without_its_head():
@@ -176,7 +176,7 @@ def test_encoder_params_load_into_ast_and_elastic_ast():
     # becomes its factorised tables (or its own AST-layout table); class tokens are unused.
     for pos_embedding in elastic.POS_EMBEDDINGS:
         packed = elastic.ElasticAST(num_classes=5, pos_embedding=pos_embedding,
-                                    **model.encoder_fields())
+                                    **model.backbone_fields())
         batch = _packed_batch(packed)
         init = packed.init(jax.random.PRNGKey(0), batch)["params"]
         out = elastic.params_from_ast(packed, enc, ast_grid=model.grid(), num_prefix=2,

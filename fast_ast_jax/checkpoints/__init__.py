@@ -103,7 +103,7 @@ def _from_mae(saved: Bundle, model, *, fresh: dict[str, Any], where: str) -> dic
                          f"initialises an AST-family model (ast, elastic), not a "
                          f"{type(model).__name__}")
     mae = saved.model
-    ast = AST(**mae.encoder_fields(), num_classes=1)  # the encoder as the AST it is
+    ast = AST(**mae.backbone_fields(), num_classes=1)  # the encoder as the AST it is
     params = mae_lib.encoder_params(saved.params)
     if isinstance(model, AST):  # the grid of the AST being trained, and its fresh head
         grid = model.grid()

@@ -118,12 +118,11 @@ class _ReductionState:
         self.kept = None
 
 
-class Encoder(nn.Module):
-    """The fields that AST and the packed ElasticAST share, defined once with their
-    defaults (both subclass it; `ast_twin` turns either into the padded AST with the same
-    weights' shapes). Their meaning: see `AST`."""
+class Backbone(nn.Module):
+    """The transformer and input fields of every AST-shaped model, defined once with their
+    defaults: the AST and ElasticAST (through `Encoder`) and the masked-pretraining
+    models.mae.MAE, whose encoder weights are an AST's. Their meaning: see `AST`."""
 
-    num_classes: int = 527
     width: int = 768
     depth: int = 12
     num_heads: int = 12
@@ -135,18 +134,36 @@ class Encoder(nn.Module):
     frames: int = 1024
     dist_token: bool = True
     ln_eps: float = 1e-6
+    dtype: Any = jnp.float32
+
+    @property
+    def num_prefix(self) -> int:
+        return 2 if self.dist_token else 1
+
+    def grid(self, frames: int | None = None) -> tuple[int, int]:
+        """(f_dim, t_dim) patches of an input of `frames` frames (default: the model's)."""
+        return grid_shape(frames=self.frames if frames is None else frames,
+                          num_mel_bins=self.num_mel_bins, patch_size=self.patch_size,
+                          fstride=self.fstride, tstride=self.tstride)
+
+    def backbone_fields(self) -> dict[str, Any]:
+        """This model's `Backbone` fields (what another AST-shaped model shares with it)."""
+        return {k: getattr(self, k) for k in field_names(Backbone)}
+
+
+class Encoder(Backbone):
+    """The fields that AST and the packed ElasticAST share beyond the backbone, defined
+    once with their defaults (both subclass it; `ast_twin` turns either into the padded AST
+    with the same weights' shapes). Their meaning: see `AST`."""
+
+    num_classes: int = 527
     head_ln_eps: float = 1e-5
     dropout: float = 0.0
-    dtype: Any = jnp.float32
     tome_r: int | str = 0
     tome_prop_attn: bool = True
     prune_keep_rate: float = 1.0
     prune_layers: tuple = (3, 6, 9)
     trace_source: bool = False
-
-    @property
-    def num_prefix(self) -> int:
-        return 2 if self.dist_token else 1
 
 
 class AST(Encoder):
@@ -193,11 +210,6 @@ class AST(Encoder):
 
     prune_fuse: bool = False
     prune_score: str = "cls"
-
-    def grid(self, frames: int | None = None) -> tuple[int, int]:
-        return grid_shape(frames=self.frames if frames is None else frames,
-                          num_mel_bins=self.num_mel_bins, patch_size=self.patch_size,
-                          fstride=self.fstride, tstride=self.tstride)
 
     def r_schedule(self) -> list[int]:
         """Per-block ToMe r from `tome_r` (before the per-block clamp; 0 in the last block),

@@ -105,34 +105,13 @@ def masked_mse(pred, target, masked, *, norm_pix: bool):
     return err.mean(axis=1)
 
 
-class Encoder(nn.Module):
+class Encoder(ast.Backbone):
     """The AST encoder without a head, optionally on a subset of the patches.
 
-    Fields as `ast.AST`'s (same meaning, same parameters). Returns normalised tokens
-    (B, prefix + N', W): the class tokens, then the patch tokens kept by `visible`.
+    Fields: `ast.Backbone`'s (same meaning, same parameters as the AST's). Returns
+    normalised tokens (B, prefix + N', W): the class tokens, then the patch tokens kept by
+    `visible`.
     """
-
-    width: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_dim: int = 3072
-    patch_size: int = 16
-    fstride: int = 10
-    tstride: int = 10
-    num_mel_bins: int = 128
-    frames: int = 1024
-    dist_token: bool = True
-    ln_eps: float = 1e-6
-    dtype: Any = jnp.float32
-
-    @property
-    def num_prefix(self) -> int:
-        return 2 if self.dist_token else 1
-
-    def grid(self, frames: int | None = None) -> tuple[int, int]:
-        return ast.grid_shape(frames=self.frames if frames is None else frames,
-                              num_mel_bins=self.num_mel_bins, patch_size=self.patch_size,
-                              fstride=self.fstride, tstride=self.tstride)
 
     @nn.compact
     def __call__(self, x, *, visible=None):
@@ -204,30 +183,19 @@ class MaeOutput(NamedTuple):
     masked: Any
 
 
-class MAE(nn.Module):
+class MAE(ast.Backbone):
     """Masked autoencoder over fbank patches whose encoder is an AST's (module docstring).
 
     Attributes:
         width, depth, num_heads, mlp_dim, patch_size, fstride, tstride, num_mel_bins,
-        frames, dist_token, ln_eps, dtype: the encoder, as in `ast.AST` (sizes: ast.SIZES,
-            `create_mae`). Pretraining inputs have exactly `frames` frames.
+        frames, dist_token, ln_eps, dtype: the encoder, `ast.Backbone`'s fields as in
+            `ast.AST` (sizes: ast.SIZES, `create_mae`). Pretraining inputs have exactly
+            `frames` frames.
         mask_ratio: fraction of patches hidden from the encoder, in [0, 1).
         decoder_width, decoder_depth, decoder_heads: the decoder transformer (MLP 4x).
         norm_pix_loss: reconstruct per-patch normalised targets (Audio-MAE's choice).
     """
 
-    width: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_dim: int = 3072
-    patch_size: int = 16
-    fstride: int = 10
-    tstride: int = 10
-    num_mel_bins: int = 128
-    frames: int = 1024
-    dist_token: bool = True
-    ln_eps: float = 1e-6
-    dtype: Any = jnp.float32
     mask_ratio: float = 0.8
     decoder_width: int = 128
     decoder_depth: int = 2
@@ -235,26 +203,11 @@ class MAE(nn.Module):
     norm_pix_loss: bool = True
 
     def setup(self):
-        self.encoder = Encoder(**self.encoder_fields())
+        self.encoder = Encoder(**self.backbone_fields())
         self.decoder = Decoder(self.decoder_width, self.decoder_depth, self.decoder_heads,
                                num_prefix=self.num_prefix, num_patches=self.num_patches,
                                patch_dim=self.patch_size ** 2, ln_eps=self.ln_eps,
                                dtype=self.dtype)
-
-    def encoder_fields(self) -> dict[str, Any]:
-        """The fields an `Encoder` or `ast.AST` shares with this model."""
-        return {k: getattr(self, k) for k in (
-            "width", "depth", "num_heads", "mlp_dim", "patch_size", "fstride", "tstride",
-            "num_mel_bins", "frames", "dist_token", "ln_eps", "dtype")}
-
-    @property
-    def num_prefix(self) -> int:
-        return 2 if self.dist_token else 1
-
-    def grid(self, frames: int | None = None) -> tuple[int, int]:
-        return ast.grid_shape(frames=self.frames if frames is None else frames,
-                              num_mel_bins=self.num_mel_bins, patch_size=self.patch_size,
-                              fstride=self.fstride, tstride=self.tstride)
 
     @property
     def num_patches(self) -> int:
