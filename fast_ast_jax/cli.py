@@ -62,7 +62,9 @@ def parse_flags(argv: Sequence[str], *, config_flag: str = "config") -> list[str
     except (KeyError, AttributeError) as e:  # --config.<misspelt field>=...
         fail(_field_error(e, argv))
     except flags.Error as e:  # absl's own: unknown flag, bad value, missing required flag
-        fail(str(e))
+        auto = any(re.fullmatch(r"--config\.frontend\.(mean|std)=auto", a) for a in argv)
+        fail(str(e) + ("; for the training set's statistics set --config.data.auto_stats=True"
+                       if auto else ""))
     if config_flag in flags.FLAGS and flags.FLAGS[config_flag].present:
         path = config_flags.get_config_filename(flags.FLAGS[config_flag])
         if not Path(path.split(":")[0]).is_file():

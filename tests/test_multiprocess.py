@@ -14,9 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from fast_ast_jax import distill
+from fast_ast_jax import checkpoints, distill
 from fast_ast_jax.data import SyntheticSource, source_ids
-from fast_ast_jax.train import loop
+from fast_ast_jax.train import loop, task
 from tests.helpers import load_config, packed_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,9 +91,25 @@ if pid == 0:
 result["packed"] = {"step": final["step"], "train_loss": final["train_loss"],
                     "table": [{k: v for k, v in row.items() if k != "clips_per_s"}
                               for row in final["eval_table"]]}  # timings differ per host
+
+# data.auto_stats: each host takes the fbank statistics of half the clips; summed, they
+# are the whole training set's, and both hosts' runs hold the same numbers.
+c = load_config("test")
+c.update(distributed=True, num_steps=1)
+c.data.eval = {}
+c.data.auto_stats = True
+from fast_ast_jax.train.task import with_auto_stats
+result["auto_stats"] = with_auto_stats(c, workdir=out + "/auto").frontend.to_dict()
+assert loop.train_and_evaluate(c, out + "/auto")["step"] == 1
 with open(f"{out}/result_{pid}.json", "w") as f:
     json.dump(result, f)
 """
+
+
+def auto_config():
+    c = load_config("test")
+    c.data.auto_stats = True
+    return c
 
 
 def write_teacher(path) -> None:
@@ -156,6 +172,13 @@ def test_two_processes_train_identically_and_resume(tmp_path):
         row["num_clips"] for row in one["eval_table"]] == [8.0, 8.0]
     for a, b in zip(two["table"], one["eval_table"]):
         assert a["accuracy"] == pytest.approx(b["accuracy"])
+    # auto_stats over 2 hosts: the single-process numbers (to the float32 fbank's
+    # rounding, which differs between processes), in the checkpoint
+    single = task.with_auto_stats(auto_config(), workdir=tmp_path / "auto_one").frontend
+    assert (r["auto_stats"]["mean"], r["auto_stats"]["std"]) == pytest.approx(
+        (single.mean, single.std), rel=1e-6)
+    saved = checkpoints.load(tmp_path / "auto").frontend
+    assert (saved.mean, saved.std) == (r["auto_stats"]["mean"], r["auto_stats"]["std"])
     with np.load(tmp_path / "packed_params.npz") as params:
         flat = jax.tree_util.tree_flatten_with_path(one["state"].params)[0]
         diff = max(float(np.abs(params[jax.tree_util.keystr(k)] - v).max()) for k, v in flat)

@@ -354,6 +354,8 @@ def test_train_py_rejects_bad_flags(tmp_path):
 
     one_line(run("--config.batch_szie=8"), 'did you mean "batch_size"')
     one_line(run("--config.batch_size=abc"), "flag --config.batch_size=abc")
+    one_line(run("--config.data.auto_stats=auto"), "flag --config.data.auto_stats=auto")
+    one_line(run("--config.frontend.mean=auto"), "set --config.data.auto_stats=True")
     one_line(run("--config.optim.lr=-1"), "config.optim.lr=-1.0: a learning rate")
     one_line(run("--config.batch_size=-3"), "config.batch_size=-3: must be > 0")
     # an incompatible option found while building the run, not by the validator

@@ -1,5 +1,6 @@
 """What the padded (data.pipeline) and the packed (data.packed) pipelines share: the
-bad-clip policy and record, this host's share of a batch, and the feature cache file.
+bad-clip policy and record, this host's share of a batch, the feature cache file, and
+the training set's fbank statistics (config.data.auto_stats).
 
 Both pipelines are strategies over these: each decides which clips form a batch and how
 they are laid out (padded to one length, or packed into rows), and keeps its own cache
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from fast_ast_jax.audio.fbank import fbank
 from fast_ast_jax.audio.io import AudioError
 
 BAD_CLIP_POLICIES = ("skip", "fail")
@@ -65,3 +67,26 @@ def save_cache(path: Path, **arrays: np.ndarray) -> None:
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
+
+
+def fbank_moments(source, *, frontend, on_bad_clip: str, process_index: int = 0,
+                  process_count: int = 1) -> np.ndarray:
+    """(3,) float64 [cells, sum, sum of squares] of the un-normalised log-mel fbank of this
+    host's clips of `source` (clips process_index, process_index + process_count, ...):
+    every frame and bin of each whole clip, neither padded nor cropped, so padded and
+    packed runs get the same statistics. Summed over the hosts they give the training
+    set's mean and std (config.data.auto_stats). Bad clips are skipped ("skip") or raise
+    ("fail"), as the pipelines do; dither draws as in data.pipeline."""
+    moments = np.zeros(3, np.float64)
+    indices = range(process_index, len(source), process_count)
+    for i in tqdm(indices, desc="fbank statistics (train)", leave=False):
+        try:
+            wave = np.asarray(source[i]["audio"], np.float32)
+        except AudioError:
+            if on_bad_clip == "fail":
+                raise
+            continue
+        rng = np.random.default_rng([0, i]) if frontend.dither > 0 else None
+        x = np.asarray(fbank(wave, frontend=frontend, rng=rng), np.float64)
+        moments += (x.size, x.sum(), np.square(x).sum())
+    return moments

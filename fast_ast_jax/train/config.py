@@ -40,6 +40,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.eval = ml_collections.ConfigDict({"num_examples": 128, "split": "eval"})
     c.data.cache = True  # keep features in memory
     c.data.cache_dir = ""  # also store them as .npz there ("" = memory only)
+    # True: frontend.mean / std are replaced by the mean and std of the training split's
+    # un-normalised fbank, computed once before training (kept in a JSON file in cache_dir,
+    # or the workdir) and saved in the checkpoint's front-end (train.task.with_auto_stats).
+    c.data.auto_stats = False
     # A clip that fails to load (fast_ast_jax.audio.AudioError): "skip" (replaced by the next
     # good clip in training, masked out in eval; counted in */bad_clips) or "fail".
     c.data.on_bad_clip = "skip"

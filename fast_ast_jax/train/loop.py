@@ -34,7 +34,7 @@ from fast_ast_jax.train.forward import evaluate, kind_of
 from fast_ast_jax.train.table import format_table
 from fast_ast_jax.train.state import TrainState, learning_rate_schedule, make_optimizer
 from fast_ast_jax.train.step import train_step
-from fast_ast_jax.train.task import Task, loss_kind, make_task
+from fast_ast_jax.train.task import Task, loss_kind, make_task, with_auto_stats
 from fast_ast_jax.train.validate import validate_config
 
 
@@ -234,8 +234,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     sharding.initialize_distributed(config.distributed)
     workdir = Path(workdir)
     is_main = jax.process_index() == 0
-    frontend = FrontEnd.from_dict(config.frontend.to_dict())
     validate_config(config, device_count=jax.device_count())
+    config = with_auto_stats(config, workdir=workdir)  # the FrontEnd's, and checkpoint's
+    frontend = FrontEnd.from_dict(config.frontend.to_dict())
 
     # --- data and model ----------------------------------------------------------------------
     teacher = None

@@ -12,15 +12,22 @@ evaluations use the first cell.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
+import os
+from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from fast_ast_jax import models
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import make_source
+from fast_ast_jax.data.core import fbank_moments
 from fast_ast_jax.data.packed import PackedPipeline
 from fast_ast_jax.data.pipeline import Augment, Pipeline
 from fast_ast_jax.train.elastic import pack_spec, table_pipelines
@@ -85,6 +92,60 @@ def with_worker_count(config, workers: int | None):
     config = config.copy_and_resolve_references()
     with config.unlocked():
         config.data.worker_count = workers
+    return config
+
+
+def with_auto_stats(config, *, workdir):
+    """`config` with frontend.mean / std set to the training split's fbank statistics when
+    config.data.auto_stats (a copy; otherwise `config` itself), so the run's FrontEnd, and
+    with it the checkpoint, holds the numbers that inference then uses.
+
+    Statistics: mean and std over every frame and bin of every training clip's
+    un-normalised log-mel fbank (data.core.fbank_moments), each host summing its share of
+    the clips. Computed once: the numbers are kept in a JSON file in config.data.cache_dir
+    (or `workdir` when that is "") named by the training source (`cache_key`) and the
+    front-end fields that change the fbank, which a resumed run or a later run on the same
+    data reads instead of computing them again.
+    """
+    if not config.data.auto_stats:
+        return config
+    fields = {k: v for k, v in config.frontend.to_dict().items()
+              if k not in ("mean", "std", "on_device")}
+    key = json.dumps([cache_key(config, "train"), fields], sort_keys=True)
+    path = (Path(config.data.cache_dir or workdir)
+            / f"frontend-stats-{hashlib.sha1(key.encode()).hexdigest()[:16]}.json")
+    cached = path.is_file()
+    if jax.process_count() > 1:  # the hosts compute together, or none does
+        cached = bool(multihost_utils.process_allgather(np.int32(cached)).min())
+    if cached:
+        stats = json.loads(path.read_text())
+    else:
+        frontend = FrontEnd.from_dict(config.frontend.to_dict())
+        source = make_source(config.data.source, sample_rate=frontend.sample_rate,
+                             **config.data.train.to_dict())
+        check_labels(config, list(source.labels))  # before the fbank work
+        moments = fbank_moments(source, frontend=frontend, on_bad_clip=config.data.on_bad_clip,
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count())
+        if jax.process_count() > 1:
+            moments = np.asarray(multihost_utils.process_allgather(moments)).sum(0)
+        cells, total, squares = (float(m) for m in moments)
+        if cells == 0:
+            raise ValueError(f"config.data.auto_stats=True: the training split "
+                             f"{config.data.train.to_dict()!r} has no good clip to take "
+                             "fbank statistics from")
+        mean = total / cells
+        stats = {"mean": mean, "std": math.sqrt(max(squares / cells - mean ** 2, 0.0)),
+                 "clips": len(source), "cells": int(cells)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # hosts may share the directory
+        tmp.write_text(json.dumps(stats, indent=1))
+        os.replace(tmp, path)
+    if jax.process_index() == 0:
+        print(f"frontend statistics of the training set: mean={stats['mean']:.6g}, "
+              f"std={stats['std']:.6g} ({path})")
+    config = config.copy_and_resolve_references()
+    config.frontend.update(mean=stats["mean"], std=stats["std"])
     return config
 
 
