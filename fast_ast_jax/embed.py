@@ -37,7 +37,7 @@ from fast_ast_jax import checkpoints, cli
 from fast_ast_jax.bundle import Bundle
 from fast_ast_jax.models import AST, mae
 from fast_ast_jax.models.ast import field_names
-from fast_ast_jax.predict import Scored, expand_inputs, score_files
+from fast_ast_jax.predict import Scored, file_arguments, input_files, score_files
 from fast_ast_jax.windows import Scorer, window_scorer
 
 
@@ -113,28 +113,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit status (0; 1 when a file failed; 2 usage)."""
     parser = argparse.ArgumentParser(prog="python -m fast_ast_jax.embed",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("inputs", nargs="*", help="audio files, folders or glob patterns")
-    parser.add_argument("--list", help="a text file of audio paths, one a line")
-    parser.add_argument("--checkpoint", required=True,
-                        help="training workdir or checkpoints/ of an AST or mae run")
+    file_arguments(parser, checkpoint_help="training workdir or checkpoints/ of an AST or "
+                   "mae run")
     parser.add_argument("--out", required=True, help="the .npz file to write")
     parser.add_argument("--tokens", action="store_true",
                         help="also write every window's per-patch tokens")
-    parser.add_argument("--batch_size", type=int, default=8, help="windows per model call")
-    parser.add_argument("--hop_frames", type=int, default=None,
-                        help="frames between windows of long clips (default: half a window)")
-    parser.add_argument("--workers", type=int, default=4, help="decoding threads")
-    parser.add_argument("--debug", action="store_true",
-                        help="tracebacks for failed files and usage errors")
     args = parser.parse_args(argv)
-    if not args.inputs and not args.list:
-        cli.fail("no input: give audio files, folders, glob patterns or --list FILE")
-    if args.list and not Path(args.list).is_file():
-        cli.fail(f"--list {args.list} does not exist")
     if Path(args.out).suffix.lower() != ".npz":
         cli.fail(f"--out {args.out}: use a .npz file name (parquet needs pyarrow, which "
                  "this package does not depend on)")
-    files = expand_inputs(args.inputs, list_file=args.list)
+    files = input_files(args)
     with cli.user_errors(debug=args.debug):
         bundle = checkpoints.load(args.checkpoint)
         encoder(bundle, where=args.checkpoint)  # an unsupported kind fails before decoding

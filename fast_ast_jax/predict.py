@@ -227,34 +227,46 @@ class _Table:
         self._file.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command line; returns the exit status (0; 1 when a file failed; 2 usage)."""
-    parser = argparse.ArgumentParser(prog="python -m fast_ast_jax.predict",
-                                     description=__doc__.splitlines()[0])
+def file_arguments(parser: argparse.ArgumentParser, *, checkpoint_help: str) -> None:
+    """The arguments of every many-file command (predict, embed): inputs, --list,
+    --checkpoint, --batch_size, --hop_frames, --workers, --debug."""
     parser.add_argument("inputs", nargs="*", help="audio files, folders or glob patterns")
     parser.add_argument("--list", help="a text file of audio paths, one a line")
-    parser.add_argument("--checkpoint", required=True,
-                        help="training workdir, checkpoints/, or an HF / .pth weights path")
-    parser.add_argument("--out", help="also write one row per file to this .csv or .jsonl")
-    parser.add_argument("--top_k", type=int, default=5)
+    parser.add_argument("--checkpoint", required=True, help=checkpoint_help)
     parser.add_argument("--batch_size", type=int, default=8, help="windows per model call")
     parser.add_argument("--hop_frames", type=int, default=None,
                         help="frames between windows of long clips (default: half a window)")
     parser.add_argument("--workers", type=int, default=4, help="decoding threads")
+    parser.add_argument("--debug", action="store_true",
+                        help="tracebacks for failed files and usage errors")
+
+
+def input_files(args: argparse.Namespace) -> list[str]:
+    """The audio files that `file_arguments` name; no input or a missing --list file is a
+    usage error (cli.fail)."""
+    if not args.inputs and not args.list:
+        cli.fail("no input: give audio files, folders, glob patterns or --list FILE")
+    if args.list and not Path(args.list).is_file():
+        cli.fail(f"--list {args.list} does not exist")
+    return expand_inputs(args.inputs, list_file=args.list)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; returns the exit status (0; 1 when a file failed; 2 usage)."""
+    parser = argparse.ArgumentParser(prog="python -m fast_ast_jax.predict",
+                                     description=__doc__.splitlines()[0])
+    file_arguments(parser, checkpoint_help="training workdir, checkpoints/, or an HF / "
+                   ".pth weights path")
+    parser.add_argument("--out", help="also write one row per file to this .csv or .jsonl")
+    parser.add_argument("--top_k", type=int, default=5)
     parser.add_argument("--per_window", action="store_true",
                         help="also print every window's top labels with its times")
     parser.add_argument("--maps", help="write ToMe merge / TopK kept-patch PNG maps of each "
                         "file's first window into this directory")
     parser.add_argument("--tome_r", type=int, default=None, help="ToMe: tokens merged per block")
     parser.add_argument("--keep_rate", type=float, default=None, help="TopK pruning keep rate")
-    parser.add_argument("--debug", action="store_true",
-                        help="tracebacks for failed files and usage errors")
     args = parser.parse_args(argv)
-    if not args.inputs and not args.list:
-        cli.fail("no input: give audio files, folders, glob patterns or --list FILE")
-    if args.list and not Path(args.list).is_file():
-        cli.fail(f"--list {args.list} does not exist")
-    files = expand_inputs(args.inputs, list_file=args.list)
+    files = input_files(args)
     overrides = {k: v for k, v in (("tome_r", args.tome_r), ("prune_keep_rate", args.keep_rate))
                  if v is not None}
     with cli.user_errors(debug=args.debug):
