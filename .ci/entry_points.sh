@@ -54,6 +54,22 @@ cat "$work/embed.err"
 $py -c "import numpy as np, sys; assert np.load(sys.argv[1])['embeddings'].shape[0] == 2" \
     "$work/emb.npz"
 
+step "embed --out .parquet --tokens: one row per file (the corrupt one with its error), one per window"
+set +e
+$py -m fast_ast_jax.embed "$work/audio" --checkpoint workdirs/demo --out "$work/emb.parquet" \
+    --tokens 2> /dev/null
+rc=$?
+set -e
+[ "$rc" -eq 1 ]
+$py - "$work/emb.parquet" "$work/emb.tokens.parquet" <<'PY'
+import sys, pyarrow.parquet as pq
+clips, windows = (pq.read_table(p) for p in sys.argv[1:])
+assert clips.num_rows == 3 and clips["embedding"].null_count == 1, clips
+assert clips["error"].null_count == 2 and windows.num_rows >= 2, windows
+print("parquet:", clips.num_rows, "files,", windows.num_rows, "windows of tokens",
+      windows.schema.field("tokens").type)
+PY
+
 step "evaluate.py: one ToMe setting"
 $py evaluate.py --checkpoint workdirs/demo --tome_r 4
 

@@ -1,8 +1,8 @@
 """Embeddings of many audio files from an AST or a masked-pretraining (mae) checkpoint.
 
     python -m fast_ast_jax.embed clip.wav recordings/ "more/*.flac" --checkpoint WORKDIR
-        --out embeddings.npz [--tokens] [--list files.txt] [--batch_size 8]
-        [--hop_frames N] [--debug]
+        --out embeddings.npz|embeddings.parquet [--tokens] [--list files.txt]
+        [--batch_size 8] [--hop_frames N] [--debug]
 
 Inputs, decoding and bad files as in `python -m fast_ast_jax.predict` (the same file
 expansion, decoding threads and one `error:` line per unreadable file; exit status 1 when
@@ -15,19 +15,34 @@ checkpoint's ToMe / TopK settings), after the final LayerNorm:
         of that length every --hop_frames frames, as predict does);
     --tokens: each window's patch tokens (f_dim * t_dim, W), frequency-major.
 
---out is a .npz (parquet would need pyarrow, not a dependency of this package):
+The same function of a waveform, as one serialised program for a server:
+`python -m fast_ast_jax.export --embed [--tokens]` (one window: the exported input length).
+
+--out x.npz (NumPy arrays):
     files (F,) str, embeddings (F, W) float32, duration_s (F,): the files embedded, in
         input order;
     failed (E,) str, errors (E,) str: the files that could not be read and why;
     with --tokens: tokens (K, N, W) float32 over all K windows, token_file (K,) int (the
         row of `files`), token_window_s (K, 2) (start, end seconds).
+--out x.parquet (Apache Parquet, written with pyarrow; pandas, polars, DuckDB read it):
+    one row per input file, in input order, failed ones included: file (string),
+    duration_s (float64), embedding (fixed_size_list<float32>[W]), error (string); a failed
+    file has a null duration_s and embedding and its reason in error (null when it worked).
+    With --tokens also x.tokens.parquet, one row per window: file (string, as in x.parquet),
+    window (int32, from 0 in the file), start_s, end_s (float64) and tokens, an Arrow
+    fixed-shape tensor (f_dim, t_dim, W) float32 (the canonical extension type
+    arrow.fixed_shape_tensor, its shape in the schema). A second table because windows per
+    file vary: each table stays flat, one row per file / per window, and joins on `file`.
+    Read the tokens as one array: `pyarrow.parquet.read_table(path)["tokens"]
+    .combine_chunks().to_numpy_ndarray()` (K, f_dim, t_dim, W); in pandas each cell is the
+    flat (f_dim * t_dim * W,) array of that shape.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -55,18 +70,30 @@ def encoder(bundle: Bundle, *, where: str) -> tuple[mae.Encoder, dict]:
                      "masked-pretraining (mae) checkpoint")
 
 
+def embedding(bundle: Bundle, *, where: str) -> tuple[Callable, dict]:
+    """(apply, params): apply(params, x (B, T, bins) features) -> (clip embedding (B, W),
+    patch tokens (B, N, W)) float32 of the checkpoint's encoder; what embed and export
+    --embed compute."""
+    enc, params = encoder(bundle, where=where)
+    prefix = enc.num_prefix
+
+    def apply(p, x):
+        out = enc.apply({"params": p}, x).astype(jnp.float32)  # (B, prefix + N, W)
+        return out[:, :prefix].mean(axis=1), out[:, prefix:]
+
+    return apply, params
+
+
 def embedder(bundle: Bundle, *, where: str, tokens: bool = False, batch_size: int = 8,
              on_device: bool | None = None) -> Scorer:
     """A windows.Scorer whose per-window output is the clip embedding (W,) or, with
     `tokens`, the clip embedding followed by the patch tokens (1 + N, W); a clip's output
     is the mean over its windows (of the embedding; the tokens stay per window)."""
-    enc, params = encoder(bundle, where=where)
-    prefix = enc.num_prefix
+    apply, params = embedding(bundle, where=where)
 
     def run(p, x, frames):  # padded frames are embedded as in training: `frames` unused
-        out = enc.apply({"params": p}, x).astype(jnp.float32)  # (B, prefix + N, W)
-        clip = out[:, :prefix].mean(axis=1, keepdims=True)
-        return jnp.concatenate([clip, out[:, prefix:]], 1) if tokens else clip[:, 0]
+        clip, patches = apply(p, x)
+        return jnp.concatenate([clip[:, None], patches], 1) if tokens else clip
 
     return window_scorer(run, params=params, frontend=bundle.frontend,
                          batch_size=batch_size, on_device=on_device,
@@ -87,8 +114,8 @@ def embed_files(files: Sequence[str], *, checkpoint, tokens: bool = False,
                            debug=debug)
 
 
-def write_npz(path: str | Path, results: Sequence[Scored], *, tokens: bool) -> None:
-    """The --out file (module docstring) of `embed_files` results."""
+def write_npz(path: str | Path, results: Sequence[Scored], *, tokens: bool) -> list[str]:
+    """The --out .npz file (module docstring) of `embed_files` results; returns its path."""
     ok = [r for r in results if r.clip is not None]
     bad = [r for r in results if r.clip is None]
     width = ok[0].clip.scores.shape[-1] if ok else 0
@@ -107,6 +134,45 @@ def write_npz(path: str | Path, results: Sequence[Scored], *, tokens: bool) -> N
         arrays["token_window_s"] = np.asarray([w[1:3] for w in windows],
                                               np.float64).reshape(-1, 2)
     np.savez(path, **arrays)
+    return [str(path)]
+
+
+def write_parquet(path: str | Path, results: Sequence[Scored], *, tokens: bool,
+                  grid: tuple[int, int], width: int) -> list[str]:
+    """The --out .parquet file and, with `tokens`, its .tokens.parquet (module docstring) of
+    `embed_files` results; `grid` (f_dim, t_dim) and `width` (W) are the encoder's, the
+    shape of every window's tokens. Returns the paths written."""
+    import pyarrow as pa  # lazily: only this output format needs it
+    import pyarrow.parquet as pq
+
+    failed = np.array([r.clip is None for r in results], bool)
+    values = np.zeros((len(results), width), np.float32)  # a failed file's row is masked
+    for i, r in enumerate(results):
+        if r.clip is not None:
+            values[i] = r.clip.scores
+    pq.write_table(pa.table({
+        "file": pa.array([r.file for r in results], pa.string()),
+        "duration_s": pa.array([r.duration for r in results], pa.float64()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), width,
+                                                       mask=pa.array(failed)),
+        "error": pa.array([r.error for r in results], pa.string())}), path)
+    if not tokens:
+        return [str(path)]
+    windows = [(r.file, k, t0, t1, z[1:]) for r in results if r.clip is not None
+               for k, (t0, t1, z) in enumerate(r.clip.windows)]
+    values = np.asarray([w[4] for w in windows], np.float32).reshape(-1)
+    # built from its storage (from_numpy_ndarray refuses zero rows: every file failed)
+    tensors = pa.ExtensionArray.from_storage(
+        pa.fixed_shape_tensor(pa.float32(), [*grid, width]),
+        pa.FixedSizeListArray.from_arrays(pa.array(values), grid[0] * grid[1] * width))
+    tokens_path = Path(path).with_suffix(".tokens.parquet")
+    pq.write_table(pa.table({
+        "file": pa.array([w[0] for w in windows], pa.string()),
+        "window": pa.array([w[1] for w in windows], pa.int32()),
+        "start_s": pa.array([w[2] for w in windows], pa.float64()),
+        "end_s": pa.array([w[3] for w in windows], pa.float64()),
+        "tokens": tensors}), tokens_path)
+    return [str(path), str(tokens_path)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -115,13 +181,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description=__doc__.splitlines()[0])
     file_arguments(parser, checkpoint_help="training workdir or checkpoints/ of an AST or "
                    "mae run")
-    parser.add_argument("--out", required=True, help="the .npz file to write")
+    parser.add_argument("--out", required=True,
+                        help="the .npz or .parquet file to write (formats: see above)")
     parser.add_argument("--tokens", action="store_true",
                         help="also write every window's per-patch tokens")
     args = parser.parse_args(argv)
-    if Path(args.out).suffix.lower() != ".npz":
-        cli.fail(f"--out {args.out}: use a .npz file name (parquet needs pyarrow, which "
-                 "this package does not depend on)")
+    suffix = Path(args.out).suffix.lower()
+    if suffix not in (".npz", ".parquet"):
+        cli.fail(f"--out {args.out}: use a .npz or .parquet file name")
     files = input_files(args)
     with cli.user_errors(debug=args.debug):
         bundle = checkpoints.load(args.checkpoint)
@@ -140,8 +207,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress.write(f"error: {r.error}", file=sys.stderr)
     finally:
         progress.close()
-    write_npz(args.out, results, tokens=args.tokens)
-    print(f"{len(results) - failed} embeddings -> {args.out}")
+    if suffix == ".npz":
+        written = write_npz(args.out, results, tokens=args.tokens)
+    else:
+        written = write_parquet(args.out, results, tokens=args.tokens,
+                                grid=bundle.model.grid(), width=bundle.model.width)
+    print(f"{len(results) - failed} embeddings -> {' + '.join(written)}")
     if failed:
         print(f"{failed} of {len(files)} files failed", file=sys.stderr)
     return 1 if failed else 0

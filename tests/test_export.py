@@ -1,4 +1,6 @@
-"""fast_ast_jax.export: a checkpoint as a serialised waveform -> logits function."""
+"""fast_ast_jax.export: a checkpoint as a serialised waveform -> logits function (the
+embedding export, --embed, is tested with the pretraining checkpoints in
+tests/test_pretrain_train.py)."""
 from __future__ import annotations
 
 import json
@@ -33,6 +35,7 @@ def test_exported_artifact_matches_the_live_model(workdir, capsys):
     call, spec = export.load(out)
     restored = load_checkpoint(workdir)
     assert spec["labels"] == list(restored.labels) and spec["batch"] is None
+    assert spec["outputs"] == ["logits (B, num_labels) float32"]
     assert spec["frontend"] == restored.frontend.to_dict()
     assert json.loads((workdir / "model.jaxexport.json").read_text()) == spec
     rng = np.random.default_rng(0)
@@ -40,8 +43,7 @@ def test_exported_artifact_matches_the_live_model(workdir, capsys):
              for n in (spec["samples"] + 500, 4000, 300)]  # long, short, under one window
     batch = pad_waves(clips, samples=spec["samples"])
     got = np.asarray(call(batch["wave"], batch["wave_len"]))
-    live = jax.jit(export.waveform_classifier(restored.model, restored.params,
-                                              frontend=restored.frontend))
+    live = jax.jit(export.waveform_function(restored, where=str(workdir))[0])
     np.testing.assert_allclose(got, live(batch["wave"], batch["wave_len"]), atol=1e-5)
     # The host front-end path (what predict.py does) agrees as well.
     x = np.stack([features(c, frontend=restored.frontend) for c in clips])
@@ -64,3 +66,5 @@ def test_fixed_batch_and_length(workdir):
         call(np.zeros((3, 4000), np.float32), np.zeros(3, np.int32))
     with pytest.raises(ValueError, match="one analysis window"):
         export.export_checkpoint(workdir, out, seconds=0.001)
+    with pytest.raises(ValueError, match="come with --embed"):
+        export.export_checkpoint(workdir, out, tokens=True)

@@ -178,6 +178,7 @@ def test_refusals_are_one_line(pretrained, tmp_path):
 
 
 def test_predict_evaluate_dump_refuse_a_pretraining_checkpoint(pretrained, tmp_path):
+    from fast_ast_jax.export import export_checkpoint
     from fast_ast_jax.predict import predict_files
     from fast_ast_jax.train.dump import dump
     from fast_ast_jax.train.evaluation import evaluate_checkpoint
@@ -185,8 +186,9 @@ def test_predict_evaluate_dump_refuse_a_pretraining_checkpoint(pretrained, tmp_p
     workdir, _ = pretrained
     for fn in (lambda: list(predict_files([], checkpoint=workdir)),
                lambda: evaluate_checkpoint(workdir, echo=None),
-               lambda: dump(workdir, out=tmp_path / "t.npz")):
-        _one_line_error(fn, r"no classifier head")
+               lambda: dump(workdir, out=tmp_path / "t.npz"),
+               lambda: export_checkpoint(workdir, tmp_path / "m.jaxexport")):
+        _one_line_error(fn, r"no classifier head.*fast_ast_jax.export --embed")
 
 
 SHARDED = textwrap.dedent("""
@@ -294,13 +296,96 @@ def test_embed_command(pretrained, fine_tuned, kind, tmp_path, capsys):
     np.testing.assert_allclose(emb[:1], clip, rtol=1e-4, atol=1e-5)
 
 
+def test_embed_parquet_holds_what_the_npz_holds(pretrained, tmp_path, capsys):
+    """--out x.parquet: one row per input file (the failed one with its error and nulls),
+    the .npz's embeddings; --tokens: x.tokens.parquet, one row per window, the .npz's tokens
+    as a (f_dim, t_dim, W) tensor column. A run where every file fails still writes both."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fast_ast_jax.embed import main
+
+    workdir, _ = pretrained
+    folder = _audio(tmp_path)
+    for out in ("e.npz", "e.parquet"):
+        assert main([str(folder), "--checkpoint", str(workdir), "--out", str(tmp_path / out),
+                     "--tokens"]) == 1
+    assert "e.parquet + " in capsys.readouterr().out
+    clips = pq.read_table(tmp_path / "e.parquet")
+    assert clips.column_names == ["file", "duration_s", "embedding", "error"]
+    column = clips.schema.field("embedding").type
+    assert pa.types.is_fixed_size_list(column) and column.list_size == 64
+    assert column.value_type == pa.float32()
+    rows = clips.to_pylist()
+    assert [Path(r["file"]).name for r in rows] == ["a.wav", "b.wav", "c.wav"]
+    assert rows[2]["embedding"] is None and rows[2]["duration_s"] is None
+    assert "c.wav" in rows[2]["error"] and rows[0]["error"] is None
+    windows = pq.read_table(tmp_path / "e.tokens.parquet")
+    assert windows.column_names == ["file", "window", "start_s", "end_s", "tokens"]
+    f_dim, t_dim = checkpoints.load(workdir).model.grid()
+    tokens = windows["tokens"].combine_chunks().to_numpy_ndarray()
+    with np.load(tmp_path / "e.npz") as d:
+        np.testing.assert_array_equal(np.stack([r["embedding"] for r in rows[:2]]),
+                                      d["embeddings"])
+        np.testing.assert_allclose([r["duration_s"] for r in rows[:2]], d["duration_s"])
+        assert tokens.shape == (len(d["tokens"]), f_dim, t_dim, 64)
+        np.testing.assert_array_equal(tokens.reshape(d["tokens"].shape), d["tokens"])
+        np.testing.assert_array_equal(windows["file"].to_pylist(),
+                                      d["files"][d["token_file"]])
+        np.testing.assert_array_equal(np.stack([windows["start_s"], windows["end_s"]], 1),
+                                      d["token_window_s"])
+        per_file = np.bincount(d["token_file"])
+    assert per_file.tolist() == [1, len(tokens) - 1] and len(tokens) > 2
+    assert windows["window"].to_pylist() == [0] + list(range(len(tokens) - 1))
+    assert main([str(folder / "c.wav"), "--checkpoint", str(workdir), "--out",
+                 str(tmp_path / "bad.parquet"), "--tokens"]) == 1
+    bad = pq.read_table(tmp_path / "bad.parquet").to_pylist()
+    assert len(bad) == 1 and bad[0]["embedding"] is None and bad[0]["error"]
+    empty = pq.read_table(tmp_path / "bad.tokens.parquet")
+    assert empty.num_rows == 0 and empty.schema.field("tokens").type.shape == [f_dim, t_dim, 64]
+
+
+@pytest.mark.parametrize("kind", ["mae", "ast"])
+def test_exported_embedding_is_embeds(pretrained, fine_tuned, kind, tmp_path, capsys):
+    """export --embed --tokens: the serialised waveform -> (embedding, tokens) function
+    gives what python -m fast_ast_jax.embed gives for the same clip (one window), for a
+    pretraining and a fine-tuned AST checkpoint."""
+    from fast_ast_jax import export
+    from fast_ast_jax.audio.fbank_jax import pad_waves
+    from fast_ast_jax.embed import embed_files
+
+    workdir = (pretrained if kind == "mae" else fine_tuned)[0]
+    out = tmp_path / "emb.jaxexport"
+    export.main(["--checkpoint", str(workdir), "--out", str(out), "--embed", "--tokens"])
+    assert "embedding (B, 64) float32" in capsys.readouterr().out
+    call, spec = export.load(out)
+    f_dim, t_dim = checkpoints.load(workdir).model.grid()
+    assert spec["embedding_dim"] == 64 and spec["token_grid"] == [f_dim, t_dim]
+    assert spec["labels"] == [] and len(spec["outputs"]) == 2
+    folder = _audio(tmp_path)
+    wave, _ = sf.read(folder / "a.wav", dtype="float32")
+    batch = pad_waves([wave, 0.5 * wave], samples=spec["samples"])
+    emb, tokens = map(np.asarray, call(batch["wave"], batch["wave_len"]))
+    assert emb.shape == (2, 64) and tokens.shape == (2, f_dim * t_dim, 64)
+    (ours,) = embed_files([folder / "a.wav"], checkpoint=workdir, tokens=True)
+    np.testing.assert_allclose(emb[0], ours.clip.scores, atol=1e-4)
+    np.testing.assert_allclose(tokens[0], ours.clip.windows[0][2][1:], atol=1e-4)
+    # without --tokens: the embedding alone
+    export.export_checkpoint(workdir, tmp_path / "clip.jaxexport", embedding=True,
+                             platforms=("cpu",))
+    call, spec = export.load(tmp_path / "clip.jaxexport")
+    np.testing.assert_allclose(call(batch["wave"], batch["wave_len"]), emb, atol=1e-5)
+    assert "token_grid" not in spec and len(spec["outputs"]) == 1
+
+
 def test_embed_refusals(tmp_path, capsys):
     from fast_ast_jax.embed import encoder, main
 
     folder = _audio(tmp_path)
     with pytest.raises(SystemExit) as e:
-        main([str(folder), "--checkpoint", str(tmp_path), "--out", str(tmp_path / "e.parquet")])
-    assert e.value.code == 2 and "use a .npz" in capsys.readouterr().err
+        main([str(folder), "--checkpoint", str(tmp_path), "--out", str(tmp_path / "e.csv")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "e.csv: use a .npz or .parquet" in err and err.count("\n") == 1
     cnn = models.create_cnn(num_classes=4)
     bundle = Bundle(model=cnn, params={}, frontend=FrontEnd(), labels=("a",) * 4)
     _one_line_error(lambda: encoder(bundle, where="w"), r"^w holds a CNNTeacher")

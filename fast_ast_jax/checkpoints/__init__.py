@@ -88,7 +88,8 @@ def load_classifier(path: str | Path) -> Bundle:
         raise ValueError(f"{path} holds a masked-pretraining ({models.model_name(bundle.model)}"
                          ") checkpoint, which has no classifier head: fine-tune it first "
                          f"(train.py --config.init_from={path}), or take its embeddings "
-                         "(python -m fast_ast_jax.embed)")
+                         "(python -m fast_ast_jax.embed, or export them: python -m "
+                         "fast_ast_jax.export --embed)")
     return bundle
 
 
