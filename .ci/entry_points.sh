@@ -57,10 +57,11 @@ $py -c "import numpy as np, sys; assert np.load(sys.argv[1])['embeddings'].shape
 step "embed --out .parquet --tokens: one row per file (the corrupt one with its error), one per window"
 set +e
 $py -m fast_ast_jax.embed "$work/audio" --checkpoint workdirs/demo --out "$work/emb.parquet" \
-    --tokens 2> /dev/null
+    --tokens 2> "$work/embed_parquet.err"
 rc=$?
 set -e
-[ "$rc" -eq 1 ]
+[ "$rc" -eq 1 ] && grep -q "1 of 3 files failed" "$work/embed_parquet.err" \
+    || { cat "$work/embed_parquet.err"; exit 1; }
 $py - "$work/emb.parquet" "$work/emb.tokens.parquet" <<'PY'
 import sys, pyarrow.parquet as pq
 clips, windows = (pq.read_table(p) for p in sys.argv[1:])

@@ -34,8 +34,9 @@ The same function of a waveform, as one serialised program for a server:
     arrow.fixed_shape_tensor, its shape in the schema). A second table because windows per
     file vary: each table stays flat, one row per file / per window, and joins on `file`.
     Read the tokens as one array: `pyarrow.parquet.read_table(path)["tokens"]
-    .combine_chunks().to_numpy_ndarray()` (K, f_dim, t_dim, W); in pandas each cell is the
-    flat (f_dim * t_dim * W,) array of that shape.
+    .combine_chunks().to_numpy_ndarray()` (K, f_dim, t_dim, W); a reader that does not know
+    the extension type sees its storage, a fixed_size_list<float32>[f_dim * t_dim * W] per
+    row (C order).
 """
 from __future__ import annotations
 
