@@ -194,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with cli.user_errors(debug=args.debug):
         bundle = checkpoints.load(args.checkpoint)
         encoder(bundle, where=args.checkpoint)  # an unsupported kind fails before decoding
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # as export does: not after the work
     results, failed = [], 0
     progress = tqdm(total=len(files), unit="file", disable=len(files) < 20 or None,
                     file=sys.stderr)

@@ -338,10 +338,10 @@ def test_embed_parquet_holds_what_the_npz_holds(pretrained, tmp_path, capsys):
     assert per_file.tolist() == [1, len(tokens) - 1] and len(tokens) > 2
     assert windows["window"].to_pylist() == [0] + list(range(len(tokens) - 1))
     assert main([str(folder / "c.wav"), "--checkpoint", str(workdir), "--out",
-                 str(tmp_path / "bad.parquet"), "--tokens"]) == 1
-    bad = pq.read_table(tmp_path / "bad.parquet").to_pylist()
+                 str(tmp_path / "new" / "bad.parquet"), "--tokens"]) == 1  # makes new/
+    bad = pq.read_table(tmp_path / "new" / "bad.parquet").to_pylist()
     assert len(bad) == 1 and bad[0]["embedding"] is None and bad[0]["error"]
-    empty = pq.read_table(tmp_path / "bad.tokens.parquet")
+    empty = pq.read_table(tmp_path / "new" / "bad.tokens.parquet")
     assert empty.num_rows == 0 and empty.schema.field("tokens").type.shape == [f_dim, t_dim, 64]
 
 
