@@ -286,18 +286,22 @@ def test_sharded_pretraining_matches_one_device(tmp_path):
     np.testing.assert_allclose(eight["eval_loss"], one["eval_loss"], rtol=1e-4)
 
 
-def test_fsdd_pretrain_then_fine_tune_on_generated_folder(tmp_path):
+@pytest.mark.parametrize("arg", ["fold", "frames"])
+def test_fsdd_pretrain_then_fine_tune_on_generated_folder(tmp_path, arg):
     """configs/fsdd_pretrain.py's two commands (shrunk) on a generated FSDD-like folder:
-    pretraining reads the CSV without its labels, fine-tuning starts from its encoder."""
+    pretraining reads the CSV without its labels, fine-tuning starts from its encoder;
+    `:frames` does both with 128x2 frame patches."""
     rows = [(f"{i}.wav", str(i % 3), "train" if i < 8 else "test") for i in range(12)]
     paths = folder_data(tmp_path, ("filename", "label", "fold"), rows)
-    pre = tiny(load_config("fsdd_pretrain"))
+    bins = 128 if arg == "frames" else 32  # a frame patch spans all 128 bins
+    pre = tiny(load_config("fsdd_pretrain", arg), bins=bins)
     assert pre.model.name == "mae" and pre.data.train.label_column == ""
+    assert pre.model.patch_size == ((128, 2) if arg == "frames" else (16, 16))
     for split in ("train", "eval"):
         pre.data[split].update(paths)
     final = loop.train_and_evaluate(pre, str(tmp_path / "pre"))
     assert np.isfinite(final["eval_loss"]) and final["eval_num_clips"] == 4
-    ft = tiny(load_config("fsdd"))
+    ft = tiny(load_config("fsdd", arg), bins=bins)
     for split in ("train", "eval"):
         ft.data[split].update(paths)
     ft.update(init_from=str(tmp_path / "pre"))
