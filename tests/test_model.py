@@ -82,10 +82,11 @@ def test_geometry(frames, patch, fstride, tstride, grid):
 def test_patch_size_is_an_int_or_a_pair():
     """An int is a square patch and is how one is stored (checkpoints of older versions
     hold ints); a pair stays a tuple; anything else is one clear error."""
-    assert patch_shape(16) == (16, 16) and patch_shape([128, 2]) == (128, 2)
+    assert patch_shape(16) == patch_shape((16,)) == (16, 16)  # (16,): --...patch_size=16
+    assert patch_shape([128, 2]) == (128, 2)
     assert create_ast("tiny", patch_size=(16, 16)).patch_size == 16
     assert create_ast("tiny", patch_size=[128, 2], fstride=128, tstride=2).patch_size == (128, 2)
-    for bad in (0, (16,), (16, 0), (16, 2.5), "16"):
+    for bad in (0, (16, 0), (16, 2.5), (16, 2, 2), "16"):
         with pytest.raises(ValueError, match=r"patch_size=.*: give an int > 0"):
             patch_shape(bad)
 

@@ -39,8 +39,9 @@ def patch_shape(patch_size) -> tuple[int, int]:
     """(frequency bins, time frames) of one patch from a `patch_size` field: an int p (a p x
     p square, AST's 16) or a (frequency, time) pair (e.g. SSAST's (128, 2) frame patches,
     which span every mel bin and 2 frames; a list from JSON metadata is a pair too)."""
-    square = isinstance(patch_size, numbers.Integral)
-    pair = (patch_size, patch_size) if square else tuple(patch_size)
+    pair = (patch_size,) if isinstance(patch_size, numbers.Integral) else tuple(patch_size)
+    if len(pair) == 1:  # a square; ml_collections parses --config.model.patch_size=16 to (16,)
+        pair = pair * 2
     if len(pair) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
                                  and v > 0 for v in pair):
         raise ValueError(f"patch_size={patch_size!r}: give an int > 0 (a square patch) or a "

@@ -70,7 +70,8 @@ def default_config() -> ml_collections.ConfigDict:
     # token per 2-frame column: best for speech in SSAST), for models trained from scratch
     # or pretrained here (model.name "mae"). From the command line:
     # --config.model.patch_size="(128, 2)" --config.model.fstride=128 --config.model.tstride=2
-    # Strides must not exceed the patch's sides (train.validate).
+    # (--config.model.patch_size=16 is a 16x16 square). Strides must not exceed the patch's
+    # sides (train.validate).
     c.model.patch_size = (16, 16)
     c.model.fstride = 10
     c.model.tstride = 10
