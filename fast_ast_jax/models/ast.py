@@ -212,8 +212,8 @@ class AST(Encoder):
         width, depth, num_heads, mlp_dim: transformer size (see `SIZES`).
         patch_size: the conv patch: an int p (p x p, AST's 16; what pretrained weights
             have) or a (frequency bins, time frames) pair such as SSAST's (128, 2) (a patch
-            spans all 128 mel bins and 2 frames: one token per 2-frame column). Stored as
-            `patch_field` makes it (an int when square).
+            spans all 128 mel bins and 2 frames: one token per 2-frame column), kept in
+            `patch_field`'s form (an int when square).
         fstride, tstride: the patches' strides (<= the patch's side for full coverage,
             e.g. fstride=128, tstride=2 with (128, 2) patches).
         num_mel_bins, frames: the input the positional embedding is sized for. Inputs with
@@ -587,7 +587,7 @@ def check_patch(config, frontend) -> None:
     one would skip the bins or frames between patches)."""
     m = config.model
     try:
-        ph, pw = patch_shape(m.patch_size)
+        ph, pw = patch_shape(m.get("patch_size", Backbone.patch_size))
     except ValueError as e:
         raise ValueError(f"config.model.{e}") from None
     need = lambda ok, field, rule: require(config, ok, field, rule)

@@ -308,7 +308,7 @@ def check_config(config, frontend) -> None:
         need(len(e[name]) > 0 and all(h > 0 for h in e[name]), f"elastic.{name}",
              "give one or more frame shifts > 0 ms")
     need(len(e.eval_max_frames) > 0, "elastic.eval_max_frames", "give one or more caps")
-    patch = model_overrides(m).get("patch_size", ElasticAST.patch_size)
+    patch = m.get("patch_size", ElasticAST.patch_size)
     patch_frames = patch_shape(patch)[1]
     for name, caps, keep in (("max_frames", [e.max_frames], 1.0 - e.token_dropout),
                              ("eval_max_frames", list(e.eval_max_frames), 1.0)):
