@@ -7,8 +7,10 @@ fine-tunes with configs/fsdd.py's recipe:
         --config.init_from=/tmp/fsdd_pretrain
 
 `:official` pretrains on the official split's training clips (fine-tune with
-configs/fsdd.py:official). The eval metric is the reconstruction loss on the split's test
-clips (fixed mask key). Choices, each from docs/PRETRAIN.md: mask 0.8 (Audio-MAE's range
+configs/fsdd.py:official); `,frames` (`:frames`, `:official,frames`) pretrains an encoder of
+SSAST's 128x2 frame patches (configs/fsdd.py's docstring): fine-tune it with the same
+argument, e.g. configs/fsdd.py:frames. The eval metric is the reconstruction loss on the
+split's test clips (fixed mask key). Choices, each from docs/PRETRAIN.md: mask 0.8 (Audio-MAE's range
 0.75-0.8; a static 13 of the 64 patches are encoded), a 64-wide, 2-block decoder (with 128
 it would cost as much as this narrow 6-block encoder: the step is 3.2x cheaper than a
 supervised one with 64, 2.2x with 128), per-patch normalised targets, no augmentation (the

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fast_ast_jax.models.ast import patch_shape
+
 # Counted parts, in the order `ast_macs` reports them.
 PARTS = ("patch_embed", "qkv", "attn_scores", "attn_values", "attn_out", "mlp",
          "tome_match", "topk_cls_attn", "head")
@@ -99,7 +101,8 @@ def ast_macs(model: Any, *, frames: int | None = None) -> MacCount:
         ToMe matching ⌈n/2⌉·⌊n/2⌋·D for the n tokens it matches (cosine scores of set A
         against set B on head-averaged keys), TopK class attention Q·T·W for the Q
         class-token queries whose attention ranks the patches.
-    Plus patch embedding (patches · 16² · W; one input channel) and the head (W · classes).
+    Plus patch embedding (patches · ph·pw · W for ph x pw patches; one input channel) and
+    the head (W · classes).
     Biases, LayerNorm, GELU, softmax and residual adds are not counted.
 
     Args:
@@ -115,7 +118,8 @@ def ast_macs(model: Any, *, frames: int | None = None) -> MacCount:
     f_dim, t_dim = model.grid(frames)
     layers = layer_tokens(model, frames=frames)
     parts = dict.fromkeys(PARTS, 0)
-    parts["patch_embed"] = f_dim * t_dim * model.patch_size ** 2 * w
+    ph, pw = patch_shape(model.patch_size)
+    parts["patch_embed"] = f_dim * t_dim * ph * pw * w
     for lt in layers:
         t, q = lt.tokens_in, lt.queries or lt.tokens_in
         parts["qkv"] += 3 * t * w * w

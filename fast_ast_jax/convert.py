@@ -40,13 +40,13 @@ import numpy as np
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.bundle import Bundle
 from fast_ast_jax.models import posemb
-from fast_ast_jax.models.ast import AST, grid_shape
+from fast_ast_jax.models.ast import AST, check_same_patch, grid_shape, patch_field, patch_shape
 
 log = logging.getLogger(__name__)
 
 # Fields that fix the parameter shapes: a checkpoint and the model it is loaded into must
-# agree on them.
-ARCH_FIELDS = ("width", "depth", "num_heads", "mlp_dim", "patch_size")
+# agree on them (and on the patch, `check_same_patch`, which an int or a pair can spell).
+ARCH_FIELDS = ("width", "depth", "num_heads", "mlp_dim")
 # Original AST's defaults (reference.md §3.1) for the geometry of a `.pth` / timm import.
 AST_GEOMETRY = dict(fstride=10, tstride=10, frames=1024, num_mel_bins=128)
 HF_PREFIX = "audio_spectrogram_transformer."
@@ -183,13 +183,13 @@ def _depth(sd: dict[str, np.ndarray], pattern: str, *, file: str) -> int:
     return max(found) + 1
 
 
-def _vit_spec(*, width: int, depth: int, mlp_dim: int, patch: int, in_chans: int,
+def _vit_spec(*, width: int, depth: int, mlp_dim: int, patch, in_chans: int,
               num_pos: int, dist: bool, prefix: str = "") -> dict[str, tuple[int, ...]]:
     """Expected shapes of a timm / original-AST ViT backbone."""
     spec = {
         "cls_token": (1, 1, width),
         "pos_embed": (1, num_pos, width),
-        "patch_embed.proj.weight": (width, in_chans, patch, patch),
+        "patch_embed.proj.weight": (width, in_chans, *patch_shape(patch)),
         "patch_embed.proj.bias": (width,),
         "norm.weight": (width,), "norm.bias": (width,),
     }
@@ -330,7 +330,7 @@ def _vit_fields(sd: dict[str, np.ndarray], *, file: str, prefix: str,
                 num_heads: int | None) -> dict[str, Any]:
     """Size of an original-AST / timm backbone from its shapes."""
     width = _need(sd, prefix + "cls_token", file=file, ndim=3)[2]
-    patch = _need(sd, prefix + "patch_embed.proj.weight", file=file, ndim=4)[2]
+    patch = patch_field(_need(sd, prefix + "patch_embed.proj.weight", file=file, ndim=4)[2:])
     mlp_dim = _need(sd, prefix + "blocks.0.mlp.fc1.weight", file=file, ndim=2)[0]
     heads = num_heads if num_heads else max(width // 64, 1)  # DeiT/ViT: head_dim 64
     return dict(width=width, depth=_depth(sd, re.escape(prefix) + r"blocks\.(\d+)\.", file=file),
@@ -471,6 +471,7 @@ def _source_grid(src: _Source, target: AST, num_pos: int, prefix: int) -> tuple[
 def _adapt(src: _Source, target: AST, *, seed: int,
            source_grid: tuple[int, int] | None) -> dict[str, Any]:
     """Params of `src` for `target`: position grid, DIST token and head adapted."""
+    check_same_patch(weights=src.fields["patch_size"], model=target.patch_size, where=src.file)
     for field in ARCH_FIELDS:
         if getattr(target, field) != src.fields[field]:
             raise ValueError(f"{src.file}: checkpoint has {field}={src.fields[field]}, the "
@@ -588,6 +589,9 @@ def load(path: str | Path, *, num_classes: int | None = None,
     fields["num_classes"] = n or 527
     if dist_token is not None:
         fields["dist_token"] = dist_token
+    if "patch_size" in model_fields:
+        check_same_patch(weights=fields["patch_size"], model=model_fields["patch_size"],
+                         where=str(src.file))
     for k, v in model_fields.items():
         if k in ARCH_FIELDS and v != fields[k]:
             raise ValueError(f"{src.file}: checkpoint has {k}={fields[k]}, cannot set {k}={v}")

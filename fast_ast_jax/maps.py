@@ -21,7 +21,7 @@ from fast_ast_jax import models, packing, viz
 from fast_ast_jax.audio.fbank import num_frames
 from fast_ast_jax.audio.features import features
 from fast_ast_jax.bundle import Bundle
-from fast_ast_jax.models import AST
+from fast_ast_jax.models import AST, patch_shape
 from fast_ast_jax.windows import elastic_row
 
 
@@ -40,7 +40,8 @@ def _source(bundle: Bundle, wave: np.ndarray, overrides: dict[str, Any]
     if models.is_packed(model):
         tokens, fe = elastic_row(model, bundle)  # the packed row, its hop and window
         n = num_frames(len(wave), window_size=fe.window_size, hop_size=fe.hop_size)
-        x = features(wave, frontend=fe)[:max(min(n, fe.target_frames), model.patch_size)]
+        x = features(wave, frontend=fe)[:max(min(n, fe.target_frames),
+                                             patch_shape(model.patch_size)[1])]
         sample = packing.patchify(x, patch_size=model.patch_size, fstride=model.fstride,
                                   tstride=model.tstride)
         f_dim = int(sample[1][:, 0].max()) + 1

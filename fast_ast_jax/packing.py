@@ -20,28 +20,30 @@ from typing import Sequence
 
 import numpy as np
 
-from fast_ast_jax.models.ast import grid_shape
+from fast_ast_jax.models.ast import grid_shape, patch_shape
 
 
-def patchify(fbank: np.ndarray, *, patch_size: int = 16, fstride: int = 16,
+def patchify(fbank: np.ndarray, *, patch_size: int | tuple[int, int] = 16, fstride: int = 16,
              tstride: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Cut a (frames, mel) fbank into patches, frequency-major like AST's conv.
+    """Cut a (frames, mel) fbank into patches of (ph, pw) = patch_shape(patch_size)
+    (frequency bins, frames), frequency-major like AST's conv.
 
     Returns:
-        patches: (f_dim * t_dim, patch_size * patch_size) float32; the vector of a patch is
-            ordered (p_freq, p_time), i.e. index = p_freq * patch_size + p_time, so a
-            linear layer on it equals AST's conv with kernel (p_freq, p_time, 1, W).
+        patches: (f_dim * t_dim, ph * pw) float32; the vector of a patch is ordered
+            (p_freq, p_time), i.e. index = p_freq * pw + p_time, so a linear layer on it
+            equals AST's conv with kernel (ph, pw, 1, W).
         positions: (f_dim * t_dim, 2) int32 (frequency index, time index).
     """
     frames, bins = fbank.shape
+    ph, pw = patch_shape(patch_size)
     f_dim, t_dim = grid_shape(frames=frames, num_mel_bins=bins, patch_size=patch_size,
                               fstride=fstride, tstride=tstride)
     spec = np.ascontiguousarray(np.asarray(fbank, np.float32).T)  # (F, T): height = freq
     sf, st = spec.strides
     windows = np.lib.stride_tricks.as_strided(
-        spec, shape=(f_dim, t_dim, patch_size, patch_size),
+        spec, shape=(f_dim, t_dim, ph, pw),
         strides=(sf * fstride, st * tstride, sf, st), writeable=False)
-    patches = windows.reshape(f_dim * t_dim, patch_size * patch_size).copy()
+    patches = windows.reshape(f_dim * t_dim, ph * pw).copy()
     ff, tt = np.meshgrid(np.arange(f_dim), np.arange(t_dim), indexing="ij")
     positions = np.stack([ff.ravel(), tt.ravel()], axis=1).astype(np.int32)
     return patches, positions

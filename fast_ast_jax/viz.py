@@ -1,9 +1,9 @@
 """PNG maps of token reduction over the input spectrogram: ToMe groups, TopK kept patches.
 
-Patches overlap when the stride is below 16, so pixels cannot be mapped to patches exactly
-(reference.md §2.5); the (f_dim, t_dim) token grid is instead stretched over the fbank
-image: cell (f, t) covers the f-th band of mel bins (low frequencies at the bottom) and the
-t-th band of frames.
+Patches overlap when a stride is below the patch's side, so pixels cannot be mapped to
+patches exactly (reference.md §2.5); the (f_dim, t_dim) token grid is instead stretched
+over the fbank image: cell (f, t) covers the f-th band of mel bins (low frequencies at
+the bottom) and the t-th band of frames.
 """
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ from fast_ast_jax.audio.fbank_jax import device_features, samples_for_frames
 from fast_ast_jax.audio.features import normalize
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.bundle import Bundle
-from fast_ast_jax.models import ElasticAST, grid_shape
+from fast_ast_jax.models import ElasticAST, grid_shape, patch_shape
 
 
 @dataclasses.dataclass
@@ -98,29 +98,29 @@ def elastic_row(model: ElasticAST, bundle: Bundle) -> tuple[int, FrontEnd]:
     hop = float(e.eval_hops_ms[0]) if e is not None else fe.frame_shift_ms
     return tokens, dataclasses.replace(
         fe, frame_shift_ms=hop, frame_length_ms=max(fe.frame_length_ms, hop),
-        target_frames=(t_dim - 1) * model.tstride + model.patch_size)
+        target_frames=(t_dim - 1) * model.tstride + patch_shape(model.patch_size)[1])
 
 
 def packed_rows(x: jax.Array, frames: jax.Array, *, model: ElasticAST, tokens: int
                 ) -> dict[str, jax.Array]:
     """Each window alone in one packed row of `tokens` tokens, at its own length: what
     `packing.pack(..., max_slots=1)` makes of the windows' patches (`packing.patchify` of
-    their first max(frames, patch_size) frames), as a jittable function.
+    their first max(frames, patch frames) frames), as a jittable function.
 
     x: (B, T, bins) features; frames: (B,) int real frames per window. Returns the packed
-    model input: patches (B, tokens, p*p), segment_ids (B, tokens), positions (B, tokens,
-    2), slot_index (B, 1).
+    model input: patches (B, tokens, ph*pw) ((ph, pw) = the model's patch_shape),
+    segment_ids (B, tokens), positions (B, tokens, 2), slot_index (B, 1).
     """
-    p, fs, ts = model.patch_size, model.fstride, model.tstride
+    (ph, pw), fs, ts = patch_shape(model.patch_size), model.fstride, model.tstride
     batch, window, bins = x.shape
-    f_dim, t_all = grid_shape(frames=window, num_mel_bins=bins, patch_size=p, fstride=fs,
-                              tstride=ts)
+    f_dim, t_all = grid_shape(frames=window, num_mel_bins=bins, patch_size=(ph, pw),
+                              fstride=fs, tstride=ts)
     # Every patch of the full window, frequency-major, each vector ordered (p_freq, p_time).
-    freq = (np.arange(f_dim) * fs)[:, None, None, None] + np.arange(p)[None, None, :, None]
-    time = (np.arange(t_all) * ts)[None, :, None, None] + np.arange(p)[None, None, None, :]
-    grid = x[:, time, freq].reshape(batch, f_dim * t_all, p * p)
+    freq = (np.arange(f_dim) * fs)[:, None, None, None] + np.arange(ph)[None, None, :, None]
+    time = (np.arange(t_all) * ts)[None, :, None, None] + np.arange(pw)[None, None, None, :]
+    grid = x[:, time, freq].reshape(batch, f_dim * t_all, ph * pw)
     # Token j of a window with `cols` patch columns is patch (j // cols, j % cols).
-    cols = (jnp.maximum(jnp.asarray(frames, jnp.int32), p) - p) // ts + 1
+    cols = (jnp.maximum(jnp.asarray(frames, jnp.int32), pw) - pw) // ts + 1
     j = jnp.arange(tokens)[None, :]
     valid = j < f_dim * cols[:, None]
     f, t = j // cols[:, None], j % cols[:, None]

@@ -428,3 +428,21 @@ def test_error_architecture_mismatch(original_ckpt):
     with pytest.raises(ValueError, match="checkpoint has mlp_dim=256, the model has "
                                          "mlp_dim=512"):
         convert.load_into(model, path)
+
+
+def test_error_patch_mismatch_names_both_patches(original_ckpt):
+    """16x16 pretrained weights do not fit another patch: one line naming both, whether the
+    model is given (load_into, init_from) or the patch is asked of load."""
+    _, path = original_ckpt
+    frames = convert.load(path, frames=256).model.clone(patch_size=(128, 2), fstride=128,
+                                                        tstride=2)
+    for fn in (lambda: convert.load_into(frames, path),
+               lambda: convert.load(path, frames=256, patch_size=(128, 2), fstride=128,
+                                    tstride=2)):
+        with pytest.raises(ValueError, match=r"holds weights for 16x16 patches, the model "
+                                             r"has 128x2 patches \(patch_size=\(128, 2\)\); "
+                                             r"use patch_size=16") as e:
+            fn()
+        assert "\n" not in str(e.value)
+    # the same patch spelt as a pair is the same patch
+    assert convert.load(path, frames=256, patch_size=(16, 16)).model.grid() == (12, 25)

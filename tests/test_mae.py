@@ -57,11 +57,17 @@ def test_bad_mask_ratio_is_one_clear_error():
         _mae(mask_ratio=1.0).num_visible
 
 
-def test_encoder_arrays_shrink_to_the_visible_patches():
-    model = _mae(mask_ratio=0.75)
+# (patch, strides, N, values per patch): 16x16 -> a 4 x 8 grid; SSAST's frame patches over
+# all 64 bins x 2 frames -> 1 x 64; 16 bins x 8 frames -> 4 x 16.
+PATCHES = [(16, (16, 16), 32, 256), ((64, 2), (64, 2), 64, 128), ((16, 8), (16, 8), 64, 128)]
+
+
+@pytest.mark.parametrize("patch,strides,n,dim", PATCHES)
+def test_encoder_arrays_shrink_to_the_visible_patches(patch, strides, n, dim):
+    model = _mae(mask_ratio=0.75, patch_size=patch, fstride=strides[0], tstride=strides[1])
     x, key = _inputs(), jax.random.PRNGKey(0)
-    prefix, n, v = 2, 32, 8
-    assert model.num_visible == v
+    prefix, v = 2, n // 4
+    assert model.num_patches == n and model.num_visible == v
 
     def run(x, key):
         variables = model.init(jax.random.PRNGKey(1), x, key=key)
@@ -74,8 +80,8 @@ def test_encoder_arrays_shrink_to_the_visible_patches():
     for i in range(model.depth):  # the encoder never holds the masked patches
         chex.assert_shape(inter["encoder"][f"block_{i}"]["__call__"][0], (2, prefix + v, 64))
     chex.assert_shape(inter["decoder"]["block_0"]["__call__"][0], (2, prefix + n, 32))
-    chex.assert_shape(out.pred, (2, n, 16 * 16))
-    chex.assert_shape(out.target, (2, n, 16 * 16))
+    chex.assert_shape(out.pred, (2, n, dim))
+    chex.assert_shape(out.target, (2, n, dim))
     chex.assert_shape([out.visible, out.masked, out.loss], [(2, v), (2, n - v), (2,)])
 
 
@@ -96,26 +102,28 @@ def test_one_compilation_serves_every_mask():
     assert not np.allclose(outs[0].loss, outs[1].loss)
 
 
-@pytest.mark.parametrize("fstride,tstride", [(16, 16), (10, 12)])
-def test_patches_are_what_the_patch_embedding_sees(fstride, tstride):
-    """extract_patches @ kernel == AST's conv patch embedding, overlapping or not; folding
-    them back restores every covered fbank value."""
+@pytest.mark.parametrize("patch,fstride,tstride", [(16, 16, 16), (16, 10, 12), ((64, 2), 64, 2),
+                                                  ((16, 8), 10, 6)])
+def test_patches_are_what_the_patch_embedding_sees(patch, fstride, tstride):
+    """extract_patches @ kernel == AST's conv patch embedding, overlapping or not, square or
+    not; folding them back restores every covered fbank value."""
     model = ast.create_ast("tiny", **{**SMALL, "fstride": fstride, "tstride": tstride},
-                           num_classes=3)
+                           patch_size=patch, num_classes=3)
+    ph, pw = ast.patch_shape(patch)
     x = _inputs(batch=2, frames=128, bins=64)
     params = model.init(jax.random.PRNGKey(0), x)["params"]
     _, state = model.apply({"params": params}, x, capture_intermediates=lambda m, _: (
         m.name == "patch_embed"), mutable=["intermediates"])
     conv = state["intermediates"]["patch_embed"]["__call__"][0]  # (B, f_dim, t_dim, W)
-    patches = mae.extract_patches(x, patch_size=16, fstride=fstride, tstride=tstride)
+    patches = mae.extract_patches(x, patch_size=patch, fstride=fstride, tstride=tstride)
     f_dim, t_dim = model.grid()
-    chex.assert_shape(patches, (2, f_dim * t_dim, 256))
-    kernel = params["patch_embed"]["kernel"].reshape(256, -1)
+    chex.assert_shape(patches, (2, f_dim * t_dim, ph * pw))
+    kernel = params["patch_embed"]["kernel"].reshape(ph * pw, -1)
     expected = patches @ kernel + params["patch_embed"]["bias"]
     np.testing.assert_allclose(conv.reshape(expected.shape), expected, atol=2e-5)
-    folded = mae.fold_patches(patches, frames=128, num_mel_bins=64, patch_size=16,
+    folded = mae.fold_patches(patches, frames=128, num_mel_bins=64, patch_size=patch,
                               fstride=fstride, tstride=tstride)
-    covered_f, covered_t = (f_dim - 1) * fstride + 16, (t_dim - 1) * tstride + 16
+    covered_f, covered_t = (f_dim - 1) * fstride + ph, (t_dim - 1) * tstride + pw
     np.testing.assert_allclose(folded[:, :covered_t, :covered_f],
                                x[:, :covered_t, :covered_f], atol=1e-5)
     assert not np.any(folded[:, covered_t:]) and not np.any(folded[:, :, covered_f:])
@@ -254,3 +262,20 @@ def test_pretraining_macs_are_a_fraction_of_a_supervised_forward():
     step = encoder.total + model.decoder_macs()
     assert supervised.total / step == pytest.approx(4.18, abs=0.01)
     assert supervised.total / step >= 3.0
+
+
+def test_frame_patch_macs_count_the_patch_it_has():
+    """128x2 frame patches (SSAST) over 1024 frames: N = 512 tokens of 256 values each, so
+    the embedding and the decoder's prediction count 128 * 2 values per patch."""
+    model = mae.create_mae("base", mask_ratio=0.75, patch_size=(128, 2), fstride=128,
+                           tstride=2)
+    n, v, w, d = 512, 128, 768, 128
+    assert model.grid() == (1, n) and model.num_visible == v
+    macs = bench.ast_macs(model)
+    assert macs.parts["patch_embed"] == n * 128 * 2 * w
+    t = 2 + n
+    assert model.decoder_macs() == (2 + v) * w * d + 2 * (12 * t * d * d + 2 * t * t * d) \
+        + n * d * 256
+    supervised = bench.ast_macs(ast.create_ast("base", patch_size=(128, 2), fstride=128,
+                                               tstride=2))
+    assert supervised.layers[0].tokens_in == 2 + n

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fast_ast_jax.models import AST, SIZES, create_ast, grid_shape
+from fast_ast_jax.models import AST, SIZES, create_ast, grid_shape, patch_shape
 
 # A small AST for the geometry tests (the sizes themselves are covered below).
 MINI = dict(width=64, depth=2, num_heads=2, mlp_dim=128, num_classes=5)
@@ -50,22 +50,45 @@ def test_sizes(size, frames, batch):
     chex.assert_tree_all_finite(out)
 
 
-@pytest.mark.parametrize("frames,fstride,tstride,grid", [
-    (1024, 10, 10, (12, 101)), (512, 10, 10, (12, 50)), (128, 10, 10, (12, 12)),
-    (1024, 16, 16, (8, 64)), (1024, 12, 12, (10, 85)), (100, 12, 14, (10, 7)),
+@pytest.mark.parametrize("frames,patch,fstride,tstride,grid", [
+    (1024, 16, 10, 10, (12, 101)), (512, 16, 10, 10, (12, 50)), (128, 16, 10, 10, (12, 12)),
+    (1024, 16, 16, 16, (8, 64)), (1024, 16, 12, 12, (10, 85)), (100, 16, 12, 14, (10, 7)),
+    # non-square: SSAST's frame patches (all 128 bins x 2 frames), and 16 bins x 8 frames
+    (1024, (128, 2), 128, 2, (1, 512)), (128, (128, 2), 128, 2, (1, 64)),
+    (128, (16, 8), 16, 8, (8, 16)), (100, (16, 8), 10, 6, (12, 16)),
 ])
-def test_geometry(frames, fstride, tstride, grid):
-    """Grid sizes of reference.md §3.1; the model runs under jit at each geometry."""
-    assert grid_shape(frames=frames, num_mel_bins=128, patch_size=16, fstride=fstride,
+def test_geometry(frames, patch, fstride, tstride, grid):
+    """Grid sizes of reference.md §3.1 (and of non-square patches); the model runs under
+    jit at each geometry with N = f_dim * t_dim patch tokens from a (ph, pw) kernel."""
+    assert grid_shape(frames=frames, num_mel_bins=128, patch_size=patch, fstride=fstride,
                       tstride=tstride) == grid
     if frames > 512:
         return  # the grid formula is what matters; long inputs are slow on 2 cores
-    model = AST(frames=frames, fstride=fstride, tstride=tstride, **MINI)
+    model = create_ast(frames=frames, patch_size=patch, fstride=fstride, tstride=tstride,
+                       **MINI)
     params = _init(model)
+    chex.assert_shape(params["patch_embed"]["kernel"], (*patch_shape(patch), 1, 64))
     chex.assert_shape(params["pos_embed"], (1, 2 + grid[0] * grid[1], 64))
+    _, state = jax.eval_shape(lambda p, x: model.apply(
+        {"params": p}, x, capture_intermediates=lambda m, _: m.name == "block_0",
+        mutable=["intermediates"]), params, _fbank(2, frames))
+    chex.assert_shape(state["intermediates"]["block_0"]["__call__"][0],
+                      (2, 2 + grid[0] * grid[1], 64))  # the first block's tokens
     out = jax.jit(model.apply)({"params": params}, _fbank(2, frames))
     chex.assert_shape(out, (2, 5))
     chex.assert_tree_all_finite(out)
+
+
+def test_patch_size_is_an_int_or_a_pair():
+    """An int is a square patch and is how one is stored (checkpoints of older versions
+    hold ints); a pair stays a tuple; anything else is one clear error."""
+    assert patch_shape(16) == patch_shape((16,)) == (16, 16)  # (16,): --...patch_size=16
+    assert patch_shape([128, 2]) == (128, 2)
+    assert create_ast("tiny", patch_size=(16, 16)).patch_size == 16
+    assert create_ast("tiny", patch_size=[128, 2], fstride=128, tstride=2).patch_size == (128, 2)
+    for bad in (0, (16, 0), (16, 2.5), (16, 2, 2), "16"):
+        with pytest.raises(ValueError, match=r"patch_size=.*: give an int > 0"):
+            patch_shape(bad)
 
 
 def test_input_checks():
@@ -75,6 +98,8 @@ def test_input_checks():
         model.apply({"params": params}, jnp.zeros((1, 64, 80)))
     with pytest.raises(ValueError, match="smaller than one 16x16 patch"):
         grid_shape(frames=8, num_mel_bins=128, patch_size=16, fstride=10, tstride=10)
+    with pytest.raises(ValueError, match=r"64 mel bins is smaller than one 128x2 patch"):
+        grid_shape(frames=8, num_mel_bins=64, patch_size=(128, 2), fstride=128, tstride=2)
 
 
 def _with_pos(params, pos):

@@ -6,26 +6,51 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fast_ast_jax import packing
+from fast_ast_jax import packing, windows
+from fast_ast_jax.models import ElasticAST, patch_shape
 
 RNG = np.random.default_rng(0)
 
 
-@pytest.mark.parametrize("fstride,tstride", [(16, 16), (10, 10), (12, 8)])
-def test_patchify_matches_ast_conv(fstride, tstride):
+@pytest.mark.parametrize("patch,fstride,tstride", [(16, 16, 16), (16, 10, 10), (16, 12, 8),
+                                                  ((48, 2), 48, 2), ((16, 8), 10, 4)])
+def test_patchify_matches_ast_conv(patch, fstride, tstride):
     import flax.linen as nn
 
+    ph, pw = patch_shape(patch)
     fbank = RNG.normal(size=(70, 48)).astype(np.float32)  # (frames, mel)
-    patches, pos = packing.patchify(fbank, fstride=fstride, tstride=tstride)
-    f_dim, t_dim = (48 - 16) // fstride + 1, (70 - 16) // tstride + 1
-    assert patches.shape == (f_dim * t_dim, 256) and pos.shape == (f_dim * t_dim, 2)
-    np.testing.assert_array_equal(pos[t_dim + 1], [1, 1])  # frequency-major order
-    conv = nn.Conv(8, (16, 16), strides=(fstride, tstride), padding="VALID")
+    patches, pos = packing.patchify(fbank, patch_size=patch, fstride=fstride, tstride=tstride)
+    f_dim, t_dim = (48 - ph) // fstride + 1, (70 - pw) // tstride + 1
+    assert patches.shape == (f_dim * t_dim, ph * pw) and pos.shape == (f_dim * t_dim, 2)
+    np.testing.assert_array_equal(pos, [(f, t) for f in range(f_dim) for t in range(t_dim)])
+    conv = nn.Conv(8, (ph, pw), strides=(fstride, tstride), padding="VALID")
     x = jnp.asarray(fbank.T)[None, ..., None]  # (1, F, T, 1) as in AST.embed
     params = conv.init(jax.random.PRNGKey(0), x)["params"]
     want = conv.apply({"params": params}, x).reshape(-1, 8)
-    got = patches @ np.asarray(params["kernel"]).reshape(256, 8) + np.asarray(params["bias"])
+    got = (patches @ np.asarray(params["kernel"]).reshape(ph * pw, 8)
+           + np.asarray(params["bias"]))
     np.testing.assert_allclose(got, np.asarray(want), atol=1e-4)
+
+
+@pytest.mark.parametrize("patch,fstride,tstride", [(16, 16, 16), ((48, 2), 48, 2),
+                                                  ((16, 8), 10, 4)])
+def test_device_rows_are_the_host_packing(patch, fstride, tstride):
+    """windows.packed_rows (the jitted packing of inference windows) gives each window the
+    row that packing.pack makes of its patchify'd first max(frames, patch frames) frames."""
+    model = ElasticAST(num_classes=2, width=16, depth=1, num_heads=1, mlp_dim=16,
+                       num_mel_bins=48, frames=70, patch_size=patch, fstride=fstride,
+                       tstride=tstride)
+    x = RNG.normal(size=(3, 70, 48)).astype(np.float32)
+    frames = np.array([70, 31, 1])  # whole, part of, less than one patch's frames
+    tokens = 200
+    got = windows.packed_rows(jnp.asarray(x), jnp.asarray(frames), model=model, tokens=tokens)
+    pw = patch_shape(patch)[1]
+    for i, n in enumerate(frames):
+        sample = packing.patchify(x[i, :max(n, pw)], patch_size=patch, fstride=fstride,
+                                  tstride=tstride)
+        want = packing.pack([sample], rows=1, max_tokens=tokens, max_slots=1).arrays()
+        for key in ("patches", "positions", "segment_ids"):
+            np.testing.assert_array_equal(np.asarray(got[key][i]), want[key][0], err_msg=key)
 
 
 def test_assign_rows_greedy_order_preserving_and_slot_limit():

@@ -135,6 +135,70 @@ def test_fine_tune_run_starts_from_the_pretrained_encoder(pretrained, fine_tuned
     assert np.isfinite(final["eval_accuracy"])
 
 
+# SSAST's frame patches on the test configs' 32 mel bins: a patch spans every bin and 2
+# frames, one token per 2-frame column.
+FRAMES = dict(patch_size=(32, 2), fstride=32, tstride=2)
+
+
+@pytest.fixture(scope="module")
+def pretrained_frames(tmp_path_factory):
+    """configs/test_pretrain.py with frame patches, 4 steps, resumed from step 2."""
+    c = load_config("test_pretrain")
+    c.model.update(**FRAMES)
+    c.update(num_steps=2, checkpoint_every=2)
+    workdir = tmp_path_factory.mktemp("pretrain_frames") / "work"
+    loop.train_and_evaluate(c, str(workdir))
+    c.num_steps = 4
+    return workdir, loop.train_and_evaluate(c, str(workdir))
+
+
+def test_frame_patches_pretrain_and_resume(pretrained_frames):
+    workdir, final = pretrained_frames
+    assert final["step"] == 4 and np.isfinite(final["eval_loss"])
+    bundle = checkpoints.load(workdir)
+    model = bundle.model
+    assert model.patch_size == (32, 2) and model.grid() == (1, 24)  # 48 frames
+    chex.assert_shape(bundle.params["encoder"]["patch_embed"]["kernel"], (32, 2, 1, 64))
+    chex.assert_shape(bundle.params["decoder"]["pred"]["kernel"], (32, 64))  # 64 values
+    out = model.apply({"params": bundle.params}, np.zeros((2, 48, 32), np.float32))
+    chex.assert_shape([out.pred, out.visible], [(2, 24, 64), (2, 6)])
+
+
+@pytest.mark.parametrize("kind", ["ast", "elastic"])
+def test_frame_patches_init_from_pretraining(pretrained_frames, kind, tmp_path):
+    """The frame-patch encoder initialises an AST and an ElasticAST with the same patch (one
+    step at lr 0: the encoder as pretrained); a 16x16 model refuses it in one line."""
+    workdir, _ = pretrained_frames
+    c = load_config("test_elastic" if kind == "elastic" else "test")
+    c.model.update(depth=1, tome_r=0, **FRAMES)
+    c.update(num_steps=1, init_from=str(workdir))
+    c.optim.lr = 0.0
+    final = loop.train_and_evaluate(c, str(tmp_path / "ft"))
+    encoder = mae.encoder_params(checkpoints.load(workdir).params)
+    for name in ("patch_embed", "block_0"):
+        chex.assert_trees_all_close(final["state"].params[name], encoder[name])
+    assert final["step"] == 1 and np.isfinite(final["train_loss"])
+    c.model.update(patch_size=(16, 16), fstride=16, tstride=16)
+    _one_line_error(lambda: loop.train_and_evaluate(c, str(tmp_path / "square")),
+                    r"init_from .* holds weights for 32x2 patches, the model has 16x16 "
+                    r"patches \(patch_size=16\); use patch_size=\(32, 2\)")
+
+
+@pytest.mark.parametrize("update,match", [
+    (dict(patch_size=(64, 2), fstride=64), r"^config\.model\.patch_size=\(64, 2\): a patch of "
+     r"64 mel bins is taller than the input's frontend\.num_mel_bins=32"),
+    (dict(patch_size=(32, 64)), r"^config\.model\.patch_size=\(32, 64\): a patch of 64 frames "
+     r"is longer than the input's frontend\.target_frames=48"),
+    (dict(tstride=3), r"^config\.model\.tstride=3: is larger than the patch's 2 frames"),
+    (dict(patch_size=(32, 0)), r"^config\.model\.patch_size=\(32, 0\): give an int > 0"),
+])
+@pytest.mark.parametrize("name", ["test_pretrain", "test"])
+def test_impossible_patches_are_one_line(name, update, match, tmp_path):
+    c = load_config(name)
+    c.model.update(**{**FRAMES, **update})
+    _one_line_error(lambda: loop.train_and_evaluate(c, str(tmp_path / "w")), match)
+
+
 def _one_line_error(fn, match):
     with pytest.raises(ValueError, match=match) as e:
         fn()
@@ -224,18 +288,22 @@ def test_sharded_pretraining_matches_one_device(tmp_path):
     np.testing.assert_allclose(eight["eval_loss"], one["eval_loss"], rtol=1e-4)
 
 
-def test_fsdd_pretrain_then_fine_tune_on_generated_folder(tmp_path):
+@pytest.mark.parametrize("arg", ["fold", "frames"])
+def test_fsdd_pretrain_then_fine_tune_on_generated_folder(tmp_path, arg):
     """configs/fsdd_pretrain.py's two commands (shrunk) on a generated FSDD-like folder:
-    pretraining reads the CSV without its labels, fine-tuning starts from its encoder."""
+    pretraining reads the CSV without its labels, fine-tuning starts from its encoder;
+    `:frames` does both with 128x2 frame patches."""
     rows = [(f"{i}.wav", str(i % 3), "train" if i < 8 else "test") for i in range(12)]
     paths = folder_data(tmp_path, ("filename", "label", "fold"), rows)
-    pre = tiny(load_config("fsdd_pretrain"))
+    bins = 128 if arg == "frames" else 32  # a frame patch spans all 128 bins
+    pre = tiny(load_config("fsdd_pretrain", arg), bins=bins)
     assert pre.model.name == "mae" and pre.data.train.label_column == ""
+    assert pre.model.patch_size == ((128, 2) if arg == "frames" else (16, 16))
     for split in ("train", "eval"):
         pre.data[split].update(paths)
     final = loop.train_and_evaluate(pre, str(tmp_path / "pre"))
     assert np.isfinite(final["eval_loss"]) and final["eval_num_clips"] == 4
-    ft = tiny(load_config("fsdd"))
+    ft = tiny(load_config("fsdd", arg), bins=bins)
     for split in ("train", "eval"):
         ft.data[split].update(paths)
     ft.update(init_from=str(tmp_path / "pre"))

@@ -147,6 +147,19 @@ def test_resume_with_another_model_config_is_refused(tmp_path):
     with pytest.raises(ValueError, match="cannot resume.*model.*depth: checkpoint 2 vs "
                                          "config 1"):
         loop.train_and_evaluate(c, str(tmp_path / "work"))
+    # A square patch is stored as an int, as every checkpoint before patches were pairs
+    # holds it: the config's (16, 16) pair resumes such a checkpoint, another patch does not.
+    ckpt = Checkpointer(tmp_path / "work" / "checkpoints", create=False)
+    _, meta = ckpt.restore()
+    ckpt.close()
+    assert meta["model"]["patch_size"] == 16 and c.model.patch_size == (16, 16)
+    c.model.depth = 2
+    assert loop.train_and_evaluate(c, str(tmp_path / "work"))["step"] == 2
+    c.model.update(patch_size=(32, 2), tstride=2)
+    c.num_steps = 3
+    with pytest.raises(ValueError, match=r"cannot resume.*patch_size: checkpoint 16 vs "
+                                         r"config \[32, 2\]"):
+        loop.train_and_evaluate(c, str(tmp_path / "work"))
 
 
 def test_interrupted_run_resumes_same_order_and_params(tmp_path, monkeypatch):

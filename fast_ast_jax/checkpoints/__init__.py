@@ -24,7 +24,7 @@ from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.bundle import Bundle
 from fast_ast_jax.checkpoints.store import Checkpointer, check_shapes, model_fields_from_meta
 from fast_ast_jax.models import mae as mae_lib, posemb
-from fast_ast_jax.models.ast import AST, ast_twin
+from fast_ast_jax.models.ast import AST, ast_twin, check_same_patch
 
 
 def checkpoint_dir(path: str | Path) -> Path:
@@ -144,6 +144,9 @@ def init_params(path: str | Path, model, *, fresh: dict[str, Any], seed: int = 0
         saved = load(path)
         params = dict(saved.params)
         saved_name = models.model_name(saved.model)
+        if hasattr(saved.model, "patch_size") and hasattr(model, "patch_size"):
+            check_same_patch(weights=saved.model.patch_size, model=model.patch_size,
+                             where=where)
         if saved_name == "mae" and name != "mae":
             return _from_mae(saved, model, fresh=fresh, where=where)
         if saved_name != name and saved_name == "ast" and from_ast is not None:

@@ -54,17 +54,18 @@ from fast_ast_jax.audio.io import AudioError
 from fast_ast_jax.data.core import BadClips, host_share, save_cache
 from fast_ast_jax.data.loader import Loadable
 from fast_ast_jax.data.pipeline import Augment, target, teacher_rows
-from fast_ast_jax.models.ast import grid_shape
+from fast_ast_jax.models.ast import grid_shape, patch_shape
 
 
 @dataclasses.dataclass(frozen=True)
 class PackSpec:
-    """The static shape of a packed batch and the patch grid."""
+    """The static shape of a packed batch and the patch grid (patch_size: an int or a
+    (frequency, time) pair, models.ast.patch_shape)."""
 
     rows: int = 4
     max_tokens: int = 512
     max_slots: int = 16
-    patch_size: int = 16
+    patch_size: int | tuple[int, int] = 16
     fstride: int = 16
     tstride: int = 16
 
@@ -72,6 +73,17 @@ class PackSpec:
         if min(self.rows, self.max_tokens, self.max_slots) < 1:
             raise ValueError(f"PackSpec rows={self.rows}, max_tokens={self.max_tokens}, "
                              f"max_slots={self.max_slots} must all be >= 1")
+
+    @property
+    def patch_frames(self) -> int:
+        """Frames one patch spans: the shortest clip (shorter ones are zero-padded)."""
+        return patch_shape(self.patch_size)[1]
+
+    @property
+    def patch_dim(self) -> int:
+        """Values per patch vector: ph * pw."""
+        ph, pw = patch_shape(self.patch_size)
+        return ph * pw
 
 
 class PackedPipeline(Loadable):
@@ -122,9 +134,9 @@ class PackedPipeline(Loadable):
         if not hops_ms:
             raise ValueError("hops_ms is empty: give at least one frame shift in ms")
         augment_lib.check_no_mixup(augment.mixup)
-        if max_frames < spec.patch_size:
+        if max_frames < spec.patch_frames:
             raise ValueError(f"max_frames={max_frames} is shorter than one patch "
-                             f"({spec.patch_size} frames)")
+                             f"({spec.patch_frames} frames)")
         self.process_index, self.local_rows = host_share(
             spec.rows, what="config.elastic.rows" if train else
             "the eval rows (config.eval_batch_size, 0 = config.elastic.rows)",
@@ -169,9 +181,9 @@ class PackedPipeline(Loadable):
             else:
                 feats = np.asarray(fbank(wave, frontend=fe, rng=rng), np.float32)
             feats = feats[:self.max_frames]
-            if len(feats) < self.spec.patch_size:
+            if len(feats) < self.spec.patch_frames:
                 feats = np.concatenate([feats, np.zeros(
-                    (self.spec.patch_size - len(feats), feats.shape[1]), np.float32)])
+                    (self.spec.patch_frames - len(feats), feats.shape[1]), np.float32)])
             out = (feats, target(ex["label"], num_classes=self.num_classes))
             if self._cache is None:
                 return out
@@ -188,13 +200,13 @@ class PackedPipeline(Loadable):
                 fe = self._frontends[hop_ms]
                 n = num_frames(len(self.source[index]["audio"]), window_size=fe.window_size,
                                hop_size=fe.hop_size)
-                self._frames[key] = max(min(n, self.max_frames), self.spec.patch_size)
+                self._frames[key] = max(min(n, self.max_frames), self.spec.patch_frames)
         return self._frames[key]
 
     def _fill_cache(self, cache_dir: Path, cache_key: str, hop: float) -> None:
         """Every clip's fbank at `hop`, from (or else into) an .npz in cache_dir."""
         key = json.dumps([cache_key, self.frontend.to_json(), hop, self.max_frames,
-                          self.spec.patch_size])
+                          self.spec.patch_frames])
         path = cache_dir / f"packed-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
         n = len(self.source)
         if path.is_file():
@@ -325,7 +337,7 @@ class PackedPipeline(Loadable):
                     teachers.append(self._teacher[i])
         packed = packing.pack_rows(samples, assignment, max_tokens=self.spec.max_tokens,
                                    max_slots=self.spec.max_slots,
-                                   dim=self.spec.patch_size ** 2)
+                                   dim=self.spec.patch_dim)
         per_clip = lambda values: np.asarray(values, np.float32).reshape(
             len(samples), self.num_classes)
         # Slots name source examples (not positions in this batch) so outputs can be

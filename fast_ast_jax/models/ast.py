@@ -1,12 +1,14 @@
 """Audio Spectrogram Transformer (AST) in Flax linen.
 
 Follows the original AST / HF `ASTForAudioClassification` (reference.md §3.1, §4):
-16x16 conv patches with (frequency, time) strides over a (frames, mel) fbank, frequency-
+16x16 conv patches (or any (frequency, time) patch, `patch_shape`, e.g. SSAST's 128x2
+frame patches) with (frequency, time) strides over a (frames, mel) fbank, frequency-
 major tokens, CLS (+ DIST) tokens, a learned positional embedding, pre-LN blocks with
 exact GELU, final LayerNorm, and a head (LayerNorm + Dense) on the mean of CLS and DIST.
 
 Parameter tree (what `fast_ast_jax.convert` fills):
-    patch_embed/{kernel (16,16,1,W), bias}   cls_token (1,1,W)   dist_token (1,1,W)
+    patch_embed/{kernel (ph,pw,1,W), bias}   ((ph, pw) = patch_shape(patch_size): 16x16)
+    cls_token (1,1,W)   dist_token (1,1,W)
     pos_embed (1, prefix + f_dim*t_dim, W)
     block_{i}/{norm1, attn/qkv (W,3,H,D), attn/out (H,D,W), norm2, mlp/fc1, mlp/fc2}
     norm   head_norm   head (W, num_classes)
@@ -14,6 +16,7 @@ Parameter tree (what `fast_ast_jax.convert` fills):
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import warnings
 from typing import Any, Callable, NamedTuple
 
@@ -32,14 +35,49 @@ SIZES: dict[str, dict[str, int]] = {
 }
 
 
-def grid_shape(*, frames: int, num_mel_bins: int, patch_size: int, fstride: int,
+def patch_shape(patch_size) -> tuple[int, int]:
+    """(frequency bins, time frames) of one patch from a `patch_size` field: an int p (a p x
+    p square, AST's 16) or a (frequency, time) pair (e.g. SSAST's (128, 2) frame patches,
+    which span every mel bin and 2 frames; a list from JSON metadata is a pair too)."""
+    pair = (patch_size,) if isinstance(patch_size, numbers.Integral) else tuple(patch_size)
+    if len(pair) == 1:  # a square; ml_collections parses --config.model.patch_size=16 to (16,)
+        pair = pair * 2
+    if len(pair) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                                 and v > 0 for v in pair):
+        raise ValueError(f"patch_size={patch_size!r}: give an int > 0 (a square patch) or a "
+                         "(frequency bins, time frames) pair of ints > 0, e.g. (128, 2)")
+    return int(pair[0]), int(pair[1])
+
+
+def patch_field(patch_size) -> int | tuple[int, int]:
+    """The one stored form of a `patch_size` field: an int for a square patch (what every
+    checkpoint holds that was written before patches were pairs, so those still resume and
+    compare equal), else the (frequency, time) tuple."""
+    ph, pw = patch_shape(patch_size)
+    return ph if ph == pw else (ph, pw)
+
+
+def check_same_patch(*, weights, model, where: str) -> None:
+    """Raise ValueError unless weights made with patch `weights` fit a model with patch
+    `model` (both `patch_size` fields): the conv kernel and what every token means depend
+    on it, so no pretrained weights carry over to another patch."""
+    (wh, ww), (mh, mw) = patch_shape(weights), patch_shape(model)
+    if (wh, ww) != (mh, mw):
+        raise ValueError(f"{where} holds weights for {wh}x{ww} patches, the model has {mh}x"
+                         f"{mw} patches (patch_size={model!r}); use patch_size={weights!r}, or "
+                         "train that patch from scratch or from a masked pretraining "
+                         "(model.name 'mae') with it")
+
+
+def grid_shape(*, frames: int, num_mel_bins: int, patch_size, fstride: int,
                tstride: int) -> tuple[int, int]:
-    """(f_dim, t_dim): number of patches along frequency and time (no padding)."""
-    if frames < patch_size or num_mel_bins < patch_size:
+    """(f_dim, t_dim): number of patches along frequency and time (no padding), for a
+    `patch_size` int or (frequency, time) pair (`patch_shape`)."""
+    ph, pw = patch_shape(patch_size)
+    if frames < pw or num_mel_bins < ph:
         raise ValueError(f"input of {frames} frames x {num_mel_bins} mel bins is smaller "
-                         f"than one {patch_size}x{patch_size} patch")
-    return ((num_mel_bins - patch_size) // fstride + 1,
-            (frames - patch_size) // tstride + 1)
+                         f"than one {ph}x{pw} patch ({ph} mel bins x {pw} frames)")
+    return (num_mel_bins - ph) // fstride + 1, (frames - pw) // tstride + 1
 
 
 class Mlp(nn.Module):
@@ -127,7 +165,7 @@ class Backbone(nn.Module):
     depth: int = 12
     num_heads: int = 12
     mlp_dim: int = 3072
-    patch_size: int = 16
+    patch_size: int | tuple[int, int] = 16
     fstride: int = 10
     tstride: int = 10
     num_mel_bins: int = 128
@@ -172,7 +210,12 @@ class AST(Encoder):
     Attributes:
         num_classes: output logits.
         width, depth, num_heads, mlp_dim: transformer size (see `SIZES`).
-        patch_size, fstride, tstride: conv patches and their strides.
+        patch_size: the conv patch: an int p (p x p, AST's 16; what pretrained weights
+            have) or a (frequency bins, time frames) pair such as SSAST's (128, 2) (a patch
+            spans all 128 mel bins and 2 frames: one token per 2-frame column), kept in
+            `patch_field`'s form (an int when square).
+        fstride, tstride: the patches' strides (<= the patch's side for full coverage,
+            e.g. fstride=128, tstride=2 with (128, 2) patches).
         num_mel_bins, frames: the input the positional embedding is sized for. Inputs with
             another frame count are accepted: the time axis of the position grid is then cut
             (first columns) or bilinearly interpolated at trace time.
@@ -308,7 +351,7 @@ def embed_tokens(model: nn.Module, x):
     b, frames, _ = x.shape
     # (B, T, F) -> (B, F, T, 1): height = frequency, width = time, as in AST.
     x = jnp.transpose(x, (0, 2, 1))[..., None].astype(model.dtype)
-    x = nn.Conv(model.width, (model.patch_size, model.patch_size),
+    x = nn.Conv(model.width, patch_shape(model.patch_size),
                 strides=(model.fstride, model.tstride), padding="VALID", dtype=model.dtype,
                 name="patch_embed")(x)
     x = x.reshape(b, -1, model.width)  # frequency-major: token = f * t_dim + t
@@ -498,6 +541,8 @@ def ast_fields(size: str = "base", *, cls: type[nn.Module] | None = None, **over
     fields = {f.name: f.default for f in dataclasses.fields(cls) if f.name in known
               and f.default is not dataclasses.MISSING}
     fields.update(SIZES[size], **overrides)
+    if "patch_size" in fields:
+        fields["patch_size"] = patch_field(fields["patch_size"])
     if isinstance(fields.get("dtype"), str):
         fields["dtype"] = jnp.dtype(fields["dtype"])
     return fields
@@ -536,10 +581,33 @@ def require(config, ok: bool, field: str, rule: str) -> None:
         raise ValueError(f"config.{field}={value!r}: {rule}")
 
 
+def check_patch(config, frontend) -> None:
+    """config.model.patch_size and the strides: a patch that fits the front-end's input
+    (frontend.num_mel_bins x target_frames) and strides no larger than the patch (a larger
+    one would skip the bins or frames between patches)."""
+    m = config.model
+    try:
+        ph, pw = patch_shape(m.get("patch_size", Backbone.patch_size))
+    except ValueError as e:
+        raise ValueError(f"config.model.{e}") from None
+    need = lambda ok, field, rule: require(config, ok, field, rule)
+    need(ph <= frontend.num_mel_bins, "model.patch_size",
+         f"a patch of {ph} mel bins is taller than the input's frontend.num_mel_bins="
+         f"{frontend.num_mel_bins}; use at most that many")
+    need(pw <= frontend.target_frames, "model.patch_size",
+         f"a patch of {pw} frames is longer than the input's frontend.target_frames="
+         f"{frontend.target_frames}")
+    for field, side, what in (("fstride", ph, "mel bins"), ("tstride", pw, "frames")):
+        need(m[field] <= side, f"model.{field}",
+             f"is larger than the patch's {side} {what} (model.patch_size={m.patch_size}), "
+             f"which would skip the {what} between patches; use {field} <= {side}")
+
+
 def check_config(config, frontend) -> None:
     """config.model of an AST (or the AST an ElasticAST shares fields with): the token plan
     (strides, heads, ToMe r, TopK layers) for the front-end's input, from the fields
     alone (no model is built); warns when ToMe's r is clamped in the first block."""
+    check_patch(config, frontend)
     try:
         fields = ast_fields(config.model.size, num_classes=2,
                             num_mel_bins=frontend.num_mel_bins, frames=frontend.target_frames,

@@ -6,13 +6,13 @@ each token's own sample, and one pooled vector per sample feeds the head. Same p
 names and shapes as `models.ast.AST` wherever the two share a part, so a trained AST runs
 packed as it is (the packed path simply does not use cls_token/dist_token):
 
-    patch_embed/{kernel (p,p,1,W), bias}   applied as a Dense on (p_freq, p_time) patches
+    patch_embed/{kernel (ph,pw,1,W), bias}   applied as a Dense on (p_freq, p_time) patches
     pos_embed (1, prefix + f*t, W)         pos_embedding="ast": gathered at f * t_dim + t
     pos_embed_freq (f, W), pos_embed_time (t_max, W)   pos_embedding="factorised"
     block_{i}/...   norm   head_norm   head              as in AST
     attn_pool_query (W,), attn_pool/{q, kv, out}        pool="attn" only
 
-Input: a dict with `patches` (R, L, p*p) float32, `segment_ids` (R, L) int (1..S, 0 =
+Input: a dict with `patches` (R, L, ph*pw) float32, `segment_ids` (R, L) int (1..S, 0 =
 padding), `positions` (R, L, 2) int (frequency, time) patch index and `slot_index` (R, S)
 int (-1 = empty slot; only its shape S and its validity are used here). Output: logits
 (R, S, num_classes) float32 and a (R, S) bool mask of the slots that hold a sample;
@@ -34,8 +34,8 @@ from fast_ast_jax.audio.augment import check_no_mixup
 from fast_ast_jax.models import packed_reduce, posemb
 from fast_ast_jax.models import ast
 from fast_ast_jax.models.ast import (SCHEDULE_FIELDS, Block, Encoder, create_ast, field_names,
-                                     grid_shape, model_overrides, reduction_schedule,
-                                     require)
+                                     grid_shape, model_overrides, patch_shape,
+                                     reduction_schedule, require)
 from fast_ast_jax.models.attention import dot_product_attention
 from fast_ast_jax.models.tome import merge_source, merge_wavg
 
@@ -44,22 +44,23 @@ POOLS = ("attn", "mean")
 
 
 class PatchEmbed(nn.Module):
-    """AST's conv patch embedding applied to pre-cut patches: (..., p*p) -> (..., W)."""
+    """AST's conv patch embedding applied to pre-cut patches: (..., ph*pw) -> (..., W),
+    (ph, pw) = ast.patch_shape(patch_size)."""
 
     width: int
-    patch_size: int = 16
+    patch_size: int | tuple[int, int] = 16
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, patches):
-        p = self.patch_size
-        if patches.shape[-1] != p * p:
-            raise ValueError(f"patches have {patches.shape[-1]} values, expected "
-                             f"patch_size**2 = {p * p} (packing.patchify's layout)")
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (p, p, 1, self.width))
+        ph, pw = patch_shape(self.patch_size)
+        if patches.shape[-1] != ph * pw:
+            raise ValueError(f"patches have {patches.shape[-1]} values, expected {ph * pw} "
+                             f"for {ph}x{pw} patches (packing.patchify's layout)")
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (ph, pw, 1, self.width))
         bias = self.param("bias", nn.initializers.zeros, (self.width,))
-        # Row-major reshape: index p_freq * p + p_time, exactly patchify's vector order.
-        kernel = kernel.reshape(p * p, self.width).astype(self.dtype)
+        # Row-major reshape: index p_freq * pw + p_time, exactly patchify's vector order.
+        kernel = kernel.reshape(ph * pw, self.width).astype(self.dtype)
         return patches.astype(self.dtype) @ kernel + bias.astype(self.dtype)
 
 
@@ -307,12 +308,13 @@ def check_config(config, frontend) -> None:
         need(len(e[name]) > 0 and all(h > 0 for h in e[name]), f"elastic.{name}",
              "give one or more frame shifts > 0 ms")
     need(len(e.eval_max_frames) > 0, "elastic.eval_max_frames", "give one or more caps")
-    patch = ElasticAST.patch_size
+    patch = m.get("patch_size", ElasticAST.patch_size)
+    patch_frames = patch_shape(patch)[1]
     for name, caps, keep in (("max_frames", [e.max_frames], 1.0 - e.token_dropout),
                              ("eval_max_frames", list(e.eval_max_frames), 1.0)):
         for frames in caps:
-            need(frames >= patch, f"elastic.{name}", f"every cap must be >= {patch} frames "
-                 "(one patch)")
+            need(frames >= patch_frames, f"elastic.{name}", f"every cap must be >= "
+                 f"{patch_frames} frames (one patch)")
             f_dim, t_dim = grid_shape(frames=frames, num_mel_bins=frontend.num_mel_bins,
                                       patch_size=patch, fstride=m.fstride, tstride=m.tstride)
             tokens = max(1, int(f_dim * t_dim * keep))

@@ -24,9 +24,10 @@ Parameter tree:
         encoder drops into an AST, or through `elastic.params_from_ast` an ElasticAST
     decoder/{embed, mask_token, pos_embed, block_{i}, norm, pred}
 
-Patch vectors (targets and predictions) are (p_freq, p_time) row-major, the order of the
-patch-embedding kernel (p, p, 1, W) and of `packing.patchify`: patch n of the grid is the
-conv's input window at (frequency row n // t_dim, time column n % t_dim).
+Patch vectors (targets and predictions) hold ph * pw values ((ph, pw) = the patch's
+frequency bins and frames, `ast.patch_shape`), (p_freq, p_time) row-major, the order of
+the patch-embedding kernel (ph, pw, 1, W) and of `packing.patchify`: patch n of the grid is
+the conv's input window at (frequency row n // t_dim, time column n % t_dim).
 """
 from __future__ import annotations
 
@@ -60,22 +61,23 @@ def random_mask(key, *, batch: int, num_patches: int, num_visible: int):
     return order[:, :num_visible], order[:, num_visible:]
 
 
-def extract_patches(x, *, patch_size: int, fstride: int, tstride: int):
+def extract_patches(x, *, patch_size, fstride: int, tstride: int):
     """The fbank patches exactly as AST's patch-embedding conv sees them.
 
-    x: (B, frames, mel) -> (B, f_dim * t_dim, patch_size**2) float32, frequency-major
-    patches (overlapping when a stride is below patch_size), each (p_freq, p_time) row-major.
+    x: (B, frames, mel); patch_size: int or (frequency, time) pair (`ast.patch_shape`,
+    (ph, pw)) -> (B, f_dim * t_dim, ph * pw) float32, frequency-major patches (overlapping
+    when a stride is below the patch's side), each (p_freq, p_time) row-major.
     """
     x = jnp.transpose(x.astype(jnp.float32), (0, 2, 1))[:, None]  # (B, 1, F, T)
     p = jax.lax.conv_general_dilated_patches(
-        x, (patch_size, patch_size), (fstride, tstride), "VALID",
-        precision=jax.lax.Precision.HIGHEST)  # (B, p*p, f_dim, t_dim)
+        x, ast.patch_shape(patch_size), (fstride, tstride), "VALID",
+        precision=jax.lax.Precision.HIGHEST)  # (B, ph*pw, f_dim, t_dim)
     return p.reshape(p.shape[0], p.shape[1], -1).transpose(0, 2, 1)
 
 
-def fold_patches(patches, *, frames: int, num_mel_bins: int, patch_size: int, fstride: int,
+def fold_patches(patches, *, frames: int, num_mel_bins: int, patch_size, fstride: int,
                  tstride: int):
-    """Inverse of `extract_patches` for plotting: (B, N, p*p) -> (B, frames, mel), every
+    """Inverse of `extract_patches` for plotting: (B, N, ph*pw) -> (B, frames, mel), every
     fbank value the mean of the patch values that cover it (0 where no patch does)."""
     shape = (patches.shape[0], frames, num_mel_bins)
 
@@ -171,8 +173,8 @@ class MaeOutput(NamedTuple):
     """What a pretraining step and its plots need from `MAE.__call__`.
 
     loss: (B,) float32 per-clip MSE over the masked patches (weight padded clips out).
-    pred: (B, N, p*p) float32 predicted patches (normalised-patch space with norm_pix_loss).
-    target: (B, N, p*p) float32 the input's patches (`extract_patches`, not normalised).
+    pred: (B, N, ph*pw) float32 predicted patches (normalised-patch space with norm_pix_loss).
+    target: (B, N, ph*pw) float32 the input's patches (`extract_patches`, not normalised).
     visible, masked: (B, V), (B, M) int32 patch indices (`random_mask`).
     """
 
@@ -206,8 +208,14 @@ class MAE(ast.Backbone):
         self.encoder = Encoder(**self.backbone_fields())
         self.decoder = Decoder(self.decoder_width, self.decoder_depth, self.decoder_heads,
                                num_prefix=self.num_prefix, num_patches=self.num_patches,
-                               patch_dim=self.patch_size ** 2, ln_eps=self.ln_eps,
+                               patch_dim=self.patch_dim, ln_eps=self.ln_eps,
                                dtype=self.dtype)
+
+    @property
+    def patch_dim(self) -> int:
+        """Values per patch vector (target and prediction): ph * pw."""
+        ph, pw = ast.patch_shape(self.patch_size)
+        return ph * pw
 
     @property
     def num_patches(self) -> int:
@@ -236,11 +244,11 @@ class MAE(ast.Backbone):
         """Analytical MACs of the decoder on one clip, counted as `bench.ast_macs` counts
         a block (T tokens, width W: qkv 3TW², scores and values 2T²W, out TW², MLP 8TW²):
         the embedding (prefix + V)·W_enc·W, the blocks on T = prefix + N tokens, and the
-        prediction N·W·p²."""
+        prediction N·W·ph·pw."""
         w, t = self.decoder_width, self.num_prefix + self.num_patches
         embed = (self.num_prefix + self.num_visible) * self.width * w
         blocks = self.decoder_depth * (12 * t * w * w + 2 * t * t * w)
-        return embed + blocks + self.num_patches * w * self.patch_size ** 2
+        return embed + blocks + self.num_patches * w * self.patch_dim
 
     def __call__(self, x, *, key=None) -> MaeOutput:
         """x: (B, frames, mel) normalised fbank; key: PRNG key of the mask (None: the fixed

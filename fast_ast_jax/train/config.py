@@ -64,6 +64,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.depth = ml_collections.config_dict.placeholder(int)
     c.model.num_heads = ml_collections.config_dict.placeholder(int)
     c.model.mlp_dim = ml_collections.config_dict.placeholder(int)
+    # The conv patch as (frequency bins, time frames) and its strides. AST's 16x16 with
+    # overlapping strides (10) is what pretrained AST / HF / timm weights have; (128, 2)
+    # with fstride=128, tstride=2 is SSAST's frame patch (all mel bins x 2 frames, one
+    # token per 2-frame column: best for speech in SSAST), for models trained from scratch
+    # or pretrained here (model.name "mae"). From the command line:
+    # --config.model.patch_size="(128, 2)" --config.model.fstride=128 --config.model.tstride=2
+    # (--config.model.patch_size=16 is a 16x16 square). Strides must not exceed the patch's
+    # sides (train.validate).
+    c.model.patch_size = (16, 16)
     c.model.fstride = 10
     c.model.tstride = 10
     c.model.dist_token = True

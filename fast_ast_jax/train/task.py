@@ -222,7 +222,7 @@ def packed_task(config, *, frontend: FrontEnd, teacher=None) -> Task:
                              f"{list(eval_source.labels)}; give config.data.*.labels")
         evals = packed_evals(config, "eval", source=eval_source, frontend=frontend,
                              spec=spec)
-    example = {"patches": np.zeros((1, 8, spec.patch_size ** 2), np.float32),
+    example = {"patches": np.zeros((1, 8, spec.patch_dim), np.float32),
                "segment_ids": np.ones((1, 8), np.int32),
                "positions": np.zeros((1, 8, 2), np.int32),
                "slot_index": np.zeros((1, 1), np.int32)}
