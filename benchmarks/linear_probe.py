@@ -126,7 +126,7 @@ def probe(train: np.ndarray, y_train: np.ndarray, groups: list[str], test: np.nd
             "test_accuracy": accuracy(_fit(train, y_train, best), test, y_test)}
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="AST or mae training workdir")
     p.add_argument("--csv", required=True, type=Path)
@@ -172,10 +172,13 @@ def main(argv=None) -> None:
     print(f"| features | dim | penalty | CV accuracy ({args.group_column or '5 folds'}) | "
           f"test accuracy ({len(y['test'])} clips) |")
     print("|---|---|---|---|---|")
+    results = {}
     for name, feats in rows:
-        r = probe(feats["train"], y["train"], split["train"][2], feats["test"], y["test"])
+        r = results[name] = probe(feats["train"], y["train"], split["train"][2],
+                                  feats["test"], y["test"])
         print(f"| {name} | {feats['train'].shape[1]} | {r['penalty']:g} | "
               f"{r['cv_accuracy']:.3f} | **{r['test_accuracy']:.3f}** |", flush=True)
+    return results
 
 
 if __name__ == "__main__":

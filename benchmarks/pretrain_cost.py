@@ -24,7 +24,7 @@ import optax
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.throughput import interleaved, log  # noqa: E402
+from benchmarks.throughput import log  # noqa: E402
 from fast_ast_jax import bench  # noqa: E402
 from fast_ast_jax.models import ast, mae  # noqa: E402
 
@@ -47,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     args = parse_args(argv)
     fields = dict(frames=args.frames, num_mel_bins=args.mel, fstride=args.stride,
                   tstride=args.stride, dtype=args.dtype,
@@ -82,9 +82,9 @@ def main(argv=None) -> None:
 
     line, _ = bench.machine_load()
     log(f"{jax.devices()[0].device_kind}; {line}")
-    timings = interleaved({"supervised": lambda: sup(sup_state),
-                           "pretrain": lambda: pre(mae_state)},
-                          warmup=args.warmup, repeats=args.repeats)
+    timings = bench.measure_interleaved({"supervised": lambda: sup(sup_state),
+                                         "pretrain": lambda: pre(mae_state)},
+                                        warmup=args.warmup, repeats=args.repeats, log=log)
     after, _ = bench.machine_load()
     sup_macs = bench.ast_macs(supervised).total
     enc_macs = bench.ast_macs(pretrain).total
@@ -105,6 +105,8 @@ def main(argv=None) -> None:
           f"{(pre_macs - enc_macs) / 1e9:.3f}) | {pre_macs / 1e9:.3f} | {pre_rate:.1f} |")
     print(f"pretraining step: {speedup:.2f}x the supervised clips/s; MAC ratio {ideal:.2f}x; "
           f"efficiency {speedup / ideal:.2f}")
+    return {"supervised_macs": sup_macs, "pretrain_macs": pre_macs, "speedup": speedup,
+            "mac_ratio": ideal}
 
 
 if __name__ == "__main__":

@@ -242,3 +242,25 @@ def test_packing_benchmark_times_padded_and_packed_train_steps(tmp_path, capsys)
     assert set(steps) == {"padded", "packed", "packed r=2"}
     assert "4 clips per train step" in steps["padded"]
     assert all("clips/s" in line for line in steps.values())
+
+
+def test_pretrain_cost_benchmark(capsys):
+    """benchmarks/pretrain_cost.py on a toy model: both steps run, the table is printed and
+    the MAC ratio is the supervised model's MACs over the encoder's on the visible patches
+    plus the decoder's."""
+    from benchmarks import pretrain_cost
+    from fast_ast_jax.models import mae
+
+    out = pretrain_cost.main(["--size", "tiny", "--depth", "2", "--frames", "64", "--mel",
+                              "32", "--batch", "2", "--repeats", "1", "--mask-ratio", "0.75",
+                              "--decoder-width", "16", "--decoder-heads", "2"])
+    printed = capsys.readouterr().out
+    assert "| supervised AST |" in printed and "| masked pretraining" in printed
+    fields = dict(frames=64, num_mel_bins=32, fstride=16, tstride=16, depth=2)
+    pretrain = mae.create_mae("tiny", mask_ratio=0.75, decoder_width=16, decoder_depth=2,
+                              decoder_heads=2, **fields)
+    assert pretrain.num_visible == 2  # 8 patches, a quarter visible
+    want = bench.ast_macs(create_ast("tiny", num_classes=10, **fields)).total / (
+        bench.ast_macs(pretrain).total + pretrain.decoder_macs())
+    assert out["mac_ratio"] == pytest.approx(want) and out["mac_ratio"] > 1
+    assert out["speedup"] > 0

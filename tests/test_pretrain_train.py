@@ -457,3 +457,27 @@ def test_embed_refusals(tmp_path, capsys):
     cnn = models.create_cnn(num_classes=4)
     bundle = Bundle(model=cnn, params={}, frontend=FrontEnd(), labels=("a",) * 4)
     _one_line_error(lambda: encoder(bundle, where="w"), r"^w holds a CNNTeacher")
+
+
+def test_linear_probe_benchmark(pretrained, tmp_path, capsys):
+    """benchmarks/linear_probe.py on generated tones (one pitch per label): every feature set
+    is probed; the fbank statistics separate the pitches perfectly, so a probe that cannot
+    fit or mixes up train and test labels fails here."""
+    from benchmarks import linear_probe
+
+    t = np.arange(4000) / 16000
+    lines = ["filename,label,fold"]
+    for i in range(24):
+        sf.write(tmp_path / f"{i}.wav", 0.3 * np.sin(2 * np.pi * (300 + 400 * (i % 3)) * t),
+                 16000)
+        lines.append(f"{i}.wav,{i % 3},{'train' if i < 18 else 'test'}")
+    (tmp_path / "meta.csv").write_text("\n".join(lines) + "\n")
+    out = linear_probe.main(["--checkpoint", str(pretrained[0]), "--csv",
+                             str(tmp_path / "meta.csv"), "--pool", "cls", "--pool", "tokens",
+                             "--control", "random", "--control", "fbank"])
+    assert set(out) == {"embeddings (cls)", "embeddings (tokens)", "random init (cls)",
+                        "random init (tokens)", "fbank mean+std"}
+    assert out["fbank mean+std"]["test_accuracy"] == 1.0
+    assert all(0 <= r["test_accuracy"] <= 1 and r["penalty"] in linear_probe.PENALTIES
+               for r in out.values())
+    assert "| fbank mean+std | 64 |" in capsys.readouterr().out
