@@ -10,12 +10,14 @@ fine-tunes with configs/fsdd.py's recipe:
 configs/fsdd.py:official); `,frames` (`:frames`, `:official,frames`) pretrains an encoder of
 SSAST's 128x2 frame patches (configs/fsdd.py's docstring): fine-tune it with the same
 argument, e.g. configs/fsdd.py:frames. The eval metric is the reconstruction loss on the
-split's test clips (fixed mask key). Choices, each from docs/PRETRAIN.md: mask 0.8 (Audio-MAE's range
-0.75-0.8; a static 13 of the 64 patches are encoded), a 64-wide, 2-block decoder (with 128
-it would cost as much as this narrow 6-block encoder: the step is 3.2x cheaper than a
-supervised one with 64, 2.2x with 128), per-patch normalised targets, no augmentation (the
-masking is the augmentation). Not yet measured here: the loss, the fine-tuned accuracy
-and the epochs it needs are the open evidence of docs/PRETRAIN.md.
+split's test clips (fixed mask key). Choices, each from docs/PRETRAIN.md: mask 0.8
+(Audio-MAE's range 0.75-0.8; a static 13 of the 64 patches are encoded), a 64-wide, 2-block
+decoder (with 128 it would cost as much as this narrow 6-block encoder: the step has 3.2x
+fewer MACs than a supervised one with 64, 2.2x with 128; measured: 2.6x the clips/s with
+64), per-patch normalised targets, no augmentation (the
+masking is the augmentation). Measured (docs/RESULTS.md, held-out speaker, 2 seeds): the
+fine-tune reaches 0.793 against 0.588 from scratch with the same recipe; the eval loss
+flattens after about 60 of the 100 epochs (34 min on the shared 2-core machine).
 """
 from __future__ import annotations
 
