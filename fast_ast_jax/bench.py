@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fast_ast_jax.models.ast import patch_shape
+from fast_ast_jax.patches import patch_shape
 
 # Counted parts, in the order `ast_macs` reports them.
 PARTS = ("patch_embed", "qkv", "attn_scores", "attn_values", "attn_out", "mlp",

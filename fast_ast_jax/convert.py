@@ -40,7 +40,8 @@ import numpy as np
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.bundle import Bundle
 from fast_ast_jax.models import posemb
-from fast_ast_jax.models.ast import AST, check_same_patch, grid_shape, patch_field, patch_shape
+from fast_ast_jax.models.ast import AST
+from fast_ast_jax.patches import check_same_patch, grid_shape, patch_field, patch_shape
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from fast_ast_jax import models, packing, viz
 from fast_ast_jax.audio.fbank import num_frames
 from fast_ast_jax.audio.features import features
 from fast_ast_jax.bundle import Bundle
-from fast_ast_jax.models import AST, patch_shape
+from fast_ast_jax.models import AST
+from fast_ast_jax.patches import patch_shape
 from fast_ast_jax.windows import elastic_row
 
 

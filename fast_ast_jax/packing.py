@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fast_ast_jax.models.ast import grid_shape, patch_shape
+from fast_ast_jax.patches import grid_shape, patch_shape
 
 
 def patchify(fbank: np.ndarray, *, patch_size: int | tuple[int, int] = 16, fstride: int = 16,

@@ -46,7 +46,8 @@ from fast_ast_jax.audio.fbank_jax import device_features, samples_for_frames
 from fast_ast_jax.audio.features import normalize
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.bundle import Bundle
-from fast_ast_jax.models import ElasticAST, grid_shape, patch_shape
+from fast_ast_jax.models import ElasticAST
+from fast_ast_jax.patches import grid_shape, patch_shape
 
 
 @dataclasses.dataclass

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from fast_ast_jax import convert
-from fast_ast_jax.models import grid_shape
+from fast_ast_jax.patches import grid_shape
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

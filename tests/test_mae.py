@@ -14,6 +14,7 @@ from fast_ast_jax.audio.features import features
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data.synthetic import SyntheticSource
 from fast_ast_jax.models import ast, elastic, mae
+from fast_ast_jax.patches import patch_shape
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -109,7 +110,7 @@ def test_patches_are_what_the_patch_embedding_sees(patch, fstride, tstride):
     not; folding them back restores every covered fbank value."""
     model = ast.create_ast("tiny", **{**SMALL, "fstride": fstride, "tstride": tstride},
                            patch_size=patch, num_classes=3)
-    ph, pw = ast.patch_shape(patch)
+    ph, pw = patch_shape(patch)
     x = _inputs(batch=2, frames=128, bins=64)
     params = model.init(jax.random.PRNGKey(0), x)["params"]
     _, state = model.apply({"params": params}, x, capture_intermediates=lambda m, _: (

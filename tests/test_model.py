@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fast_ast_jax.models import AST, SIZES, create_ast, grid_shape, patch_shape
+from fast_ast_jax.models import AST, SIZES, create_ast
+from fast_ast_jax.patches import grid_shape, patch_shape
 
 # A small AST for the geometry tests (the sizes themselves are covered below).
 MINI = dict(width=64, depth=2, num_heads=2, mlp_dim=128, num_classes=5)

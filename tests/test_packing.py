@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from fast_ast_jax import packing, windows
-from fast_ast_jax.models import ElasticAST, patch_shape
+from fast_ast_jax.models import ElasticAST
+from fast_ast_jax.patches import patch_shape
 
 RNG = np.random.default_rng(0)
 

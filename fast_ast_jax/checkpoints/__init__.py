@@ -24,7 +24,8 @@ from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.bundle import Bundle
 from fast_ast_jax.checkpoints.store import Checkpointer, check_shapes, model_fields_from_meta
 from fast_ast_jax.models import mae as mae_lib, posemb
-from fast_ast_jax.models.ast import AST, ast_twin, check_same_patch
+from fast_ast_jax.models.ast import AST, ast_twin
+from fast_ast_jax.patches import check_same_patch
 
 
 def checkpoint_dir(path: str | Path) -> Path:

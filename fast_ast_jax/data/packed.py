@@ -54,13 +54,13 @@ from fast_ast_jax.audio.io import AudioError
 from fast_ast_jax.data.core import BadClips, host_share, save_cache
 from fast_ast_jax.data.loader import Loadable
 from fast_ast_jax.data.pipeline import Augment, target, teacher_rows
-from fast_ast_jax.models.ast import grid_shape, patch_shape
+from fast_ast_jax.patches import grid_shape, patch_shape
 
 
 @dataclasses.dataclass(frozen=True)
 class PackSpec:
     """The static shape of a packed batch and the patch grid (patch_size: an int or a
-    (frequency, time) pair, models.ast.patch_shape)."""
+    (frequency, time) pair, patches.patch_shape)."""
 
     rows: int = 4
     max_tokens: int = 512

@@ -18,8 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fast_ast_jax.models import ast, cnn, elastic, mae
-from fast_ast_jax.models.ast import (AST, SIZES, create_ast, grid_shape, model_fields,
-                                     patch_shape)
+from fast_ast_jax.models.ast import AST, SIZES, create_ast, model_fields
 from fast_ast_jax.models.cnn import CNNTeacher, create_cnn
 from fast_ast_jax.models.elastic import ElasticAST
 
@@ -143,6 +142,5 @@ def name_from_meta(meta: dict[str, Any]) -> str:
 
 
 __all__ = ["AST", "CNNTeacher", "ElasticAST", "KINDS", "Kind", "SIZES", "config_name",
-           "config_kind", "create_ast", "create_cnn", "from_config", "from_fields", "grid_shape",
-           "is_packed", "model_fields", "model_name", "name_from_meta", "objective",
-           "patch_shape"]
+           "config_kind", "create_ast", "create_cnn", "from_config", "from_fields",
+           "is_packed", "model_fields", "model_name", "name_from_meta", "objective"]

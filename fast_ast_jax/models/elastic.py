@@ -34,10 +34,10 @@ from fast_ast_jax.audio.augment import check_no_mixup
 from fast_ast_jax.models import packed_reduce, posemb
 from fast_ast_jax.models import ast
 from fast_ast_jax.models.ast import (SCHEDULE_FIELDS, Block, Encoder, create_ast, field_names,
-                                     grid_shape, model_overrides, patch_shape,
-                                     reduction_schedule, require)
+                                     model_overrides, reduction_schedule, require)
 from fast_ast_jax.models.attention import dot_product_attention
 from fast_ast_jax.models.tome import merge_source, merge_wavg
+from fast_ast_jax.patches import grid_shape, patch_shape
 
 POS_EMBEDDINGS = ("factorised", "ast")
 POOLS = ("attn", "mean")
@@ -45,7 +45,7 @@ POOLS = ("attn", "mean")
 
 class PatchEmbed(nn.Module):
     """AST's conv patch embedding applied to pre-cut patches: (..., ph*pw) -> (..., W),
-    (ph, pw) = ast.patch_shape(patch_size)."""
+    (ph, pw) = patch_shape(patch_size)."""
 
     width: int
     patch_size: int | tuple[int, int] = 16

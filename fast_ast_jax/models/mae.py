@@ -25,7 +25,7 @@ Parameter tree:
     decoder/{embed, mask_token, pos_embed, block_{i}, norm, pred}
 
 Patch vectors (targets and predictions) hold ph * pw values ((ph, pw) = the patch's
-frequency bins and frames, `ast.patch_shape`), (p_freq, p_time) row-major, the order of
+frequency bins and frames, `patches.patch_shape`), (p_freq, p_time) row-major, the order of
 the patch-embedding kernel (ph, pw, 1, W) and of `packing.patchify`: patch n of the grid is
 the conv's input window at (frequency row n // t_dim, time column n % t_dim).
 """
@@ -39,6 +39,7 @@ import jax.numpy as jnp
 
 from fast_ast_jax.models import ast
 from fast_ast_jax.models.ast import field_names, model_overrides, require
+from fast_ast_jax.patches import patch_shape
 
 
 def num_visible(*, num_patches: int, mask_ratio: float) -> int:
@@ -64,13 +65,13 @@ def random_mask(key, *, batch: int, num_patches: int, num_visible: int):
 def extract_patches(x, *, patch_size, fstride: int, tstride: int):
     """The fbank patches exactly as AST's patch-embedding conv sees them.
 
-    x: (B, frames, mel); patch_size: int or (frequency, time) pair (`ast.patch_shape`,
+    x: (B, frames, mel); patch_size: int or (frequency, time) pair (`patches.patch_shape`,
     (ph, pw)) -> (B, f_dim * t_dim, ph * pw) float32, frequency-major patches (overlapping
     when a stride is below the patch's side), each (p_freq, p_time) row-major.
     """
     x = jnp.transpose(x.astype(jnp.float32), (0, 2, 1))[:, None]  # (B, 1, F, T)
     p = jax.lax.conv_general_dilated_patches(
-        x, ast.patch_shape(patch_size), (fstride, tstride), "VALID",
+        x, patch_shape(patch_size), (fstride, tstride), "VALID",
         precision=jax.lax.Precision.HIGHEST)  # (B, ph*pw, f_dim, t_dim)
     return p.reshape(p.shape[0], p.shape[1], -1).transpose(0, 2, 1)
 
@@ -214,7 +215,7 @@ class MAE(ast.Backbone):
     @property
     def patch_dim(self) -> int:
         """Values per patch vector (target and prediction): ph * pw."""
-        ph, pw = ast.patch_shape(self.patch_size)
+        ph, pw = patch_shape(self.patch_size)
         return ph * pw
 
     @property
