@@ -21,7 +21,6 @@ from fast_ast_jax.train import loop, task
 from fast_ast_jax.train.evaluation import evaluate_checkpoint
 from tests.helpers import folder_data, load_config, run_one_step, tiny
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
 
 FSDD_HEADER = ("filename", "label", "official_split")
 
@@ -52,6 +51,7 @@ def random_teacher_file(path, *, ids, labels, seed=0):
     return str(path)
 
 
+@pytest.mark.slow
 def test_cnn_teacher_trains_evaluates_and_predicts(tmp_path):
     paths = folder_data(tmp_path, FSDD_HEADER, fsdd_rows())
     c = with_data(tiny_cnn(load_config("fsdd_teacher_cnn", "official")), paths)
@@ -68,6 +68,7 @@ def test_cnn_teacher_trains_evaluates_and_predicts(tmp_path):
     assert len(out[0]) == 2
 
 
+@pytest.mark.slow
 def test_teacher_dump_then_fastast_student(tmp_path, capsys):
     """CNN teacher (2 steps) -> `distill dump` -> FastAST student (ToMe + CMKD, mixup)."""
     paths = folder_data(tmp_path, FSDD_HEADER, fsdd_rows())
@@ -131,11 +132,13 @@ def run_one_step_n(c, workdir, *, steps):
      [(f"{i}.wav", ["/m/a", "/m/a;/m/b", "/m/c", "/m/b;/m/c"][i % 4], "") for i in range(8)],
      True),
 ])
+@pytest.mark.slow
 def test_paper_fastast_recipes_one_step(name, header, rows, multi, tmp_path):
     c = load_config(name)
     assert c.model.tome_r > 0 and c.distill.lam == 0.1 and c.distill.tau == 1.0
     c = with_data(tiny(c, frames=96), folder_data(tmp_path, header, rows))
     c.optim.warmup_steps = min(c.optim.warmup_steps, 1)
+    c.data.worker_count = min(c.data.worker_count, 1)  # audioset's 8 loader processes: 1
     src = task.build_pipeline(c, "train", frontend=FrontEnd.from_dict(c.frontend.to_dict()),
                               train=True).source
     c.distill.teacher_logits = random_teacher_file(tmp_path / "t.npz", ids=source_ids(src),
@@ -267,6 +270,7 @@ def test_fsdd_table_script_overrides():
         bench.override(c, ["num_steps"])
 
 
+@pytest.mark.slow
 def test_fsdd_table_script_end_to_end(tmp_path):
     """benchmarks/fsdd_fastast.py --ensemble on generated clips with tiny models: every row
     trained (1 step), evaluated and printed; the ensemble teacher file has both members."""

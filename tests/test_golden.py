@@ -5,16 +5,16 @@ params. A refactor that changes any of it fails here; a change of behaviour that
 has to say so by regenerating the files (make_golden.py's docstring).
 
 Tolerances. The stored numbers were made on the CPU with XLA's optimisations on (as users
-run), and these tests run the same way (`optimized` marker), so today's code reproduces them
-bit for bit. What a refactor may legitimately change is the order of floating-point
-operations (another fusion, a reduction split differently): float32 rounding. How much that
-moves the outputs was measured by running these checks with XLA's optimisations off (other
-fusions, other orders; 2026-12-06): forwards, predict and embed scores, losses and the
-reconstruction loss moved by <= 9e-7, params after 3 resumed steps by <= 2.5e-5 (Adam
-normalises each update, so rounding noise in a near-zero gradient moves its param by up to a
-fraction of lr). FORWARD_TOL (1e-5) holds outputs and losses, TRAIN_TOL (1e-4) trained
-params. A change of behaviour is far outside both: another init, data order, augmentation
-draw or update rule moves params by ~lr (3e-3) per step and losses by ~1e-2.
+run); the tests compile with most optimisations off and the older CPU fusion emitters
+(tests/xla_settings.py), so even today's code reproduces them only to float32 rounding: other
+fusions, other orders of floating-point operations, as a refactor may legitimately bring.
+Measured by running these checks with optimisations off against the stored numbers
+(2026-12-06): forwards, predict and embed scores, losses and the reconstruction loss moved by
+<= 9e-7, params after 3 resumed steps by <= 2.5e-5 (Adam normalises each update, so rounding
+noise in a near-zero gradient moves its param by up to a fraction of lr). FORWARD_TOL (1e-5)
+holds outputs and losses, TRAIN_TOL (1e-4) trained params. A change of behaviour is far
+outside both: another init, data order, augmentation draw or update rule moves params by
+~lr (3e-3) per step and losses by ~1e-2.
 """
 from __future__ import annotations
 
@@ -30,9 +30,6 @@ from tests.data import make_golden as golden
 
 FORWARD_TOL = 1e-5
 TRAIN_TOL = 1e-4
-
-pytestmark = pytest.mark.optimized  # the stored numbers were made with XLA optimisations on
-
 
 @pytest.fixture
 def stored(tmp_path, monkeypatch):

@@ -10,8 +10,6 @@ from fast_ast_jax.train import keep_rate
 from fast_ast_jax.train.config import recipe
 from tests.helpers import ROOT, load_config, tiny
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 def test_keep_rate_values():
     kw = dict(target=0.4, start_step=10, end_step=20, num_rates=4)  # grid 1, .8, .6, .4
@@ -38,6 +36,7 @@ def test_recipe_uses_the_schedule():
     assert keep_rate.schedule_from_config(c, steps_per_epoch=10) is None
 
 
+@pytest.mark.slow
 def test_training_compiles_one_step_per_rate(tmp_path, capsys):
     from fast_ast_jax.train.loop import train_and_evaluate
 

@@ -22,8 +22,6 @@ from fast_ast_jax.train.evaluation import evaluate_checkpoint
 from fast_ast_jax.train.validate import validate_config
 from tests.helpers import load_config, write_folder
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 # --- the new kind: one module ------------------------------------------------------------
 
@@ -85,6 +83,7 @@ def mixer_config(**top):
     return c
 
 
+@pytest.mark.slow
 def test_new_kind_trains_evaluates_predicts_dumps_and_loads(mixer_kind, tmp_path):
     c = mixer_config()
     final = loop.train_and_evaluate(c, str(tmp_path / "w"))
