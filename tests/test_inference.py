@@ -230,7 +230,8 @@ def test_elastic_checkpoint_predict_evaluate_dump_init(packed, padded, tmp_path,
     # what the packed evaluation pipeline gives it.
     (s, l) = predict_files([short, long], checkpoint=packed, top_k=8)
     assert len(s.windows) == 1 and len(l.windows) > 1  # 2 s > the 64-frame position table
-    spec = dataclasses.replace(pack_spec(bundle.config.elastic, bundle.model),
+    config = bundle.config
+    spec = dataclasses.replace(pack_spec(config.elastic, bundle.model),
                                max_slots=1)  # one clip a row
     pipe = PackedPipeline(_Clips([load_audio(short, sample_rate=16000)], bundle.labels),
                           frontend=bundle.frontend, spec=spec,

@@ -82,9 +82,8 @@ def is_packed(model: nn.Module) -> bool:
 
 
 def from_fields(name: str, fields: dict[str, Any]) -> nn.Module:
-    """A model from its registry name and constructor fields (checkpoint metadata, or a
-    training config's through train.spec), in their stored forms: a dtype by name, a
-    square patch as an int (`patches.patch_field`)."""
+    """A model from its registry name and constructor fields, in the forms checkpoints
+    store them (a dtype by name; a patch as `patches.patch_field` keeps it)."""
     if name not in KINDS:
         raise ValueError(f"unknown model class {name!r}; choose one of {sorted(KINDS)}")
     fields = dict(fields)
