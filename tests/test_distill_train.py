@@ -15,7 +15,7 @@ from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import SyntheticSource, source_ids
 from fast_ast_jax.data.pipeline import Augment, Pipeline, teacher_probs
 from fast_ast_jax.models import CNNTeacher
-from fast_ast_jax.predict import predict
+from fast_ast_jax.inference import predict
 from fast_ast_jax.checkpoints import load as load_checkpoint
 from fast_ast_jax.train import loop, task
 from fast_ast_jax.train.evaluation import evaluate_checkpoint

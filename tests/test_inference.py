@@ -28,7 +28,7 @@ from fast_ast_jax.data import make_source, source_ids
 from fast_ast_jax.data.packed import PackedPipeline
 from fast_ast_jax.models import AST, CNNTeacher, ElasticAST
 from fast_ast_jax.predict import main as predict_main
-from fast_ast_jax.predict import expand_inputs, predict_files
+from fast_ast_jax.inference import expand_inputs, predict_files
 from fast_ast_jax.train import loop
 from fast_ast_jax.train.dump import dump
 from fast_ast_jax.train.elastic import pack_spec
@@ -363,7 +363,9 @@ def test_no_import_cycles_and_format_without_training_code():
                "fast_ast_jax.train.elastic", "fast_ast_jax.train.task",
                "fast_ast_jax.train.forward", "fast_ast_jax.checkpoints", "fast_ast_jax.predict",
                "fast_ast_jax.train.dump", "fast_ast_jax.maps", "fast_ast_jax.windows",
-               "fast_ast_jax.export", "fast_ast_jax.embed", "fast_ast_jax.distill"]
+               "fast_ast_jax.export", "fast_ast_jax.inference", "fast_ast_jax.embeddings",
+               "fast_ast_jax.embed", "fast_ast_jax.exported", "fast_ast_jax.result_files",
+               "fast_ast_jax.file_commands", "fast_ast_jax.distill"]
     code = ("import importlib, sys\n"
             "for m in sys.argv[1:]:\n"
             "    for k in [k for k in sys.modules if k.startswith('fast_ast_jax')]:\n"

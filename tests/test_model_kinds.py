@@ -15,7 +15,7 @@ import pytest
 
 from fast_ast_jax import checkpoints, models, teacher_logits
 from fast_ast_jax.audio.frontend import FrontEnd
-from fast_ast_jax.predict import predict
+from fast_ast_jax.inference import predict
 from fast_ast_jax.train import loop
 from fast_ast_jax.train.dump import dump
 from fast_ast_jax.train.evaluation import evaluate_checkpoint

@@ -14,7 +14,7 @@ from fast_ast_jax import teacher_logits
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import SyntheticSource, source_ids
 from fast_ast_jax.data.packed import PackedPipeline
-from fast_ast_jax.predict import predict
+from fast_ast_jax.inference import predict
 from fast_ast_jax.train import loop
 from fast_ast_jax.train.task import packed_task
 from tests.helpers import load_config, write_folder
