@@ -326,8 +326,12 @@ def test_usage_errors_one_line_exit_2(padded, packed, tmp_path):
                                          str(padded), "--config", "configs/nope.py", "--out",
                                          str(tmp_path / "t.npz")],
     }
+    # Matplotlib's font cache from this process: with a fresh HOME each of the processes
+    # below builds its own and, past 5 s (a loaded machine), logs a line about it.
+    import matplotlib.font_manager  # noqa: F401  (builds the cache here if absent)
+
     env = {"PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin",
-           "HOME": str(tmp_path)}
+           "HOME": str(tmp_path), "MPLCONFIGDIR": matplotlib.get_cachedir()}
     # Alongside: evaluate.py on an ElasticAST checkpoint with --sweep, --plot and --maps,
     # loading in a worker process.
     works = py + ["evaluate.py", "--checkpoint", str(packed), "--sweep", "r=0,1", "--plot",
