@@ -161,7 +161,7 @@ def window_scorer(run: Callable, *, params, frontend: FrontEnd, batch_size: int,
     """A Scorer of run(params, x (B, T, bins) features, frames (B,) real frames) -> (B, ...)
     outputs per window, its features made on the host or in the jitted program
     (`on_device`; default: on an accelerator backend). `scorer` (class scores) and
-    fast_ast_jax.embed (embeddings) build theirs through it."""
+    fast_ast_jax.embeddings build theirs through it."""
     fe = frontend
     on_device = jax.default_backend() != "cpu" if on_device is None else on_device
     # Dither (if any) from a fixed key, as evaluation does: predictions are deterministic.

@@ -178,7 +178,7 @@ def test_wave_pipeline_and_device_batch_equal_host_features():
 
 @pytest.mark.usefixtures("fast_compile")
 def test_training_on_device_records_it_and_predicts(tmp_path):
-    from fast_ast_jax.predict import predict
+    from fast_ast_jax.inference import predict
     from fast_ast_jax.train import loop
     from tests.helpers import load_config, write_folder
 

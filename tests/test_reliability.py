@@ -29,7 +29,7 @@ from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import FolderSource
 from fast_ast_jax.data.pipeline import Pipeline
 from fast_ast_jax.models.ast import create_ast
-from fast_ast_jax.predict import predict, predict_windows
+from fast_ast_jax.inference import predict, predict_windows
 from fast_ast_jax.train import loop
 from fast_ast_jax.checkpoints.store import CheckpointError, CheckpointMismatchError
 from fast_ast_jax.train.config import default_config

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
-from fast_ast_jax import distill
+from fast_ast_jax import teacher_logits
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import SyntheticSource, source_ids
 from fast_ast_jax.data.packed import PackedPipeline
-from fast_ast_jax.predict import predict
+from fast_ast_jax.inference import predict
 from fast_ast_jax.train import loop
 from fast_ast_jax.train.task import packed_task
 from tests.helpers import load_config, write_folder
@@ -52,8 +52,8 @@ def teacher_file(tmp_path_factory):
     source = SyntheticSource(sample_rate=16000, **TRAIN)
     path = tmp_path_factory.mktemp("teacher") / "teacher.npz"
     logits = np.random.default_rng(0).normal(size=(len(source), len(source.labels)))
-    distill.save(path, ids=source_ids(source), logits=logits, labels=source.labels,
-                 teacher={"model_class": "random"})
+    teacher_logits.save(path, ids=source_ids(source), logits=logits, labels=source.labels,
+                        teacher={"model_class": "random"})
     return str(path)
 
 
@@ -132,7 +132,7 @@ def test_packed_clips_carry_their_teacher_rows(teacher_file):
     """Each packed slot holds its own clip's teacher predictions at tau (as y per slot);
     empty slots 0."""
     c = cell_config("packed", "none", teacher_file)
-    teacher = distill.load(teacher_file)
+    teacher = teacher_logits.load(teacher_file)
     task = packed_task(c, frontend=FrontEnd.from_dict(c.frontend.to_dict()), teacher=teacher)
     pipe: PackedPipeline = task.train
     # config.eval_batch_size = eval rows per step (elastic.rows for training)
