@@ -32,11 +32,11 @@ LAYERS = {
     "models": 1, "bundle": 1, "convert": 1,
     "packing": 2, "data": 2,
     # file formats and inference libraries that training and the commands use
-    "formats": 3, "checkpoints": 3, "distill": 3, "windows": 3, "maps": 3, "viz": 3,
-    "bench": 3,
+    "formats": 3, "checkpoints": 3, "distill": 3, "windows": 3, "streaming": 3, "maps": 3,
+    "viz": 3, "bench": 3,
     "train": 4,
     # entry modules: the commands
-    "cli": 5, "predict": 5, "embed": 5, "export": 5, "__main__": 5,
+    "cli": 5, "predict": 5, "embed": 5, "export": 5, "stream": 5, "__main__": 5,
 }
 
 
