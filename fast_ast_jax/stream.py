@@ -148,13 +148,8 @@ def _line(hop: streaming.Hop, *, labels: Sequence[str], top_k: int, jsonl: bool)
     return f"{hop.end:10.3f} s  " + ", ".join(f"{labels[i]} {hop.scores[i]:.3f}" for i in best)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command line; returns the exit status (0; 130 after Ctrl-C; 2 usage / input)."""
-    args = _arguments().parse_args(argv)
-    if args.list_devices:
-        with cli.user_errors(debug=args.debug):
-            print(streaming.list_devices())
-        return 0
+def _stream(args: argparse.Namespace) -> Iterator[float]:
+    """Load, check and stream: print a line per hop and yield its end (stream seconds)."""
     _check(args)
     overrides = {k: v for k, v in (("tome_r", args.tome_r), ("prune_keep_rate", args.keep_rate))
                  if v is not None}
@@ -179,21 +174,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{window_s + hop_s:.3f} s" + (f"; resampling {rate} Hz to the checkpoint's "
                                                  f"{fe.sample_rate} Hz"
                                                  if rate != fe.sample_rate else ""))
-        end = 0.0
-        try:
-            for hop in hops:
-                if not end:  # with the first hop: an input error stays one error line
-                    print(header, file=sys.stderr, flush=True)
-                end = hop.end
-                print(_line(hop, labels=bundle.labels, top_k=args.top_k, jsonl=args.jsonl),
-                      flush=True)
-        except KeyboardInterrupt:
-            hops.close()  # and with it the microphone
-            print(f"\nstopped by Ctrl-C after {end:.3f} s of stream", file=sys.stderr)
-            return 130
-        except BrokenPipeError:  # the reader went away (`| head -3`): stop quietly
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        for k, hop in enumerate(hops):
+            if k == 0:  # with the first hop: an input error before it stays one error line
+                print(header, file=sys.stderr, flush=True)
+            print(_line(hop, labels=bundle.labels, top_k=args.top_k, jsonl=args.jsonl),
+                  flush=True)
+            yield hop.end
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; returns the exit status (0; 130 after Ctrl-C; 2 usage / input)."""
+    args = _arguments().parse_args(argv)
+    if args.list_devices:
+        with cli.user_errors(debug=args.debug):
+            print(streaming.list_devices())
+        return 0
+    heard = 0.0
+    try:
+        for heard in _stream(args):
+            pass
+    except KeyboardInterrupt:  # the stream's generators close, and the microphone with them
+        print(f"\nstopped by Ctrl-C after {heard:.3f} s of stream", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader went away (`| head -3`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

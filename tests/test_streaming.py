@@ -500,3 +500,17 @@ def test_command_bad_inputs_and_ctrl_c(trained, tmp_path, env):
         lines = err.decode().strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1, (name, err.decode())
         assert lines[0].startswith("error: ") and cases[name][2] in lines[0], (name, lines)
+
+
+@pytest.mark.slow
+def test_stream_benchmark_runs(capsys):
+    """benchmarks/stream.py on the demo model, a short stream: its table, with `uptime`."""
+    from benchmarks import stream as stream_bench
+
+    (row,) = stream_bench.main(["--models", "demo", "--seconds", "3", "--hop_s", "0.5"])
+    frames = num_frames(3 * SR, window_size=400, hop_size=160)  # the demo's 25 / 10 ms
+    assert row["hops"] == -(-frames // 50) and row["window_s"] == pytest.approx(1.295)
+    assert row["rtf"] > 0 and 0 < row["latency_median_ms"] <= row["latency_p95_ms"]
+    assert row["gmacs_per_hop"] > 0
+    out = capsys.readouterr().out
+    assert "load average" in out and "| demo | 1.29 | 0.50 |" in out
