@@ -455,7 +455,7 @@ def test_command_streams_a_file_and_stdin_pcm(trained, tmp_path, env):
     rows = [json.loads(line) for line in out.decode().splitlines()]
     assert len(rows) == len(lines) and {len(r["labels"]) for r in rows} == {1}
     check_times([(r["start"], r["end"], r["labels"][0]) for r in rows], segments,
-                latency=latency)
+                window=window_seconds(fe), latency=latency)
 
 
 @pytest.mark.slow
