@@ -33,11 +33,12 @@ LAYERS = {
     "models": 1, "bundle": 1, "convert": 1,
     "packing": 2, "data": 2,
     # file formats and inference libraries that training and the commands use
-    "checkpoints": 3, "teacher_logits": 3, "windows": 3, "inference": 3, "embeddings": 3,
-    "result_files": 3, "exported": 3, "maps": 3, "viz": 3, "bench": 3,
+    "checkpoints": 3, "teacher_logits": 3, "windows": 3, "streaming": 3, "inference": 3,
+    "embeddings": 3, "result_files": 3, "exported": 3, "maps": 3, "viz": 3, "bench": 3,
     "train": 4,
     # the commands (python -m fast_ast_jax.<name>) and what only they use
     "cli": 5, "file_commands": 5, "predict": 5, "embed": 5, "export": 5, "distill": 5,
+    "stream": 5,
 }
 
 
