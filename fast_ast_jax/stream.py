@@ -30,7 +30,9 @@ Stdin is raw interleaved PCM at --sample_rate (default: the checkpoint's) with -
 (default 1) of --format (s16le, f32le); another rate than the checkpoint's is resampled on
 the fly (soxr's streaming resampler). A file may have any format, rate and channels
 (decoded by fast_ast_jax.audio.io); it is played as fast as it can be scored, or at the
-real rate with --realtime. The microphone needs the optional sounddevice package
+real rate with --realtime. Live input (the microphone, --realtime) keeps up: when a hop
+takes longer to score than the audio it covers, the hops that fell behind are skipped (a
+warning says so once) and the next line scores the latest window. The microphone needs the optional sounddevice package
 (`pip install "fast_ast_jax[mic]"`) and PortAudio; --list_devices shows the devices.
 
 Exit status: 0 at the end of the stream; 130 after Ctrl-C (the lines printed are complete;
@@ -166,7 +168,7 @@ def _stream(args: argparse.Namespace) -> Iterator[float]:
         rate = fe.sample_rate if args.file else args.sample_rate or fe.sample_rate
         hops = streaming.stream_scores(
             _chunks(args, sample_rate=rate), scorer=sc, hop_frames=hop_frames,
-            sample_rate=rate, smooth=args.smooth,
+            sample_rate=rate, smooth=args.smooth, keep_up=args.mic or args.realtime,
             name=args.file or ("microphone" if args.mic else "stdin"))
         window_s, hop_s = streaming.window_seconds(fe), hop_frames * fe.hop_size / fe.sample_rate
         header = (f"window {window_s:.3f} s ({fe.target_frames} frames), hop {hop_s:.3f} s "
@@ -174,9 +176,15 @@ def _stream(args: argparse.Namespace) -> Iterator[float]:
                   f"{window_s + hop_s:.3f} s" + (f"; resampling {rate} Hz to the checkpoint's "
                                                  f"{fe.sample_rate} Hz"
                                                  if rate != fe.sample_rate else ""))
+        warned = False
         for k, hop in enumerate(hops):
             if k == 0:  # with the first hop: an input error before it stays one error line
                 print(header, file=sys.stderr, flush=True)
+            if hop.skipped and not warned:  # once: the hops are slower than real time
+                print(f"warning: scoring a hop takes longer than the {hop_s:.3f} s it covers; "
+                      "skipping hops to keep up with the stream (a longer --hop_s, --tome_r "
+                      "or a smaller model keeps every hop)", file=sys.stderr, flush=True)
+                warned = True
             print(_line(hop, labels=bundle.labels, top_k=args.top_k, jsonl=args.jsonl),
                   flush=True)
             yield hop.end

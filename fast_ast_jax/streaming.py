@@ -34,6 +34,14 @@ at c + window or later, and a hop ends at most one hop after that: a change of l
 reported at most window + hop after it happens (earlier when the new sound dominates a
 partly filled window), plus the time one hop takes to compute (benchmarks/stream.py).
 
+Keeping up with a live stream (`keep_up`, the command's choice for a microphone and a
+file played at the real rate): when hops take longer to compute than the audio they cover,
+the audio that arrived meanwhile comes as one chunk (the readers pass on everything that
+is waiting), and only the last hop that chunk completes is scored; the hops before it are
+skipped and counted (`Hop.skipped`). The lines then stay within one hop's compute time of
+the present instead of falling further behind with every hop. Without `keep_up` every hop
+is scored, however late (a file or a pipe read as fast as it comes).
+
 Sample rates: a stream at another rate than the checkpoint's is resampled on the fly
 (`resampled`: soxr's streaming resampler at the quality of audio.io's file resampling);
 times stay stream seconds.
@@ -66,11 +74,13 @@ MIC_PACKAGE = 'pip install "fast_ast_jax[mic]" (or: pip install sounddevice)'
 
 
 class Hop(NamedTuple):
-    """One scored window: `start`, `end` stream seconds, `scores` (C,) class scores."""
+    """One scored window: `start`, `end` stream seconds, `scores` (C,) class scores;
+    `skipped`: hops left unscored just before this one to keep up (`keep_up`)."""
 
     start: float
     end: float
     scores: np.ndarray
+    skipped: int = 0
 
 
 class Ring:
@@ -114,7 +124,7 @@ def window_seconds(frontend: FrontEnd) -> float:
 
 def stream_scores(chunks: Iterable[np.ndarray], *, scorer: Scorer, hop_frames: int,
                   sample_rate: int | None = None, smooth: int = 1,
-                  name: str = "stream") -> Iterator[Hop]:
+                  keep_up: bool = False, name: str = "stream") -> Iterator[Hop]:
     """Class scores of a stream's windows, one `Hop` per `hop_frames` frames, lazily (the
     schedule, padding and smoothing: module docstring). The arguments are checked at the
     call, the stream is read as the hops are asked for.
@@ -126,6 +136,8 @@ def stream_scores(chunks: Iterable[np.ndarray], *, scorer: Scorer, hop_frames: i
         hop_frames: frames between windows, 1 .. target_frames.
         sample_rate: the chunks' rate (default: the scorer's; another is resampled).
         smooth: hops whose window scores are averaged (1: none).
+        keep_up: score only the last hop a chunk completes (module docstring: for live
+            streams whose readers pass on all the audio waiting).
         name: the stream in error messages (e.g. "stdin").
     Raises:
         ValueError: hop_frames or smooth out of range.
@@ -140,11 +152,12 @@ def stream_scores(chunks: Iterable[np.ndarray], *, scorer: Scorer, hop_frames: i
         raise ValueError(f"smooth={smooth}: average over at least 1 hop (1 = no smoothing)")
     if sample_rate is not None and sample_rate != fe.sample_rate:
         chunks = resampled(chunks, sr=sample_rate, sample_rate=fe.sample_rate)
-    return _hops(chunks, scorer=scorer, hop_frames=hop_frames, smooth=smooth, name=name)
+    return _hops(chunks, scorer=scorer, hop_frames=hop_frames, smooth=smooth,
+                 keep_up=keep_up, name=name)
 
 
 def _hops(chunks: Iterable[np.ndarray], *, scorer: Scorer, hop_frames: int, smooth: int,
-          name: str) -> Iterator[Hop]:
+          keep_up: bool, name: str) -> Iterator[Hop]:
     """`stream_scores`' generator, its arguments checked."""
     fe = scorer.frontend
     window, hop, size = fe.target_frames, fe.hop_size, fe.window_size
@@ -152,27 +165,38 @@ def _hops(chunks: Iterable[np.ndarray], *, scorer: Scorer, hop_frames: int, smoo
     ring = Ring(samples_for_frames(window, frontend=fe) + hop)
     recent = collections.deque(maxlen=smooth)
 
-    def score(frames: int) -> Hop:
+    def end(frames: int) -> int:
+        """Samples of the stream that its first `frames` frames cover."""
+        return (frames - 1) * hop + size
+
+    def score(frames: int, skipped: int = 0) -> Hop:
         """The window of the last (at most T) of the stream's first `frames` frames."""
-        first, end = max(0, frames - window) * hop, (frames - 1) * hop + size
-        x, length = window_row(ring.read(first, end), frontend=fe, on_device=scorer.on_device)
+        first, last = max(0, frames - window) * hop, end(frames)
+        x, length = window_row(ring.read(first, last), frontend=fe, on_device=scorer.on_device)
         rows = np.zeros((scorer.batch_size,) + x.shape, np.float32)  # the window, then
         lengths = np.zeros(scorer.batch_size, np.int32)  # empty rows: the scorer's batch
         rows[0], lengths[0] = x, length
         logits = np.asarray(scorer.apply(rows, lengths), np.float32)[:1]
         recent.append(window_probs(logits, multi_label=scorer.multi_label)[0])
-        return Hop(first / fe.sample_rate, end / fe.sample_rate, np.mean(recent, axis=0))
+        return Hop(first / fe.sample_rate, last / fe.sample_rate, np.mean(recent, axis=0),
+                   skipped)
 
     frames, scored = hop_frames, 0  # the next hop's complete frames; the last hop's
     for chunk in chunks:
         chunk = np.asarray(chunk, np.float32)
+        skipped = 0
+        if keep_up and ring.total + len(chunk) >= end(frames + hop_frames):
+            # behind: go straight to the last hop this chunk completes (the ring keeps
+            # only the last window of what is pushed past the skipped ones)
+            skipped = (ring.total + len(chunk) - end(frames)) // (hop_frames * hop)
+            frames += skipped * hop_frames
         while len(chunk):
-            take = min(len(chunk), (frames - 1) * hop + size - ring.total)
+            take = min(len(chunk), end(frames) - ring.total)
             ring.push(chunk[:take])
             chunk = chunk[take:]
-            if ring.total == (frames - 1) * hop + size:
-                yield score(frames)
-                frames, scored = frames + hop_frames, frames
+            if ring.total == end(frames):
+                yield score(frames, skipped)
+                frames, scored, skipped = frames + hop_frames, frames, 0
     complete = num_frames(ring.total, window_size=size, hop_size=hop)
     if ring.total == 0:
         raise AudioError(f"{name}: empty stream, no audio arrived; check that the source "
@@ -268,14 +292,23 @@ def paced(chunks: Iterable[np.ndarray], *, sample_rate: int,
           clock: Callable[[], float] = time.monotonic,
           sleep: Callable[[float], None] = time.sleep) -> Iterator[np.ndarray]:
     """`chunks` at the real rate: each is passed on when its last sample would have been
-    recorded (stream seconds after the first chunk was asked for)."""
-    start, samples = clock(), 0
+    recorded (stream seconds after the first chunk was asked for). Chunks that are already
+    due when they are asked for (the consumer fell behind) are passed on together, as one
+    chunk, as a microphone's waiting audio is (`mic_chunks`)."""
+    start, samples, due = clock(), 0, []
+    wait = lambda: start + samples / sample_rate - clock()
     for chunk in chunks:
         samples += len(chunk)
-        wait = start + samples / sample_rate - clock()
-        if wait > 0:
-            sleep(wait)
+        if wait() > 0 and due:
+            yield np.concatenate(due)
+            due = []
+        if wait() <= 0:  # (again: the consumer took its time with what was due)
+            due.append(chunk)
+            continue
+        sleep(wait())
         yield chunk
+    if due:
+        yield np.concatenate(due)
 
 
 def _sounddevice():
@@ -329,6 +362,9 @@ def mic_chunks(*, sample_rate: int, channels: int = 1, device: int | str | None 
     offset = 0
     with mic:
         while True:
-            frames = arrived.get()
+            blocks = [arrived.get()]
+            while not arrived.empty():  # all that waits, as one chunk (`keep_up`)
+                blocks.append(arrived.get_nowait())
+            frames = np.concatenate(blocks)
             yield _to_mono(frames, name=which, offset=offset, sr=sample_rate)
             offset += len(frames)

@@ -10,8 +10,9 @@ window + hop of it (computed from the checkpoint and the hop).
 from __future__ import annotations
 
 import contextlib
-import functools
 import csv
+import dataclasses
+import functools
 import io
 import json
 import os
@@ -242,6 +243,45 @@ def test_paced_chunks_wait_for_their_real_time():
     chunks = [np.zeros(800, np.float32), np.zeros(1600, np.float32), np.zeros(0, np.float32)]
     out = list(paced(chunks, sample_rate=SR, clock=clock, sleep=sleep))
     assert [len(c) for c in out] == [800, 1600, 0] and slept == [0.05, 0.1]
+
+
+def test_live_streams_keep_up_by_skipping_hops():
+    """A scorer slower than real time on a paced (live) stream: with keep_up the hops that
+    fell behind are skipped and counted, each line stays within one hop's compute of the
+    present, and every scored window is the one an every-hop run scores at that time."""
+    sc = scorer(tiny_bundle("ast"), batch_size=1)
+    fe, hop_frames = sc.frontend, 4
+    hop_s, compute = hop_frames * fe.hop_size / SR, 0.1  # each hop costs 2.5 x its audio
+    now = [0.0]
+
+    def slow(rows, lengths):
+        now[0] += compute
+        return sc.apply(rows, lengths)
+
+    def sleep(s):
+        now[0] += s
+    wave = noisy_tone(3 * SR)
+    chunks = lambda: paced(np.split(wave, range(160, len(wave), 160)), sample_rate=SR,
+                           clock=lambda: now[0], sleep=sleep)
+    every = {h.end: h.scores for h in stream_scores(chunks(), scorer=sc,
+                                                     hop_frames=hop_frames)}
+    now[0], lags, hops = 0.0, [], []
+    for h in stream_scores(chunks(), scorer=dataclasses.replace(sc, apply=slow),
+                           hop_frames=hop_frames, keep_up=True):
+        lags.append(now[0] - h.end)
+        hops.append(h)
+    assert sum(h.skipped for h in hops) > len(hops)  # most hops skipped at 2.5x
+    # Not growing with the stream (every hop scored, the last line would come 4.5 s late):
+    # a hop's boundary is at most a hop and a chunk before its chunk's end, which waited
+    # for the hop before to be computed, then for its own (the last line, the end of the
+    # stream's window, comes one computation after the last hop).
+    assert max(lags[:-1]) <= hop_s + 160 / SR + 2 * compute + 1e-6
+    ends = [h.end for h in hops]
+    assert ends == sorted(set(ends)) and ends[-1] == pytest.approx(
+        (num_frames(len(wave), window_size=fe.window_size, hop_size=fe.hop_size) - 1)
+        * fe.hop_size / SR + fe.window_size / SR)
+    for h in hops[:-1]:  # the last one ends at the last frame, between two hops
+        np.testing.assert_array_equal(h.scores, every[h.end])
 
 
 # --- readers and bad input ---------------------------------------------------------------
