@@ -8,9 +8,10 @@ import pytest
 import soundfile as sf
 
 from fast_ast_jax.audio import augment
+from fast_ast_jax.audio.augment import Augment
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import FolderSource, SyntheticSource, make_source
-from fast_ast_jax.data.pipeline import Augment, Pipeline
+from fast_ast_jax.data.pipeline import Pipeline
 from fast_ast_jax.data.synthetic import CLASSES
 
 from tests.helpers import write_folder
@@ -162,10 +163,22 @@ def test_eval_pipeline_pads_with_mask():
 
 def test_feature_cache_file(tmp_path):
     p = pipeline(cache_dir=tmp_path, cache_key="k")
-    files = list(tmp_path.glob("features-*.npz"))
+    files = list(tmp_path.glob("clips-*.npz"))
     assert len(files) == 1
     q = pipeline(cache_dir=tmp_path, cache_key="k")
     np.testing.assert_array_equal(p.example(3)[0], q.example(3)[0])
+
+
+def test_cache_file_is_read_only_for_its_clips(tmp_path):
+    """A cache file of another clip count (the source changed, its key did not) is
+    featurised again and replaced; a file of an earlier layout is left alone."""
+    np.savez(tmp_path / "features-0123456789abcdef.npz", x=np.zeros(3))
+    pipeline(n=12, cache_dir=tmp_path, cache_key="k")
+    [path] = tmp_path.glob("clips-*.npz")
+    p = pipeline(n=16, cache_dir=tmp_path, cache_key="k")
+    np.testing.assert_array_equal(p.batch(0, 1)["x"], pipeline(n=16).batch(0, 1)["x"])
+    with np.load(path) as f:
+        assert len(f["offsets"]) == 16 + 1
 
 
 def test_spec_augment_and_mixup():

@@ -25,11 +25,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from fast_ast_jax import models
+from fast_ast_jax.audio.augment import Augment
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import make_source
-from fast_ast_jax.data.core import fbank_moments
+from fast_ast_jax.data.clips import fbank_moments
 from fast_ast_jax.data.packed import PackedPipeline
-from fast_ast_jax.data.pipeline import Augment, Pipeline
+from fast_ast_jax.data.pipeline import Pipeline
 from fast_ast_jax.train.elastic import pack_spec, table_pipelines
 
 
@@ -101,7 +102,7 @@ def with_auto_stats(config, *, workdir):
     with it the checkpoint, holds the numbers that inference then uses.
 
     Statistics: mean and std over every frame and bin of every training clip's
-    un-normalised log-mel fbank (data.core.fbank_moments), each host summing its share of
+    un-normalised log-mel fbank (data.clips.fbank_moments), each host summing its share of
     the clips. Computed once: the numbers are kept in a JSON file in config.data.cache_dir
     (or `workdir` when that is "") named by the training source (`cache_key`) and the
     front-end fields that change the fbank, which a resumed run or a later run on the same

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from fast_ast_jax import models
 from fast_ast_jax.audio.frontend import FrontEnd
-from fast_ast_jax.data.core import BAD_CLIP_POLICIES
+from fast_ast_jax.data.clips import BAD_CLIP_POLICIES
 from fast_ast_jax.models.ast import SIZES, require
 
 _CHOICES = {
