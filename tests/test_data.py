@@ -10,11 +10,13 @@ import soundfile as sf
 from fast_ast_jax.audio import augment
 from fast_ast_jax.audio.augment import Augment
 from fast_ast_jax.audio.frontend import FrontEnd
-from fast_ast_jax.data import FolderSource, SyntheticSource, make_source
+from fast_ast_jax.data import (SOURCE_CLASSES, SOURCES, FolderSource, SyntheticSource,
+                               make_source)
 from fast_ast_jax.data.pipeline import Pipeline
 from fast_ast_jax.data.synthetic import CLASSES
+from fast_ast_jax.train import loop
 
-from tests.helpers import write_folder
+from tests.helpers import config, write_folder
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FE = FrontEnd(num_mel_bins=32, target_frames=48)
@@ -215,6 +217,49 @@ def test_make_source_rejects_unknown_arguments():
         make_source("synthetic", sample_rate=16000, num_examples=4, csv_path="x.csv")
     with pytest.raises(ValueError, match="unknown data source 'hf'"):
         make_source("hf", sample_rate=16000)
+
+
+class ToneSource:
+    """A data source written here, as a user would add one: `n` half-second tones, "low"
+    (300 Hz) or "high" (1200 Hz)."""
+
+    labels, multi_label = ["low", "high"], False
+
+    def __init__(self, *, n: int, sample_rate: int = 16000):
+        self.n, self.sample_rate = n, sample_rate
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        t = np.arange(self.sample_rate // 2) / self.sample_rate
+        audio = 0.5 * np.sin(2 * np.pi * (300 + 900 * (i % 2)) * t)
+        return {"id": f"tone-{i}", "audio": audio.astype(np.float32), "label": i % 2}
+
+
+@pytest.fixture
+def tone_source(monkeypatch):
+    """ToneSource registered as config.data.source="tone": one table entry."""
+    monkeypatch.setitem(SOURCE_CLASSES, "tone", f"{__name__}:ToneSource")
+
+
+def test_a_new_source_is_one_table_entry(tone_source):
+    assert "tone" in SOURCES
+    source = make_source("tone", sample_rate=16000, n=3)
+    assert isinstance(source, ToneSource) and len(source) == 3
+    with pytest.raises(ValueError, match=r"source 'tone' has no argument\(s\) \['seed'\]"):
+        make_source("tone", sample_rate=16000, n=3, seed=1)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("fast_compile")
+def test_training_on_a_new_source(tone_source, tmp_path):
+    c = config(num_steps=1)
+    c.data.source = "tone"
+    c.data.train, c.data.eval = {"n": 16}, {"n": 6}
+    final = loop.train_and_evaluate(c, str(tmp_path))
+    assert final["step"] == 1 and np.isfinite(final["train_loss"])
+    assert final["eval_num_clips"] == 6
 
 
 def test_uncached_training_batch_decodes_each_clip_once():
