@@ -57,7 +57,7 @@ from fast_ast_jax.data.loader import Loadable, host_share
 
 
 class Pipeline(Loadable):
-    """Features + batches over one source.
+    """Padded batches over the clips of one source (see the module docstring).
 
     Args:
         source: random-access source (fast_ast_jax.data).
