@@ -13,7 +13,9 @@ from fast_ast_jax.distill import main as distill_main
 from fast_ast_jax.train.dump import dump
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import SyntheticSource, source_ids
-from fast_ast_jax.data.pipeline import Augment, Pipeline, teacher_probs
+from fast_ast_jax.audio.augment import Augment
+from fast_ast_jax.data.clips import ClipStore, teacher_probs
+from fast_ast_jax.data.pipeline import Pipeline
 from fast_ast_jax.models import CNNTeacher
 from fast_ast_jax.inference import predict
 from fast_ast_jax.checkpoints import load as load_checkpoint
@@ -241,7 +243,7 @@ def test_bad_teacher_file_fails_before_training(kind, match, tmp_path, monkeypat
     def no_features(self, *a, **k):
         raise AssertionError("featurised clips before validating the teacher file")
 
-    monkeypatch.setattr(Pipeline, "_fill_cache", no_features)
+    monkeypatch.setattr(ClipStore, "featurise_all", no_features)
     with pytest.raises(teacher_logits.TeacherLogitsError, match=match):
         loop.train_and_evaluate(c, str(tmp_path / "work"))
     assert not (tmp_path / "work" / "checkpoints").exists()

@@ -11,10 +11,11 @@ import pytest
 
 from fast_ast_jax.audio import FrontEnd, features, prepare_waveform
 from fast_ast_jax.audio import augment_jax
+from fast_ast_jax.audio.augment import Augment
 from fast_ast_jax.audio.fbank_jax import (device_features, log_mel, pad_waves,
                                           samples_for_frames, spectrum_matrix)
 from fast_ast_jax.data import SyntheticSource
-from fast_ast_jax.data.pipeline import Augment, Pipeline
+from fast_ast_jax.data.pipeline import Pipeline
 
 PARITY = 1e-4  # max |diff| on normalised features (issue 13)
 

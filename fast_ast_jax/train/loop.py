@@ -24,8 +24,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from fast_ast_jax import checkpoints, sharding, teacher_logits
+from fast_ast_jax.audio.augment import Augment
 from fast_ast_jax.audio.frontend import FrontEnd
-from fast_ast_jax.data.pipeline import Augment
 from fast_ast_jax.models import model_fields, model_name, objective
 from fast_ast_jax.train import keep_rate
 from fast_ast_jax.train import metrics as metrics_lib

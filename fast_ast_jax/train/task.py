@@ -25,11 +25,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from fast_ast_jax import models
+from fast_ast_jax.audio.augment import Augment
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import make_source
-from fast_ast_jax.data.core import fbank_moments
+from fast_ast_jax.data.clips import fbank_moments
 from fast_ast_jax.data.packed import PackedPipeline
-from fast_ast_jax.data.pipeline import Augment, Pipeline
+from fast_ast_jax.data.pipeline import Pipeline
 from fast_ast_jax.train.elastic import pack_spec, table_pipelines
 
 
@@ -101,7 +102,7 @@ def with_auto_stats(config, *, workdir):
     with it the checkpoint, holds the numbers that inference then uses.
 
     Statistics: mean and std over every frame and bin of every training clip's
-    un-normalised log-mel fbank (data.core.fbank_moments), each host summing its share of
+    un-normalised log-mel fbank (data.clips.fbank_moments), each host summing its share of
     the clips. Computed once: the numbers are kept in a JSON file in config.data.cache_dir
     (or `workdir` when that is "") named by the training source (`cache_key`) and the
     front-end fields that change the fbank, which a resumed run or a later run on the same
@@ -152,7 +153,7 @@ def with_auto_stats(config, *, workdir):
 def build_pipeline(config, split: str, *, frontend: FrontEnd, train: bool,
                    source=None, teacher=None) -> Pipeline | None:
     """Padded pipeline over config.data.<split> (None if that split has no arguments);
-    `teacher` (distill.TeacherLogits) adds each clip's teacher predictions at
+    `teacher` (teacher_logits.TeacherLogits) adds each clip's teacher predictions at
     config.distill.tau to its batches ("teacher_probs")."""
     kwargs = config.data[split].to_dict()
     if not kwargs:

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from fast_ast_jax import models
 from fast_ast_jax.audio.frontend import FrontEnd
-from fast_ast_jax.data.core import BAD_CLIP_POLICIES
+from fast_ast_jax.data import SOURCES
+from fast_ast_jax.data.clips import BAD_CLIP_POLICIES
 from fast_ast_jax.models.ast import SIZES, require
 
 _CHOICES = {
     "loss": ("", "softmax", "sigmoid"),
     "param_sharding": ("replicate", "fsdp"),
     "data.on_bad_clip": BAD_CLIP_POLICIES,
-    "data.source": ("synthetic", "folder", "tfds"),
+    "data.source": SOURCES,
     "model.dtype": ("float32", "bfloat16"),
     "optim.name": ("adamw", "adam"),
     "optim.schedule": ("cosine", "step", "constant"),
@@ -35,7 +36,7 @@ def validate_config(config, *, device_count: int) -> None:
         value = config
         for part in field.split("."):
             value = value[part]
-        need(value in choices, field, f"use one of {choices}")
+        need(value in choices, field, f"use one of {tuple(choices)}")
     need(config.model.size in SIZES, "model.size", f"use one of {sorted(SIZES)}")
     kind = models.config_kind(config)
     # Packed runs batch rows (config.elastic.rows; eval: eval_batch_size rows, 0 = rows).
