@@ -133,7 +133,7 @@ def test_recipe_configs_build():
     res = load_config("audioset_elastic", "resolution").elastic
     assert res.hops_ms[0] == 10.0 and res.hops_ms[-1] == 40.0 and len(res.hops_ms) == 16
     with pytest.raises(ValueError, match=r"augment\.mixup=0\.5: must be 0 with packing"):
-        from fast_ast_jax.data.pipeline import Augment
+        from fast_ast_jax.audio.augment import Augment
         PackedPipeline(SyntheticSource(num_examples=2, sample_rate=16000), frontend=FRONTEND,
                        spec=SPEC, train=True, augment=Augment(mixup=0.5))
 
@@ -207,7 +207,7 @@ def test_cache_dir_stores_fbanks_once_for_every_hop(source, tmp_path):
     kw = dict(frontend=FRONTEND, spec=SPEC, train=True, hops_ms=(10.0, 40.0), max_frames=48,
               seed=1, cache_dir=tmp_path, cache_key="synthetic eval 12")
     first = PackedPipeline(source, **kw)
-    assert len(list(tmp_path.glob("packed-*.npz"))) == 2  # one file per hop
+    assert len(list(tmp_path.glob("clips-*.npz"))) == 2  # one file per hop
 
     class NoAudio:
         labels, multi_label, sample_rate = source.labels, False, source.sample_rate

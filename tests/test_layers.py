@@ -9,7 +9,7 @@ import pytest
 from tests.helpers import ROOT
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def layers():
     spec = importlib.util.spec_from_file_location("layers", ROOT / "tools" / "layers.py")
     module = importlib.util.module_from_spec(spec)
@@ -20,8 +20,25 @@ def layers():
 def test_no_folder_level_import_runs_back_up_the_layers(layers):
     edges = layers.arrows()
     assert ("train", "models") in edges and ("checkpoints", "models") in edges
+    assert ("train", "teacher_logits") in edges and ("distill", "train") in edges
     assert layers.upward(edges) == []
     assert layers.upward({("models", "train")}) == [("models", "train")]
+
+
+def test_a_folders_main_module_counts_as_its_folder(layers, tmp_path, monkeypatch):
+    """A `python -m` command inside a lower folder (its __main__.py) that imports a higher
+    one is an arrow from that folder, running back up: not a free pass to the top layer."""
+    package = tmp_path / layers.PACKAGE
+    for path, text in {"checkpoints/__init__.py": "",
+                       "checkpoints/__main__.py": f"from {layers.PACKAGE}.train import loop\n",
+                       "train/__init__.py": "", "train/loop.py": ""}.items():
+        (package / path).parent.mkdir(parents=True, exist_ok=True)
+        (package / path).write_text(text)
+    monkeypatch.setattr(layers, "ROOT", package)
+    assert layers.unit(f"{layers.PACKAGE}.checkpoints.__main__") == "checkpoints"
+    edges = layers.arrows()
+    assert edges == {("checkpoints", "train")}
+    assert layers.upward(edges) == [("checkpoints", "train")]
 
 
 def test_the_config_is_read_once_and_walks_down(layers):

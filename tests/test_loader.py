@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from fast_ast_jax.audio import AudioError
+from fast_ast_jax.audio.augment import Augment
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import FolderSource, SyntheticSource
 from fast_ast_jax.data.loader import iterate
 from fast_ast_jax.data.packed import PackedPipeline, PackSpec
-from fast_ast_jax.data.pipeline import Augment, Pipeline
+from fast_ast_jax.data.pipeline import Pipeline
 from fast_ast_jax.train import loop
 from fast_ast_jax.train.spec import read_config
 from fast_ast_jax.train.task import build_pipeline

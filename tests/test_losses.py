@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fast_ast_jax.data.pipeline import teacher_probs
+from fast_ast_jax.data.clips import teacher_probs
 from fast_ast_jax.train import losses
 
 RNG = np.random.default_rng(0)

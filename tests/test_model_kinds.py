@@ -14,8 +14,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from fast_ast_jax import checkpoints, distill, models
-from fast_ast_jax.predict import predict
+from fast_ast_jax import checkpoints, models, teacher_logits
+from fast_ast_jax.inference import predict
 from fast_ast_jax.train import loop
 from fast_ast_jax.train.dump import dump
 from fast_ast_jax.train.evaluation import evaluate_checkpoint
@@ -129,7 +129,7 @@ def test_new_kind_trains_evaluates_predicts_dumps_and_loads(mixer_kind, tmp_path
     # dumps teacher logits (distill dump), one row per training clip, equal to its forward
     teacher = dump(tmp_path / "w", out=tmp_path / "t.npz", echo=None)
     assert teacher.logits.shape == (32, len(bundle.labels))
-    assert distill.load(tmp_path / "t.npz").teacher["model_class"] == "mixer"
+    assert teacher_logits.load(tmp_path / "t.npz").teacher["model_class"] == "mixer"
 
     # initialises a run of the same kind (config.init_from) with its weights
     c = mixer_config(num_steps=1, init_from=str(tmp_path / "w"))

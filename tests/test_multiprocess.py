@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from fast_ast_jax import checkpoints, distill
+from fast_ast_jax import checkpoints, teacher_logits
 from fast_ast_jax.data import SyntheticSource, source_ids
 from fast_ast_jax.train import loop, task
 from fast_ast_jax.train.spec import read_config
@@ -120,8 +120,8 @@ def write_teacher(path) -> None:
     c = load_config("test_elastic")
     source = SyntheticSource(sample_rate=16000, **c.data.train)
     logits = np.random.default_rng(0).normal(size=(len(source), len(source.labels)))
-    distill.save(path, ids=source_ids(source), logits=logits, labels=source.labels,
-                 teacher={"model_class": "random"})
+    teacher_logits.save(path, ids=source_ids(source), logits=logits, labels=source.labels,
+                        teacher={"model_class": "random"})
 
 
 def free_port() -> int:

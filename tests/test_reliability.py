@@ -29,7 +29,7 @@ from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import FolderSource
 from fast_ast_jax.data.pipeline import Pipeline
 from fast_ast_jax.models.ast import create_ast
-from fast_ast_jax.predict import predict, predict_windows
+from fast_ast_jax.inference import predict, predict_windows
 from fast_ast_jax.train import loop
 from fast_ast_jax.checkpoints.store import CheckpointError, CheckpointMismatchError
 from fast_ast_jax.train.config import default_config
@@ -282,6 +282,8 @@ def test_ctrl_c_saves_and_stops(tmp_path, monkeypatch):
     ("model.size", "huge", r"config\.model\.size='huge'"),
     ("optim.schedule", "linear", r"config\.optim\.schedule='linear': use one of"),
     ("data.on_bad_clip", "ignore", r"config\.data\.on_bad_clip='ignore'"),
+    ("data.source", "hf", r"config\.data\.source='hf': use one of \('synthetic', 'folder', "
+     r"'tfds'\)$"),
     ("data.worker_count", -1, r"config\.data\.worker_count=-1: must be >= 0"),
     ("loss", "mse", r"config\.loss='mse'"),
     ("keep_checkpoints", 0, r"config\.keep_checkpoints=0"),

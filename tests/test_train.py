@@ -21,7 +21,7 @@ from fast_ast_jax.train import loop
 from fast_ast_jax.train.evaluation import evaluate_checkpoint, parse_sweep
 from fast_ast_jax.train.spec import read_config
 from fast_ast_jax.train.task import build_model
-from fast_ast_jax.predict import predict
+from fast_ast_jax.inference import predict
 from tests.helpers import (folder_data, load_config, run_one_step, sharded_configs, tiny,
                            write_folder)
 

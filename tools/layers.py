@@ -6,7 +6,8 @@ Every import of a fast_ast_jax module (module level or inside a function) is an 
 from the importing unit to the imported one; a unit is a top-level folder (audio/,
 models/, ...) or a top-level module. Units sit in the layers of LAYERS; an arrow to a
 higher layer runs back up (a lower part depending on a part built on it). A folder's
-`__main__.py` is a command, in the top layer, whatever its folder.
+`__main__.py` is part of its folder: a command that imports what its folder must not
+belongs in a command module of the top layer, not in a lower folder.
 
 --walk follows the config from `train.loop.train_and_evaluate`: the ConfigDict and the
 run's description it is read into (DESCRIPTION's classes). Depth first, in call order,
@@ -42,11 +43,12 @@ LAYERS = {
     "models": 1, "bundle": 1, "convert": 1,
     "packing": 2, "data": 2,
     # file formats and inference libraries that training and the commands use
-    "formats": 3, "checkpoints": 3, "distill": 3, "windows": 3, "maps": 3, "viz": 3,
-    "bench": 3,
+    "checkpoints": 3, "teacher_logits": 3, "windows": 3, "streaming": 3, "inference": 3,
+    "embeddings": 3, "result_files": 3, "exported": 3, "maps": 3, "viz": 3, "bench": 3,
     "train": 4,
-    # entry modules: the commands
-    "cli": 5, "predict": 5, "embed": 5, "export": 5, "__main__": 5,
+    # the commands (python -m fast_ast_jax.<name>) and what only they use
+    "cli": 5, "file_commands": 5, "predict": 5, "embed": 5, "export": 5, "distill": 5,
+    "stream": 5,
 }
 
 
@@ -59,10 +61,8 @@ def module_name(path: Path) -> str:
 
 
 def unit(module: str) -> str:
-    """The folder or top-level module of `module` ("__main__" for a folder's command)."""
+    """The folder or top-level module of `module` (a folder's `__main__` is its folder's)."""
     parts = module.split(".")
-    if parts[-1] == "__main__":
-        return "__main__"
     return parts[1] if len(parts) > 1 else parts[0]
 
 

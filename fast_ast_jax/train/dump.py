@@ -1,5 +1,5 @@
 """`dump`: a frozen teacher's logits for every clip of a data split, saved in the
-teacher-logits format (fast_ast_jax.distill). Any checkpoint kind is a teacher: an AST or
+teacher-logits format (fast_ast_jax.teacher_logits). Any checkpoint kind is a teacher: an AST or
 the CNN teacher on the padded training input, an ElasticAST on packed native-length clips
 (its config's first evaluation hop and training length cap).
 """
@@ -17,7 +17,7 @@ from fast_ast_jax import checkpoints
 from fast_ast_jax.bundle import Bundle
 from fast_ast_jax.data import source_ids
 from fast_ast_jax.data.packed import PackedPipeline
-from fast_ast_jax.distill import TeacherLogits, TeacherLogitsError, load, save, summary
+from fast_ast_jax.teacher_logits import TeacherLogits, TeacherLogitsError, load, save, summary
 from fast_ast_jax.models import is_packed, model_fields, model_name
 from fast_ast_jax.train.forward import packed_forward
 from fast_ast_jax.train.spec import Run, checkpoint_run

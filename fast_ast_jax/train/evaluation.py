@@ -19,7 +19,7 @@ import numpy as np
 from fast_ast_jax import bench, checkpoints, maps, models, sharding
 from fast_ast_jax.audio.io import AudioError
 from fast_ast_jax.bundle import Bundle
-from fast_ast_jax.data.pipeline import target
+from fast_ast_jax.data.clips import target
 from fast_ast_jax.models import AST
 from fast_ast_jax.models.ast import Encoder
 from fast_ast_jax.train import metrics as metrics_lib

@@ -26,7 +26,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from fast_ast_jax import checkpoints, distill, sharding
+from fast_ast_jax import checkpoints, sharding, teacher_logits
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.models import model_fields, model_name, objective
 from fast_ast_jax.train import keep_rate
@@ -243,7 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # --- data and model ----------------------------------------------------------------------
     teacher = None
     if run.distill.teacher_logits:  # checked against the whole split before step 1
-        teacher = distill.load(run.distill.teacher_logits)
+        teacher = teacher_logits.load(run.distill.teacher_logits)
     task = make_task(run, workdir=workdir, teacher=teacher)
     run, model, source, loss = task.run, task.model, task.train.source, task.loss
     # a model without a classifier (masked pretraining) has no label names to keep

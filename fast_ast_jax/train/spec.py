@@ -26,9 +26,9 @@ from typing import Any, Callable
 import ml_collections
 
 from fast_ast_jax import models
+from fast_ast_jax.audio.augment import Augment
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.bundle import Bundle
-from fast_ast_jax.data.pipeline import Augment
 from fast_ast_jax.models import SIZES
 from fast_ast_jax.train.config import default_config
 from fast_ast_jax.train.elastic import elastic_defaults

@@ -28,10 +28,11 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from fast_ast_jax import models
+from fast_ast_jax.audio.augment import Augment
 from fast_ast_jax.data import make_source
-from fast_ast_jax.data.core import fbank_moments
+from fast_ast_jax.data.clips import fbank_moments
 from fast_ast_jax.data.packed import PackedPipeline, PackSpec
-from fast_ast_jax.data.pipeline import Augment, Pipeline
+from fast_ast_jax.data.pipeline import Pipeline
 from fast_ast_jax.train.elastic import table_pipelines
 from fast_ast_jax.train.spec import Data, Elastic, Model, Run
 
@@ -116,7 +117,7 @@ def with_auto_stats(run: Run, *, source, workdir) -> Run:
     holds the numbers that inference then uses.
 
     Statistics: mean and std over every frame and bin of every training clip's
-    un-normalised log-mel fbank (data.core.fbank_moments), each host summing its share of
+    un-normalised log-mel fbank (data.clips.fbank_moments), each host summing its share of
     the clips. Computed once: the numbers are kept in a JSON file in config.data.cache_dir
     (or `workdir` when that is "") named by the training source (`cache_key`) and the
     front-end fields that change the fbank, which a resumed run or a later run on the same
@@ -166,8 +167,8 @@ def build_pipeline(run: Run, split: str, *, train: bool, source=None, teacher=No
                    ) -> Pipeline | None:
     """Padded pipeline over config.data.<split> (`source`, default `split_source`; None if
     that split has no arguments), features by the run's front-end; `teacher`
-    (distill.TeacherLogits) adds each clip's teacher predictions at config.distill.tau to
-    its batches ("teacher_probs")."""
+    (teacher_logits.TeacherLogits) adds each clip's teacher predictions at
+    config.distill.tau to its batches ("teacher_probs")."""
     if not run.data.split(split):
         return None
     source = source or split_source(run, split)

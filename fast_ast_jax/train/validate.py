@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from fast_ast_jax.audio.augment import check_no_mixup
 from fast_ast_jax.data import SOURCES
-from fast_ast_jax.data.core import BAD_CLIP_POLICIES
+from fast_ast_jax.data.clips import BAD_CLIP_POLICIES
 from fast_ast_jax.models.ast import (AST, PLAN_FIELDS, SCHEDULE_FIELDS, reduction_schedule,
                                      token_plan)
 from fast_ast_jax.models.elastic import POOLS, POS_EMBEDDINGS
@@ -59,7 +59,7 @@ def validate(run: Run, *, device_count: int) -> None:
     """
     need = lambda ok, field, rule: require(run, ok, field, rule)
     for field, choices in _CHOICES.items():
-        need(value(run, field) in choices, field, f"use one of {choices}")
+        need(value(run, field) in choices, field, f"use one of {tuple(choices)}")
     # Packed runs batch rows (config.elastic.rows; eval: eval_batch_size rows, 0 = rows).
     if run.elastic is not None:
         need(run.elastic.rows % device_count == 0, "elastic.rows",
