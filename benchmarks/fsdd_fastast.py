@@ -118,6 +118,7 @@ def ensemble_row(work: Path) -> dict:
 
     from fast_ast_jax.data import source_ids
     from fast_ast_jax.checkpoints import load as load_checkpoint
+    from fast_ast_jax.train.spec import checkpoint_run
     from fast_ast_jax.train.task import build_pipeline
 
     members = []
@@ -127,8 +128,7 @@ def ensemble_row(work: Path) -> dict:
         members.append(teacher_logits.load(out))
     logits = np.mean([m.lookup(members[0].ids) for m in members], axis=0)
     restored = load_checkpoint(work / "ast")
-    pipeline = build_pipeline(restored.config, "eval", frontend=restored.frontend,
-                              train=False)
+    pipeline = build_pipeline(checkpoint_run(restored), "eval", train=False)
     label = {cid: int(np.argmax(example[1]))
              for i, cid in enumerate(source_ids(pipeline.source))
              if (example := pipeline.example(i)) is not None}

@@ -37,11 +37,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fast_ast_jax import bench, checkpoints, models  # noqa: E402
+from fast_ast_jax import bench, checkpoints  # noqa: E402
 from fast_ast_jax.audio.frontend import FrontEnd  # noqa: E402
 from fast_ast_jax.bundle import Bundle  # noqa: E402
 from fast_ast_jax.streaming import hop_frames_for, stream_scores, window_seconds  # noqa: E402
 from fast_ast_jax.train.config import recipe  # noqa: E402
+from fast_ast_jax.train.spec import read_config  # noqa: E402
+from fast_ast_jax.train.task import build_model  # noqa: E402
 from fast_ast_jax.windows import scorer  # noqa: E402
 
 CONFIGS = {"demo": "configs/demo.py", "base": "configs/audioset.py"}
@@ -51,7 +53,7 @@ def random_bundle(config_path: str, *, num_classes: int = 8) -> Bundle:
     """A randomly initialised model of a config, with its front-end (speed only)."""
     c = recipe(str(ROOT / config_path))
     fe = FrontEnd.from_dict(c.frontend.to_dict())
-    model = models.from_config(c, num_classes=num_classes, frontend=fe)
+    model = build_model(read_config(c).model, num_classes=num_classes)
     params = jax.jit(model.init)(jax.random.PRNGKey(0), np.zeros(
         (1, fe.target_frames, fe.num_mel_bins), np.float32))["params"]
     return Bundle(model=model, params=params, frontend=fe,

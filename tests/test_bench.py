@@ -13,7 +13,9 @@ from benchmarks import packing as packing_bench
 from benchmarks import throughput
 from fast_ast_jax import bench
 from fast_ast_jax.models import attention
-from fast_ast_jax.models.ast import create_ast, model_overrides
+from fast_ast_jax.models.ast import create_ast
+from fast_ast_jax.train.spec import read_config
+from fast_ast_jax.train.task import build_model
 from tests.helpers import load_config
 
 # width 8, 2 heads, mlp 16, 2 blocks; 16 mel x 36 frames -> 1 x 3 patches + CLS + DIST = 5.
@@ -94,8 +96,7 @@ def test_sweep_macs_never_rise_on_the_demo_model():
     """The demo's sweeps (evaluate.py --sweep r=... / keep_rate=...): more merging or pruning
     never costs MACs (a last-block reduction once did: r=4 > r=0)."""
     c = load_config("demo")
-    model = create_ast(c.model.size, num_classes=8, num_mel_bins=c.frontend.num_mel_bins,
-                       frames=c.frontend.target_frames, **model_overrides(c.model))
+    model = build_model(read_config(c).model, num_classes=8)
     assert (model.depth, model.num_mel_bins, model.frames, model.fstride) == (4, 64, 128, 10)
     tokens = model.token_plan()[0].tokens_in  # 5 x 12 patches + CLS + DIST
     assert tokens == 62

@@ -21,6 +21,7 @@ from fast_ast_jax.inference import predict
 from fast_ast_jax.checkpoints import load as load_checkpoint
 from fast_ast_jax.train import loop, task
 from fast_ast_jax.train.evaluation import evaluate_checkpoint
+from fast_ast_jax.train.spec import checkpoint_run, read_config
 from tests.helpers import folder_data, load_config, run_one_step, tiny
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -85,8 +86,7 @@ def test_teacher_dump_then_fastast_student(tmp_path, capsys):
     assert t.teacher["model"]["stages"] == "tiny"
     # The dumped logits are the teacher's deterministic forward pass on its own features.
     restored = load_checkpoint(tmp_path / "teacher")
-    pipe = task.build_pipeline(restored.config, "train", frontend=restored.frontend,
-                               train=False)
+    pipe = task.build_pipeline(checkpoint_run(restored), "train", train=False)
     x = np.stack([pipe.example(i)[0] for i in range(2)])
     want = restored.model.apply({"params": restored.params}, x, train=False)
     np.testing.assert_allclose(t.logits[:2], want, rtol=1e-4, atol=1e-5)
@@ -138,8 +138,7 @@ def test_paper_fastast_recipes_one_step(name, header, rows, multi, tmp_path):
     assert c.model.tome_r > 0 and c.distill.lam == 0.1 and c.distill.tau == 1.0
     c = with_data(tiny(c, frames=96), folder_data(tmp_path, header, rows))
     c.optim.warmup_steps = min(c.optim.warmup_steps, 1)
-    src = task.build_pipeline(c, "train", frontend=FrontEnd.from_dict(c.frontend.to_dict()),
-                              train=True).source
+    src = task.split_source(read_config(c), "train")
     c.distill.teacher_logits = random_teacher_file(tmp_path / "t.npz", ids=source_ids(src),
                                                    labels=src.labels)
     run_one_step(c, tmp_path, expect_map=multi)

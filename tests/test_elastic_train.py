@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from fast_ast_jax import checkpoints, models
+from fast_ast_jax import checkpoints
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import SyntheticSource
 from fast_ast_jax.data.packed import PackedPipeline, PackSpec
@@ -17,6 +17,8 @@ from fast_ast_jax import sharding
 from fast_ast_jax.train import elastic, loop
 from fast_ast_jax.train.evaluation import evaluate_checkpoint
 from fast_ast_jax.train.forward import eval_forward
+from fast_ast_jax.train.spec import read_config
+from fast_ast_jax.train.task import build_model
 from tests.helpers import load_config, write_folder
 
 FRONTEND = FrontEnd(num_mel_bins=32, target_frames=64)
@@ -126,7 +128,7 @@ def test_fsdd_elastic_config_on_generated_folder(tmp_path):
 def test_recipe_configs_build():
     for arg in ("resolution", "length"):
         c = load_config("audioset_elastic", arg)
-        model = models.from_config(c, num_classes=5, frontend=FrontEnd())
+        model = build_model(read_config(c).model, num_classes=5)
         assert model.fstride == model.tstride == 16 and c.elastic.max_tokens == 2048
     res = load_config("audioset_elastic", "resolution").elastic
     assert res.hops_ms[0] == 10.0 and res.hops_ms[-1] == 40.0 and len(res.hops_ms) == 16

@@ -31,7 +31,7 @@ from fast_ast_jax.predict import main as predict_main
 from fast_ast_jax.inference import expand_inputs, predict_files
 from fast_ast_jax.train import loop
 from fast_ast_jax.train.dump import dump
-from fast_ast_jax.train.elastic import pack_spec
+from fast_ast_jax.train.task import pack_spec
 from fast_ast_jax.train.forward import packed_forward
 from fast_ast_jax.train.evaluation import evaluate_checkpoint, write_split_maps
 from fast_ast_jax.windows import scorer
@@ -231,7 +231,8 @@ def test_elastic_checkpoint_predict_evaluate_dump_init(packed, padded, tmp_path,
     (s, l) = predict_files([short, long], checkpoint=packed, top_k=8)
     assert len(s.windows) == 1 and len(l.windows) > 1  # 2 s > the 64-frame position table
     config = bundle.config
-    spec = dataclasses.replace(pack_spec(config, bundle.model), max_slots=1)  # one clip a row
+    spec = dataclasses.replace(pack_spec(config.elastic, bundle.model),
+                               max_slots=1)  # one clip a row
     pipe = PackedPipeline(_Clips([load_audio(short, sample_rate=16000)], bundle.labels),
                           frontend=bundle.frontend, spec=spec,
                           train=False, hops_ms=(10.0,), max_frames=64)

@@ -1,4 +1,5 @@
-"""The folder layering of fast_ast_jax (tools/layers.py): no import runs back up."""
+"""The folder layering of fast_ast_jax (tools/layers.py): no import runs back up, and the
+config, read once, walks down."""
 from __future__ import annotations
 
 import importlib.util
@@ -38,3 +39,20 @@ def test_a_folders_main_module_counts_as_its_folder(layers, tmp_path, monkeypatc
     edges = layers.arrows()
     assert edges == {("checkpoints", "train")}
     assert layers.upward(edges) == [("checkpoints", "train")]
+
+
+def test_the_config_is_read_once_and_walks_down(layers):
+    """The walk of the config from train_and_evaluate (tools/layers.py --walk): the
+    description it is read into reaches every part of the run, climbing back up at most 8
+    times and entering no module twice for the same field."""
+    order = layers.walk()
+    names = [q.removeprefix("fast_ast_jax.") for q, *_ in order]
+    # read once, then the description: validation, both pipelines, the loop
+    assert names[:2] == ["train.loop.train_and_evaluate", "train.spec.read_config"]
+    for part in ("train.validate.check_elastic", "train.task._packed", "train.task._padded",
+                 "train.task.build_model", "train.loop.run_steps"):
+        assert part in names
+    assert not any(n.startswith("models.") and "config" in n for n in names)
+    layer = lambda q: layers.LAYERS[layers.unit(layers.file_of(q))]
+    assert sum(layer(b) > layer(a) for (a, *_), (b, *_) in zip(order, order[1:])) <= 8
+    assert layers.revisits(order) == []

@@ -25,6 +25,7 @@ from fast_ast_jax.checkpoints.store import Checkpointer
 from fast_ast_jax.models import mae
 from fast_ast_jax.train import loop
 from fast_ast_jax.train.forward import kind_of
+from fast_ast_jax.train.spec import read_config
 from fast_ast_jax.train.task import make_task
 from tests.helpers import ROOT, folder_data, load_config, tiny, write_folder
 
@@ -92,10 +93,10 @@ def _fine_tune_config(kind: str):
 
 
 @pytest.mark.parametrize("kind", ["ast", "tome", "topk", "ast_longer", "elastic"])
-def test_init_from_pretraining_loads_the_encoder(pretrained, kind):
+def test_init_from_pretraining_loads_the_encoder(pretrained, kind, tmp_path):
     workdir, _ = pretrained
     c = _fine_tune_config(kind)
-    task = make_task(c, frontend=FrontEnd.from_dict(c.frontend.to_dict()))
+    task = make_task(read_config(c), workdir=tmp_path)
     model = task.model
     fresh = model.init({"params": jax.random.PRNGKey(1)},
                        kind_of(model).inputs(task.example))["params"]

@@ -37,7 +37,8 @@ from fast_ast_jax.checkpoints import load as load_checkpoint
 from fast_ast_jax.train.evaluation import evaluate_checkpoint
 from fast_ast_jax.train.state import TrainState, make_optimizer
 from fast_ast_jax.train.step import train_step
-from fast_ast_jax.train.validate import validate_config
+from fast_ast_jax.train.spec import read_config
+from fast_ast_jax.train.validate import validate
 from fast_ast_jax.windows import Scorer, window_starts, windowed_scores
 from tests.helpers import (bad_folder, config, constant_lr, load_config, sigint_at_batch,
                            write_folder)
@@ -298,7 +299,7 @@ def test_impossible_config_values(field, value, match):
         node = node[p]
     node[name] = value
     with pytest.raises(ValueError, match=match) as info:
-        validate_config(c, device_count=1)
+        validate(read_config(c), device_count=1)
     assert "\n" not in str(info.value)
 
 
@@ -308,7 +309,7 @@ def test_tome_r_larger_than_the_tokens_warns():
     c.model.update(depth=2, tome_r=50)  # the last (here: only) block would never merge
     with pytest.warns(UserWarning, match=r"config\.model\.tome_r=50: the first block can "
                                          r"merge at most 3 of its 6 patch tokens"):
-        validate_config(c, device_count=1)
+        validate(read_config(c), device_count=1)
 
 
 def test_config_checks_build_no_model(monkeypatch):
@@ -323,17 +324,17 @@ def test_config_checks_build_no_model(monkeypatch):
     for name in ("test", "test_elastic"):
         c = load_config(name)
         c.model.update(tome_r=1, prune_keep_rate=0.5, prune_layers=(0,))
-        validate_config(c, device_count=1)
+        validate(read_config(c), device_count=1)
     with pytest.raises(AssertionError, match="AST built"):
         ast.create_ast("tiny")
 
 
 def test_batch_not_divisible_by_devices_and_locked_config():
     c = load_config("test")
-    validate_config(c, device_count=8)
+    validate(read_config(c), device_count=8)
     c.batch_size = 12
     with pytest.raises(ValueError, match=r"config\.batch_size=12: must be a multiple of the 8"):
-        validate_config(c, device_count=8)
+        validate(read_config(c), device_count=8)
     c.lock()
     with pytest.raises(AttributeError, match="batch_szie"):
         c.batch_szie = 8
@@ -376,11 +377,11 @@ def test_library_value_errors_keep_their_traceback():
     c.batch_size = -3
     with pytest.raises(SystemExit) as exit_info:
         with cli.user_errors():
-            validate_config(c, device_count=1)
+            validate(read_config(c), device_count=1)
     assert exit_info.value.code == 2
     with pytest.raises(ValueError, match="batch_size=-3"):
         with cli.user_errors(debug=True):
-            validate_config(c, device_count=1)
+            validate(read_config(c), device_count=1)
     with pytest.raises(ValueError, match="cannot reshape"):
         with cli.user_errors():
             np.zeros(3).reshape(2, 2)

@@ -164,10 +164,3 @@ def create_cnn(stages: str = "small", **overrides) -> CNNTeacher:
     if isinstance(overrides.get("dtype"), str):
         overrides["dtype"] = jnp.dtype(overrides["dtype"])
     return CNNTeacher(stages=stages, **overrides)
-
-
-def from_config(config, *, num_classes: int, frontend) -> CNNTeacher:
-    """config.model.name "cnn": the fields of config.model.cnn and config.model.dtype, for
-    the front-end's mel bins."""
-    return create_cnn(num_classes=num_classes, num_mel_bins=frontend.num_mel_bins,
-                      dtype=config.model.dtype, **config.model.cnn.to_dict())
