@@ -32,8 +32,9 @@ the fly (soxr's streaming resampler). A file may have any format, rate and chann
 (decoded by fast_ast_jax.audio.io); it is played as fast as it can be scored, or at the
 real rate with --realtime. Live input (the microphone, --realtime) keeps up: when a hop
 takes longer to score than the audio it covers, the hops that fell behind are skipped (a
-warning says so once) and the next line scores the latest window. The microphone needs the optional sounddevice package
-(`pip install "fast_ast_jax[mic]"`) and PortAudio; --list_devices shows the devices.
+warning says so once) and the next line scores the latest window. The microphone needs
+the optional sounddevice package (`pip install "fast_ast_jax[mic]"`) and PortAudio;
+--list_devices shows the devices.
 
 Exit status: 0 at the end of the stream; 130 after Ctrl-C (the lines printed are complete;
 stderr ends the line and says how much was heard); 2 for a usage or input error (a missing

@@ -75,7 +75,7 @@ def test_macs_match_xla_cost_analysis():
 
 
 def test_token_plan_reference_values_and_reduction_parts():
-    # The last block never merges (reference.md §2.4's last count is 3) and computes only
+    # The last block never merges (docs/REFERENCES.md §4's last count is 3) and computes only
     # CLS / DIST.
     tome = bench.ast_macs(create_ast("base", tome_r=300))
     assert [lt.tokens_out for lt in tome.layers] == [914, 614, 314, 158, 80, 41, 22, 12, 7, 5,
@@ -85,7 +85,7 @@ def test_token_plan_reference_values_and_reduction_parts():
     assert tome.parts["tome_match"] == sum(
             -(-n // 2) * (n // 2) * 64 for n in [1214, 914, 614, 314, 158, 80, 41, 22, 12, 7,
                                                  5])
-    # TopK on AST stride 16 (8 x 64 patches, reference.md §8): k=0.7 -> 359 / 252 / 177.
+    # TopK on AST stride 16 (8 x 64 patches, docs/REFERENCES.md §5): k=0.7 -> 359 / 252 / 177.
     topk = bench.ast_macs(create_ast("base", fstride=16, tstride=16, prune_keep_rate=0.7))
     assert [topk.layers[i].tokens_out - 2 for i in (2, 3, 6, 9)] == [512, 359, 252, 177]
     assert topk.parts["topk_cls_attn"] == 768 * (514 + 361 + 254)

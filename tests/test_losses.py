@@ -1,4 +1,4 @@
-"""Losses against hand-written NumPy formulas (reference.md §9 testing guidance)."""
+"""Losses against hand-written NumPy formulas (docs/REFERENCES.md §7: no reference code is public)."""
 from __future__ import annotations
 
 import jax

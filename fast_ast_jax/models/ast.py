@@ -1,10 +1,11 @@
 """Audio Spectrogram Transformer (AST) in Flax linen.
 
-Follows the original AST / HF `ASTForAudioClassification` (reference.md §3.1, §4):
-16x16 conv patches (or any (frequency, time) patch, `patch_shape`, e.g. SSAST's 128x2
-frame patches) with (frequency, time) strides over a (frames, mel) fbank, frequency-
-major tokens, CLS (+ DIST) tokens, a learned positional embedding, pre-LN blocks with
-exact GELU, final LayerNorm, and a head (LayerNorm + Dense) on the mean of CLS and DIST.
+Follows the original AST / HF `ASTForAudioClassification` (arXiv 2104.01778;
+docs/REFERENCES.md §3): 16x16 conv patches (or any (frequency, time) patch, `patch_shape`,
+e.g. SSAST's 128x2 frame patches) with (frequency, time) strides over a (frames, mel)
+fbank, frequency-major tokens, CLS (+ DIST) tokens, a learned positional embedding, pre-LN
+blocks with exact GELU, final LayerNorm, and a head (LayerNorm + Dense) on the mean of CLS
+and DIST.
 
 Parameter tree (what `fast_ast_jax.convert` fills):
     patch_embed/{kernel (ph,pw,1,W), bias}   ((ph, pw) = patch_shape(patch_size): 16x16)
@@ -26,7 +27,7 @@ from fast_ast_jax.models import posemb, prune, tome
 from fast_ast_jax.models.attention import SelfAttention
 from fast_ast_jax.patches import grid_shape, patch_field, patch_shape
 
-# DeiT widths (reference.md §3.1); all have 12 blocks and head_dim 64.
+# DeiT widths (arXiv 2012.12877; docs/REFERENCES.md §3); all have 12 blocks and head_dim 64.
 SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(width=192, depth=12, num_heads=3, mlp_dim=768),
     "small": dict(width=384, depth=12, num_heads=6, mlp_dim=1536),

@@ -1,5 +1,5 @@
 """CNN teacher for cross-model distillation: an EfficientNet-style network with PSLA-style
-attention pooling over time (reference.md §9; PSLA's EffNetAttention).
+attention pooling over time (CMKD, arXiv 2203.06760; PSLA's EffNetAttention, arXiv 2102.01243).
 
 Differences from PSLA, on purpose:
 - GroupNorm instead of BatchNorm, so the train state is (params, opt_state) for every model

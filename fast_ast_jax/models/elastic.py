@@ -1,10 +1,11 @@
 """ElasticAST: one AST for any clip length and resolution through sequence packing.
 
-The packed path of the AST (reference.md §5, papers.md §2): the patches of many clips lie
-end to end in rows of a fixed token budget (`fast_ast_jax.packing`), attention is masked to
-each token's own sample, and one pooled vector per sample feeds the head. Same parameter
-names and shapes as `models.ast.AST` wherever the two share a part, so a trained AST runs
-packed as it is (the packed path simply does not use cls_token/dist_token):
+The packed path of the AST (ElasticAST, arXiv 2407.08691; docs/REFERENCES.md §6): the
+patches of many clips lie end to end in rows of a fixed token budget
+(`fast_ast_jax.packing`), attention is masked to each token's own sample, and one pooled
+vector per sample feeds the head. Same parameter names and shapes as `models.ast.AST`
+wherever the two share a part, so a trained AST runs packed as it is (the packed path
+simply does not use cls_token/dist_token):
 
     patch_embed/{kernel (ph,pw,1,W), bias}   applied as a Dense on (p_freq, p_time) patches
     pos_embed (1, prefix + f*t, W)         pos_embedding="ast": gathered at f * t_dim + t
@@ -308,7 +309,7 @@ def factorise_pos_embed(pos_embed: np.ndarray, *, grid: tuple[int, int], num_pre
                         new_grid: tuple[int, int] | None = None):
     """AST's (1, prefix + f*t, W) table -> ElasticAST's (freq (f, W), time (t, W)) tables.
 
-    As ElasticAST initialises from a 2-D grid (reference.md §5.5): resize the grid to
+    As ElasticAST initialises from a 2-D grid (docs/REFERENCES.md §6): resize the grid to
     `new_grid` (AST rule: centre cut or bilinear), then average over the other axis.
     """
     f_dim, t_dim = grid

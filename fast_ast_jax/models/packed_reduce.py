@@ -28,8 +28,8 @@ Rules (docs/ELASTIC.md, "A clip's reduction depends on the clip alone"):
   values never reach a clip.
 - Within a clip, its q A tokens with the most similar partner (cosine of the metric) merge,
   as in ToMe; TopK keeps its most important tokens. Importance = attention a token receives
-  from the queries of its own sample, averaged over heads (the AudioMAE variant of
-  reference.md §8; packed rows have no CLS token).
+  from the queries of its own sample, averaged over heads (the Audio-MAE variant of
+  the TopK pruning paper, arXiv 2504.01690; packed rows have no CLS token).
 - Order. Surviving tokens keep their relative row order (stable compaction), so a sample's
   token order does not depend on its row-mates.
 

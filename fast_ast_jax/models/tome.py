@@ -1,8 +1,9 @@
 """Token merging (ToMe, Bolya et al. 2023) as pure JAX functions with static shapes.
 
-Written from the description in reference.md §2 (the ToMe code itself is CC-BY-NC and is not
-used). The number of merges per layer is a Python int fixed at trace time, so every layer
-outputs a fixed, smaller token count and the arrays really shrink under `jax.jit`.
+Written from the description in docs/REFERENCES.md §4 (ToMe, arXiv 2210.09461; its code is
+CC-BY-NC and is not used). The number of merges per layer is a Python int fixed at trace
+time, so every layer outputs a fixed, smaller token count and the arrays really shrink
+under `jax.jit`.
 
 Conventions: tokens are (B, T, C); `size` (B, T, 1) counts the original tokens a token
 represents; `source` (B, T, T0) is the 0/1 map from current to original tokens.
@@ -150,7 +151,7 @@ def parse_schedule(spec: int | str, *, depth: int) -> list[int]:
     """Per-block ToMe merge counts from a schedule spec (before the per-block clamp).
 
     One type, read the same way from Python, a config file and the command line:
-        int r, or the string "r"      -> [r] * depth (reference.md §2.4);
+        int r, or the string "r"      -> [r] * depth (docs/REFERENCES.md §4);
         "ramp:R,INFLECTION"           -> ToMe's parse_r((R, INFLECTION)): a linear ramp of
                                          mean R, INFLECTION in [-1, 1];
         "blocks:R0,R1,...,Rk"         -> [R0, ..., Rk] + [0] * (depth - k - 1).

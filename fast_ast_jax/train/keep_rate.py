@@ -1,4 +1,5 @@
-"""TopK keep-rate schedule for training (EViT / the pruning paper, papers.md §3).
+"""TopK keep-rate schedule for training (EViT, arXiv 2202.07800; TopK pruning in
+AST, arXiv 2504.01690; docs/REFERENCES.md §5).
 
 Training starts unpruned and lowers the keep rate of the pruning blocks from 1 to the
 model's `prune_keep_rate` between two epochs with a half cosine, as EViT and the AST/AudioMAE

@@ -3,7 +3,7 @@
 All losses take keyword-only arguments (so logits and labels cannot be swapped), return a
 scalar mean over the (optionally weighted) batch, and compute in float32.
 
-Distillation follows CMKD (reference.md §9, papers.md §1):
+Distillation follows CMKD (arXiv 2203.06760; docs/REFERENCES.md §7):
     loss = lam * task_loss(student, labels) + (1 - lam) * kd_loss(student, teacher_probs)
 - the teacher enters as *predictions* p_t taken at temperature tau on the teacher logits
   only (data.clips.teacher_probs: softmax(teacher / tau) single-label, sigmoid(teacher /
