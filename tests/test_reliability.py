@@ -370,6 +370,14 @@ def test_train_py_rejects_bad_flags(tmp_path):
     assert not (tmp_path / "checkpoints").exists()  # nothing started
 
 
+def test_url_workdir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """pathlib would turn gs://b/x into a local gs:/b/x directory: a bucket must be mounted."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"--workdir gs://bucket/run: a URL .*\(gcsfuse"):
+        loop.train_and_evaluate(default_config(), "gs://bucket/run")
+    assert not list(tmp_path.iterdir())
+
+
 def test_library_value_errors_keep_their_traceback():
     """Only this project's deliberate checks become one-line usage errors: a ValueError
     raised inside a library is a bug and propagates."""

@@ -234,6 +234,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         packed runs with eval data also "eval_table": rows {"hop_ms", "max_frames",
         "accuracy", ...} over config.elastic.eval_hops_ms x eval_max_frames.
     """
+    if "://" in str(workdir):  # pathlib would make a local "gs:/..." directory
+        raise ValueError(f"--workdir {workdir}: a URL is not a workdir here (checkpoints, "
+                         "metrics and TensorBoard are written to a local path); mount the "
+                         "bucket (gcsfuse, docs/TPU.md section 4) and give the mounted path")
     run = read_config(config)  # the one reading of the config
     sharding.initialize_distributed(run.distributed)
     workdir = Path(workdir)
