@@ -49,36 +49,23 @@ from fast_ast_jax.audio.augment import Augment, check_no_mixup
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data.clips import ClipStore
 from fast_ast_jax.data.loader import Loadable, host_share
-from fast_ast_jax.patches import grid_shape, patch_shape
+from fast_ast_jax.patches import Patching
 
 
 @dataclasses.dataclass(frozen=True)
 class PackSpec:
-    """The static shape of a packed batch and the patch grid (patch_size: an int or a
-    (frequency, time) pair, patches.patch_shape)."""
+    """The static shape of a packed batch (rows x max_tokens tokens, at most max_slots clips
+    a row) and how its clips are cut into patches (the model's `patches.Patching`)."""
 
     rows: int = 4
     max_tokens: int = 512
     max_slots: int = 16
-    patch_size: int | tuple[int, int] = 16
-    fstride: int = 16
-    tstride: int = 16
+    patching: Patching = Patching()
 
     def __post_init__(self):
         if min(self.rows, self.max_tokens, self.max_slots) < 1:
             raise ValueError(f"PackSpec rows={self.rows}, max_tokens={self.max_tokens}, "
                              f"max_slots={self.max_slots} must all be >= 1")
-
-    @property
-    def patch_frames(self) -> int:
-        """Frames one patch spans: the shortest clip (shorter ones are zero-padded)."""
-        return patch_shape(self.patch_size)[1]
-
-    @property
-    def patch_dim(self) -> int:
-        """Values per patch vector: ph * pw."""
-        ph, pw = patch_shape(self.patch_size)
-        return ph * pw
 
 
 class PackedPipeline(Loadable):
@@ -123,9 +110,9 @@ class PackedPipeline(Loadable):
                  teacher_multilabel: bool = False, on_bad_clip: str = "skip",
                  worker_count: int = 0):
         check_no_mixup(augment.mixup)
-        if max_frames < spec.patch_frames:
+        if max_frames < spec.patching.frames:
             raise ValueError(f"max_frames={max_frames} is shorter than one patch "
-                             f"({spec.patch_frames} frames)")
+                             f"({spec.patching.frames} frames)")
         self.process_index, self.local_rows = host_share(
             spec.rows, what="config.elastic.rows" if train else
             "the eval rows (config.eval_batch_size, 0 = config.elastic.rows)",
@@ -133,7 +120,7 @@ class PackedPipeline(Loadable):
         # Clips keep their length up to max_frames; one shorter than a patch is padded.
         self.clips = ClipStore(
             source, frontend=frontend, train=train, max_frames=max_frames,
-            min_frames=spec.patch_frames, hops_ms=hops_ms, seed=seed, augment=augment,
+            min_frames=spec.patching.frames, hops_ms=hops_ms, seed=seed, augment=augment,
             cache=cache, cache_dir=cache_dir, cache_key=cache_key, on_bad_clip=on_bad_clip,
             teacher=teacher, teacher_tau=teacher_tau, teacher_multilabel=teacher_multilabel)
         self.bad_clips = self.clips.bad_clips
@@ -163,9 +150,8 @@ class PackedPipeline(Loadable):
         frames = self.num_frames(index, hop)
         if frames is None:
             return None
-        f_dim, t_dim = grid_shape(frames=frames, num_mel_bins=self.frontend.num_mel_bins,
-                                  patch_size=self.spec.patch_size, fstride=self.spec.fstride,
-                                  tstride=self.spec.tstride)
+        f_dim, t_dim = self.spec.patching.grid(frames=frames,
+                                               num_mel_bins=self.frontend.num_mel_bins)
         n = f_dim * t_dim
         return max(1, int(n * (1.0 - self.token_dropout))) if self.train else n
 
@@ -237,9 +223,9 @@ class PackedPipeline(Loadable):
                 x = self.clips.normalize(feats)
                 if self.train:
                     x = self.clips.augmented(x, rng=rng, hop_ms=hop)
-                patches, pos = packing.patchify(x, patch_size=self.spec.patch_size,
-                                                fstride=self.spec.fstride,
-                                                tstride=self.spec.tstride)
+                p = self.spec.patching
+                patches, pos = packing.patchify(x, patch_size=p.size, fstride=p.fstride,
+                                                tstride=p.tstride)
                 if self.train and self.token_dropout > 0:
                     keep = packing.token_dropout(len(patches), rate=self.token_dropout,
                                                  rng=rng)
@@ -252,7 +238,7 @@ class PackedPipeline(Loadable):
                     teachers.append(teacher[i])
         packed = packing.pack_rows(samples, assignment, max_tokens=self.spec.max_tokens,
                                    max_slots=self.spec.max_slots,
-                                   dim=self.spec.patch_dim)
+                                   dim=self.spec.patching.dim)
         per_clip = lambda values: np.asarray(values, np.float32).reshape(
             len(samples), self.num_classes)
         # Slots name source examples (not positions in this batch) so outputs can be

@@ -19,6 +19,15 @@ MergeFn = Callable[..., jax.Array]
 MERGE_MODES = ("sum", "mean", "amax")
 
 
+def check_merge_input(x, *, mode: str, planned: tuple[int, int], axes: str) -> None:
+    """The checks of a planned merge function (here and models.packed_reduce): a known
+    `mode`, and x's leading (`axes`) shape the `planned` one."""
+    if mode not in MERGE_MODES:
+        raise ValueError(f"merge mode {mode!r} is not one of {MERGE_MODES}")
+    if x.shape[:2] != planned:
+        raise ValueError(f"merge planned for ({axes}) = {planned}, got x of shape {x.shape}")
+
+
 def _identity(x: jax.Array, mode: str = "mean") -> jax.Array:
     del mode
     return x
@@ -78,11 +87,7 @@ def bipartite_soft_matching(
     batch = jnp.arange(b)[:, None]
 
     def merge(x: jax.Array, mode: str = "mean") -> jax.Array:
-        if mode not in MERGE_MODES:
-            raise ValueError(f"merge mode {mode!r} is not one of {MERGE_MODES}")
-        if x.shape[:2] != (b, t):
-            raise ValueError(f"merge planned for (batch, tokens) = {(b, t)}, got x of shape "
-                             f"{x.shape}")
+        check_merge_input(x, mode=mode, planned=(b, t), axes="batch, tokens")
         src_side, dst = x[:, ::2], x[:, 1::2]
         unm = jnp.take_along_axis(src_side, unm_idx[..., None], axis=1)
         src = jnp.take_along_axis(src_side, src_idx[..., None], axis=1)

@@ -33,6 +33,7 @@ from fast_ast_jax.data import make_source
 from fast_ast_jax.data.clips import fbank_moments
 from fast_ast_jax.data.packed import PackedPipeline, PackSpec
 from fast_ast_jax.data.pipeline import Pipeline
+from fast_ast_jax.patches import Patching
 from fast_ast_jax.train.elastic import table_pipelines
 from fast_ast_jax.train.spec import Data, Elastic, Model, Run
 
@@ -183,8 +184,8 @@ def build_pipeline(run: Run, split: str, *, train: bool, source=None, teacher=No
 def pack_spec(elastic: Elastic, model) -> PackSpec:
     """The rows of config.elastic for `model`'s patches (an ElasticAST)."""
     return PackSpec(rows=elastic.rows, max_tokens=elastic.max_tokens,
-                    max_slots=elastic.max_slots, patch_size=model.patch_size,
-                    fstride=model.fstride, tstride=model.tstride)
+                    max_slots=elastic.max_slots,
+                    patching=Patching(model.patch_size, model.fstride, model.tstride))
 
 
 def packed_evals(run: Run, split: str, *, source, spec: PackSpec
@@ -255,7 +256,7 @@ def _packed(run: Run, *, model, source, eval_source, teacher):
                            cache_key=cache_key(run, "train"), **loading_kwargs(run.data))
     evals = [] if eval_source is None else packed_evals(run, "eval", source=eval_source,
                                                         spec=spec)
-    example = {"patches": np.zeros((1, 8, spec.patch_dim), np.float32),
+    example = {"patches": np.zeros((1, 8, spec.patching.dim), np.float32),
                "segment_ids": np.ones((1, 8), np.int32),
                "positions": np.zeros((1, 8, 2), np.int32),
                "slot_index": np.zeros((1, 1), np.int32)}
