@@ -57,8 +57,20 @@ def assert_same(got: dict, want: dict, keys, *, tol: float) -> None:
 
 
 def assert_params_close(got, want) -> None:
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=TRAIN_TOL, atol=TRAIN_TOL),
-                 got, want)
+    """Every trained param within TRAIN_TOL, except the attention's key bias (qkv bias row
+    1): it adds q.b_k to every logit of a query's row, which the softmax cancels, so its
+    gradient is zero up to rounding and Adam turns that noise into steps of ~lr in either
+    direction (measured 2026-12-06: up to 8.8e-4 apart after 6 steps under the tests' XLA
+    settings, identical under the settings that made the files). What it holds shows
+    nowhere: the outputs and losses compared elsewhere do not depend on it."""
+    def check(path, a, b):
+        a, b = np.asarray(a), np.asarray(b)
+        if jax.tree_util.keystr(path).endswith("['qkv']['bias']"):
+            a, b = a[[0, 2]], b[[0, 2]]  # (3 = q/k/v, heads, head width): q and v
+        np.testing.assert_allclose(a, b, rtol=TRAIN_TOL, atol=TRAIN_TOL,
+                                   err_msg=jax.tree_util.keystr(path))
+
+    jax.tree_util.tree_map_with_path(check, got, want)
 
 
 def test_stored_files_are_small_and_complete():
