@@ -35,6 +35,8 @@ LAYERS = {
     "formats": 3, "checkpoints": 3, "distill": 3, "windows": 3, "maps": 3, "viz": 3,
     "bench": 3,
     "train": 4,
+    # the small-data recipe: stages of the trainer, dump, export and the result table
+    "recipe": 5,
     # entry modules: the commands
     "cli": 5, "predict": 5, "embed": 5, "export": 5, "__main__": 5,
 }
