@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +43,13 @@ def _data(tmp_path, n=24, labels="abc", header=("filename", "label", "fold")) ->
 
 
 def _args(meta: Path, work: Path, *extra, tiny=True) -> list[str]:
+    """The command's arguments: TINY's overrides first, so that `extra` overrides them."""
     args = ["--data", str(meta), "--audio_dir", str(meta.parent / "audio"),
-            "--workdir", str(work), *extra]
+            "--workdir", str(work)]
     for item in TINY if tiny else ():
-        args += ["--set", item]
-    return args
+        if "--no_student" not in extra or not item.startswith("student."):
+            args += ["--set", item]
+    return args + list(extra)
 
 
 def _fails(capsys, argv) -> str:
@@ -185,8 +187,8 @@ def test_a_stage_of_another_recipe_is_refused_and_force_allows_it(tmp_path, caps
 
 
 def _trained(out: str) -> list[str]:
-    return [line.split(":")[1].strip() for line in out.splitlines()
-            if line.startswith("recipe: ") and (" training " in line or " resuming " in line)]
+    """The stages a run's progress lines say it trained or resumed."""
+    return re.findall(r"^recipe: (\w+): (?:training|resuming)", out, flags=re.M)
 
 
 @pytest.mark.slow

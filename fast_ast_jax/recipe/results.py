@@ -108,6 +108,10 @@ def markdown(results: dict[str, Any], *, command: str) -> str:
               f"the models. 1-minute load average {start:.2f} at start, {end:.2f} at end."
               f"{busy} MACs: analytic forward multiply-accumulates per clip "
               "(fast_ast_jax.bench.ast_macs)."]
+    if results.get("wall_s"):
+        lines += ["", "Training wall time (every run of this workdir, under the machine's "
+                  "load at the time): " + ", ".join(
+                      f"{k} {v / 60:.1f} min" for k, v in results["wall_s"].items()) + "."]
     return "\n".join(lines) + "\n"
 
 

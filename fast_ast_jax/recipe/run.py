@@ -87,17 +87,18 @@ def _teacher_logits(configs: dict, *, workdir: Path, echo: Callable[[str], None]
 
 
 def _export(last: str, *, workdir: Path, step: int, echo: Callable[[str], None]) -> Path:
+    """W/export/model.jaxexport of the last classifier stage (once per stage and step)."""
     from fast_ast_jax.export import export_checkpoint
 
     out = workdir / EXPORT
     spec = Path(f"{out}.json")
-    if spec.is_file() and json.loads(spec.read_text()).get("checkpoint_step") == step and \
-            json.loads(spec.read_text()).get("stage") == last:
+    made = json.loads(spec.read_text()) if spec.is_file() else {}
+    if (made.get("stage"), made.get("checkpoint_step")) == (last, step):
         echo(f"recipe: export: {out} is from {last} step {step}, skipped")
         return out
     echo(f"recipe: export: {workdir / last} -> {out}")
-    export_checkpoint(workdir / last, out)
-    spec.write_text(json.dumps({**json.loads(spec.read_text()), "stage": last}, indent=1))
+    made = export_checkpoint(workdir / last, out)
+    spec.write_text(json.dumps({**made, "stage": last}, indent=1))
     return out
 
 
@@ -139,10 +140,6 @@ def run_recipe(*, export: bool = False, command: str = "", echo: Callable[[str],
     """
     p = plan(**inputs)
     workdir, clips, stages = p["workdir"], p["clips"], p["stages"]
-    s = clips.summary()
-    echo(f"recipe: {s['train']} training clips, {s['eval']} eval clips ({s['split']}), "
-         f"{s['unlabeled']} unlabeled clips, {len(s['labels'])} labels; input "
-         f"{p['kwargs']['target_frames']} frames (99th percentile of the training clips)")
     # --- from here on, writes ---
     workdir.mkdir(parents=True, exist_ok=True)
     if p["force"]:
@@ -155,7 +152,13 @@ def run_recipe(*, export: bool = False, command: str = "", echo: Callable[[str],
               "target_frames": p["kwargs"]["target_frames"]}
     workdir_lib.write_record(workdir, record)
     unpinned = stage_configs(clips, workdir=str(workdir), **p["kwargs"])
+    s = clips.summary()
+    echo(f"recipe: {s['train']} training clips, {s['eval']} eval clips ({s['split']}), "
+         f"{s['unlabeled']} unlabeled clips, {len(s['labels'])} labels; input "
+         f"{unpinned['pretrain'].frontend.target_frames} frames (derived: "
+         f"{p['kwargs']['target_frames']}, the training clips' 99th percentile)")
     stats = _stats(unpinned["pretrain"], workdir=workdir)
+    record["frontend_stats"] = {"mean": stats[0], "std": stats[1]}
     configs = stage_configs(clips, workdir=str(workdir), stats=stats, **p["kwargs"])
     trained = []
     for name, config in configs.items():
@@ -176,7 +179,7 @@ def run_recipe(*, export: bool = False, command: str = "", echo: Callable[[str],
     echo("recipe: evaluating every stage on the eval split")
     results = results_lib.stage_results(
         {name: (workdir / name, c) for name, c in configs.items()})
-    results["wall_s"] = wall
+    results["wall_s"] = dict(wall)
     echo(results_lib.write_results(workdir, results, command=command))
     echo(f"recipe: results in {workdir / 'results.md'} (+ results.json)")
     return {"configs": configs, "trained": trained, "results": results, "export": out}
