@@ -27,11 +27,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from fast_ast_jax.audio.frontend import FrontEnd
+from fast_ast_jax.export import export_checkpoint
 from fast_ast_jax.recipe import configs as configs_lib
 from fast_ast_jax.recipe import results as results_lib
 from fast_ast_jax.recipe import workdir as workdir_lib
 from fast_ast_jax.recipe.clips import clip_frames, read_clips, target_frames, write_clips
 from fast_ast_jax.recipe.configs import STAGES, TEACHER_LOGITS, stage_configs
+from fast_ast_jax.train.dump import dump
+from fast_ast_jax.train.loop import train_and_evaluate
 from fast_ast_jax.train.task import with_auto_stats
 
 EXPORT = "export/model.jaxexport"
@@ -54,8 +57,6 @@ def _stats(config, *, workdir: Path) -> tuple[float, float]:
 def _train(name: str, config, *, workdir: Path, echo: Callable[[str], None]) -> float:
     """Train (or resume) one stage; returns its wall seconds. Raises StageStopped if it
     stopped early."""
-    from fast_ast_jax.train.loop import train_and_evaluate  # the trainer's jax set-up
-
     stage_dir, total = workdir / name, int(config.num_steps)
     step = workdir_lib.latest_step(stage_dir)
     echo(f"recipe: {name}: " + (f"resuming at step {step} of {total}" if step else
@@ -71,8 +72,6 @@ def _train(name: str, config, *, workdir: Path, echo: Callable[[str], None]) -> 
 def _teacher_logits(configs: dict, *, workdir: Path, echo: Callable[[str], None]) -> None:
     """The fine-tuned model's logits on the training clips, for the student (once; written
     under a temporary name first, so a killed dump is redone, never half-read)."""
-    from fast_ast_jax.train.dump import dump
-
     out = workdir / "student" / TEACHER_LOGITS
     if out.is_file():
         return
@@ -88,8 +87,6 @@ def _teacher_logits(configs: dict, *, workdir: Path, echo: Callable[[str], None]
 
 def _export(last: str, *, workdir: Path, step: int, echo: Callable[[str], None]) -> Path:
     """W/export/model.jaxexport of the last classifier stage (once per stage and step)."""
-    from fast_ast_jax.export import export_checkpoint
-
     out = workdir / EXPORT
     spec = Path(f"{out}.json")
     made = json.loads(spec.read_text()) if spec.is_file() else {}
