@@ -2,6 +2,8 @@
 the AST parameter layout of the encoder, reconstruction learning, analytic cost."""
 from __future__ import annotations
 
+import json
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -267,6 +269,24 @@ def test_empty_patches_can_be_left_out_of_the_loss():
     pad = jnp.full_like(x, -frontend.mean / (2 * frontend.std))
     assert float(model.clone(ignore_empty_patches=True).apply(
         {"params": params}, pad, key=key).loss[0]) == 0.0
+
+
+def test_a_pretraining_checkpoint_from_before_the_field_resumes(tmp_path):
+    """Checkpoints saved before MAE.ignore_empty_patches existed lack it; resuming one with
+    the default (the loss they were trained with) is no mismatch, with the other value
+    it is."""
+    from fast_ast_jax.models import model_fields
+    from fast_ast_jax.train.loop import check_resumable
+
+    meta = {"model": json.loads(json.dumps(model_fields(_mae()))), "model_class": "mae",
+            "frontend": FrontEnd().to_dict(), "labels": [], "loss": "softmax"}
+    old = json.loads(json.dumps(meta))
+    del old["model"]["ignore_empty_patches"]
+    check_resumable(old, meta, directory=tmp_path)
+    new = json.loads(json.dumps(meta))
+    new["model"]["ignore_empty_patches"] = True
+    with pytest.raises(ValueError, match="ignore_empty_patches"):
+        check_resumable(old, new, directory=tmp_path)
 
 
 def _normalised(target):

@@ -178,7 +178,17 @@ def test_a_stage_of_another_recipe_is_refused_and_force_allows_it(tmp_path, caps
     assert "--force finetune" in err
     err = _fails(capsys, args + ["--set", "model.depth=3"])  # the first stage that differs
     assert str(work / "pretrain") not in err and str(work / "finetune") in err
+    err = _fails(capsys, args + ["--set", "pretrain.optim.lr=0.01"])  # a stage before it
+    assert f"{work / 'finetune'} was trained from a pretrain stage that differs now" in err
     assert ((work / "recipe.json").read_text(), _snapshot(work)) == before
+    # a record written before a config field existed: the field's default is no change
+    older = json.loads(before[0])
+    del older["stages"]["finetune"]["config"]["model"]["ignore_empty_patches"]
+    workdir_lib.write_record(work, older)
+    plan(data=meta, workdir=work, audio_dir=meta.parent / "audio", eval_select="fold=test",
+         overrides=TINY)
+    err = _fails(capsys, args + ["--set", "model.ignore_empty_patches=True"])
+    assert "ignore_empty_patches: None recorded, True now" in err
     plan(data=meta, workdir=work, audio_dir=meta.parent / "audio", eval_select="fold=test",
          overrides=[*TINY, "finetune.optim.lr=0.01"], force="finetune")  # no error
     (work / "recipe.json").unlink()

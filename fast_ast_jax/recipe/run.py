@@ -143,8 +143,9 @@ def run_recipe(*, export: bool = False, command: str = "", echo: Callable[[str],
         workdir_lib.remove_stages(workdir, list(stages), force=p["force"], echo=echo)
     write_clips(clips, workdir / "data")
     recorded = p["recorded"] or {}
+    old = recorded.get("stages", {})
     wall = {k: v for k, v in recorded.get("wall_s", {}).items()
-            if recorded.get("stages", {}).get(k) == stages.get(k)}
+            if k in old and k in stages and not workdir_lib.differences(old[k], stages[k])}
     record = {"version": 1, "command": command, "stages": stages, "wall_s": wall,
               "target_frames": p["kwargs"]["target_frames"]}
     workdir_lib.write_record(workdir, record)
