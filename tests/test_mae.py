@@ -247,51 +247,22 @@ def test_reconstruction_loss_falls_on_generated_audio():
     assert after < 0.5 * before and after < 0.85, (before, after)  # seen: 1.97 -> 0.71
 
 
-def test_empty_patches_can_be_left_out_of_the_loss():
-    """A short clip padded to the input: with ignore_empty_patches its padded (constant)
-    patches add nothing to the loss, which is the mean over the masked patches with
-    content; without it they count (the default, as before)."""
-    frontend = FrontEnd(num_mel_bins=64, target_frames=128, mean=-6.0, std=3.0)
-    wave = SyntheticSource(num_examples=1, min_seconds=0.5, max_seconds=0.5)[0]["audio"]
-    x = jnp.asarray(features(wave, frontend=frontend))[None]  # ~48 real frames of 128
-    model = _mae(mask_ratio=0.5)
-    params = model.init(jax.random.PRNGKey(0), x, key=jax.random.PRNGKey(1))["params"]
-    key = jax.random.PRNGKey(2)
-    out = model.apply({"params": params}, x, key=key)
-    skip = model.clone(ignore_empty_patches=True).apply({"params": params}, x, key=key)
-    err = ((out.pred - _normalised(out.target)) ** 2).mean(-1)[0]  # (N,)
-    empty = np.asarray(out.target[0].var(-1) < mae.EMPTY_VARIANCE)
-    masked = np.asarray(out.masked[0])
-    assert 0 < empty[masked].sum() < len(masked)  # padded and real patches were masked
-    np.testing.assert_allclose(out.loss[0], err[masked].mean(), rtol=1e-5)
-    np.testing.assert_allclose(skip.loss[0], err[masked[~empty[masked]]].mean(), rtol=1e-5)
-    # a clip of padding only has no patch left: loss 0, not NaN
-    pad = jnp.full_like(x, -frontend.mean / (2 * frontend.std))
-    assert float(model.clone(ignore_empty_patches=True).apply(
-        {"params": params}, pad, key=key).loss[0]) == 0.0
-
-
 def test_a_pretraining_checkpoint_from_before_the_field_resumes(tmp_path):
-    """Checkpoints saved before MAE.ignore_empty_patches existed lack it; resuming one with
-    the default (the loss they were trained with) is no mismatch, with the other value
-    it is."""
+    """A checkpoint saved before a model field existed lacks it (simulated: norm_pix_loss
+    deleted from the saved fields); resuming it with the field's default (what it was
+    trained with) is no mismatch, with another value it is."""
     from fast_ast_jax.models import model_fields
     from fast_ast_jax.train.loop import check_resumable
 
     meta = {"model": json.loads(json.dumps(model_fields(_mae()))), "model_class": "mae",
             "frontend": FrontEnd().to_dict(), "labels": [], "loss": "softmax"}
     old = json.loads(json.dumps(meta))
-    del old["model"]["ignore_empty_patches"]
+    del old["model"]["norm_pix_loss"]
     check_resumable(old, meta, directory=tmp_path)
     new = json.loads(json.dumps(meta))
-    new["model"]["ignore_empty_patches"] = True
-    with pytest.raises(ValueError, match="ignore_empty_patches"):
+    new["model"]["norm_pix_loss"] = False
+    with pytest.raises(ValueError, match="norm_pix_loss"):
         check_resumable(old, new, directory=tmp_path)
-
-
-def _normalised(target):
-    mean, var = target.mean(-1, keepdims=True), target.var(-1, keepdims=True)
-    return (target - mean) / jnp.sqrt(var + 1e-6)
 
 
 def test_pretraining_macs_are_a_fraction_of_a_supervised_forward():

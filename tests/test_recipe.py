@@ -183,12 +183,12 @@ def test_a_stage_of_another_recipe_is_refused_and_force_allows_it(tmp_path, caps
     assert ((work / "recipe.json").read_text(), _snapshot(work)) == before
     # a record written before a config field existed: the field's default is no change
     older = json.loads(before[0])
-    del older["stages"]["finetune"]["config"]["model"]["ignore_empty_patches"]
+    del older["stages"]["finetune"]["config"]["model"]["tome_prop_attn"]  # simulated
     workdir_lib.write_record(work, older)
     plan(data=meta, workdir=work, audio_dir=meta.parent / "audio", eval_select="fold=test",
          overrides=TINY)
-    err = _fails(capsys, args + ["--set", "model.ignore_empty_patches=True"])
-    assert "ignore_empty_patches: None recorded, True now" in err
+    err = _fails(capsys, args + ["--set", "model.tome_prop_attn=False"])
+    assert "tome_prop_attn: None recorded, False now" in err
     plan(data=meta, workdir=work, audio_dir=meta.parent / "audio", eval_select="fold=test",
          overrides=[*TINY, "finetune.optim.lr=0.01"], force="finetune")  # no error
     (work / "recipe.json").unlink()

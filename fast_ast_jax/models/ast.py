@@ -438,7 +438,7 @@ def token_plan(*, grid: tuple[int, int], depth: int, tome_r: int | str,
 # Not AST fields: the kind and size, other kinds' blocks, the schedule spelling of tome_r,
 # and the pretraining fields of mae.MAE (its own from_config reads them).
 _NOT_FIELDS = ("name", "size", "cnn", "tome_schedule", "mask_ratio", "decoder_width",
-               "decoder_depth", "decoder_heads", "norm_pix_loss", "ignore_empty_patches")
+               "decoder_depth", "decoder_heads", "norm_pix_loss")
 
 
 def model_overrides(model_config) -> dict[str, Any]:

@@ -92,33 +92,20 @@ def fold_patches(patches, *, frames: int, num_mel_bins: int, patch_size, fstride
     return total / jnp.maximum(count, 1.0)
 
 
-def masked_mse(pred, target, masked, *, norm_pix: bool, ignore_empty: bool = False):
+def masked_mse(pred, target, masked, *, norm_pix: bool):
     """Per-clip reconstruction loss: mean squared error over the masked patches only.
 
     pred, target: (B, N, P) patch vectors; masked: (B, M) patch indices -> (B,) float32.
     norm_pix: targets normalised per patch (zero mean, unit variance; MAE's norm_pix_loss).
-    ignore_empty: leave out the masked patches that hold one constant value (variance
-        below EMPTY_VARIANCE): the padding of a clip shorter than the input, and digital
-        silence. Their normalised target is 0 and says nothing about the audio; a short
-        clip's masked patches are mostly such. A clip with no other masked patch has loss 0.
     """
     target = target.astype(jnp.float32)
-    var = target.var(axis=-1, keepdims=True)
     if norm_pix:
         mean = target.mean(axis=-1, keepdims=True)
+        var = target.var(axis=-1, keepdims=True)
         target = (target - mean) / jnp.sqrt(var + 1e-6)
     err = (pred.astype(jnp.float32) - target) ** 2  # (B, N, P)
     err = jnp.take_along_axis(err.mean(axis=-1), masked, axis=1)  # (B, M)
-    if not ignore_empty:
-        return err.mean(axis=1)
-    kept = jnp.take_along_axis((var[..., 0] >= EMPTY_VARIANCE).astype(jnp.float32), masked,
-                               axis=1)  # (B, M)
-    return (err * kept).sum(axis=1) / jnp.maximum(kept.sum(axis=1), 1.0)
-
-
-# A patch whose values vary less than this (normalised fbank units, squared) is empty: the
-# constant padding (float sums of equal values leave ~1e-12), digital silence.
-EMPTY_VARIANCE = 1e-6
+    return err.mean(axis=1)
 
 
 class Encoder(ast.Backbone):
@@ -210,8 +197,6 @@ class MAE(ast.Backbone):
         mask_ratio: fraction of patches hidden from the encoder, in [0, 1).
         decoder_width, decoder_depth, decoder_heads: the decoder transformer (MLP 4x).
         norm_pix_loss: reconstruct per-patch normalised targets (Audio-MAE's choice).
-        ignore_empty_patches: leave constant patches (padding, silence) out of the loss
-            (`masked_mse`).
     """
 
     mask_ratio: float = 0.8
@@ -219,7 +204,6 @@ class MAE(ast.Backbone):
     decoder_depth: int = 2
     decoder_heads: int = 4
     norm_pix_loss: bool = True
-    ignore_empty_patches: bool = False
 
     def setup(self):
         self.encoder = Encoder(**self.backbone_fields())
@@ -282,8 +266,7 @@ class MAE(ast.Backbone):
         pred = self.decoder(self.encoder(x, visible=visible), visible=visible)
         target = extract_patches(x, patch_size=self.patch_size, fstride=self.fstride,
                                  tstride=self.tstride)
-        loss = masked_mse(pred, target, masked, norm_pix=self.norm_pix_loss,
-                          ignore_empty=self.ignore_empty_patches)
+        loss = masked_mse(pred, target, masked, norm_pix=self.norm_pix_loss)
         return MaeOutput(loss, pred, target, visible, masked)
 
     def encode(self, x):
@@ -311,7 +294,7 @@ def create_mae(size: str = "base", **overrides) -> MAE:
 
 # config.model fields of the decoder and the masking (train.config.default_config).
 PRETRAIN_FIELDS = ("mask_ratio", "decoder_width", "decoder_depth", "decoder_heads",
-                   "norm_pix_loss", "ignore_empty_patches")
+                   "norm_pix_loss")
 
 
 def from_config(config, *, num_classes: int, frontend) -> MAE:

@@ -97,14 +97,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.keep_rate_schedule = keep_rate.defaults()
     # Masked pretraining (model.name "mae", fast_ast_jax.models.mae.MAE; ignored by the
     # other kinds): the fraction of patches hidden from the encoder, the light decoder
-    # (width x depth blocks, heads), per-patch normalised targets, and whether constant
-    # patches (the padding of short clips, digital silence) are left out of the loss.
+    # (width x depth blocks, heads), per-patch normalised targets.
     c.model.mask_ratio = 0.8
     c.model.decoder_width = 128
     c.model.decoder_depth = 2
     c.model.decoder_heads = 4
     c.model.norm_pix_loss = True
-    c.model.ignore_empty_patches = False
     # CNN teacher (fast_ast_jax.models.cnn; used when name = "cnn", with model.dtype).
     c.model.cnn = ml_collections.ConfigDict(dict(
         stages="small", stem_channels=32, feature_dim=256, pooling="attention", dropout=0.2))
