@@ -43,6 +43,34 @@ cat "$work/predict.err"
 [ "$rc" -eq 1 ] && grep -q "1 of 3 files failed" "$work/predict.err"
 [ "$(wc -l < "$work/predictions.csv")" -eq 4 ]
 
+step "stream: a file played as a stream (a line per hop), stdin PCM at 44.1 kHz stereo, a truncated stream"
+$py -m fast_ast_jax.stream --checkpoint workdirs/demo --file "$work/audio/chirp.flac" \
+    --hop_frames 50 --top_k 2 > "$work/stream.out"
+$py - "$work/stream.out" "$work/audio/chirp.flac" <<'PY'
+import re, sys
+from fast_ast_jax import checkpoints
+from fast_ast_jax.audio.fbank import num_frames
+from fast_ast_jax.audio.io import load_audio
+lines = open(sys.argv[1]).read().splitlines()
+fe = checkpoints.load("workdirs/demo").frontend
+frames = num_frames(len(load_audio(sys.argv[2], sample_rate=fe.sample_rate)),
+                    window_size=fe.window_size, hop_size=fe.hop_size)
+print("\n".join(lines))
+assert len(lines) == -(-frames // 50), (len(lines), frames)  # a hop per 50 frames + the end
+assert all(re.fullmatch(r" *\d+\.\d{3} s  \S+ [01]\.\d{3}, \S+ [01]\.\d{3}", x) for x in lines)
+PY
+$py -c "import sys, soundfile as sf; sys.stdout.buffer.write(sf.read(sys.argv[1], dtype='int16')[0].tobytes())" \
+    "$work/audio/chirp.flac" | $py -m fast_ast_jax.stream --checkpoint workdirs/demo - \
+    --sample_rate 44100 --channels 2 --jsonl > "$work/stream.jsonl"
+[ "$(wc -l < "$work/stream.jsonl")" -eq "$(wc -l < "$work/stream.out")" ]
+set +e
+printf 'odd' | $py -m fast_ast_jax.stream --checkpoint workdirs/demo - 2> "$work/stream.err"
+rc=$?
+set -e
+cat "$work/stream.err"
+[ "$rc" -eq 2 ] && [ "$(wc -l < "$work/stream.err")" -eq 1 ] \
+    && grep -q "ended inside a sample frame" "$work/stream.err"
+
 step "embed: clip embeddings of the two good files, the corrupt one is one error line, exit 1"
 set +e
 $py -m fast_ast_jax.embed "$work/audio" --checkpoint workdirs/demo --out "$work/emb.npz" \

@@ -60,7 +60,7 @@ def padded_real_fraction(pipeline) -> float:
     return float(np.mean(real))
 
 
-def padded_table(restored, config, *, hops_ms, caps) -> dict[tuple[float, int], float]:
+def padded_table(restored, run, *, hops_ms, caps) -> dict[tuple[float, int], float]:
     """Accuracy of a padded AST on fbanks at each hop, blanked after each cap (frames)."""
     from fast_ast_jax import sharding
     from fast_ast_jax.train.forward import evaluate
@@ -71,7 +71,7 @@ def padded_table(restored, config, *, hops_ms, caps) -> dict[tuple[float, int], 
     for hop in hops_ms:
         fe = dataclasses.replace(restored.frontend, frame_shift_ms=hop,
                                  frame_length_ms=max(restored.frontend.frame_length_ms, hop))
-        pipeline = build_pipeline(config, "eval", frontend=fe, train=False)
+        pipeline = build_pipeline(dataclasses.replace(run, frontend=fe), "eval", train=False)
         fill = (0.0 - fe.mean) / (2 * fe.std)  # a padded frame, normalised
         full = pipeline.batch
         for cap in caps:
@@ -90,11 +90,11 @@ def padded_table(restored, config, *, hops_ms, caps) -> dict[tuple[float, int], 
 
 
 def run(args) -> str:
-    from fast_ast_jax.audio.frontend import FrontEnd
     from fast_ast_jax import checkpoints
     from fast_ast_jax.train.evaluation import evaluate_checkpoint
     from fast_ast_jax.train.loop import train_and_evaluate
-    from fast_ast_jax.train.task import build_pipeline, packed_task
+    from fast_ast_jax.train.spec import checkpoint_run, read_config
+    from fast_ast_jax.train.task import build_pipeline, make_task
 
     work, padded_dir = Path(args.workdir), Path(args.padded)
     config = override(recipe(ROOT / "configs" / "fsdd_elastic.py", args.split), args.set)
@@ -103,14 +103,13 @@ def run(args) -> str:
     settings = [{}] + ([{"tome_r": args.r}] if args.r else [])
     packed_rows = evaluate_checkpoint(work, config=config, settings=settings, echo=None)
     restored = checkpoints.load(padded_dir)
-    pad_config = restored.config
+    pad_run = checkpoint_run(restored)
     grid = [(float(h), int(c)) for h in e.eval_hops_ms for c in e.eval_max_frames]
-    padded_acc = padded_table(restored, pad_config, hops_ms=e.eval_hops_ms,
+    padded_acc = padded_table(restored, pad_run, hops_ms=e.eval_hops_ms,
                               caps=e.eval_max_frames)
 
-    train_packed = packed_task(config,
-                               frontend=FrontEnd.from_dict(config.frontend.to_dict())).train
-    train_padded = build_pipeline(pad_config, "train", frontend=restored.frontend, train=True)
+    train_packed = make_task(read_config(config), workdir=work).train
+    train_padded = build_pipeline(pad_run, "train", train=True)
     rates = {"padded": train_clips_per_s(padded_dir), "packed": train_clips_per_s(work)}
     real = {"padded": padded_real_fraction(train_padded),
             "packed": train_packed.efficiency(0)}

@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fast_ast_jax import distill  # noqa: E402
+from fast_ast_jax import teacher_logits  # noqa: E402
 from fast_ast_jax.train.dump import dump  # noqa: E402
 from fast_ast_jax.train.config import recipe  # noqa: E402
 
@@ -101,7 +101,7 @@ def run(args) -> str:
     if args.ensemble:  # 4. a stronger teacher: the CNN and the AST baseline together
         dump(work / "ast", out=work / "ast" / "teacher_train.npz", split="train")
         ens = work / "ensemble_train.npz"
-        distill.ensemble([logits, work / "ast" / "teacher_train.npz"], out=ens)
+        teacher_logits.ensemble([logits, work / "ast" / "teacher_train.npz"], out=ens)
         rows.insert(2, ("CNN + AST baseline ensemble (teacher, mean logits)",
                         ensemble_row(work), "CNN + AST"))
         train("fsdd_fastast", args.split, work / "ast_tome_kd_ens",
@@ -118,17 +118,17 @@ def ensemble_row(work: Path) -> dict:
 
     from fast_ast_jax.data import source_ids
     from fast_ast_jax.checkpoints import load as load_checkpoint
+    from fast_ast_jax.train.spec import checkpoint_run
     from fast_ast_jax.train.task import build_pipeline
 
     members = []
     for name in ("cnn", "ast"):
         out = work / name / "teacher_eval.npz"
         dump(work / name, out=out, split="eval")
-        members.append(distill.load(out))
+        members.append(teacher_logits.load(out))
     logits = np.mean([m.lookup(members[0].ids) for m in members], axis=0)
     restored = load_checkpoint(work / "ast")
-    pipeline = build_pipeline(restored.config, "eval", frontend=restored.frontend,
-                              train=False)
+    pipeline = build_pipeline(checkpoint_run(restored), "eval", train=False)
     label = {cid: int(np.argmax(example[1]))
              for i, cid in enumerate(source_ids(pipeline.source))
              if (example := pipeline.example(i)) is not None}

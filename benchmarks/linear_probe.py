@@ -38,7 +38,7 @@ from fast_ast_jax import checkpoints  # noqa: E402
 from fast_ast_jax.audio.fbank import fbank  # noqa: E402
 from fast_ast_jax.audio.features import normalize  # noqa: E402
 from fast_ast_jax.audio.io import load_audio  # noqa: E402
-from fast_ast_jax.embed import embed_files, encoder  # noqa: E402
+from fast_ast_jax.embeddings import embed_files, encoder  # noqa: E402
 
 PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1)
 

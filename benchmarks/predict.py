@@ -37,7 +37,7 @@ from fast_ast_jax import bench, checkpoints  # noqa: E402
 from fast_ast_jax.audio.fbank import num_frames  # noqa: E402
 from fast_ast_jax.audio.fbank_jax import log_mel_macs  # noqa: E402
 from fast_ast_jax.models import AST  # noqa: E402
-from fast_ast_jax.predict import predict_files  # noqa: E402
+from fast_ast_jax.inference import predict_files  # noqa: E402
 from fast_ast_jax.windows import scorer, window_starts  # noqa: E402
 
 MODES = {"host features": False, "device features": True}

@@ -1,5 +1,5 @@
 """AudioSet recipe (full 2M or balanced 20k), mirroring AST's egs/audioset/run.sh
-(reference.md §3.4). Not runnable here (needs AudioSet audio).
+(docs/REFERENCES.md §8). Not runnable here (needs AudioSet audio).
 
     python train.py --config configs/audioset.py:full --workdir /tmp/as \
         --config.data.train.csv_path=audioset/train.csv --config.data.eval.csv_path=...

@@ -1,4 +1,4 @@
-"""ElasticAST recipes (papers.md §2(b), reference.md §5.6). Not runnable here (needs the
+"""ElasticAST recipes (arXiv 2407.08691; docs/REFERENCES.md §6). Not runnable here (needs the
 datasets); the shapes and hyperparameters are ElasticAST's.
 
     :resolution  AudioSet, resolution elasticity: hop drawn per clip from 10..40 ms

@@ -1,5 +1,5 @@
 """FastAST on AudioSet (balanced 20k by default, as FastAST): configs/audioset.py with ToMe
-during training and CMKD from teacher logits (papers.md §1(b)). Not runnable here.
+during training and CMKD from teacher logits (FastAST, arXiv 2406.07676). Not runnable here.
 
     python -m fast_ast_jax.distill dump --checkpoint TEACHER --config configs/audioset.py:balanced \
         --split train --out as20k_teacher.npz --top_k 50

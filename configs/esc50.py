@@ -1,4 +1,4 @@
-"""ESC-50 recipe, mirroring AST's egs/esc50/run_esc.sh (reference.md §3.4). Not runnable here
+"""ESC-50 recipe, mirroring AST's egs/esc50/run_esc.sh (docs/REFERENCES.md §8). Not runnable here
 (needs the ESC-50 audio and pretrained AudioSet AST weights).
 
     python train.py --config configs/esc50.py:fold=1 --workdir /tmp/esc50_f1 \

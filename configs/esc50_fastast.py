@@ -1,5 +1,5 @@
 """FastAST on ESC-50: configs/esc50.py with ToMe during training and CMKD from teacher logits
-(papers.md §1). Not runnable here (needs ESC-50 and pretrained weights).
+(FastAST, arXiv 2406.07676). Not runnable here (needs ESC-50 and pretrained weights).
 
     python -m fast_ast_jax.distill dump --checkpoint TEACHER_WORKDIR \
         --config configs/esc50.py:fold=1 --split train --out esc50_f1_teacher.npz
@@ -7,7 +7,7 @@
         --config.distill.teacher_logits=esc50_f1_teacher.npz (+ the data paths of esc50.py)
 
 The teacher file must hold the training folds' clips (one file per fold). FastAST's
-published material gives no r, lam or tau per dataset (papers.md §1(d)); we use the
+published material gives no r, lam or tau per dataset; we use the
 prototype's KD defaults lam = 0.1 (weight of the label term) and tau = 1, and r = 32 (its
 training script) — 512 frames at stride 10 give 12 x 50 = 600 patches, so r = 32 in the
 11 blocks that merge (the last never does) leaves 248.

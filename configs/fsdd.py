@@ -13,7 +13,7 @@ the same patch. Not yet measured on FSDD.
 
 Splits (meta.csv): by default the speaker-held-out `fold` (train on 5 speakers, test on
 theo); `:official` uses the dataset's `official_split` (recordings 0-4 of every speaker are
-the test set). Reference points (DESIGN.md §5): MFCC 1-NN scores 0.96 (official) and 0.57
+the test set). Reference points (docs/REFERENCES.md §9): MFCC 1-NN scores 0.96 (official) and 0.57
 (held-out speaker); the target is >= 0.95 on the official split. Results: docs/RESULTS.md.
 
 Expected (docs/RESULTS.md, measured 2026-11-22 on 2 CPU cores): official split 0.953 after

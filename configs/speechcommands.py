@@ -1,5 +1,5 @@
-"""Speech Commands V2-35 recipe, mirroring AST's egs/speechcommands/run_sc.sh (reference.md
-§3.4). Not runnable here (needs the dataset).
+"""Speech Commands V2-35 recipe, mirroring AST's egs/speechcommands/run_sc.sh (docs/REFERENCES.md
+§8). Not runnable here (needs the dataset).
 
     python train.py --config configs/speechcommands.py --workdir /tmp/sc \
         --config.data.train.csv_path=speech_commands_v2/meta.csv (same for data.eval)

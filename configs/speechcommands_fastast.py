@@ -1,5 +1,5 @@
 """FastAST on Speech Commands V2-35: configs/speechcommands.py with ToMe during training and
-CMKD from teacher logits (papers.md §1(b), prototype README). Not runnable here.
+CMKD from teacher logits (FastAST, arXiv 2406.07676, and its prototype's README). Not runnable here.
 
     python train.py --config configs/speechcommands_fastast.py --workdir /tmp/sc_fastast \
         --config.distill.teacher_logits=sc_teacher_train.npz (+ the data paths)

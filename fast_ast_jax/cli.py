@@ -24,7 +24,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from fast_ast_jax.checkpoints.store import CheckpointError
-from fast_ast_jax.train.config import recipe
 
 USAGE = 2  # exit status of usage errors (argparse's)
 # Top-level directories whose ValueErrors are deliberate user-facing checks.
@@ -74,15 +73,6 @@ def parse_flags(argv: Sequence[str], *, config_flag: str = "config") -> list[str
         except (KeyError, AttributeError) as e:
             fail(_field_error(e, argv))
     return rest
-
-
-def config_file(spec: str):
-    """FILE[:ARG] -> get_config(ARG) of that config file (argparse front ends); a missing
-    file -> fail()."""
-    path, _, arg = spec.partition(":")
-    if not Path(path).is_file():
-        fail(f"config file {path} does not exist")
-    return recipe(path, arg or None)
 
 
 def _raised_by_us(error: BaseException) -> bool:

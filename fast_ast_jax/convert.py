@@ -1,6 +1,7 @@
 """Checkpoint import: HF / original AST / timm DeiT-ViT weights -> a Flax `AST` and params.
 
-Three layouts are read (reference.md §3.1, §4.3, §4.4):
+Three layouts are read (AST, arXiv 2104.01778, as its authors' code and HF transformers
+store it; DeiT, arXiv 2012.12877, as timm stores it):
 
 * HF `ASTForAudioClassification` directory (config.json + model.safetensors, sharded
   safetensors, or pytorch_model.bin). Geometry, label names (id2label) and LayerNorm eps
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 # Fields that fix the parameter shapes: a checkpoint and the model it is loaded into must
 # agree on them (and on the patch, `check_same_patch`, which an int or a pair can spell).
 ARCH_FIELDS = ("width", "depth", "num_heads", "mlp_dim")
-# Original AST's defaults (reference.md §3.1) for the geometry of a `.pth` / timm import.
+# Original AST's defaults (arXiv 2104.01778) for the geometry of a `.pth` / timm import.
 AST_GEOMETRY = dict(fstride=10, tstride=10, frames=1024, num_mel_bins=128)
 HF_PREFIX = "audio_spectrogram_transformer."
 
@@ -374,7 +375,7 @@ def _read_timm(sd: dict[str, np.ndarray], *, file: str, num_heads: int | None) -
         raise ValueError(f"{file}: pos_embed has {num_pos} positions, which is not the class "
                          "token(s) plus a square grid; pass source_grid=(rows, cols)")
     canon = {k: sd[k] for k in spec}
-    # AST's ImageNet init: sum the RGB kernel over its input channels (reference.md §3.1).
+    # AST's ImageNet init: sum the RGB kernel over its input channels (arXiv 2104.01778).
     canon["patch_embed.proj.weight"] = sd["patch_embed.proj.weight"].sum(1, keepdims=True)
     fields.update(ln_eps=1e-6, head_ln_eps=1e-5, num_classes=None)
     return _Source(file=file, layout="timm", canon=canon, fields=fields, grid=(side, side),
@@ -432,7 +433,7 @@ def _backbone_params(canon: dict[str, np.ndarray], *, depth: int,
     for i in range(depth):
         b = f"blocks.{i}."
         qkv_w, qkv_b = canon[b + "attn.qkv.weight"], canon[b + "attn.qkv.bias"]
-        # qkv rows are [q | k | v], each split into heads of d rows (reference.md §3.1).
+        # qkv rows are [q | k | v], each split into heads of d rows (timm's fused qkv layout).
         params[f"block_{i}"] = {
             "norm1": _ln(canon, b + "norm1"),
             "attn": {

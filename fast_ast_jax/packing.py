@@ -2,7 +2,7 @@
 
 Each sample's patches (any clip length, any hop) are laid end to end into rows of a fixed
 token budget, so one compiled program serves a whole dataset of mixed lengths and no compute
-goes into padding (reference.md §5.2, §5.7; the big_vision / Flax wmt conventions):
+goes into padding (docs/REFERENCES.md §6; the big_vision / Flax wmt conventions):
 
 - `segment_ids` (R, L) int32: 1..S for the samples of a row, 0 for padding;
 - `positions` (R, L, 2) int32: each token's (frequency, time) patch index;

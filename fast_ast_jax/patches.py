@@ -6,6 +6,7 @@ numbers, not modules, so each of them asks it the same question the same way.
 """
 from __future__ import annotations
 
+import dataclasses
 import numbers
 
 
@@ -52,3 +53,30 @@ def grid_shape(*, frames: int, num_mel_bins: int, patch_size, fstride: int,
         raise ValueError(f"input of {frames} frames x {num_mel_bins} mel bins is smaller "
                          f"than one {ph}x{pw} patch ({ph} mel bins x {pw} frames)")
     return (num_mel_bins - ph) // fstride + 1, (frames - pw) // tstride + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Patching:
+    """How a (frames, bins) fbank is cut into tokens: the patch (`size`, an int or a
+    (frequency, time) pair, `patch_shape`) and its (frequency, time) strides, as one value
+    (a packed batch's patches are the model's)."""
+
+    size: int | tuple[int, int] = 16
+    fstride: int = 16
+    tstride: int = 16
+
+    @property
+    def frames(self) -> int:
+        """Frames one patch spans: the shortest input."""
+        return patch_shape(self.size)[1]
+
+    @property
+    def dim(self) -> int:
+        """Values per flattened patch: bins x frames of one patch."""
+        ph, pw = patch_shape(self.size)
+        return ph * pw
+
+    def grid(self, *, frames: int, num_mel_bins: int) -> tuple[int, int]:
+        """(f_dim, t_dim) patches over an input of `frames` x `num_mel_bins` (`grid_shape`)."""
+        return grid_shape(frames=frames, num_mel_bins=num_mel_bins, patch_size=self.size,
+                          fstride=self.fstride, tstride=self.tstride)

@@ -1,9 +1,10 @@
 """PNG maps of token reduction over the input spectrogram: ToMe groups, TopK kept patches.
 
 Patches overlap when a stride is below the patch's side, so pixels cannot be mapped to
-patches exactly (reference.md §2.5); the (f_dim, t_dim) token grid is instead stretched
-over the fbank image: cell (f, t) covers the f-th band of mel bins (low frequencies at
-the bottom) and the t-th band of frames.
+patches exactly (ToMe's own visualisation, arXiv 2210.09461, assumes a grid of disjoint
+patches); the (f_dim, t_dim) token grid is instead stretched over the fbank image: cell
+(f, t) covers the f-th band of mel bins (low frequencies at the bottom) and the t-th band
+of frames.
 """
 from __future__ import annotations
 

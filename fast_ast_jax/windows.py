@@ -161,7 +161,7 @@ def window_scorer(run: Callable, *, params, frontend: FrontEnd, batch_size: int,
     """A Scorer of run(params, x (B, T, bins) features, frames (B,) real frames) -> (B, ...)
     outputs per window, its features made on the host or in the jitted program
     (`on_device`; default: on an accelerator backend). `scorer` (class scores) and
-    fast_ast_jax.embed (embeddings) build theirs through it."""
+    fast_ast_jax.embeddings build theirs through it."""
     fe = frontend
     on_device = jax.default_backend() != "cpu" if on_device is None else on_device
     # Dither (if any) from a fixed key, as evaluation does: predictions are deterministic.
@@ -241,6 +241,28 @@ def clip_windows(clip: _Clip, *, frontend: FrontEnd, on_device: bool
         yield first / frontend.sample_rate, t1, x, n
 
 
+def window_row(wave: np.ndarray, *, frontend: FrontEnd, on_device: bool
+               ) -> tuple[np.ndarray, int]:
+    """`Scorer.apply`'s row for one window from its own samples: (window, length) as
+    `clip_windows` yields for a clip of just those samples (at most
+    samples_for_frames(T)), padded as in training when shorter (fast_ast_jax.streaming
+    scores each window of a stream through it)."""
+    clip = _prepare(wave, frontend=frontend, hop_frames=frontend.target_frames,
+                    on_device=on_device)
+    (_, _, x, n), = clip_windows(clip, frontend=frontend, on_device=on_device)
+    return x, n
+
+
+def window_probs(logits: np.ndarray, *, multi_label: bool) -> np.ndarray:
+    """(windows, C) logits -> (windows, C) class scores of each window: sigmoids
+    (multi-label) or a softmax over the classes (single-label)."""
+    z = np.asarray(logits, np.float32)
+    if multi_label:
+        return 1.0 / (1.0 + np.exp(-z))
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def ordered_map(fn: Callable, items: Iterable, *, workers: int
                 ) -> Iterator[tuple[Any, Any, Exception | None]]:
     """(item, fn(item) or None, exception or None) per item, in order, computed by
@@ -304,14 +326,10 @@ def windowed_scores(waves: Iterable[np.ndarray], *, scorer: Scorer,
         z = np.stack([r[2] for r in rows])
         if scorer.aggregate is not None:
             scores, probs = scorer.aggregate(z)
-        elif multi_label:
-            probs = 1.0 / (1.0 + np.exp(-z))
-            scores = probs.max(axis=0)
         else:
-            e = np.exp(z - z.max(axis=1, keepdims=True))
-            probs = e / e.sum(axis=1, keepdims=True)
-            mean = z.mean(axis=0)
-            scores = np.exp(mean - mean.max()) / np.exp(mean - mean.max()).sum()
+            probs = window_probs(z, multi_label=multi_label)
+            scores = probs.max(axis=0) if multi_label else window_probs(
+                z.mean(axis=0, keepdims=True), multi_label=False)[0]
         return ClipScores(scores=scores, windows=[(t0, t1, p) for (t0, t1, _), p in
                                                   zip(rows, probs)])
 

@@ -14,7 +14,7 @@ from fast_ast_jax import checkpoints
 from fast_ast_jax.audio.fbank import fbank
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import make_source
-from fast_ast_jax.predict import predict
+from fast_ast_jax.inference import predict
 from fast_ast_jax.train import loop, task
 from fast_ast_jax.train.evaluation import evaluate_checkpoint
 from tests.helpers import load_config

@@ -13,7 +13,9 @@ from benchmarks import packing as packing_bench
 from benchmarks import throughput
 from fast_ast_jax import bench
 from fast_ast_jax.models import attention
-from fast_ast_jax.models.ast import create_ast, model_overrides
+from fast_ast_jax.models.ast import create_ast
+from fast_ast_jax.train.spec import read_config
+from fast_ast_jax.train.task import build_model
 from tests.helpers import load_config
 
 # width 8, 2 heads, mlp 16, 2 blocks; 16 mel x 36 frames -> 1 x 3 patches + CLS + DIST = 5.
@@ -73,7 +75,7 @@ def test_macs_match_xla_cost_analysis():
 
 
 def test_token_plan_reference_values_and_reduction_parts():
-    # The last block never merges (reference.md §2.4's last count is 3) and computes only
+    # The last block never merges (docs/REFERENCES.md §4's last count is 3) and computes only
     # CLS / DIST.
     tome = bench.ast_macs(create_ast("base", tome_r=300))
     assert [lt.tokens_out for lt in tome.layers] == [914, 614, 314, 158, 80, 41, 22, 12, 7, 5,
@@ -83,7 +85,7 @@ def test_token_plan_reference_values_and_reduction_parts():
     assert tome.parts["tome_match"] == sum(
             -(-n // 2) * (n // 2) * 64 for n in [1214, 914, 614, 314, 158, 80, 41, 22, 12, 7,
                                                  5])
-    # TopK on AST stride 16 (8 x 64 patches, reference.md §8): k=0.7 -> 359 / 252 / 177.
+    # TopK on AST stride 16 (8 x 64 patches, docs/REFERENCES.md §5): k=0.7 -> 359 / 252 / 177.
     topk = bench.ast_macs(create_ast("base", fstride=16, tstride=16, prune_keep_rate=0.7))
     assert [topk.layers[i].tokens_out - 2 for i in (2, 3, 6, 9)] == [512, 359, 252, 177]
     assert topk.parts["topk_cls_attn"] == 768 * (514 + 361 + 254)
@@ -94,8 +96,7 @@ def test_sweep_macs_never_rise_on_the_demo_model():
     """The demo's sweeps (evaluate.py --sweep r=... / keep_rate=...): more merging or pruning
     never costs MACs (a last-block reduction once did: r=4 > r=0)."""
     c = load_config("demo")
-    model = create_ast(c.model.size, num_classes=8, num_mel_bins=c.frontend.num_mel_bins,
-                       frames=c.frontend.target_frames, **model_overrides(c.model))
+    model = build_model(read_config(c).model, num_classes=8)
     assert (model.depth, model.num_mel_bins, model.frames, model.fstride) == (4, 64, 128, 10)
     tokens = model.token_plan()[0].tokens_in  # 5 x 12 patches + CLS + DIST
     assert tokens == 62

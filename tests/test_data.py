@@ -8,12 +8,15 @@ import pytest
 import soundfile as sf
 
 from fast_ast_jax.audio import augment
+from fast_ast_jax.audio.augment import Augment
 from fast_ast_jax.audio.frontend import FrontEnd
-from fast_ast_jax.data import FolderSource, SyntheticSource, make_source
-from fast_ast_jax.data.pipeline import Augment, Pipeline
+from fast_ast_jax.data import (SOURCE_CLASSES, SOURCES, FolderSource, SyntheticSource,
+                               make_source)
+from fast_ast_jax.data.pipeline import Pipeline
 from fast_ast_jax.data.synthetic import CLASSES
+from fast_ast_jax.train import loop
 
-from tests.helpers import write_folder
+from tests.helpers import config, write_folder
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FE = FrontEnd(num_mel_bins=32, target_frames=48)
@@ -162,10 +165,22 @@ def test_eval_pipeline_pads_with_mask():
 
 def test_feature_cache_file(tmp_path):
     p = pipeline(cache_dir=tmp_path, cache_key="k")
-    files = list(tmp_path.glob("features-*.npz"))
+    files = list(tmp_path.glob("clips-*.npz"))
     assert len(files) == 1
     q = pipeline(cache_dir=tmp_path, cache_key="k")
     np.testing.assert_array_equal(p.example(3)[0], q.example(3)[0])
+
+
+def test_cache_file_is_read_only_for_its_clips(tmp_path):
+    """A cache file of another clip count (the source changed, its key did not) is
+    featurised again and replaced; a file of an earlier layout is left alone."""
+    np.savez(tmp_path / "features-0123456789abcdef.npz", x=np.zeros(3))
+    pipeline(n=12, cache_dir=tmp_path, cache_key="k")
+    [path] = tmp_path.glob("clips-*.npz")
+    p = pipeline(n=16, cache_dir=tmp_path, cache_key="k")
+    np.testing.assert_array_equal(p.batch(0, 1)["x"], pipeline(n=16).batch(0, 1)["x"])
+    with np.load(path) as f:
+        assert len(f["offsets"]) == 16 + 1
 
 
 def test_spec_augment_and_mixup():
@@ -202,6 +217,49 @@ def test_make_source_rejects_unknown_arguments():
         make_source("synthetic", sample_rate=16000, num_examples=4, csv_path="x.csv")
     with pytest.raises(ValueError, match="unknown data source 'hf'"):
         make_source("hf", sample_rate=16000)
+
+
+class ToneSource:
+    """A data source written here, as a user would add one: `n` half-second tones, "low"
+    (300 Hz) or "high" (1200 Hz)."""
+
+    labels, multi_label = ["low", "high"], False
+
+    def __init__(self, *, n: int, sample_rate: int = 16000):
+        self.n, self.sample_rate = n, sample_rate
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        t = np.arange(self.sample_rate // 2) / self.sample_rate
+        audio = 0.5 * np.sin(2 * np.pi * (300 + 900 * (i % 2)) * t)
+        return {"id": f"tone-{i}", "audio": audio.astype(np.float32), "label": i % 2}
+
+
+@pytest.fixture
+def tone_source(monkeypatch):
+    """ToneSource registered as config.data.source="tone": one table entry."""
+    monkeypatch.setitem(SOURCE_CLASSES, "tone", f"{__name__}:ToneSource")
+
+
+def test_a_new_source_is_one_table_entry(tone_source):
+    assert "tone" in SOURCES
+    source = make_source("tone", sample_rate=16000, n=3)
+    assert isinstance(source, ToneSource) and len(source) == 3
+    with pytest.raises(ValueError, match=r"source 'tone' has no argument\(s\) \['seed'\]"):
+        make_source("tone", sample_rate=16000, n=3, seed=1)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("fast_compile")
+def test_training_on_a_new_source(tone_source, tmp_path):
+    c = config(num_steps=1)
+    c.data.source = "tone"
+    c.data.train, c.data.eval = {"n": 16}, {"n": 6}
+    final = loop.train_and_evaluate(c, str(tmp_path))
+    assert final["step"] == 1 and np.isfinite(final["train_loss"])
+    assert final["eval_num_clips"] == 6
 
 
 def test_uncached_training_batch_decodes_each_clip_once():

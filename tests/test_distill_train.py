@@ -8,17 +8,20 @@ import json
 import numpy as np
 import pytest
 
-from fast_ast_jax import distill
-from fast_ast_jax.distill.__main__ import main as distill_main
+from fast_ast_jax import teacher_logits
+from fast_ast_jax.distill import main as distill_main
 from fast_ast_jax.train.dump import dump
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import SyntheticSource, source_ids
-from fast_ast_jax.data.pipeline import Augment, Pipeline, teacher_probs
+from fast_ast_jax.audio.augment import Augment
+from fast_ast_jax.data.clips import ClipStore, teacher_probs
+from fast_ast_jax.data.pipeline import Pipeline
 from fast_ast_jax.models import CNNTeacher
-from fast_ast_jax.predict import predict
+from fast_ast_jax.inference import predict
 from fast_ast_jax.checkpoints import load as load_checkpoint
 from fast_ast_jax.train import loop, task
 from fast_ast_jax.train.evaluation import evaluate_checkpoint
+from fast_ast_jax.train.spec import checkpoint_run, read_config
 from tests.helpers import folder_data, load_config, run_one_step, tiny
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -48,7 +51,7 @@ def metrics(workdir):
 
 def random_teacher_file(path, *, ids, labels, seed=0):
     logits = np.random.default_rng(seed).normal(size=(len(ids), len(labels)))
-    distill.save(path, ids=ids, logits=logits, labels=labels, teacher={"model": "random"})
+    teacher_logits.save(path, ids=ids, logits=logits, labels=labels, teacher={"model": "random"})
     return str(path)
 
 
@@ -77,14 +80,13 @@ def test_teacher_dump_then_fastast_student(tmp_path, capsys):
     out = tmp_path / "teacher.npz"
     distill_main(["dump", "--checkpoint", str(tmp_path / "teacher"), "--split", "train",
                   "--out", str(out)])
-    t = distill.load(out)
+    t = teacher_logits.load(out)
     assert t.ids == tuple(f"{i}.wav" for i in range(8)) and t.labels == ("0", "1", "2")
     assert t.teacher["model_class"] == "cnn" and t.teacher["step"] == 2
     assert t.teacher["model"]["stages"] == "tiny"
     # The dumped logits are the teacher's deterministic forward pass on its own features.
     restored = load_checkpoint(tmp_path / "teacher")
-    pipe = task.build_pipeline(restored.config, "train", frontend=restored.frontend,
-                               train=False)
+    pipe = task.build_pipeline(checkpoint_run(restored), "train", train=False)
     x = np.stack([pipe.example(i)[0] for i in range(2)])
     want = restored.model.apply({"params": restored.params}, x, train=False)
     np.testing.assert_allclose(t.logits[:2], want, rtol=1e-4, atol=1e-5)
@@ -136,8 +138,7 @@ def test_paper_fastast_recipes_one_step(name, header, rows, multi, tmp_path):
     assert c.model.tome_r > 0 and c.distill.lam == 0.1 and c.distill.tau == 1.0
     c = with_data(tiny(c, frames=96), folder_data(tmp_path, header, rows))
     c.optim.warmup_steps = min(c.optim.warmup_steps, 1)
-    src = task.build_pipeline(c, "train", frontend=FrontEnd.from_dict(c.frontend.to_dict()),
-                              train=True).source
+    src = task.split_source(read_config(c), "train")
     c.distill.teacher_logits = random_teacher_file(tmp_path / "t.npz", ids=source_ids(src),
                                                    labels=src.labels)
     run_one_step(c, tmp_path, expect_map=multi)
@@ -163,13 +164,13 @@ def test_mixup_mixes_teacher_predictions_like_labels(tmp_path, top_k, multilabel
     assert sorted(labels) == list(range(8))  # a clip's label names the clip
     logits = 4 * np.random.default_rng(1).normal(size=(8, 8)).astype(np.float32)
     path = tmp_path / "t.npz"
-    distill.save(path, ids=source_ids(src), logits=logits, labels=src.labels, teacher={},
-                 top_k=top_k)
+    teacher_logits.save(path, ids=source_ids(src), logits=logits, labels=src.labels, teacher={},
+                        top_k=top_k)
     with np.load(path) as f:
         stored = f["logits"]
         idx = f["topk_indices"] if top_k else [None] * 8
     tau = 2.0
-    pipe = Pipeline(src, frontend=fe, batch_size=8, train=True, teacher=distill.load(path),
+    pipe = Pipeline(src, frontend=fe, batch_size=8, train=True, teacher=teacher_logits.load(path),
                     teacher_tau=tau, teacher_multilabel=multilabel,
                     augment=Augment(mixup=1.0), process_index=0, process_count=1)
     batch = pipe.batch(0, 0)
@@ -189,7 +190,7 @@ def test_mixup_mixes_teacher_predictions_like_labels(tmp_path, top_k, multilabel
             assert (batch["teacher_probs"][j] > 0).sum() == len(set(idx[i]) | set(idx[b]))
     assert mixed >= 4  # most examples really were mixed
     eval_pipe = Pipeline(src, frontend=fe, batch_size=6, train=False,
-                         teacher=distill.load(path), teacher_tau=tau,
+                         teacher=teacher_logits.load(path), teacher_tau=tau,
                          teacher_multilabel=multilabel, process_index=0, process_count=1)
     last = eval_pipe.batch(0, 1)  # 2 real clips + 4 padding rows
     for j, i in enumerate((6, 7)):
@@ -222,7 +223,7 @@ def _bad_file(tmp_path, kind, ids, labels):
         # save() refuses NaN; an external program might still write one.
         np.savez(path, ids=np.asarray(ids), logits=logits, labels=np.asarray(labels))
         return path
-    distill.save(path, ids=ids, logits=logits, labels=labels, teacher={})
+    teacher_logits.save(path, ids=ids, logits=logits, labels=labels, teacher={})
     return path
 
 
@@ -241,8 +242,8 @@ def test_bad_teacher_file_fails_before_training(kind, match, tmp_path, monkeypat
     def no_features(self, *a, **k):
         raise AssertionError("featurised clips before validating the teacher file")
 
-    monkeypatch.setattr(Pipeline, "_fill_cache", no_features)
-    with pytest.raises(distill.TeacherLogitsError, match=match):
+    monkeypatch.setattr(ClipStore, "featurise_all", no_features)
+    with pytest.raises(teacher_logits.TeacherLogitsError, match=match):
         loop.train_and_evaluate(c, str(tmp_path / "work"))
     assert not (tmp_path / "work" / "checkpoints").exists()
 
@@ -290,5 +291,5 @@ def test_fsdd_table_script_end_to_end(tmp_path):
         "| AST trained with ToMe (r=2) + CMKD (lam=0.5, tau=1.0)",
         "| AST trained with ToMe (r=2) + KD from the ensemble"]
     assert all(0 <= float(r[1]) <= 1 for r in rows) and rows[2][3:] == ["—", "— |"]
-    members = distill.load(tmp_path / "w" / "ensemble_train.npz").teacher["members"]
+    members = teacher_logits.load(tmp_path / "w" / "ensemble_train.npz").teacher["members"]
     assert [m["model_class"] for m in members] == ["cnn", "ast"]

@@ -18,7 +18,8 @@ from fast_ast_jax.audio.io import AudioError
 from fast_ast_jax.data import FolderSource
 from fast_ast_jax.data.packed import PackedPipeline, PackSpec
 from fast_ast_jax.train import loop
-from fast_ast_jax.train.validate import validate_config
+from fast_ast_jax.train.spec import read_config
+from fast_ast_jax.train.validate import validate
 from tests.helpers import bad_folder, load_config, sigint_at_batch
 
 
@@ -172,7 +173,7 @@ def test_impossible_elastic_values(field, value, match, tmp_path):
         node = node[p]
     node[last] = value
     with pytest.raises(ValueError, match=match):
-        validate_config(c, device_count=1)
+        validate(read_config(c), device_count=1)
     with pytest.raises(ValueError, match=match):  # before any data is read
         loop.train_and_evaluate(c, str(tmp_path / "w"))
     assert not (tmp_path / "w").exists()
@@ -183,7 +184,7 @@ def test_impossible_elastic_values(field, value, match, tmp_path):
                                       ("audioset_elastic", None)])
 def test_recipes_pass_validation(name, arg):
     c = load_config(name, arg)
-    validate_config(c, device_count=1)
+    validate(read_config(c), device_count=1)
     if arg and "kd" in arg:  # ElasticAST + ToMe + CMKD (teacher file from the command line)
         assert c.model.tome_r > 0 and c.distill.lam == 0.5
         assert ("official" in arg) == ("official_split" in c.data.train.to_dict()["select"])
@@ -193,11 +194,11 @@ def test_packed_rows_split_over_devices_and_recipe_args():
     c = config(1)  # 2 rows per step
     with pytest.raises(ValueError, match=r"config\.elastic\.rows=2: must be a multiple of "
                                          r"the 4 devices"):
-        validate_config(c, device_count=4)
+        validate(read_config(c), device_count=4)
     c.elastic.rows = 4
     c.eval_batch_size = 2
     with pytest.raises(ValueError, match=r"config\.eval_batch_size=2: must be a multiple of "
                                          r"the 4 devices"):
-        validate_config(c, device_count=4)
+        validate(read_config(c), device_count=4)
     with pytest.raises(ValueError, match=r"fsdd_elastic\.py:kd,bogus: use ':fold' or"):
         load_config("fsdd_elastic", "kd,bogus")

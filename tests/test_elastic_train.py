@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from fast_ast_jax import checkpoints, models
+from fast_ast_jax import checkpoints
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import SyntheticSource
 from fast_ast_jax.data.packed import PackedPipeline, PackSpec
@@ -17,6 +17,8 @@ from fast_ast_jax import sharding
 from fast_ast_jax.train import elastic, loop
 from fast_ast_jax.train.evaluation import evaluate_checkpoint
 from fast_ast_jax.train.forward import eval_forward
+from fast_ast_jax.train.spec import read_config
+from fast_ast_jax.train.task import build_model
 from tests.helpers import load_config, write_folder
 
 FRONTEND = FrontEnd(num_mel_bins=32, target_frames=64)
@@ -126,12 +128,12 @@ def test_fsdd_elastic_config_on_generated_folder(tmp_path):
 def test_recipe_configs_build():
     for arg in ("resolution", "length"):
         c = load_config("audioset_elastic", arg)
-        model = models.from_config(c, num_classes=5, frontend=FrontEnd())
+        model = build_model(read_config(c).model, num_classes=5)
         assert model.fstride == model.tstride == 16 and c.elastic.max_tokens == 2048
     res = load_config("audioset_elastic", "resolution").elastic
     assert res.hops_ms[0] == 10.0 and res.hops_ms[-1] == 40.0 and len(res.hops_ms) == 16
     with pytest.raises(ValueError, match=r"augment\.mixup=0\.5: must be 0 with packing"):
-        from fast_ast_jax.data.pipeline import Augment
+        from fast_ast_jax.audio.augment import Augment
         PackedPipeline(SyntheticSource(num_examples=2, sample_rate=16000), frontend=FRONTEND,
                        spec=SPEC, train=True, augment=Augment(mixup=0.5))
 
@@ -205,7 +207,7 @@ def test_cache_dir_stores_fbanks_once_for_every_hop(source, tmp_path):
     kw = dict(frontend=FRONTEND, spec=SPEC, train=True, hops_ms=(10.0, 40.0), max_frames=48,
               seed=1, cache_dir=tmp_path, cache_key="synthetic eval 12")
     first = PackedPipeline(source, **kw)
-    assert len(list(tmp_path.glob("packed-*.npz"))) == 2  # one file per hop
+    assert len(list(tmp_path.glob("clips-*.npz"))) == 2  # one file per hop
 
     class NoAudio:
         labels, multi_label, sample_rate = source.labels, False, source.sample_rate

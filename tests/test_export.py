@@ -1,5 +1,5 @@
-"""fast_ast_jax.export: a checkpoint as a serialised waveform -> logits function (the
-embedding export, --embed, is tested with the pretraining checkpoints in
+"""fast_ast_jax.export and .exported: a checkpoint as a serialised waveform -> logits
+function (the embedding export, --embed, is tested with the pretraining checkpoints in
 tests/test_pretrain_train.py)."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from fast_ast_jax import export
+from fast_ast_jax import export, exported
 from fast_ast_jax.audio import features
 from fast_ast_jax.audio.fbank_jax import pad_waves
 from fast_ast_jax.train import loop
@@ -32,7 +32,7 @@ def test_exported_artifact_matches_the_live_model(workdir, capsys):
     out = workdir / "model.jaxexport"
     export.main(["--checkpoint", str(workdir), "--out", str(out)])  # the CLI
     assert "wrote" in capsys.readouterr().out
-    call, spec = export.load(out)
+    call, spec = exported.load(out)
     restored = load_checkpoint(workdir)
     assert spec["labels"] == list(restored.labels) and spec["batch"] is None
     assert spec["outputs"] == ["logits (B, num_labels) float32"]
@@ -43,9 +43,9 @@ def test_exported_artifact_matches_the_live_model(workdir, capsys):
              for n in (spec["samples"] + 500, 4000, 300)]  # long, short, under one window
     batch = pad_waves(clips, samples=spec["samples"])
     got = np.asarray(call(batch["wave"], batch["wave_len"]))
-    live = jax.jit(export.waveform_function(restored, where=str(workdir))[0])
+    live = jax.jit(exported.waveform_function(restored, where=str(workdir))[0])
     np.testing.assert_allclose(got, live(batch["wave"], batch["wave_len"]), atol=1e-5)
-    # The host front-end path (what predict.py does) agrees as well.
+    # The host front-end path (what predict does on a CPU) agrees as well.
     x = np.stack([features(c, frontend=restored.frontend) for c in clips])
     host = restored.model.apply({"params": restored.params}, x, train=False)
     np.testing.assert_allclose(got, host, atol=1e-3)
@@ -57,14 +57,15 @@ def test_exported_artifact_matches_the_live_model(workdir, capsys):
 
 def test_fixed_batch_and_length(workdir):
     out = workdir / "fixed.jaxexport"
-    spec = export.export_checkpoint(workdir, out, batch=2, seconds=0.25, platforms=("cpu",))
+    spec = exported.export_checkpoint(workdir, out, batch=2, seconds=0.25,
+                                      platforms=("cpu",))
     assert spec["samples"] == 4000 and spec["batch"] == 2
-    call, _ = export.load(out)
+    call, _ = exported.load(out)
     wave = np.zeros((2, 4000), np.float32)
     assert call(wave, np.array([4000, 10], np.int32)).shape == (2, len(spec["labels"]))
     with pytest.raises(Exception):
         call(np.zeros((3, 4000), np.float32), np.zeros(3, np.int32))
     with pytest.raises(ValueError, match="one analysis window"):
-        export.export_checkpoint(workdir, out, seconds=0.001)
+        exported.export_checkpoint(workdir, out, seconds=0.001)
     with pytest.raises(ValueError, match="come with --embed"):
-        export.export_checkpoint(workdir, out, tokens=True)
+        exported.export_checkpoint(workdir, out, tokens=True)

@@ -11,10 +11,11 @@ import pytest
 
 from fast_ast_jax.audio import FrontEnd, features, prepare_waveform
 from fast_ast_jax.audio import augment_jax
+from fast_ast_jax.audio.augment import Augment
 from fast_ast_jax.audio.fbank_jax import (device_features, log_mel, pad_waves,
                                           samples_for_frames, spectrum_matrix)
 from fast_ast_jax.data import SyntheticSource
-from fast_ast_jax.data.pipeline import Augment, Pipeline
+from fast_ast_jax.data.pipeline import Pipeline
 
 PARITY = 1e-4  # max |diff| on normalised features (issue 13)
 
@@ -178,7 +179,7 @@ def test_wave_pipeline_and_device_batch_equal_host_features():
 
 @pytest.mark.usefixtures("fast_compile")
 def test_training_on_device_records_it_and_predicts(tmp_path):
-    from fast_ast_jax.predict import predict
+    from fast_ast_jax.inference import predict
     from fast_ast_jax.train import loop
     from tests.helpers import load_config, write_folder
 

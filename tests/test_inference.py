@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 
 from benchmarks import predict as predict_bench
-from fast_ast_jax import checkpoints, distill
+from fast_ast_jax import checkpoints, teacher_logits
 from fast_ast_jax.audio.fbank_jax import samples_for_frames
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.audio.io import load_audio
@@ -28,10 +28,10 @@ from fast_ast_jax.data import make_source, source_ids
 from fast_ast_jax.data.packed import PackedPipeline
 from fast_ast_jax.models import AST, CNNTeacher, ElasticAST
 from fast_ast_jax.predict import main as predict_main
-from fast_ast_jax.predict import expand_inputs, predict_files
+from fast_ast_jax.inference import expand_inputs, predict_files
 from fast_ast_jax.train import loop
 from fast_ast_jax.train.dump import dump
-from fast_ast_jax.train.elastic import pack_spec
+from fast_ast_jax.train.task import pack_spec
 from fast_ast_jax.train.forward import packed_forward
 from fast_ast_jax.train.evaluation import evaluate_checkpoint, write_split_maps
 from fast_ast_jax.windows import scorer
@@ -231,7 +231,8 @@ def test_elastic_checkpoint_predict_evaluate_dump_init(packed, padded, tmp_path,
     (s, l) = predict_files([short, long], checkpoint=packed, top_k=8)
     assert len(s.windows) == 1 and len(l.windows) > 1  # 2 s > the 64-frame position table
     config = bundle.config
-    spec = dataclasses.replace(pack_spec(config, bundle.model), max_slots=1)  # one clip a row
+    spec = dataclasses.replace(pack_spec(config.elastic, bundle.model),
+                               max_slots=1)  # one clip a row
     pipe = PackedPipeline(_Clips([load_audio(short, sample_rate=16000)], bundle.labels),
                           frontend=bundle.frontend, spec=spec,
                           train=False, hops_ms=(10.0,), max_frames=64)
@@ -258,7 +259,7 @@ def test_elastic_checkpoint_predict_evaluate_dump_init(packed, padded, tmp_path,
     np.testing.assert_array_equal(in_worker.logits, teacher.logits)
     source = make_source(config.data.source, sample_rate=16000, **config.data.train.to_dict())
     assert teacher.ids == tuple(source_ids(source)) and teacher.labels == bundle.labels
-    assert distill.load(tmp_path / "t.npz").logits.shape == (24, len(bundle.labels))
+    assert teacher_logits.load(tmp_path / "t.npz").logits.shape == (24, len(bundle.labels))
     # init_from: an ElasticAST checkpoint, and a padded AST one, into an ElasticAST.
     fresh = jax.tree.map(np.zeros_like, bundle.params)
     chex.assert_trees_all_equal(
@@ -326,8 +327,12 @@ def test_usage_errors_one_line_exit_2(padded, packed, tmp_path):
                                          str(padded), "--config", "configs/nope.py", "--out",
                                          str(tmp_path / "t.npz")],
     }
+    # Matplotlib's font cache from this process: with a fresh HOME each of the processes
+    # below builds its own and, past 5 s (a loaded machine), logs a line about it.
+    import matplotlib.font_manager  # noqa: F401  (builds the cache here if absent)
+
     env = {"PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin",
-           "HOME": str(tmp_path)}
+           "HOME": str(tmp_path), "MPLCONFIGDIR": matplotlib.get_cachedir()}
     # Alongside: evaluate.py on an ElasticAST checkpoint with --sweep, --plot and --maps,
     # loading in a worker process.
     works = py + ["evaluate.py", "--checkpoint", str(packed), "--sweep", "r=0,1", "--plot",
@@ -363,7 +368,9 @@ def test_no_import_cycles_and_format_without_training_code():
                "fast_ast_jax.train.elastic", "fast_ast_jax.train.task",
                "fast_ast_jax.train.forward", "fast_ast_jax.checkpoints", "fast_ast_jax.predict",
                "fast_ast_jax.train.dump", "fast_ast_jax.maps", "fast_ast_jax.windows",
-               "fast_ast_jax.export"]
+               "fast_ast_jax.export", "fast_ast_jax.inference", "fast_ast_jax.embeddings",
+               "fast_ast_jax.embed", "fast_ast_jax.exported", "fast_ast_jax.result_files",
+               "fast_ast_jax.file_commands", "fast_ast_jax.distill"]
     code = ("import importlib, sys\n"
             "for m in sys.argv[1:]:\n"
             "    for k in [k for k in sys.modules if k.startswith('fast_ast_jax')]:\n"
@@ -371,16 +378,17 @@ def test_no_import_cycles_and_format_without_training_code():
             "    importlib.import_module(m)\n"
             "for k in [k for k in sys.modules if k.startswith('fast_ast_jax')]:\n"
             "    del sys.modules[k]\n"
-            "import fast_ast_jax.distill\n"
+            "import fast_ast_jax.teacher_logits, fast_ast_jax.cli\n"
             "print(sorted(k for k in sys.modules if k.startswith('fast_ast_jax.train')))")
     out = subprocess.run([sys.executable, "-c", code, *modules], cwd=ROOT, text=True,
                          capture_output=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin"})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"  # the teacher-logits format imports no training code
+    assert out.stdout.strip() == "[]"  # the teacher-logits format and cli import no training
     # No function-level imports of the package (they hid the cycles) in these modules.
     import ast as pyast
 
-    for name in modules + ["fast_ast_jax.distill", "fast_ast_jax.cli", "fast_ast_jax.bundle"]:
+    for name in modules + ["fast_ast_jax.teacher_logits", "fast_ast_jax.cli",
+                           "fast_ast_jax.bundle"]:
         path = ROOT / (name.replace(".", "/") + ".py")
         path = path if path.is_file() else path.with_suffix("") / "__init__.py"
         for node in pyast.walk(pyast.parse(path.read_text())):

@@ -8,6 +8,7 @@ import pytest
 
 from fast_ast_jax.train import keep_rate
 from fast_ast_jax.train.config import recipe
+from fast_ast_jax.train.spec import read_config
 from tests.helpers import ROOT, load_config, tiny
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -31,11 +32,14 @@ def test_keep_rate_values():
 
 def test_recipe_uses_the_schedule():
     c = recipe(ROOT / "configs" / "fsdd_topk.py", "official")
-    rate = keep_rate.schedule_from_config(c, steps_per_epoch=10)
+    run = read_config(c)
+    target = run.model.fields["prune_keep_rate"]
+    rate = keep_rate.rate_schedule(run.keep_rate_schedule, target=target, steps_per_epoch=10)
     assert (rate(0), rate(49), rate(200)) == (1.0, 1.0, 0.5)
     assert {round(rate(s), 4) for s in range(300)} == {1.0, 0.8333, 0.6667, 0.5}
     c.keep_rate_schedule.end_epoch = 0.0  # off: the final rate from step 0
-    assert keep_rate.schedule_from_config(c, steps_per_epoch=10) is None
+    assert keep_rate.rate_schedule(read_config(c).keep_rate_schedule, target=target,
+                                   steps_per_epoch=10) is None
 
 
 def test_training_compiles_one_step_per_rate(tmp_path, capsys):

@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 
 from fast_ast_jax.audio import AudioError
+from fast_ast_jax.audio.augment import Augment
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import FolderSource, SyntheticSource
 from fast_ast_jax.data.loader import iterate
 from fast_ast_jax.data.packed import PackedPipeline, PackSpec
-from fast_ast_jax.data.pipeline import Augment, Pipeline
+from fast_ast_jax.data.pipeline import Pipeline
 from fast_ast_jax.train import loop
+from fast_ast_jax.train.spec import read_config
 from fast_ast_jax.train.task import build_pipeline
 from tests.helpers import bad_folder, constant_lr
 
@@ -114,6 +116,5 @@ def test_configs_saved_before_worker_count_existed_still_build_pipelines():
     lacks data.worker_count when the run predates it: it loads in-process."""
     c = constant_lr(1)
     del c.data["worker_count"]
-    pipe = build_pipeline(c, "train", frontend=FrontEnd.from_dict(c.frontend.to_dict()),
-                          train=False)
+    pipe = build_pipeline(read_config(c), "train", train=False)
     assert pipe.worker_count == 0 and len(take(pipe, 1)) == 1

@@ -1,4 +1,4 @@
-"""Losses against hand-written NumPy formulas (reference.md §9 testing guidance)."""
+"""Losses against hand-written NumPy formulas (docs/REFERENCES.md §7: no reference code is public)."""
 from __future__ import annotations
 
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fast_ast_jax.data.pipeline import teacher_probs
+from fast_ast_jax.data.clips import teacher_probs
 from fast_ast_jax.train import losses
 
 RNG = np.random.default_rng(0)

@@ -59,7 +59,7 @@ def test_sizes(size, frames, batch):
     (128, (16, 8), 16, 8, (8, 16)), (100, (16, 8), 10, 6, (12, 16)),
 ])
 def test_geometry(frames, patch, fstride, tstride, grid):
-    """Grid sizes of reference.md §3.1 (and of non-square patches); the model runs under
+    """Grid sizes of docs/REFERENCES.md §3 (and of non-square patches); the model runs under
     jit at each geometry with N = f_dim * t_dim patch tokens from a (ph, pw) kernel."""
     assert grid_shape(frames=frames, num_mel_bins=128, patch_size=patch, fstride=fstride,
                       tstride=tstride) == grid

@@ -1,6 +1,7 @@
 """The model registry (fast_ast_jax.models.KINDS): a new model kind is one module and one
 entry, and then trains, evaluates, predicts, dumps teacher logits, loads from its
-checkpoint and initialises a run, with no change to the trainer, pipelines or commands."""
+checkpoint and initialises a run, with no change to the trainer, pipelines, commands or
+the config reader (train.spec reads any kind's constructor fields from config.model)."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,13 +14,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from fast_ast_jax import checkpoints, distill, models
-from fast_ast_jax.audio.frontend import FrontEnd
-from fast_ast_jax.predict import predict
+from fast_ast_jax import checkpoints, models, teacher_logits
+from fast_ast_jax.inference import predict
 from fast_ast_jax.train import loop
 from fast_ast_jax.train.dump import dump
 from fast_ast_jax.train.evaluation import evaluate_checkpoint
-from fast_ast_jax.train.validate import validate_config
+from fast_ast_jax.train.spec import read_config
+from fast_ast_jax.train.task import build_model
+from fast_ast_jax.train.validate import validate
 from tests.helpers import load_config, write_folder
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -63,21 +65,16 @@ class TinyMixer(nn.Module):
         return nn.Dense(self.num_classes, dtype=self.dtype)(x.mean(axis=1)).astype(jnp.float32)
 
 
-def mixer_from_config(config, *, num_classes: int, frontend: FrontEnd) -> TinyMixer:
-    """config.model.name "mixer": the fields of config.model.mixer."""
-    return TinyMixer(num_classes=num_classes, num_mel_bins=frontend.num_mel_bins,
-                     frames=frontend.target_frames, dtype=jnp.dtype(config.model.dtype),
-                     **config.model.mixer.to_dict())
-
-
 # --- ... and one registry entry -----------------------------------------------------------
 
 @pytest.fixture
 def mixer_kind(monkeypatch):
-    monkeypatch.setitem(models.KINDS, "mixer", models.Kind(TinyMixer, mixer_from_config))
+    monkeypatch.setitem(models.KINDS, "mixer", models.Kind(TinyMixer))
 
 
 def mixer_config(**top):
+    """configs/test.py with the mixer, its own fields in config.model.mixer (over
+    config.model's width and depth)."""
     c = load_config("test")  # 32 synthetic training clips, 16 eval clips
     c.model.name = "mixer"
     c.model.mixer = ml_collections.ConfigDict(dict(chunk=8, width=16, depth=1))
@@ -85,6 +82,26 @@ def mixer_config(**top):
     return c
 
 
+def test_config_reader_knows_no_kind(mixer_kind):
+    """train.spec reads the new kind's fields with no code of its own: the class's
+    constructor fields from the front-end, config.model and its block."""
+    c = mixer_config()
+    c.model.dtype = "bfloat16"
+    run = read_config(c)
+    assert run.model.name == "mixer"
+    assert run.model.fields == dict(num_mel_bins=32, frames=48, dtype="bfloat16", chunk=8,
+                                    width=16, depth=1)
+    model = build_model(run.model, num_classes=3)
+    assert model == TinyMixer(num_classes=3, num_mel_bins=32, frames=48, chunk=8, width=16,
+                              depth=1, dtype=jnp.bfloat16)
+    c = mixer_config()
+    c.model.mixer.chunks = 4
+    with pytest.raises(ValueError, match=r"config\.model\.mixer\.chunks: not a field of "
+                                         r"TinyMixer"):
+        read_config(c)
+
+
+@pytest.mark.slow
 def test_new_kind_trains_evaluates_predicts_dumps_and_loads(mixer_kind, tmp_path):
     c = mixer_config()
     final = loop.train_and_evaluate(c, str(tmp_path / "w"))
@@ -112,7 +129,7 @@ def test_new_kind_trains_evaluates_predicts_dumps_and_loads(mixer_kind, tmp_path
     # dumps teacher logits (distill dump), one row per training clip, equal to its forward
     teacher = dump(tmp_path / "w", out=tmp_path / "t.npz", echo=None)
     assert teacher.logits.shape == (32, len(bundle.labels))
-    assert distill.load(tmp_path / "t.npz").teacher["model_class"] == "mixer"
+    assert teacher_logits.load(tmp_path / "t.npz").teacher["model_class"] == "mixer"
 
     # initialises a run of the same kind (config.init_from) with its weights
     c = mixer_config(num_steps=1, init_from=str(tmp_path / "w"))
@@ -124,13 +141,12 @@ def test_kind_errors_are_one_line(mixer_kind):
     c = mixer_config()
     c.model.name = "mixr"
     with pytest.raises(ValueError, match=r"config.model.name='mixr': use one of \["):
-        validate_config(c, device_count=1)
+        validate(read_config(c), device_count=1)
     c = mixer_config(init_from="/nonexistent")
     with pytest.raises(ValueError, match="TinyMixer can only start from a training "
                                          "checkpoint of its own kind"):
-        checkpoints.init_params("x.pth", models.from_config(
-            c, num_classes=2, frontend=FrontEnd(num_mel_bins=32, target_frames=48)),
-            fresh={})
+        checkpoints.init_params("x.pth", build_model(read_config(c).model, num_classes=2),
+                                fresh={})
 
 
 def test_elastic_is_chosen_by_name_and_old_configs_still_mean_it():
@@ -138,21 +154,20 @@ def test_elastic_is_chosen_by_name_and_old_configs_still_mean_it():
     before the name (an elastic block, name "ast"), as older checkpoints store it, still
     builds an ElasticAST; a block with another kind, or the name without a block, is an
     error naming the field."""
-    fe = FrontEnd(num_mel_bins=32, target_frames=48)
     c = load_config("test_elastic")
-    assert c.model.name == "elastic" and models.config_name(c) == "elastic"
-    assert models.is_packed(models.from_config(c, num_classes=3, frontend=fe))
+    assert c.model.name == "elastic" and read_config(c).model.name == "elastic"
+    assert models.is_packed(build_model(read_config(c).model, num_classes=3))
     c.model.name = "ast"
-    assert type(models.from_config(c, num_classes=3, frontend=fe)) is models.ElasticAST
-    validate_config(c, device_count=1)
+    assert type(build_model(read_config(c).model, num_classes=3)) is models.ElasticAST
+    validate(read_config(c), device_count=1)
     c.model.name = "cnn"
     with pytest.raises(ValueError, match="config.model.name='cnn': packed training"):
-        validate_config(c, device_count=1)
+        validate(read_config(c), device_count=1)
     c = load_config("test")
     c.model.name = "elastic"
     with pytest.raises(ValueError, match="config.model.name='elastic': a packed model "
                                          "needs a config.elastic block"):
-        validate_config(c, device_count=1)
+        validate(read_config(c), device_count=1)
 
 
 def test_ast_and_elastic_share_one_definition_of_their_fields():

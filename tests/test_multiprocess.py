@@ -14,9 +14,10 @@ import jax
 import numpy as np
 import pytest
 
-from fast_ast_jax import checkpoints, distill
+from fast_ast_jax import checkpoints, teacher_logits
 from fast_ast_jax.data import SyntheticSource, source_ids
 from fast_ast_jax.train import loop, task
+from fast_ast_jax.train.spec import read_config
 from tests.helpers import load_config, packed_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,8 +99,11 @@ c = load_config("test")
 c.update(distributed=True, num_steps=1)
 c.data.eval = {}
 c.data.auto_stats = True
-from fast_ast_jax.train.task import with_auto_stats
-result["auto_stats"] = with_auto_stats(c, workdir=out + "/auto").frontend.to_dict()
+from fast_ast_jax.train.spec import read_config
+from fast_ast_jax.train.task import split_source, with_auto_stats
+run = read_config(c)
+result["auto_stats"] = with_auto_stats(run, source=split_source(run, "train"),
+                                       workdir=out + "/auto").frontend.to_dict()
 assert loop.train_and_evaluate(c, out + "/auto")["step"] == 1
 with open(f"{out}/result_{pid}.json", "w") as f:
     json.dump(result, f)
@@ -116,8 +120,8 @@ def write_teacher(path) -> None:
     c = load_config("test_elastic")
     source = SyntheticSource(sample_rate=16000, **c.data.train)
     logits = np.random.default_rng(0).normal(size=(len(source), len(source.labels)))
-    distill.save(path, ids=source_ids(source), logits=logits, labels=source.labels,
-                 teacher={"model_class": "random"})
+    teacher_logits.save(path, ids=source_ids(source), logits=logits, labels=source.labels,
+                        teacher={"model_class": "random"})
 
 
 def free_port() -> int:
@@ -174,7 +178,9 @@ def test_two_processes_train_identically_and_resume(tmp_path):
         assert a["accuracy"] == pytest.approx(b["accuracy"])
     # auto_stats over 2 hosts: the single-process numbers (to the float32 fbank's
     # rounding, which differs between processes), in the checkpoint
-    single = task.with_auto_stats(auto_config(), workdir=tmp_path / "auto_one").frontend
+    run = read_config(auto_config())
+    single = task.with_auto_stats(run, source=task.split_source(run, "train"),
+                                  workdir=tmp_path / "auto_one").frontend
     assert (r["auto_stats"]["mean"], r["auto_stats"]["std"]) == pytest.approx(
         (single.mean, single.std), rel=1e-6)
     saved = checkpoints.load(tmp_path / "auto").frontend

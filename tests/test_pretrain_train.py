@@ -25,6 +25,7 @@ from fast_ast_jax.checkpoints.store import Checkpointer
 from fast_ast_jax.models import mae
 from fast_ast_jax.train import loop
 from fast_ast_jax.train.forward import kind_of
+from fast_ast_jax.train.spec import read_config
 from fast_ast_jax.train.task import make_task
 from tests.helpers import ROOT, folder_data, load_config, tiny, write_folder
 
@@ -92,10 +93,10 @@ def _fine_tune_config(kind: str):
 
 
 @pytest.mark.parametrize("kind", ["ast", "tome", "topk", "ast_longer", "elastic"])
-def test_init_from_pretraining_loads_the_encoder(pretrained, kind):
+def test_init_from_pretraining_loads_the_encoder(pretrained, kind, tmp_path):
     workdir, _ = pretrained
     c = _fine_tune_config(kind)
-    task = make_task(c, frontend=FrontEnd.from_dict(c.frontend.to_dict()))
+    task = make_task(read_config(c), workdir=tmp_path)
     model = task.model
     fresh = model.init({"params": jax.random.PRNGKey(1)},
                        kind_of(model).inputs(task.example))["params"]
@@ -242,8 +243,8 @@ def test_refusals_are_one_line(pretrained, tmp_path):
 
 
 def test_predict_evaluate_dump_refuse_a_pretraining_checkpoint(pretrained, tmp_path):
-    from fast_ast_jax.export import export_checkpoint
-    from fast_ast_jax.predict import predict_files
+    from fast_ast_jax.exported import export_checkpoint
+    from fast_ast_jax.inference import predict_files
     from fast_ast_jax.train.dump import dump
     from fast_ast_jax.train.evaluation import evaluate_checkpoint
 
@@ -418,15 +419,15 @@ def test_exported_embedding_is_embeds(pretrained, fine_tuned, kind, tmp_path, ca
     """export --embed --tokens: the serialised waveform -> (embedding, tokens) function
     gives what python -m fast_ast_jax.embed gives for the same clip (one window), for a
     pretraining and a fine-tuned AST checkpoint."""
-    from fast_ast_jax import export
+    from fast_ast_jax import export, exported
     from fast_ast_jax.audio.fbank_jax import pad_waves
-    from fast_ast_jax.embed import embed_files
+    from fast_ast_jax.embeddings import embed_files
 
     workdir = (pretrained if kind == "mae" else fine_tuned)[0]
     out = tmp_path / "emb.jaxexport"
     export.main(["--checkpoint", str(workdir), "--out", str(out), "--embed", "--tokens"])
     assert "embedding (B, 64) float32" in capsys.readouterr().out
-    call, spec = export.load(out)
+    call, spec = exported.load(out)
     f_dim, t_dim = checkpoints.load(workdir).model.grid()
     assert spec["embedding_dim"] == 64 and spec["token_grid"] == [f_dim, t_dim]
     assert spec["labels"] == [] and len(spec["outputs"]) == 2
@@ -439,15 +440,16 @@ def test_exported_embedding_is_embeds(pretrained, fine_tuned, kind, tmp_path, ca
     np.testing.assert_allclose(emb[0], ours.clip.scores, atol=1e-4)
     np.testing.assert_allclose(tokens[0], ours.clip.windows[0][2][1:], atol=1e-4)
     # without --tokens: the embedding alone
-    export.export_checkpoint(workdir, tmp_path / "clip.jaxexport", embedding=True,
-                             platforms=("cpu",))
-    call, spec = export.load(tmp_path / "clip.jaxexport")
+    exported.export_checkpoint(workdir, tmp_path / "clip.jaxexport", embedding=True,
+                               platforms=("cpu",))
+    call, spec = exported.load(tmp_path / "clip.jaxexport")
     np.testing.assert_allclose(call(batch["wave"], batch["wave_len"]), emb, atol=1e-5)
     assert "token_grid" not in spec and len(spec["outputs"]) == 1
 
 
 def test_embed_refusals(tmp_path, capsys):
-    from fast_ast_jax.embed import encoder, main
+    from fast_ast_jax.embed import main
+    from fast_ast_jax.embeddings import encoder
 
     folder = _audio(tmp_path)
     with pytest.raises(SystemExit) as e:

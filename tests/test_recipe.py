@@ -16,14 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fast_ast_jax import bench, models
-from fast_ast_jax.audio.frontend import FrontEnd
+from fast_ast_jax import bench
 from fast_ast_jax.data.pipeline import Pipeline
 from fast_ast_jax.recipe import __main__ as command
 from fast_ast_jax.recipe import workdir as workdir_lib
 from fast_ast_jax.recipe.clips import read_clips, target_frames, write_clips
 from fast_ast_jax.recipe.configs import STUDENT_MAC_RATIO, stage_configs
 from fast_ast_jax.recipe.run import plan
+from fast_ast_jax.train.spec import read_config
+from fast_ast_jax.train.task import build_model
 from tests.helpers import sigint_at_batch, write_folder
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -151,8 +152,7 @@ def test_stage_configs_follow_the_data_and_the_overrides(tmp_path):
     assert ft.init_from == "W/pretrain" and st.init_from == "W/finetune"
     assert pre.data.train.csv_path == "W/data/pretrain.csv"
     # the student's r: the smallest that needs STUDENT_MAC_RATIO x fewer MACs
-    model = models.from_config(st, num_classes=3,
-                               frontend=FrontEnd.from_dict(st.frontend.to_dict()))
+    model = build_model(read_config(st).model, num_classes=3)
     ratio = lambda r: (bench.ast_macs(model.clone(tome_r=0)).total
                        / bench.ast_macs(model.clone(tome_r=r)).total)
     r = st.model.tome_r

@@ -106,7 +106,7 @@ def nn_intercept(fn):
 
 
 def test_token_plan_matches_reference_counts():
-    # AST 10/10 on 1024 frames: 1214 tokens; r=300 constant (reference.md §2.4: effective r
+    # AST 10/10 on 1024 frames: 1214 tokens; r=300 constant (docs/REFERENCES.md §4: effective r
     # [300, 300, 300, 156, 78, 39, 19, 10, 5, 2, 1, 1], counts [914, ..., 5, 4, 3]), except
     # that the last block never merges.
     model = create_ast("base", tome_r=300)
@@ -115,7 +115,7 @@ def test_token_plan_matches_reference_counts():
     assert [lp.tokens_out for lp in plan] == [914, 614, 314, 158, 80, 41, 22, 12, 7, 5, 4, 4]
     counts = create_ast("base", tome_r=100).token_counts()
     assert counts[:2] == [1114, 1014] and counts[-2:] == [114, 114]  # reference: 114, 58
-    # TopK on stride 16 (512 patches), keep 0.7 at blocks 3, 6, 9 (reference.md §8).
+    # TopK on stride 16 (512 patches), keep 0.7 at blocks 3, 6, 9 (docs/REFERENCES.md §5).
     model = create_ast("base", fstride=16, tstride=16, prune_keep_rate=0.7)
     assert [lp.keep for lp in model.token_plan() if lp.keep] == [359, 252, 177]
     assert model.token_counts()[-1] == 2 + 177

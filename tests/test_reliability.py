@@ -29,7 +29,7 @@ from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.data import FolderSource
 from fast_ast_jax.data.pipeline import Pipeline
 from fast_ast_jax.models.ast import create_ast
-from fast_ast_jax.predict import predict, predict_windows
+from fast_ast_jax.inference import predict, predict_windows
 from fast_ast_jax.train import loop
 from fast_ast_jax.checkpoints.store import CheckpointError, CheckpointMismatchError
 from fast_ast_jax.train.config import default_config
@@ -37,7 +37,8 @@ from fast_ast_jax.checkpoints import load as load_checkpoint
 from fast_ast_jax.train.evaluation import evaluate_checkpoint
 from fast_ast_jax.train.state import TrainState, make_optimizer
 from fast_ast_jax.train.step import train_step
-from fast_ast_jax.train.validate import validate_config
+from fast_ast_jax.train.spec import read_config
+from fast_ast_jax.train.validate import validate
 from fast_ast_jax.windows import Scorer, window_starts, windowed_scores
 from tests.helpers import (bad_folder, config, constant_lr, load_config, sigint_at_batch,
                            write_folder)
@@ -281,6 +282,8 @@ def test_ctrl_c_saves_and_stops(tmp_path, monkeypatch):
     ("model.size", "huge", r"config\.model\.size='huge'"),
     ("optim.schedule", "linear", r"config\.optim\.schedule='linear': use one of"),
     ("data.on_bad_clip", "ignore", r"config\.data\.on_bad_clip='ignore'"),
+    ("data.source", "hf", r"config\.data\.source='hf': use one of \('synthetic', 'folder', "
+     r"'tfds'\)$"),
     ("data.worker_count", -1, r"config\.data\.worker_count=-1: must be >= 0"),
     ("loss", "mse", r"config\.loss='mse'"),
     ("keep_checkpoints", 0, r"config\.keep_checkpoints=0"),
@@ -296,7 +299,7 @@ def test_impossible_config_values(field, value, match):
         node = node[p]
     node[name] = value
     with pytest.raises(ValueError, match=match) as info:
-        validate_config(c, device_count=1)
+        validate(read_config(c), device_count=1)
     assert "\n" not in str(info.value)
 
 
@@ -306,7 +309,7 @@ def test_tome_r_larger_than_the_tokens_warns():
     c.model.update(depth=2, tome_r=50)  # the last (here: only) block would never merge
     with pytest.warns(UserWarning, match=r"config\.model\.tome_r=50: the first block can "
                                          r"merge at most 3 of its 6 patch tokens"):
-        validate_config(c, device_count=1)
+        validate(read_config(c), device_count=1)
 
 
 def test_config_checks_build_no_model(monkeypatch):
@@ -321,17 +324,17 @@ def test_config_checks_build_no_model(monkeypatch):
     for name in ("test", "test_elastic"):
         c = load_config(name)
         c.model.update(tome_r=1, prune_keep_rate=0.5, prune_layers=(0,))
-        validate_config(c, device_count=1)
+        validate(read_config(c), device_count=1)
     with pytest.raises(AssertionError, match="AST built"):
         ast.create_ast("tiny")
 
 
 def test_batch_not_divisible_by_devices_and_locked_config():
     c = load_config("test")
-    validate_config(c, device_count=8)
+    validate(read_config(c), device_count=8)
     c.batch_size = 12
     with pytest.raises(ValueError, match=r"config\.batch_size=12: must be a multiple of the 8"):
-        validate_config(c, device_count=8)
+        validate(read_config(c), device_count=8)
     c.lock()
     with pytest.raises(AttributeError, match="batch_szie"):
         c.batch_szie = 8
@@ -367,6 +370,14 @@ def test_train_py_rejects_bad_flags(tmp_path):
     assert not (tmp_path / "checkpoints").exists()  # nothing started
 
 
+def test_url_workdir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """pathlib would turn gs://b/x into a local gs:/b/x directory: a bucket must be mounted."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"--workdir gs://bucket/run: a URL .*\(gcsfuse"):
+        loop.train_and_evaluate(default_config(), "gs://bucket/run")
+    assert not list(tmp_path.iterdir())
+
+
 def test_library_value_errors_keep_their_traceback():
     """Only this project's deliberate checks become one-line usage errors: a ValueError
     raised inside a library is a bug and propagates."""
@@ -374,11 +385,11 @@ def test_library_value_errors_keep_their_traceback():
     c.batch_size = -3
     with pytest.raises(SystemExit) as exit_info:
         with cli.user_errors():
-            validate_config(c, device_count=1)
+            validate(read_config(c), device_count=1)
     assert exit_info.value.code == 2
     with pytest.raises(ValueError, match="batch_size=-3"):
         with cli.user_errors(debug=True):
-            validate_config(c, device_count=1)
+            validate(read_config(c), device_count=1)
     with pytest.raises(ValueError, match="cannot reshape"):
         with cli.user_errors():
             np.zeros(3).reshape(2, 2)

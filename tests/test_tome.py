@@ -84,7 +84,7 @@ def test_clamp_and_identity():
 # ---------------------------------------------------------------- NumPy reference
 
 def _np_matching(metric, r, class_token, distill_token):
-    """Straightforward per-example NumPy re-statement of reference.md §2.1."""
+    """Straightforward per-example NumPy re-statement of docs/REFERENCES.md §4."""
     t = metric.shape[1]
     r = min(r, (t - class_token - distill_token) // 2)
     plans = []

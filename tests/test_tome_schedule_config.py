@@ -1,8 +1,8 @@
 """ToMe schedules from a config file and from the command line (train.py's absl flags).
 
 One type (`tome.parse_schedule`): config.model.tome_r (int, constant) or
-config.model.tome_schedule ("ramp:R,INFLECTION" / "blocks:R0,R1,..."), read by
-`models.ast.model_overrides` for the padded and the packed model alike.
+config.model.tome_schedule ("ramp:R,INFLECTION" / "blocks:R0,R1,..."), read into the
+model's tome_r by `train.spec.read_config` for the padded and the packed model alike.
 """
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from fast_ast_jax.models.ast import create_ast, model_overrides
+from fast_ast_jax.models.ast import create_ast
 from fast_ast_jax.train.config import default_config
+from fast_ast_jax.train.spec import read_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,10 +27,11 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file("config", None, "config", lock_config=True)
 
 def main(argv):
-    from fast_ast_jax.models.ast import create_ast, model_overrides
+    from fast_ast_jax.train.spec import read_config
+    from fast_ast_jax.train.task import build_model
     c = flags.FLAGS.config
-    model = create_ast(c.model.size, **{**model_overrides(c.model), "depth": 4})
-    print(json.dumps(model.r_schedule()))
+    c.model.depth = 4
+    print(json.dumps(build_model(read_config(c).model, num_classes=2).r_schedule()))
 
 app.run(main)
 """
@@ -75,12 +77,12 @@ def test_bad_schedules_are_clear_errors(tmp_path):
     assert "several values need a 'ramp:' or 'blocks:' tag" in bad.stderr
 
 
-def test_model_overrides_is_the_one_reader_of_config_model():
+def test_the_reader_makes_the_schedule_one_field():
     c = default_config()
     c.model.update(depth=2, tome_schedule="blocks:4")
-    fields = model_overrides(c.model)
+    fields = read_config(c).model.fields
     assert fields["tome_r"] == "blocks:4" and "tome_schedule" not in fields
-    assert "size" not in fields and "width" not in fields  # None keeps the size's value
+    assert "size" not in fields and fields["width"] == 192  # None keeps the size's value
     assert create_ast("tiny", **fields).r_schedule() == [4, 0]
     with pytest.raises(ValueError, match=r"AST\.tome_r: ToMe schedule 'blocks:4,4,4'"):
         create_ast("tiny", **{**fields, "tome_r": "blocks:4,4,4"}).r_schedule()

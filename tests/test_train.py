@@ -15,13 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fast_ast_jax import models
-from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.checkpoints.store import Checkpointer
 from fast_ast_jax.data.pipeline import Pipeline
 from fast_ast_jax.train import loop
 from fast_ast_jax.train.evaluation import evaluate_checkpoint, parse_sweep
-from fast_ast_jax.predict import predict
+from fast_ast_jax.train.spec import read_config
+from fast_ast_jax.train.task import build_model
+from fast_ast_jax.inference import predict
 from tests.helpers import (folder_data, load_config, run_one_step, sharded_configs, tiny,
                            write_folder)
 
@@ -361,6 +361,6 @@ def test_init_from_pretrained_hf_directory(tmp_path):
     c.optim.lr = 0.0  # the step leaves the loaded weights as they are
     c.data.eval = {}
     final = loop.train_and_evaluate(c, str(tmp_path / "w"))
-    model = models.from_config(c, num_classes=8, frontend=FrontEnd(**c.frontend.to_dict()))
+    model = build_model(read_config(c).model, num_classes=8)
     expected = convert.load_into(model, tmp_path / "hf", seed=c.seed)
     chex.assert_trees_all_close(final["state"].params, expected, atol=1e-7)

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
-from fast_ast_jax import distill
-from fast_ast_jax.audio.frontend import FrontEnd
+from fast_ast_jax import teacher_logits
 from fast_ast_jax.data import SyntheticSource, source_ids
 from fast_ast_jax.data.packed import PackedPipeline
-from fast_ast_jax.predict import predict
+from fast_ast_jax.inference import predict
 from fast_ast_jax.train import loop
-from fast_ast_jax.train.task import packed_task
+from fast_ast_jax.train.spec import read_config
+from fast_ast_jax.train.task import make_task
 from tests.helpers import load_config, write_folder
 
 pytestmark = pytest.mark.usefixtures("fast_compile", "persistent_compilation_cache")
@@ -52,8 +52,8 @@ def teacher_file(tmp_path_factory):
     source = SyntheticSource(sample_rate=16000, **TRAIN)
     path = tmp_path_factory.mktemp("teacher") / "teacher.npz"
     logits = np.random.default_rng(0).normal(size=(len(source), len(source.labels)))
-    distill.save(path, ids=source_ids(source), logits=logits, labels=source.labels,
-                 teacher={"model_class": "random"})
+    teacher_logits.save(path, ids=source_ids(source), logits=logits, labels=source.labels,
+                        teacher={"model_class": "random"})
     return str(path)
 
 
@@ -128,12 +128,12 @@ def test_cell_predicts(cell, tmp_path_factory, teacher_file):
     assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0 + 1e-6
 
 
-def test_packed_clips_carry_their_teacher_rows(teacher_file):
+def test_packed_clips_carry_their_teacher_rows(teacher_file, tmp_path):
     """Each packed slot holds its own clip's teacher predictions at tau (as y per slot);
     empty slots 0."""
     c = cell_config("packed", "none", teacher_file)
-    teacher = distill.load(teacher_file)
-    task = packed_task(c, frontend=FrontEnd.from_dict(c.frontend.to_dict()), teacher=teacher)
+    teacher = teacher_logits.load(teacher_file)
+    task = make_task(read_config(c), workdir=tmp_path, teacher=teacher)
     pipe: PackedPipeline = task.train
     # config.eval_batch_size = eval rows per step (elastic.rows for training)
     assert pipe.spec.rows == 2 and [p.spec.rows for _, _, p in task.evals] == [4, 4]

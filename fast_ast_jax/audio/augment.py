@@ -1,15 +1,38 @@
-"""Training augmentation on host-side features (NumPy): SpecAugment, mixup, noise + roll.
+"""Training augmentation on host-side features (NumPy): SpecAugment, mixup, noise + roll,
+and `Augment`, the settings (config.augment) that both the host and the device
+(audio.augment_jax) apply.
 
-They follow AST's dataloader (reference.md §3.2) but act on *normalised* features, after
+They follow AST's dataloader (arXiv:2104.01778) but act on *normalised* features, after
 the front-end: AST masks with 0 before normalising, so a masked cell becomes
-`(0 - mean) / (2 * std)`, which is the `fill` value used here. Mixup mixes features, not
-waveforms: features are cached once per clip, which makes epochs cheap; since the
-normalisation is affine, mixing normalised features equals normalising mixed log-mels
-(though a log-mel mix differs from the log-mel of a waveform mix, which AST uses).
+`(0 - mean) / (2 * std)` (features.pad_value), which is the `fill` value used here.
+Mixup mixes features, not waveforms: features are cached once per clip, which makes
+epochs cheap; since the normalisation is affine, mixing normalised features equals
+normalising mixed log-mels (though a log-mel mix differs from the log-mel of a waveform
+mix, which AST uses).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+    """Training augmentation settings (all off by default): SpecAugment mask widths, mixup
+    probability and Beta(alpha, alpha) weight, noise + roll."""
+
+    freqm: int = 0
+    timem: int = 0
+    mixup: float = 0.0  # probability of mixing an example with a random other one
+    mixup_alpha: float = 10.0
+    noise: bool = False
+
+    def __post_init__(self):
+        if not 0.0 <= self.mixup <= 1.0:
+            raise ValueError(f"mixup={self.mixup} is a probability; use a value in [0, 1]")
+        if self.freqm < 0 or self.timem < 0:
+            raise ValueError(f"mask widths freqm={self.freqm}, timem={self.timem} must be >= 0")
 
 
 def spec_augment(x: np.ndarray, *, freqm: int, timem: int, fill: float,

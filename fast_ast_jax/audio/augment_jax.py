@@ -14,7 +14,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from fast_ast_jax.audio.augment import Augment
 from fast_ast_jax.audio.fbank_jax import device_features
+from fast_ast_jax.audio.features import pad_value
 from fast_ast_jax.audio.frontend import FrontEnd
 
 
@@ -64,8 +66,9 @@ def mixup(arrays: dict[str, jax.Array], *, key: jax.Array, prob: float, alpha: f
     """Mix each example, with probability `prob`, with a random other one of the batch.
 
     arrays: name -> (B, ...) float arrays mixed with the same weight (features, targets,
-    teacher predictions: mixing predictions, not logits, as data.pipeline does). Per example lam ~ Beta(alpha, alpha); a mixed row is
-    lam * row + (1 - lam) * partner. Returns the same names.
+    teacher predictions: mixing predictions, not logits, as data.pipeline does). Per
+    example lam ~ Beta(alpha, alpha); a mixed row is lam * row + (1 - lam) * partner.
+    Returns the same names.
     """
     batch = next(iter(arrays.values())).shape[0]
     pkey, bkey, ukey = jax.random.split(key, 3)
@@ -80,7 +83,7 @@ def mixup(arrays: dict[str, jax.Array], *, key: jax.Array, prob: float, alpha: f
     return {k: mix(a) for k, a in arrays.items()}
 
 
-def device_batch(batch: dict, *, frontend: FrontEnd, augment=None,
+def device_batch(batch: dict, *, frontend: FrontEnd, augment: Augment | None = None,
                  key: jax.Array | None = None) -> dict:
     """The model's batch from a waveform batch, inside a jitted step.
 
@@ -89,7 +92,7 @@ def device_batch(batch: dict, *, frontend: FrontEnd, augment=None,
             one length, wave_len (B,) int32 true lengths, and the other entries (y, mask,
             teacher_probs, ...), passed through (y and teacher_probs mixed by mixup).
         frontend: front-end parameters (static).
-        augment: data.pipeline.Augment (training) or None (eval: features only).
+        augment: the training augmentation, or None (eval: features only).
         key: PRNG key, required for dither or augmentation.
     Returns:
         the batch with x (B, target_frames, bins) in place of wave / wave_len.
@@ -107,8 +110,8 @@ def device_batch(batch: dict, *, frontend: FrontEnd, augment=None,
                           key=keys[1], prob=augment.mixup, alpha=augment.mixup_alpha)
             x = mixed.pop("x")
             out.update(mixed)
-        fill = (0.0 - frontend.mean) / (2 * frontend.std)
-        x = spec_augment(x, key=keys[2], freqm=augment.freqm, timem=augment.timem, fill=fill)
+        x = spec_augment(x, key=keys[2], freqm=augment.freqm, timem=augment.timem,
+                         fill=pad_value(frontend))
         if augment.noise:
             x = noise_and_roll(x, key=keys[3])
     out["x"] = x

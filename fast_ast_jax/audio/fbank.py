@@ -1,6 +1,6 @@
 """Kaldi-compatible log-mel filterbank in numpy (host side).
 
-Reproduces `torchaudio.compliance.kaldi.fbank` with AST's settings (reference.md §3.2, §4.5):
+Reproduces `torchaudio.compliance.kaldi.fbank` with AST's settings (docs/REFERENCES.md §2):
 snip_edges framing, optional Gaussian dither, per-frame DC removal, pre-emphasis with the
 first sample replicated, symmetric window, zero-padding to a power-of-two FFT, power
 spectrum, Kaldi mel triangles built in mel space (mel = 1127 ln(1 + f / 700)) with a zero

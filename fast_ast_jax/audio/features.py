@@ -1,8 +1,7 @@
 """Model input from audio: fbank -> pad/crop to target frames -> normalise.
 
-Order as in AST's dataloader (reference.md §3.2): pad with zeros (or cut) at the end, then
-`(x - mean) / (2 * std)`, so padded cells become -mean / (2 * std). Training code that
-masks (SpecAugment) calls `fbank`, `pad_or_crop`, masks, then `normalize`.
+Order as in AST's dataloader (arXiv:2104.01778): pad with zeros (or cut) at the end, then
+`(x - mean) / (2 * std)`, so padded cells become -mean / (2 * std) (`pad_value`).
 """
 from __future__ import annotations
 
@@ -28,6 +27,12 @@ def normalize(feats: np.ndarray, *, frontend: FrontEnd) -> np.ndarray:
     """`(x - mean) / (2 * std)` with the front-end's dataset statistics; float32."""
     return ((feats - np.float32(frontend.mean))
             / np.float32(2.0 * frontend.std)).astype(np.float32)
+
+
+def pad_value(frontend: FrontEnd) -> float:
+    """The normalised value of a zero log-mel cell, -mean / (2 * std): what padded frames
+    read, and masked ones (SpecAugment masks with it, as AST masks before normalising)."""
+    return (0.0 - frontend.mean) / (2 * frontend.std)
 
 
 def features(waveform: np.ndarray, *, frontend: FrontEnd, sr: int | None = None,

@@ -1,8 +1,8 @@
 """The front-end contract: every parameter that turns a waveform into model input.
 
 One frozen `FrontEnd` is saved inside every checkpoint (with the label names), so inference
-on a checkpoint reproduces the training input exactly (DESIGN.md §3, users.md themes 1, 5, 8).
-Defaults are AST's AudioSet settings (reference.md §3.2, §4.5).
+on a checkpoint reproduces the training input exactly. Defaults are AST's AudioSet settings
+(docs/REFERENCES.md §2).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The input loader: a grain dataset over a pipeline's batches, built in-process or in
-worker processes.
+worker processes; and what the pipelines share around it (`Loadable`, `host_share`).
 
 A pipeline (data.pipeline.Pipeline, data.packed.PackedPipeline) makes each batch as a pure
 function `batch(epoch, index)` of its data position, with `steps(epoch)` batches per
@@ -111,6 +111,21 @@ def iterate(pipeline, *, epoch: int = 0, index: int = 0, worker_count: int = 0,
             yield batch, after
     finally:
         iterator.close()
+
+
+def host_share(total: int, *, what: str, process_index: int | None,
+               process_count: int | None) -> tuple[int, int]:
+    """(this host's index, its share of `total`) for a global batch of `total` clips or
+    rows split over the hosts (process index and count default to jax's); `what` names
+    the setting in the error when `total` does not split."""
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index, process_count = jax.process_index(), jax.process_count()
+    if total % process_count:
+        raise ValueError(f"{what}={total} must be a multiple of the number of hosts "
+                         f"({process_count}): each host builds an equal share of a batch")
+    return process_index, total // process_count
 
 
 class Loadable:

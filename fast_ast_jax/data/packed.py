@@ -1,11 +1,13 @@
-"""ElasticAST data pipeline: native-length, variable-hop clips packed into fixed rows.
+"""ElasticAST batches: native-length, variable-hop clips packed into fixed rows.
 
-Instead of padding or cropping every clip to `target_frames` (data.pipeline), each clip keeps
-its own length (capped at `max_frames`) and, in training, a hop drawn per clip from `hops_ms`
-(ElasticAST's resolution elasticity: the fbank is recomputed at that hop). Clips are
-patchified and packed greedily, in order, into `rows` rows of `max_tokens` tokens with at
-most `max_slots` clips per row (fast_ast_jax.packing), so every batch has the same shapes
-and one compiled program serves the whole dataset.
+Instead of padding or cropping every clip to `target_frames` (data.pipeline), each clip
+keeps its own length (capped at `max_frames`) and, in training, a hop drawn per clip from
+`hops_ms` (ElasticAST's resolution elasticity: the fbank is recomputed at that hop), and
+loses a fraction of its tokens (token dropout). Clips are patchified and packed greedily,
+in order, into `rows` rows of `max_tokens` tokens with at most `max_slots` clips per row
+(fast_ast_jax.packing), so every batch has the same shapes and one compiled program serves
+the whole dataset. The clips themselves (decoding, fbank at each hop, cache, bad clips,
+targets, teacher predictions, SpecAugment and noise) come from a clip store (data.clips).
 
 Packing: the clip order of an epoch is dealt round-robin into `rows` streams (clip k goes
 to stream k mod rows); each stream is packed greedily, in order, into rows, and step k is
@@ -21,69 +23,49 @@ Batches (dicts of NumPy arrays, this host's rows R_host = rows / hosts):
     patches (R_host, L, p*p) float32, segment_ids (R_host, L) int32, positions
     (R_host, L, 2) int32, slot_index (R_host, S) int32 (source example index per slot, -1 =
     empty), y (R_host, S, C) float32 targets per slot, mask (R_host, S) float32 (1 = a real
-    clip); with a teacher also teacher_probs (R_host, S, C) float32, the teacher predictions of each
-    slot's clip (0 in empty slots).
+    clip); with a teacher also teacher_probs (R_host, S, C) float32, the teacher predictions
+    of each slot's clip (0 in empty slots).
 
 Every batch is a pure function of (seed, epoch, batch index): resuming needs only the data
 position. Planning needs every clip's length, so every host reads every clip's length
 (audio length only, no fbank).
 
 Bad clips (audio that raises `AudioError`) are found when an epoch is planned, since
-planning reads every clip's length: with on_bad_clip="skip" they are left out of the plan
-(counted in `bad_clips`, index -> message, reported once), so batches stay a pure function
-of the position; "fail" raises naming the file.
+planning reads every clip's length (or before, when `cache_dir` featurises every clip up
+front): with on_bad_clip="skip" they are left out of the plan (counted in `bad_clips`,
+index -> message, reported once), so batches stay a pure function of the position; "fail"
+raises naming the file.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from fast_ast_jax import packing
-from fast_ast_jax.audio import augment as augment_lib
-from fast_ast_jax.audio.fbank import fbank, num_frames
-from fast_ast_jax.audio.features import normalize
+from fast_ast_jax.audio.augment import Augment, check_no_mixup
 from fast_ast_jax.audio.frontend import FrontEnd
-from fast_ast_jax.audio.io import AudioError
-from fast_ast_jax.data.core import BadClips, host_share, save_cache
-from fast_ast_jax.data.loader import Loadable
-from fast_ast_jax.data.pipeline import Augment, target, teacher_rows
-from fast_ast_jax.patches import grid_shape, patch_shape
+from fast_ast_jax.data.clips import ClipStore
+from fast_ast_jax.data.loader import Loadable, host_share
+from fast_ast_jax.patches import Patching
 
 
 @dataclasses.dataclass(frozen=True)
 class PackSpec:
-    """The static shape of a packed batch and the patch grid (patch_size: an int or a
-    (frequency, time) pair, patches.patch_shape)."""
+    """The static shape of a packed batch (rows x max_tokens tokens, at most max_slots clips
+    a row) and how its clips are cut into patches (the model's `patches.Patching`)."""
 
     rows: int = 4
     max_tokens: int = 512
     max_slots: int = 16
-    patch_size: int | tuple[int, int] = 16
-    fstride: int = 16
-    tstride: int = 16
+    patching: Patching = Patching()
 
     def __post_init__(self):
         if min(self.rows, self.max_tokens, self.max_slots) < 1:
             raise ValueError(f"PackSpec rows={self.rows}, max_tokens={self.max_tokens}, "
                              f"max_slots={self.max_slots} must all be >= 1")
-
-    @property
-    def patch_frames(self) -> int:
-        """Frames one patch spans: the shortest clip (shorter ones are zero-padded)."""
-        return patch_shape(self.patch_size)[1]
-
-    @property
-    def patch_dim(self) -> int:
-        """Values per patch vector: ph * pw."""
-        ph, pw = patch_shape(self.patch_size)
-        return ph * pw
 
 
 class PackedPipeline(Loadable):
@@ -108,10 +90,10 @@ class PackedPipeline(Loadable):
             once (lengths are always cached: one int per clip and hop).
         cache_dir: with `cache`, featurise every clip at every hop up front and store the
             fbanks in one .npz per hop there, named by a hash of `cache_key` (which must
-            identify the source, e.g. its config as JSON), the front-end, hop and cap; a
-            later run (or host) loads them instead.
+            identify the source, e.g. its config as JSON), the front-end, hop and cap
+            (data.clips); a later run (or host) loads them instead.
         process_index, process_count: this host's rows (default: from jax).
-        teacher: distill.TeacherLogits; batches then carry each slot's teacher predictions
+        teacher: teacher_logits.TeacherLogits; batches then carry each slot's teacher predictions
             `teacher_probs` at `teacher_tau` (sigmoid if `teacher_multilabel`, else softmax;
             labels and clip ids checked here, as data.pipeline.Pipeline does).
         on_bad_clip: "skip" or "fail" (see the module docstring).
@@ -127,125 +109,49 @@ class PackedPipeline(Loadable):
                  process_count: int | None = None, teacher=None, teacher_tau: float = 1.0,
                  teacher_multilabel: bool = False, on_bad_clip: str = "skip",
                  worker_count: int = 0):
-        self.bad_clips = BadClips(on_bad_clip)
-        if source.sample_rate != frontend.sample_rate:
-            raise ValueError(f"source audio is at {source.sample_rate} Hz but the front-end "
-                             f"expects {frontend.sample_rate} Hz")
-        if not hops_ms:
-            raise ValueError("hops_ms is empty: give at least one frame shift in ms")
-        augment_lib.check_no_mixup(augment.mixup)
-        if max_frames < spec.patch_frames:
+        check_no_mixup(augment.mixup)
+        if max_frames < spec.patching.frames:
             raise ValueError(f"max_frames={max_frames} is shorter than one patch "
-                             f"({spec.patch_frames} frames)")
+                             f"({spec.patching.frames} frames)")
         self.process_index, self.local_rows = host_share(
             spec.rows, what="config.elastic.rows" if train else
             "the eval rows (config.eval_batch_size, 0 = config.elastic.rows)",
             process_index=process_index, process_count=process_count)
+        # Clips keep their length up to max_frames; one shorter than a patch is padded.
+        self.clips = ClipStore(
+            source, frontend=frontend, train=train, max_frames=max_frames,
+            min_frames=spec.patching.frames, hops_ms=hops_ms, seed=seed, augment=augment,
+            cache=cache, cache_dir=cache_dir, cache_key=cache_key, on_bad_clip=on_bad_clip,
+            teacher=teacher, teacher_tau=teacher_tau, teacher_multilabel=teacher_multilabel)
+        self.bad_clips = self.clips.bad_clips
         self.source, self.frontend, self.spec, self.train = source, frontend, spec, train
-        self.hops_ms = tuple(float(h) for h in hops_ms)
+        self.hops_ms = self.clips.hops_ms
         self.max_frames, self.token_dropout, self.seed = max_frames, token_dropout, seed
-        self.augment, self.on_bad_clip = augment, on_bad_clip
-        self.worker_count = worker_count
+        self.augment, self.worker_count = augment, worker_count
         self.num_classes = len(source.labels)
-        self._teacher = None if teacher is None else teacher_rows(
-            teacher, source, tau=teacher_tau, multilabel=teacher_multilabel)
-        # FrontEnd requires window >= hop, so a hop longer than the window widens the window
-        # to the hop (ElasticAST keeps 25 ms windows and skips samples between frames).
-        self._frontends = {h: dataclasses.replace(
-            frontend, frame_shift_ms=h, frame_length_ms=max(frontend.frame_length_ms, h))
-            for h in self.hops_ms}
-        self._cache: dict[tuple[int, float], tuple[np.ndarray, np.ndarray]] | None = (
-            {} if cache else None)
-        self._frames: dict[tuple[int, float], int] = {}
         self._plans: dict[int, list[list[list[tuple[int, float]]]]] = {}
         if cache and cache_dir:
-            for hop in self.hops_ms:
-                self._fill_cache(Path(cache_dir), cache_key, hop)
+            self.clips.featurise_all()
 
     # -- clips ------------------------------------------------------------------------------
 
-    def clip(self, index: int, hop_ms: float) -> tuple[np.ndarray, np.ndarray]:
-        """Un-normalised native-length fbank (frames, bins) at `hop_ms` and target (C,).
+    def clip(self, index: int, hop_ms: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """Un-normalised native-length fbank (frames, bins) at `hop_ms` and target (C,),
+        or None for a skipped bad clip. Capped at max_frames; clips shorter than one patch
+        are zero-padded to one patch."""
+        return self.clips.clip(index, hop_ms)
 
-        Capped at max_frames; clips shorter than one patch are zero-padded to one patch.
-        """
-        key = (index, hop_ms)
-        if self._cache is None or key not in self._cache:
-            ex = self.source[index]
-            fe = self._frontends[hop_ms]
-            rng = np.random.default_rng([self.seed, index]) if fe.dither > 0 else None
-            needed = fe.window_size + (self.max_frames - 1) * fe.hop_size
-            wave = np.asarray(ex["audio"])[:needed]
-            if len(wave) < fe.window_size:
-                feats = np.zeros((0, fe.num_mel_bins), np.float32)
-            else:
-                feats = np.asarray(fbank(wave, frontend=fe, rng=rng), np.float32)
-            feats = feats[:self.max_frames]
-            if len(feats) < self.spec.patch_frames:
-                feats = np.concatenate([feats, np.zeros(
-                    (self.spec.patch_frames - len(feats), feats.shape[1]), np.float32)])
-            out = (feats, target(ex["label"], num_classes=self.num_classes))
-            if self._cache is None:
-                return out
-            self._cache[key] = out
-        return self._cache[key]
-
-    def num_frames(self, index: int, hop_ms: float) -> int:
+    def num_frames(self, index: int, hop_ms: float) -> int | None:
         """len(self.clip(index, hop_ms)[0]) from the audio length, without an fbank."""
-        key = (index, hop_ms)
-        if key not in self._frames:
-            if self._cache is not None and key in self._cache:
-                self._frames[key] = len(self._cache[key][0])
-            else:
-                fe = self._frontends[hop_ms]
-                n = num_frames(len(self.source[index]["audio"]), window_size=fe.window_size,
-                               hop_size=fe.hop_size)
-                self._frames[key] = max(min(n, self.max_frames), self.spec.patch_frames)
-        return self._frames[key]
-
-    def _fill_cache(self, cache_dir: Path, cache_key: str, hop: float) -> None:
-        """Every clip's fbank at `hop`, from (or else into) an .npz in cache_dir."""
-        key = json.dumps([cache_key, self.frontend.to_json(), hop, self.max_frames,
-                          self.spec.patch_frames])
-        path = cache_dir / f"packed-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
-        n = len(self.source)
-        if path.is_file():
-            with np.load(path) as f:
-                feats, offsets, ys = f["feats"], f["offsets"], f["y"]
-                bad = dict(zip(f["bad"].tolist(), f["reasons"].tolist()))
-            for i, reason in bad.items():
-                self.bad_clips.record(int(i), AudioError(str(reason)))
-            for i in range(n):
-                if i not in bad:
-                    self._cache[(i, hop)] = (feats[offsets[i]:offsets[i + 1]], ys[i])
-            return
-        empty = (np.zeros((0, self.frontend.num_mel_bins), np.float32),
-                 np.zeros(self.num_classes, np.float32))
-        clips, bad = [], {}
-        for i in tqdm(range(n), desc=f"features ({hop:g} ms)", leave=False):
-            try:
-                clips.append(self.clip(i, hop))
-            except AudioError as e:
-                self.bad_clips.record(i, e)
-                bad[i] = str(e)
-                clips.append(empty)
-        offsets = np.cumsum([0] + [len(x) for x, _ in clips])
-        save_cache(path, feats=np.concatenate([x for x, _ in clips]), offsets=offsets,
-                   y=np.stack([y for _, y in clips]), bad=np.asarray(sorted(bad), np.int64),
-                   reasons=np.asarray([bad[i] for i in sorted(bad)], dtype=str))
+        return self.clips.frames(index, hop_ms)
 
     def _num_tokens(self, index: int, hop: float) -> int | None:
         """Tokens of the clip at `hop` (after token dropout); None for a skipped bad clip."""
-        if index in self.bad_clips:
+        frames = self.num_frames(index, hop)
+        if frames is None:
             return None
-        try:
-            frames = self.num_frames(index, hop)
-        except AudioError as e:
-            self.bad_clips.record(index, e)
-            return None
-        f_dim, t_dim = grid_shape(frames=frames, num_mel_bins=self.frontend.num_mel_bins,
-                                  patch_size=self.spec.patch_size, fstride=self.spec.fstride,
-                                  tstride=self.spec.tstride)
+        f_dim, t_dim = self.spec.patching.grid(frames=frames,
+                                               num_mel_bins=self.frontend.num_mel_bins)
         n = f_dim * t_dim
         return max(1, int(n * (1.0 - self.token_dropout))) if self.train else n
 
@@ -268,8 +174,7 @@ class PackedPipeline(Loadable):
             items = [it for it, n in zip(items, lengths) if n is not None]
             lengths = [n for n in lengths if n is not None]
             if not items:
-                raise AudioError(f"all {n} clips of the source are bad, e.g. "
-                                 f"{next(iter(self.bad_clips.values()))}")
+                raise self.bad_clips.all_bad(n)
             if len(self.bad_clips) > known_bad:
                 self.bad_clips.report(total=n, train=self.train)
             rows = self.spec.rows
@@ -307,7 +212,7 @@ class PackedPipeline(Loadable):
         """This host's rows of packed batch `index` of `epoch` (see the module docstring)."""
         first = self.process_index * self.local_rows
         rows = self.plan(epoch)[index][first:first + self.local_rows]
-        fill = (0.0 - self.frontend.mean) / (2 * self.frontend.std)
+        teacher = self.clips.teacher
         samples, sources, targets, teachers, assignment = [], [], [], [], []
         for r, row in enumerate(rows, start=first):
             assignment.append([])
@@ -315,16 +220,12 @@ class PackedPipeline(Loadable):
                 feats, y = self.clip(i, hop)
                 # Seeded by the global (row, slot): the same on any number of hosts.
                 rng = np.random.default_rng([self.seed, epoch, index, r, s, 1])
-                x = normalize(feats, frontend=self.frontend)
+                x = self.clips.normalize(feats)
                 if self.train:
-                    timem = int(self.augment.timem * self.frontend.frame_shift_ms / hop)
-                    x = augment_lib.spec_augment(x, freqm=self.augment.freqm, timem=timem,
-                                                 fill=fill, rng=rng)
-                    if self.augment.noise:
-                        x = augment_lib.noise_and_roll(x, rng=rng)
-                patches, pos = packing.patchify(x, patch_size=self.spec.patch_size,
-                                                fstride=self.spec.fstride,
-                                                tstride=self.spec.tstride)
+                    x = self.clips.augmented(x, rng=rng, hop_ms=hop)
+                p = self.spec.patching
+                patches, pos = packing.patchify(x, patch_size=p.size, fstride=p.fstride,
+                                                tstride=p.tstride)
                 if self.train and self.token_dropout > 0:
                     keep = packing.token_dropout(len(patches), rate=self.token_dropout,
                                                  rng=rng)
@@ -333,11 +234,11 @@ class PackedPipeline(Loadable):
                 samples.append((patches, pos))
                 sources.append(i)
                 targets.append(y)
-                if self._teacher is not None:
-                    teachers.append(self._teacher[i])
+                if teacher is not None:
+                    teachers.append(teacher[i])
         packed = packing.pack_rows(samples, assignment, max_tokens=self.spec.max_tokens,
                                    max_slots=self.spec.max_slots,
-                                   dim=self.spec.patch_dim)
+                                   dim=self.spec.patching.dim)
         per_clip = lambda values: np.asarray(values, np.float32).reshape(
             len(samples), self.num_classes)
         # Slots name source examples (not positions in this batch) so outputs can be
@@ -346,6 +247,6 @@ class PackedPipeline(Loadable):
                  "slot_index": packed.slot_values(np.asarray(sources, np.int32), fill=-1),
                  "y": packed.slot_values(per_clip(targets)),
                  "mask": (packed.slot_index >= 0).astype(np.float32)}
-        if self._teacher is not None:
+        if teacher is not None:
             batch["teacher_probs"] = packed.slot_values(per_clip(teachers))
         return batch

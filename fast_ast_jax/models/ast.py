@@ -1,10 +1,11 @@
 """Audio Spectrogram Transformer (AST) in Flax linen.
 
-Follows the original AST / HF `ASTForAudioClassification` (reference.md §3.1, §4):
-16x16 conv patches (or any (frequency, time) patch, `patch_shape`, e.g. SSAST's 128x2
-frame patches) with (frequency, time) strides over a (frames, mel) fbank, frequency-
-major tokens, CLS (+ DIST) tokens, a learned positional embedding, pre-LN blocks with
-exact GELU, final LayerNorm, and a head (LayerNorm + Dense) on the mean of CLS and DIST.
+Follows the original AST / HF `ASTForAudioClassification` (arXiv 2104.01778;
+docs/REFERENCES.md §3): 16x16 conv patches (or any (frequency, time) patch, `patch_shape`,
+e.g. SSAST's 128x2 frame patches) with (frequency, time) strides over a (frames, mel)
+fbank, frequency-major tokens, CLS (+ DIST) tokens, a learned positional embedding, pre-LN
+blocks with exact GELU, final LayerNorm, and a head (LayerNorm + Dense) on the mean of CLS
+and DIST.
 
 Parameter tree (what `fast_ast_jax.convert` fills):
     patch_embed/{kernel (ph,pw,1,W), bias}   ((ph, pw) = patch_shape(patch_size): 16x16)
@@ -16,7 +17,6 @@ Parameter tree (what `fast_ast_jax.convert` fills):
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
@@ -27,7 +27,7 @@ from fast_ast_jax.models import posemb, prune, tome
 from fast_ast_jax.models.attention import SelfAttention
 from fast_ast_jax.patches import grid_shape, patch_field, patch_shape
 
-# DeiT widths (reference.md §3.1); all have 12 blocks and head_dim 64.
+# DeiT widths (arXiv 2012.12877; docs/REFERENCES.md §3); all have 12 blocks and head_dim 64.
 SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(width=192, depth=12, num_heads=3, mlp_dim=768),
     "small": dict(width=384, depth=12, num_heads=6, mlp_dim=1536),
@@ -411,8 +411,8 @@ def token_plan(*, grid: tuple[int, int], depth: int, tome_r: int | str,
                prune_score: str) -> list[LayerPlan]:
     """Static per-block token counts of an AST with these fields (`PLAN_FIELDS`, meaning as
     in `AST`) on a (f_dim, t_dim) patch `grid`, validating the reduction fields (errors
-    name AST.<field>). The one token plan: `AST.token_plan` and the config check
-    (`check_config`, which builds no model) call it."""
+    name AST.<field>). The one token plan: `AST.token_plan` and the training config's
+    check (train.validate, which builds no model) call it."""
     rs, keeps = reduction_schedule(depth=depth, tome_r=tome_r,
                                    prune_keep_rate=prune_keep_rate,
                                    prune_layers=prune_layers, name="AST")
@@ -432,35 +432,6 @@ def token_plan(*, grid: tuple[int, int], depth: int, tome_r: int | str,
         tokens -= r
         plan.append(LayerPlan(tokens_in, keep, r, tokens))
     return plan
-
-
-# config.model keys that are not constructor fields of the model.
-# Not AST fields: the kind and size, other kinds' blocks, the schedule spelling of tome_r,
-# and the pretraining fields of mae.MAE (its own from_config reads them).
-_NOT_FIELDS = ("name", "size", "cnn", "tome_schedule", "mask_ratio", "decoder_width",
-               "decoder_depth", "decoder_heads", "norm_pix_loss")
-
-
-def model_overrides(model_config) -> dict[str, Any]:
-    """config.model (ConfigDict or dict) -> the AST / ElasticAST constructor fields it sets.
-
-    Unset (None) fields keep the size's value. The ToMe schedule is one model field,
-    `tome_r` (`tome.parse_schedule`), written in the config as config.model.tome_r (int,
-    the constant schedule) or config.model.tome_schedule (string, "ramp:R,INFL" or
-    "blocks:R0,R1,...", also usable as --config.model.tome_schedule=...); setting both
-    is an error. The one reader of config.model for every trainer and the validator.
-    """
-    m = dict(model_config.items())
-    # sub-blocks (config.model.cnn, ...) hold the fields of other model kinds
-    out = {k: v for k, v in m.items()
-           if k not in _NOT_FIELDS and v is not None and not hasattr(v, "items")}
-    schedule = m.get("tome_schedule") or ""
-    if schedule:
-        if m.get("tome_r"):
-            raise ValueError(f"config.model.tome_r={m['tome_r']!r} and config.model."
-                             f"tome_schedule={schedule!r} are both set; keep one")
-        out["tome_r"] = schedule
-    return out
 
 
 def model_fields(model: nn.Module) -> dict[str, Any]:
@@ -483,7 +454,7 @@ def ast_fields(size: str = "base", *, cls: type[nn.Module] | None = None, **over
                ) -> dict[str, Any]:
     """Every constructor field of `cls` (default AST; or another model with AST's size
     fields) of a named size ("tiny", "small", "base") with field overrides, validated:
-    what `create_ast` builds, as a dict (config checks read it without building)."""
+    what `create_ast` builds, as a dict."""
     cls = cls or AST
     if size not in SIZES:
         raise ValueError(f"unknown {cls.__name__} size {size!r}; choose one of "
@@ -510,79 +481,9 @@ def create_ast(size: str = "base", *, cls: type[nn.Module] | None = None, **over
     return (cls or AST)(**ast_fields(size, cls=cls, **overrides))
 
 
-def from_config(config, *, num_classes: int, frontend) -> AST:
-    """config.model.name "ast": sized by config.model (set fields over the size's), for
-    the front-end's input (frontend.target_frames x num_mel_bins)."""
-    return create_ast(config.model.size, num_classes=num_classes,
-                      num_mel_bins=frontend.num_mel_bins, frames=frontend.target_frames,
-                      **model_overrides(config.model))
-
-
 def ast_twin(model: Encoder) -> AST:
     """The padded AST with `model`'s shared fields (`Encoder`), whose weights an
     ElasticAST converts from (`elastic.params_from_ast`); an AST's twin is itself."""
     if isinstance(model, AST):
         return model
     return AST(**{k: getattr(model, k) for k in field_names(Encoder)} | {"trace_source": False})
-
-
-def require(config, ok: bool, field: str, rule: str) -> None:
-    """Raise ValueError("config.<field>=<value>: <rule>") unless `ok`: the one form of a
-    config error (train.validate and the model kinds' `check_config`)."""
-    if not ok:
-        value = config
-        for part in field.split("."):
-            value = value[part]
-        raise ValueError(f"config.{field}={value!r}: {rule}")
-
-
-def check_patch(config, frontend) -> None:
-    """config.model.patch_size and the strides: a patch that fits the front-end's input
-    (frontend.num_mel_bins x target_frames) and strides no larger than the patch (a larger
-    one would skip the bins or frames between patches)."""
-    m = config.model
-    try:
-        ph, pw = patch_shape(m.get("patch_size", Backbone.patch_size))
-    except ValueError as e:
-        raise ValueError(f"config.model.{e}") from None
-    need = lambda ok, field, rule: require(config, ok, field, rule)
-    need(ph <= frontend.num_mel_bins, "model.patch_size",
-         f"a patch of {ph} mel bins is taller than the input's frontend.num_mel_bins="
-         f"{frontend.num_mel_bins}; use at most that many")
-    need(pw <= frontend.target_frames, "model.patch_size",
-         f"a patch of {pw} frames is longer than the input's frontend.target_frames="
-         f"{frontend.target_frames}")
-    for field, side, what in (("fstride", ph, "mel bins"), ("tstride", pw, "frames")):
-        need(m[field] <= side, f"model.{field}",
-             f"is larger than the patch's {side} {what} (model.patch_size={m.patch_size}), "
-             f"which would skip the {what} between patches; use {field} <= {side}")
-
-
-def check_config(config, frontend) -> None:
-    """config.model of an AST (or the AST an ElasticAST shares fields with): the token plan
-    (strides, heads, ToMe r, TopK layers) for the front-end's input, from the fields
-    alone (no model is built); warns when ToMe's r is clamped in the first block."""
-    check_patch(config, frontend)
-    try:
-        fields = ast_fields(config.model.size, num_classes=2,
-                            num_mel_bins=frontend.num_mel_bins, frames=frontend.target_frames,
-                            **model_overrides(config.model))
-        if fields["width"] % fields["num_heads"]:
-            raise ValueError(f"config.model.width={fields['width']} is not divisible by "
-                             f"num_heads={fields['num_heads']}")
-        grid = grid_shape(**{k: fields[k] for k in ("frames", "num_mel_bins", "patch_size",
-                                                    "fstride", "tstride")})
-        plan = token_plan(grid=grid, **{k: fields[k] for k in PLAN_FIELDS})
-    except ValueError as e:
-        msg = str(e)
-        raise ValueError(msg if msg.startswith("config.") else f"config.model: {msg}") from None
-    f_dim, t_dim = grid
-    most = (f_dim * t_dim) // 2
-    first = reduction_schedule(name="AST", **{k: fields[k] for k in SCHEDULE_FIELDS}
-                               )[0][0] if plan else 0
-    if first > most:  # ToMe clamps r per block (reference semantics): legal, but suspicious
-        field = "tome_schedule" if config.model.get("tome_schedule") else "tome_r"
-        warnings.warn(f"config.model.{field}={fields['tome_r']!r}: the first block can "
-                      f"merge at most {most} of its {f_dim * t_dim} patch tokens "
-                      f"(frames={frontend.target_frames}, fstride={fields['fstride']}, "
-                      f"tstride={fields['tstride']}); r is clamped to that", stacklevel=3)

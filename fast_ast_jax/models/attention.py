@@ -1,14 +1,15 @@
 """Multi-head self-attention with an additive bias and a boolean mask.
 
 Every attention in the library goes through `dot_product_attention`, so a backend gets its
-best kernel in one place and the model code never changes (PERF.md: attention is the CPU
-bottleneck; cuDNN / splash attention are the GPU / TPU paths).
+best kernel in one place and the model code never changes (attention is the CPU
+bottleneck: docs/RESULTS.md, "Where the forward time goes"; cuDNN / splash attention are
+the GPU / TPU paths).
 
 Implementations (all give the same result to float32 rounding, fully-masked query rows
 included):
     "xla":     einsum + softmax over the materialised (B, H, Tq, Tk) logits. On CPU this is
                memory bound: every elementwise pass over the score matrix costs as much as a
-               matmul (PERF.md).
+               matmul (docs/RESULTS.md).
     "chunked": a loop over (batch * head, query tile) in which a (tile, Tk) block of scores
                stays in cache; the softmax is normalised after the value product, and the
                backward pass recomputes each tile instead of storing (B, H, Tq, Tk) residuals.

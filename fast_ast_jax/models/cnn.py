@@ -1,5 +1,5 @@
 """CNN teacher for cross-model distillation: an EfficientNet-style network with PSLA-style
-attention pooling over time (reference.md §9; PSLA's EffNetAttention).
+attention pooling over time (CMKD, arXiv 2203.06760; PSLA's EffNetAttention, arXiv 2102.01243).
 
 Differences from PSLA, on purpose:
 - GroupNorm instead of BatchNorm, so the train state is (params, opt_state) for every model
@@ -164,10 +164,3 @@ def create_cnn(stages: str = "small", **overrides) -> CNNTeacher:
     if isinstance(overrides.get("dtype"), str):
         overrides["dtype"] = jnp.dtype(overrides["dtype"])
     return CNNTeacher(stages=stages, **overrides)
-
-
-def from_config(config, *, num_classes: int, frontend) -> CNNTeacher:
-    """config.model.name "cnn": the fields of config.model.cnn and config.model.dtype, for
-    the front-end's mel bins."""
-    return create_cnn(num_classes=num_classes, num_mel_bins=frontend.num_mel_bins,
-                      dtype=config.model.dtype, **config.model.cnn.to_dict())

@@ -1,10 +1,11 @@
 """ElasticAST: one AST for any clip length and resolution through sequence packing.
 
-The packed path of the AST (reference.md §5, papers.md §2): the patches of many clips lie
-end to end in rows of a fixed token budget (`fast_ast_jax.packing`), attention is masked to
-each token's own sample, and one pooled vector per sample feeds the head. Same parameter
-names and shapes as `models.ast.AST` wherever the two share a part, so a trained AST runs
-packed as it is (the packed path simply does not use cls_token/dist_token):
+The packed path of the AST (ElasticAST, arXiv 2407.08691; docs/REFERENCES.md §6): the
+patches of many clips lie end to end in rows of a fixed token budget
+(`fast_ast_jax.packing`), attention is masked to each token's own sample, and one pooled
+vector per sample feeds the head. Same parameter names and shapes as `models.ast.AST`
+wherever the two share a part, so a trained AST runs packed as it is (the packed path
+simply does not use cls_token/dist_token):
 
     patch_embed/{kernel (ph,pw,1,W), bias}   applied as a Dense on (p_freq, p_time) patches
     pos_embed (1, prefix + f*t, W)         pos_embedding="ast": gathered at f * t_dim + t
@@ -30,11 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fast_ast_jax.audio.augment import check_no_mixup
 from fast_ast_jax.models import packed_reduce, posemb
-from fast_ast_jax.models import ast
-from fast_ast_jax.models.ast import (SCHEDULE_FIELDS, Block, Encoder, create_ast, field_names,
-                                     model_overrides, reduction_schedule, require)
+from fast_ast_jax.models.ast import SCHEDULE_FIELDS, Block, Encoder, reduction_schedule
 from fast_ast_jax.models.attention import dot_product_attention
 from fast_ast_jax.models.tome import merge_source, merge_wavg
 from fast_ast_jax.patches import grid_shape, patch_shape
@@ -276,53 +274,6 @@ class ElasticAST(Encoder):
         return logits, valid
 
 
-def from_config(config, *, num_classes: int, frontend) -> ElasticAST:
-    """config.model.name "elastic": sized by config.model as an AST (the fields it shares
-    with AST), pos_embedding and pool from config.elastic; its time table covers the
-    longest clip (elastic.max_frames and every eval_max_frames)."""
-    e = config.elastic
-    fields = {k: v for k, v in model_overrides(config.model).items()
-              if k in field_names(ElasticAST)}
-    return create_ast(config.model.size, cls=ElasticAST, num_classes=num_classes,
-                      num_mel_bins=frontend.num_mel_bins,
-                      frames=max(int(e.max_frames), max(int(f) for f in e.eval_max_frames)),
-                      pos_embedding=e.pos_embedding, pool=e.pool, **fields)
-
-
-def check_config(config, frontend) -> None:
-    """The packed model's fields (config.model as an AST, config.elastic): shapes, hops,
-    and that the longest clip fits a row."""
-    ast.check_config(config, frontend)
-    e, m = config.elastic, config.model
-    need = lambda ok, field, rule: require(config, ok, field, rule)
-    need(not m.prune_fuse, "model.prune_fuse", "is not supported with packing (a fused "
-         "token per sample has no static place in a row)")
-    check_no_mixup(config.augment.mixup, field="config.augment.mixup")
-    for name in ("rows", "max_tokens", "max_slots"):
-        need(e[name] >= 1, f"elastic.{name}", "must be >= 1")
-    need(0 <= e.token_dropout < 1, "elastic.token_dropout", "must lie in [0, 1)")
-    need(e.pos_embedding in POS_EMBEDDINGS, "elastic.pos_embedding",
-         "use 'factorised' or 'ast'")
-    need(e.pool in POOLS, "elastic.pool", "use 'attn' or 'mean'")
-    for name in ("hops_ms", "eval_hops_ms"):
-        need(len(e[name]) > 0 and all(h > 0 for h in e[name]), f"elastic.{name}",
-             "give one or more frame shifts > 0 ms")
-    need(len(e.eval_max_frames) > 0, "elastic.eval_max_frames", "give one or more caps")
-    patch = m.get("patch_size", ElasticAST.patch_size)
-    patch_frames = patch_shape(patch)[1]
-    for name, caps, keep in (("max_frames", [e.max_frames], 1.0 - e.token_dropout),
-                             ("eval_max_frames", list(e.eval_max_frames), 1.0)):
-        for frames in caps:
-            need(frames >= patch_frames, f"elastic.{name}", f"every cap must be >= "
-                 f"{patch_frames} frames (one patch)")
-            f_dim, t_dim = grid_shape(frames=frames, num_mel_bins=frontend.num_mel_bins,
-                                      patch_size=patch, fstride=m.fstride, tstride=m.tstride)
-            tokens = max(1, int(f_dim * t_dim * keep))
-            need(tokens <= e.max_tokens, f"elastic.{name}",
-                 f"a {frames}-frame clip is {tokens} tokens, more than a row holds "
-                 f"(elastic.max_tokens={e.max_tokens}); raise max_tokens or lower the cap")
-
-
 def check_positions(model: ElasticAST, positions: np.ndarray) -> None:
     """Host-side check that every (frequency, time) position fits the model's tables.
 
@@ -358,7 +309,7 @@ def factorise_pos_embed(pos_embed: np.ndarray, *, grid: tuple[int, int], num_pre
                         new_grid: tuple[int, int] | None = None):
     """AST's (1, prefix + f*t, W) table -> ElasticAST's (freq (f, W), time (t, W)) tables.
 
-    As ElasticAST initialises from a 2-D grid (reference.md §5.5): resize the grid to
+    As ElasticAST initialises from a 2-D grid (docs/REFERENCES.md §6): resize the grid to
     `new_grid` (AST rule: centre cut or bilinear), then average over the other axis.
     """
     f_dim, t_dim = grid

@@ -38,7 +38,6 @@ import jax
 import jax.numpy as jnp
 
 from fast_ast_jax.models import ast
-from fast_ast_jax.models.ast import field_names, model_overrides, require
 from fast_ast_jax.patches import patch_shape
 
 
@@ -290,41 +289,3 @@ def encoder_params(params) -> dict[str, Any]:
 def create_mae(size: str = "base", **overrides) -> MAE:
     """MAE whose encoder has a named AST size ("tiny", "small", "base"), with overrides."""
     return ast.create_ast(size, cls=MAE, **overrides)
-
-
-# config.model fields of the decoder and the masking (train.config.default_config).
-PRETRAIN_FIELDS = ("mask_ratio", "decoder_width", "decoder_depth", "decoder_heads",
-                   "norm_pix_loss")
-
-
-def from_config(config, *, num_classes: int, frontend) -> MAE:
-    """config.model.name "mae": the encoder sized by config.model as an AST (the fields it
-    shares with AST), the masking and decoder from config.model's PRETRAIN_FIELDS, for the
-    front-end's input. num_classes is ignored: there is no classifier head."""
-    m = config.model
-    fields = {k: v for k, v in model_overrides(m).items() if k in field_names(MAE)}
-    return create_mae(m.size, num_mel_bins=frontend.num_mel_bins,
-                      frames=frontend.target_frames,
-                      **fields, **{k: m[k] for k in PRETRAIN_FIELDS})
-
-
-def check_config(config, frontend) -> None:
-    """Masked pretraining: the encoder's fields as an AST's, the masking and decoder, and
-    what it cannot do (token reduction, dropout, distillation: there are no logits)."""
-    ast.check_config(config, frontend)
-    m = config.model
-    need = lambda ok, field, rule: require(config, ok, field, rule)
-    need(0 < m.mask_ratio < 1, "model.mask_ratio",
-         "must lie in (0, 1) (Audio-MAE: 0.75-0.8)")
-    for name in ("decoder_width", "decoder_depth", "decoder_heads"):
-        need(m[name] >= 1, f"model.{name}", "must be >= 1")
-    need(m.decoder_width % m.decoder_heads == 0, "model.decoder_width",
-         f"must be divisible by model.decoder_heads={m.decoder_heads}")
-    reduction = "token reduction is for the fine-tuned model: set it there, not in pretraining"
-    need(not m.tome_r, "model.tome_r", reduction)
-    need(not m.get("tome_schedule"), "model.tome_schedule", reduction)
-    need(m.prune_keep_rate == 1.0, "model.prune_keep_rate", reduction)
-    need(m.dropout == 0.0, "model.dropout", "the MAE encoder has no dropout; set 0")
-    need(not config.distill.teacher_logits, "distill.teacher_logits",
-         "masked pretraining has no logits to distil into; distil when fine-tuning "
-         "(--config.init_from=<this pretraining workdir>)")

@@ -28,8 +28,8 @@ Rules (docs/ELASTIC.md, "A clip's reduction depends on the clip alone"):
   values never reach a clip.
 - Within a clip, its q A tokens with the most similar partner (cosine of the metric) merge,
   as in ToMe; TopK keeps its most important tokens. Importance = attention a token receives
-  from the queries of its own sample, averaged over heads (the AudioMAE variant of
-  reference.md §8; packed rows have no CLS token).
+  from the queries of its own sample, averaged over heads (the Audio-MAE variant of
+  the TopK pruning paper, arXiv 2504.01690; packed rows have no CLS token).
 - Order. Surviving tokens keep their relative row order (stable compaction), so a sample's
   token order does not depend on its row-mates.
 
@@ -45,9 +45,9 @@ import jax
 import jax.numpy as jnp
 
 from fast_ast_jax.models.attention import class_attention
+from fast_ast_jax.models.tome import check_merge_input
 
 ReduceFn = Callable[..., jax.Array]
-MERGE_MODES = ("sum", "mean", "amax")
 
 
 def segment_mask(seg_q: jax.Array, seg_k: jax.Array) -> jax.Array:
@@ -178,11 +178,7 @@ def packed_bipartite_matching(
     batch = jnp.arange(rows)[:, None]
 
     def merge(x: jax.Array, mode: str = "mean") -> jax.Array:
-        if mode not in MERGE_MODES:
-            raise ValueError(f"merge mode {mode!r} is not one of {MERGE_MODES}")
-        if x.shape[:2] != (rows, t):
-            raise ValueError(f"merge planned for (rows, tokens) = {(rows, t)}, got x of "
-                             f"shape {x.shape}")
+        check_merge_input(x, mode=mode, planned=(rows, t), axes="rows, tokens")
         count = jnp.zeros((rows, t), x.dtype).at[batch, dst].add(1)
         count = count.reshape(count.shape + (1,) * (x.ndim - 2))
         if mode == "amax":

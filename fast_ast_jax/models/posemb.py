@@ -1,6 +1,6 @@
 """Adapting a learned 2-D positional-embedding grid to another (frequency, time) grid.
 
-AST's rule (reference.md §3.1): along each axis, a smaller target takes the centre of the
+AST's rule (docs/REFERENCES.md §3): along each axis, a smaller target takes the centre of the
 source grid, a larger one is bilinearly interpolated (torch align_corners=False; for
 down-sampling antialias must be off to match torch).
 """

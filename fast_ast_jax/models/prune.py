@@ -1,6 +1,7 @@
 """TopK token pruning by class-token attention (EViT / Lee & Lee 2025), static shapes.
 
-Semantics from reference.md §8 and papers.md §3, §4.5: at chosen blocks, between the
+Semantics of the TopK pruning paper (arXiv 2504.01690) and EViT (arXiv 2202.07800),
+docs/REFERENCES.md §5: at chosen blocks, between the
 attention residual and the MLP, keep the ceil(keep_rate * N) patch tokens with the highest
 class-token attention (post-softmax, averaged over heads), ordered by descending score,
 with the class tokens re-attached in front. Optionally (EViT) the dropped tokens are fused

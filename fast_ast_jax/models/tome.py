@@ -1,8 +1,9 @@
 """Token merging (ToMe, Bolya et al. 2023) as pure JAX functions with static shapes.
 
-Written from the description in reference.md §2 (the ToMe code itself is CC-BY-NC and is not
-used). The number of merges per layer is a Python int fixed at trace time, so every layer
-outputs a fixed, smaller token count and the arrays really shrink under `jax.jit`.
+Written from the description in docs/REFERENCES.md §4 (ToMe, arXiv 2210.09461; its code is
+CC-BY-NC and is not used). The number of merges per layer is a Python int fixed at trace
+time, so every layer outputs a fixed, smaller token count and the arrays really shrink
+under `jax.jit`.
 
 Conventions: tokens are (B, T, C); `size` (B, T, 1) counts the original tokens a token
 represents; `source` (B, T, T0) is the 0/1 map from current to original tokens.
@@ -16,6 +17,15 @@ import jax.numpy as jnp
 
 MergeFn = Callable[..., jax.Array]
 MERGE_MODES = ("sum", "mean", "amax")
+
+
+def check_merge_input(x, *, mode: str, planned: tuple[int, int], axes: str) -> None:
+    """The checks of a planned merge function (here and models.packed_reduce): a known
+    `mode`, and x's leading (`axes`) shape the `planned` one."""
+    if mode not in MERGE_MODES:
+        raise ValueError(f"merge mode {mode!r} is not one of {MERGE_MODES}")
+    if x.shape[:2] != planned:
+        raise ValueError(f"merge planned for ({axes}) = {planned}, got x of shape {x.shape}")
 
 
 def _identity(x: jax.Array, mode: str = "mean") -> jax.Array:
@@ -77,11 +87,7 @@ def bipartite_soft_matching(
     batch = jnp.arange(b)[:, None]
 
     def merge(x: jax.Array, mode: str = "mean") -> jax.Array:
-        if mode not in MERGE_MODES:
-            raise ValueError(f"merge mode {mode!r} is not one of {MERGE_MODES}")
-        if x.shape[:2] != (b, t):
-            raise ValueError(f"merge planned for (batch, tokens) = {(b, t)}, got x of shape "
-                             f"{x.shape}")
+        check_merge_input(x, mode=mode, planned=(b, t), axes="batch, tokens")
         src_side, dst = x[:, ::2], x[:, 1::2]
         unm = jnp.take_along_axis(src_side, unm_idx[..., None], axis=1)
         src = jnp.take_along_axis(src_side, src_idx[..., None], axis=1)
@@ -150,7 +156,7 @@ def parse_schedule(spec: int | str, *, depth: int) -> list[int]:
     """Per-block ToMe merge counts from a schedule spec (before the per-block clamp).
 
     One type, read the same way from Python, a config file and the command line:
-        int r, or the string "r"      -> [r] * depth (reference.md §2.4);
+        int r, or the string "r"      -> [r] * depth (docs/REFERENCES.md §4);
         "ramp:R,INFLECTION"           -> ToMe's parse_r((R, INFLECTION)): a linear ramp of
                                          mean R, INFLECTION in [-1, 1];
         "blocks:R0,R1,...,Rk"         -> [R0, ..., Rk] + [0] * (depth - k - 1).

@@ -31,11 +31,12 @@ from typing import Sequence
 import jax
 import ml_collections
 
-from fast_ast_jax import bench, models
-from fast_ast_jax.audio.frontend import FrontEnd
+from fast_ast_jax import bench
 from fast_ast_jax.recipe.clips import Clips
 from fast_ast_jax.train.config import default_config
-from fast_ast_jax.train.validate import validate_config
+from fast_ast_jax.train.spec import read_config
+from fast_ast_jax.train.task import build_model
+from fast_ast_jax.train.validate import validate
 
 STAGES = ("pretrain", "finetune", "student")
 STUDENT_INITS = ("finetune", "pretrain")
@@ -119,8 +120,7 @@ def _assign(c: ml_collections.ConfigDict, path: list[str], value, *, item: str) 
 
 
 def _student_tome_r(c: ml_collections.ConfigDict, *, num_classes: int) -> int:
-    model = models.from_config(c, num_classes=num_classes,
-                               frontend=FrontEnd.from_dict(c.frontend.to_dict()))
+    model = build_model(read_config(c).model, num_classes=num_classes)
     try:
         return bench.tome_r_for(model, mac_ratio=STUDENT_MAC_RATIO)
     except ValueError as e:
@@ -178,7 +178,7 @@ def stage_configs(clips: Clips, *, workdir: str, target_frames: int, seed: int =
                              f"clips or lower the batch (--set batch_size={max(n, 1)})")
         if stats is not None:
             c.frontend.update(mean=float(stats[0]), std=float(stats[1]))
-        validate_config(c, device_count=jax.device_count())
+        validate(read_config(c), device_count=jax.device_count())
         if not c.num_steps:
             c.num_steps = c.num_epochs * (n // batch)
     if "student" in configs and not touched & {("student", "model.tome_r"),

@@ -17,6 +17,7 @@ import numpy as np
 
 from fast_ast_jax import bench, checkpoints, models, sharding
 from fast_ast_jax.train.forward import eval_forward, evaluate
+from fast_ast_jax.train.spec import checkpoint_run
 from fast_ast_jax.train.task import build_pipeline
 
 TIMING_ROUNDS = 7
@@ -52,7 +53,7 @@ def stage_results(stages: dict[str, tuple[Path, ml_collections.ConfigDict]], *,
     rows, timed, batch = [], {}, None  # timed: row number -> (model, params)
     for name, (path, config) in stages.items():
         bundle = checkpoints.load(path)
-        pipeline = build_pipeline(config, "eval", frontend=bundle.frontend, train=False)
+        pipeline = build_pipeline(checkpoint_run(bundle, config), "eval", train=False)
         params = jax.device_put(bundle.params, sharding.param_shardings(bundle.params, mesh))
         at = {"step": bundle.step, "checkpoint": str(path)}
         variants = [({"stage": name, "what": WHAT[name], **at}, bundle.model)]

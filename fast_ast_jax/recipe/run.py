@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from fast_ast_jax.audio.frontend import FrontEnd
-from fast_ast_jax.export import export_checkpoint
+from fast_ast_jax.exported import export_checkpoint
 from fast_ast_jax.recipe import configs as configs_lib
 from fast_ast_jax.recipe import results as results_lib
 from fast_ast_jax.recipe import workdir as workdir_lib
@@ -35,7 +35,8 @@ from fast_ast_jax.recipe.clips import clip_frames, read_clips, target_frames, wr
 from fast_ast_jax.recipe.configs import STAGES, TEACHER_LOGITS, stage_configs
 from fast_ast_jax.train.dump import dump
 from fast_ast_jax.train.loop import train_and_evaluate
-from fast_ast_jax.train.task import with_auto_stats
+from fast_ast_jax.train.spec import read_config
+from fast_ast_jax.train.task import split_source, with_auto_stats
 
 EXPORT = "export/model.jaxexport"
 
@@ -50,7 +51,8 @@ def _stats(config, *, workdir: Path) -> tuple[float, float]:
     computed once, kept in W/cache)."""
     config = config.copy_and_resolve_references()
     config.data.auto_stats = True
-    frontend = with_auto_stats(config, workdir=workdir).frontend
+    run = read_config(config)
+    frontend = with_auto_stats(run, source=split_source(run, "train"), workdir=workdir).frontend
     return float(frontend.mean), float(frontend.std)
 
 

@@ -1,10 +1,11 @@
 """`dump`: a frozen teacher's logits for every clip of a data split, saved in the
-teacher-logits format (fast_ast_jax.distill). Any checkpoint kind is a teacher: an AST or
+teacher-logits format (fast_ast_jax.teacher_logits). Any checkpoint kind is a teacher: an AST or
 the CNN teacher on the padded training input, an ElasticAST on packed native-length clips
 (its config's first evaluation hop and training length cap).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
@@ -14,20 +15,18 @@ from tqdm import tqdm
 
 from fast_ast_jax import checkpoints
 from fast_ast_jax.bundle import Bundle
-from fast_ast_jax.data import make_source, source_ids
+from fast_ast_jax.data import source_ids
 from fast_ast_jax.data.packed import PackedPipeline
-from fast_ast_jax.distill import TeacherLogits, TeacherLogitsError, load, save, summary
+from fast_ast_jax.teacher_logits import TeacherLogits, TeacherLogitsError, load, save, summary
 from fast_ast_jax.models import is_packed, model_fields, model_name
-from fast_ast_jax.train.elastic import pack_spec
 from fast_ast_jax.train.forward import packed_forward
-from fast_ast_jax.train.task import (build_pipeline, cache_key, loading_kwargs,
-                                     with_worker_count)
+from fast_ast_jax.train.spec import Run, checkpoint_run
+from fast_ast_jax.train.task import (build_pipeline, cache_key, loading_kwargs, pack_spec,
+                                     split_source)
 
 
-def _padded_logits(bundle: Bundle, config, split: str) -> tuple[list[str], np.ndarray]:
-    pipeline = build_pipeline(config, split, frontend=bundle.frontend, train=False)
-    if pipeline is None:
-        raise ValueError(f"config.data.{split} is empty: no clips to compute logits for")
+def _padded_logits(bundle: Bundle, run: Run, split: str) -> tuple[list[str], np.ndarray]:
+    pipeline = build_pipeline(run, split, train=False, source=split_source(run, split))
     _check_labels(bundle, pipeline.source, split)
     forward = jax.jit(functools.partial(bundle.model.apply, train=False))
     params = jax.device_put(bundle.params)
@@ -39,18 +38,15 @@ def _padded_logits(bundle: Bundle, config, split: str) -> tuple[list[str], np.nd
     return source_ids(pipeline.source), np.concatenate(chunks)
 
 
-def _packed_logits(bundle: Bundle, config, split: str) -> tuple[list[str], np.ndarray]:
+def _packed_logits(bundle: Bundle, run: Run, split: str) -> tuple[list[str], np.ndarray]:
     """Per-clip logits of an ElasticAST, in source order (bad clips left out)."""
-    kwargs = config.data[split].to_dict()
-    if not kwargs:
-        raise ValueError(f"config.data.{split} is empty: no clips to compute logits for")
-    source = make_source(config.data.source, sample_rate=bundle.frontend.sample_rate, **kwargs)
+    source = split_source(run, split)
     _check_labels(bundle, source, split)
-    e = config.elastic
-    pipeline = PackedPipeline(source, frontend=bundle.frontend,
-                              spec=pack_spec(config, bundle.model), train=False,
-                              hops_ms=(float(e.eval_hops_ms[0]),), max_frames=int(e.max_frames),
-                              cache_key=cache_key(config, split), **loading_kwargs(config.data))
+    e = run.elastic
+    pipeline = PackedPipeline(source, frontend=run.frontend, spec=pack_spec(e, bundle.model),
+                              train=False, hops_ms=(float(e.eval_hops_ms[0]),),
+                              max_frames=int(e.max_frames), cache_key=cache_key(run, split),
+                              **loading_kwargs(run.data))
     forward = jax.jit(lambda params, batch: packed_forward(bundle.model, params, batch,
                                                            train=False).logits)
     logits = np.full((len(source), len(bundle.labels)), np.nan, np.float32)
@@ -90,12 +86,11 @@ def dump(checkpoint: str | os.PathLike, *, out: str | os.PathLike, config=None,
         the saved file, loaded back (validated).
     """
     bundle = checkpoints.load_classifier(checkpoint)
-    config = with_worker_count(config or bundle.config, workers)
+    run = checkpoint_run(bundle, config, workers=workers)
     if batch_size:
-        config = config.copy_and_resolve_references()
-        config.eval_batch_size = batch_size
+        run = dataclasses.replace(run, eval_batch_size=batch_size)
     packed = is_packed(bundle.model)
-    ids, logits = (_packed_logits if packed else _padded_logits)(bundle, config, split)
+    ids, logits = (_packed_logits if packed else _padded_logits)(bundle, run, split)
     teacher = {"model_class": model_name(bundle.model), "model": model_fields(bundle.model),
                "checkpoint": str(checkpoints.checkpoint_dir(checkpoint).absolute()),
                "step": bundle.step, "split": split, "loss": bundle.loss,

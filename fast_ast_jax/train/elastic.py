@@ -1,9 +1,9 @@
 """ElasticAST recipes: the `config.elastic` block (with config.model.name "elastic";
-the model itself is built by models.from_config), the pack spec, and the hop x length
-evaluation table.
+read into train.spec.Elastic, the model's fields by train.spec.read_config) and the hop x
+length evaluation table.
 
 Packed runs train through the one trainer (`train.loop.train_and_evaluate`, with
-`train.task.packed_task`); every cell of the table runs through one compiled program
+`train.task.make_task`); every cell of the table runs through one compiled program
 (`train.forward.eval_forward`).
 """
 from __future__ import annotations
@@ -32,12 +32,6 @@ def elastic_defaults() -> ml_collections.ConfigDict:
         eval_hops_ms=(10.0,),  # evaluation table: hops ...
         eval_max_frames=(1024,),  # ... times length caps
     ))
-
-
-def pack_spec(config, model: ElasticAST) -> PackSpec:
-    e = config.elastic
-    return PackSpec(rows=e.rows, max_tokens=e.max_tokens, max_slots=e.max_slots,
-                    patch_size=model.patch_size, fstride=model.fstride, tstride=model.tstride)
 
 
 def table_pipelines(source, *, frontend: FrontEnd, spec: PackSpec,

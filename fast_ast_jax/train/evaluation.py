@@ -19,14 +19,14 @@ import numpy as np
 from fast_ast_jax import bench, checkpoints, maps, models, sharding
 from fast_ast_jax.audio.io import AudioError
 from fast_ast_jax.bundle import Bundle
-from fast_ast_jax.data import make_source
-from fast_ast_jax.data.pipeline import target
+from fast_ast_jax.data.clips import target
 from fast_ast_jax.models import AST
 from fast_ast_jax.models.ast import Encoder
 from fast_ast_jax.train import metrics as metrics_lib
-from fast_ast_jax.train.elastic import evaluate_table, pack_spec
+from fast_ast_jax.train.elastic import evaluate_table
 from fast_ast_jax.train.forward import evaluate, time_forwards
-from fast_ast_jax.train.task import build_pipeline, packed_evals, with_worker_count
+from fast_ast_jax.train.spec import Run, checkpoint_run
+from fast_ast_jax.train.task import build_pipeline, pack_spec, packed_evals, split_source
 from fast_ast_jax.train.table import format_table
 from fast_ast_jax.windows import ordered_map, scorer, windowed_scores
 
@@ -131,19 +131,19 @@ def evaluate_checkpoint(path: str | Path, *, config: ml_collections.ConfigDict |
         was measured and the 1-minute load average at the start and the end.
     """
     bundle = checkpoints.load_classifier(path)
-    config = with_worker_count(config or bundle.config, workers)
+    run = checkpoint_run(bundle, config, workers=workers)
     if not isinstance(bundle.model, Encoder) and any(settings):
         raise ValueError(f"token-reduction settings {list(settings)} apply to an AST or "
                          f"ElasticAST only; {path} holds a {type(bundle.model).__name__}")
     load_start = os.getloadavg()[0]
     if hop_frames is not None:
-        rows, timed = _evaluate_windows(bundle, config, split=split, settings=settings,
+        rows, timed = _evaluate_windows(bundle, run, split=split, settings=settings,
                                         hop_frames=hop_frames,
                                         threads=2 if workers is None else workers)
     elif models.is_packed(bundle.model):
-        rows, timed = _evaluate_packed(bundle, config, split=split, settings=settings)
+        rows, timed = _evaluate_packed(bundle, run, split=split, settings=settings)
     else:
-        rows, timed = _evaluate_padded(bundle, config, split=split, settings=settings)
+        rows, timed = _evaluate_padded(bundle, run, split=split, settings=settings)
     rows = _with_ratios(rows)
     if echo:
         echo(format_table(rows))
@@ -160,7 +160,7 @@ def write_split_maps(path: str | Path, *, directory: str | Path, num_maps: int,
     named <index>_<clip id>_merge.png / _kept.png, for the checkpoint's settings or the
     model field `overrides` (tome_r=8, prune_keep_rate=0.5, ...)."""
     bundle = checkpoints.load_classifier(path)
-    source = _source(bundle, config or bundle.config, split)
+    source = _source(bundle, checkpoint_run(bundle, config), split)
     paths = []
     for i in range(min(num_maps, len(source))):
         ex = source[i]
@@ -170,23 +170,20 @@ def write_split_maps(path: str | Path, *, directory: str | Path, num_maps: int,
     return paths
 
 
-def _source(bundle: Bundle, config, split: str):
-    kwargs = config.data[split].to_dict()
-    if not kwargs:
-        raise ValueError(f"config.data.{split} is empty: nothing to evaluate on")
-    source = make_source(config.data.source, sample_rate=bundle.frontend.sample_rate, **kwargs)
+def _source(bundle: Bundle, run: Run, split: str):
+    """The split's source, with the checkpoint's labels."""
+    source = split_source(run, split)
     if tuple(source.labels) != bundle.labels:
         raise ValueError(f"the {split} data labels {list(source.labels)} differ from "
                          f"the checkpoint's {list(bundle.labels)}")
     return source
 
 
-def _evaluate_padded(bundle: Bundle, config, *, split: str, settings: Sequence[dict]
+def _evaluate_padded(bundle: Bundle, run: Run, *, split: str, settings: Sequence[dict]
                      ) -> tuple[list[dict[str, Any]], Timed]:
     """Cropped training input: accuracy over a pass per setting, then clips/s of the
     jitted model alone, the settings timed against each other (`time_forwards`)."""
-    pipeline = build_pipeline(config, split, frontend=bundle.frontend, train=False,
-                              source=_source(bundle, config, split))
+    pipeline = build_pipeline(run, split, train=False, source=_source(bundle, run, split))
     mesh = sharding.make_mesh()
     params = jax.device_put(bundle.params, sharding.param_shardings(bundle.params, mesh))
     rows, models = [], [bundle.model.clone(**setting) for setting in settings]
@@ -205,14 +202,18 @@ def _evaluate_padded(bundle: Bundle, config, *, split: str, settings: Sequence[d
                   f"by {noise:.0%}: interquartile range / median)", noise)
 
 
-def _evaluate_packed(bundle: Bundle, config, *, split: str, settings: Sequence[dict]
+def _evaluate_packed(bundle: Bundle, run: Run, *, split: str, settings: Sequence[dict]
                      ) -> tuple[list[dict[str, Any]], Timed]:
     """The ElasticAST (eval_hops_ms x eval_max_frames) table, as training evaluates it
     (task.packed_evals), one compiled program per setting; clips/s of the jitted model
     alone, as for padded models."""
+    if run.elastic is None:
+        raise ValueError("the checkpoint holds a packed model (ElasticAST), whose "
+                         "evaluation table comes from a config.elastic block: give a "
+                         "config with one (or the checkpoint's own)")
     pipelines = [(key, pipeline) for _, key, pipeline in packed_evals(
-        config, split, source=_source(bundle, config, split), frontend=bundle.frontend,
-        spec=pack_spec(config, bundle.model))]
+        run, split, source=_source(bundle, run, split),
+        spec=pack_spec(run.elastic, bundle.model))]
     mesh = sharding.make_mesh()
     rows = []
     for setting in settings:
@@ -223,14 +224,14 @@ def _evaluate_packed(bundle: Bundle, config, *, split: str, settings: Sequence[d
                   None)
 
 
-def _evaluate_windows(bundle: Bundle, config, *, split: str, settings: Sequence[dict],
+def _evaluate_windows(bundle: Bundle, run: Run, *, split: str, settings: Sequence[dict],
                       hop_frames: int, threads: int) -> tuple[list[dict[str, Any]], Timed]:
     """Whole clips scored by sliding windows (bad clips skipped and counted, or fatal, as
     config.data.on_bad_clip says); clips are decoded by `threads` threads, the features
     made as `windows.scorer` says (on an accelerator: on the device). clips_per_s here
     includes decoding and features, unlike the cropped path."""
-    source = _source(bundle, config, split)
-    batch = config.get("eval_batch_size") or 2 * config.batch_size
+    source = _source(bundle, run, split)
+    batch = run.eval_batch_size or 2 * run.batch_size
     rows = []
     for setting in settings:
         targets, bad = [], []
@@ -239,8 +240,7 @@ def _evaluate_windows(bundle: Bundle, config, *, split: str, settings: Sequence[
             for _, ex, error in ordered_map(source.__getitem__, range(len(source)),
                                             workers=threads):
                 if error is not None:
-                    if not isinstance(error, AudioError) or config.data.get(
-                            "on_bad_clip", "skip") == "fail":
+                    if not isinstance(error, AudioError) or run.data.on_bad_clip == "fail":
                         raise error
                     bad.append(str(error))
                     continue

@@ -39,7 +39,7 @@ class Clips:
     logits: jax.Array  # (N, C) float32
     targets: jax.Array  # (N, C)
     mask: jax.Array  # (N,)
-    teacher_probs: jax.Array | None  # (N, C) teacher predictions (data.pipeline.teacher_probs)
+    teacher_probs: jax.Array | None  # (N, C) teacher predictions (data.clips.teacher_probs)
 
 
 @flax.struct.dataclass

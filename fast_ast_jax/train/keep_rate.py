@@ -1,4 +1,5 @@
-"""TopK keep-rate schedule for training (EViT / the pruning paper, papers.md §3).
+"""TopK keep-rate schedule for training (EViT, arXiv 2202.07800; TopK pruning in
+AST, arXiv 2504.01690; docs/REFERENCES.md §5).
 
 Training starts unpruned and lowers the keep rate of the pruning blocks from 1 to the
 model's `prune_keep_rate` between two epochs with a half cosine, as EViT and the AST/AudioMAE
@@ -17,9 +18,12 @@ Config (`config.keep_rate_schedule`, off while end_epoch = 0):
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import ml_collections
+
+if TYPE_CHECKING:  # train.spec reads the config, whose defaults come from here
+    from fast_ast_jax.train.spec import KeepRateSchedule
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -50,33 +54,37 @@ def keep_rate_at(step: int, *, target: float, start_step: int, end_step: int,
     return target + (1.0 - target) * level / (num_rates - 1)
 
 
-def schedule_from_config(config, *, steps_per_epoch: float) -> Callable[[int], float] | None:
-    """step -> keep rate of `config` (keep_rate_at with epochs turned into steps), or None
-    when the schedule is off (end_epoch = 0) or the model does not prune."""
-    s = config.keep_rate_schedule
-    target = float(config.model.prune_keep_rate)
-    if not s.end_epoch or target >= 1.0:
+def rate_schedule(schedule: KeepRateSchedule, *, target: float, steps_per_epoch: float
+                  ) -> Callable[[int], float] | None:
+    """step -> keep rate of the schedule (config.keep_rate_schedule) towards `target` (the
+    model's prune_keep_rate): keep_rate_at with epochs turned into steps; None when the
+    schedule is off (end_epoch = 0) or the model does not prune (target 1)."""
+    first, last = schedule.start_epoch, schedule.end_epoch
+    if not last or target >= 1.0:
         return None
-    start, end = round(s.start_epoch * steps_per_epoch), round(s.end_epoch * steps_per_epoch)
+    start, end = round(first * steps_per_epoch), round(last * steps_per_epoch)
     if not 0 <= start < end:
-        raise ValueError(f"config.keep_rate_schedule: start_epoch={s.start_epoch} must be "
-                         f">= 0 and before end_epoch={s.end_epoch} (steps {start}, {end})")
-    kw = dict(target=target, start_step=start, end_step=end, num_rates=int(s.num_rates))
+        raise ValueError(f"config.keep_rate_schedule: start_epoch={first} must be "
+                         f">= 0 and before end_epoch={last} (steps {start}, {end})")
+    kw = dict(target=float(target), start_step=start, end_step=end,
+              num_rates=int(schedule.num_rates))
     keep_rate_at(0, **kw)  # validate now, not at the first step
     return lambda step: keep_rate_at(step, **kw)
 
 
-def scheduled_step_fn(build: Callable[[Any], Callable], *, model, config,
-                      steps_per_epoch: float, echo: Callable[[str], None] = print
-                      ) -> Callable:
-    """The trainer's step_fn(state, batch) under the keep-rate schedule.
+def scheduled_step_fn(build: Callable[[Any], Callable], *, model,
+                      schedule: KeepRateSchedule, steps_per_epoch: float,
+                      echo: Callable[[str], None] = print) -> Callable:
+    """The trainer's step_fn(state, batch) under the keep-rate schedule (towards the
+    model's prune_keep_rate; a model without one has no schedule).
 
     build(model) -> a jitted step_fn(state, batch) for one model. Without a schedule this
     is build(model). With one, step s runs build(model.clone(prune_keep_rate=rate(s))),
     built (and compiled) once per distinct rate and logged through `echo`; the step number
     is read from the state once, then counted on the host (no device sync per step).
     """
-    rate_at = schedule_from_config(config, steps_per_epoch=steps_per_epoch)
+    rate_at = rate_schedule(schedule, target=getattr(model, "prune_keep_rate", 1.0),
+                            steps_per_epoch=steps_per_epoch)
     if rate_at is None:
         return build(model)
     steps: dict[float, Callable] = {}
@@ -89,7 +97,7 @@ def scheduled_step_fn(build: Callable[[Any], Callable], *, model, config,
         if rate not in steps:
             echo(f"keep-rate schedule: step {position[0]} compiles the train step for "
                  f"prune_keep_rate={rate:.4g} (program {len(steps) + 1} of at most "
-                 f"{int(config.keep_rate_schedule.num_rates)})")
+                 f"{int(schedule.num_rates)})")
             steps[rate] = build(model.clone(prune_keep_rate=rate))
         position[0] += 1
         return steps[rate](state, batch)

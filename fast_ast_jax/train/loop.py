@@ -1,5 +1,8 @@
 """train_and_evaluate(config, workdir): the whole training run, resumable.
 
+The config is read once, at the top (train.spec.read_config); everything below takes
+the run's description.
+
 Resume order (first that applies):
   1. the latest checkpoint in `workdir/checkpoints` (state + data position: the run goes on
      with the exact batch it would have seen next);
@@ -23,9 +26,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from fast_ast_jax import checkpoints, distill, sharding
+from fast_ast_jax import checkpoints, sharding, teacher_logits
 from fast_ast_jax.audio.frontend import FrontEnd
-from fast_ast_jax.data.pipeline import Augment
 from fast_ast_jax.models import (from_fields, model_fields, model_name, name_from_meta,
                                  objective)
 from fast_ast_jax.train import keep_rate
@@ -33,10 +35,11 @@ from fast_ast_jax.train import metrics as metrics_lib
 from fast_ast_jax.checkpoints.store import Checkpointer, model_fields_from_meta
 from fast_ast_jax.train.forward import evaluate, kind_of
 from fast_ast_jax.train.table import format_table
+from fast_ast_jax.train.spec import read_config
 from fast_ast_jax.train.state import TrainState, learning_rate_schedule, make_optimizer
 from fast_ast_jax.train.step import train_step
-from fast_ast_jax.train.task import Task, loss_kind, make_task, with_auto_stats
-from fast_ast_jax.train.validate import validate_config
+from fast_ast_jax.train.task import Task, make_task
+from fast_ast_jax.train.validate import validate
 
 
 class _Preemption:
@@ -124,20 +127,21 @@ def resume(ckpt: Checkpointer, *, target, meta: dict, model
 
 
 def run_steps(state, *, step_fn: Callable, batches: Iterator, position: tuple[int, int],
-              total_steps: int, steps_per_epoch: float, config, ckpt: Checkpointer,
-              meta: dict, writer: metrics_lib.MetricWriter, bad_clips: Callable[[], int],
+              total_steps: int, steps_per_epoch: float, log_every: int, eval_every: int,
+              max_consecutive_nonfinite: int, ckpt: Checkpointer, meta: dict,
+              writer: metrics_lib.MetricWriter, bad_clips: Callable[[], int],
               evaluate_fn: Callable[[Any], dict] | None = None) -> tuple[Any, dict[str, Any]]:
     """The training loop shared by the padded and the packed (ElasticAST) runs.
 
     step_fn(state, batch) -> (state, metrics) runs one step on a host batch from `batches`
     (which yields (batch, data position after it)); metrics are those of step.train_step
     ("loss", "skipped_nonfinite", "clips", ...). Around it: a progress bar; logs every
-    config.log_every steps (means over the finite steps, clips/s, epoch, bad clips) to
-    stdout, TensorBoard and metrics.jsonl; `evaluate_fn(state)` every config.eval_every steps
-    and at the end; a checkpoint with the data position every config.checkpoint_every steps
-    and at the end; and the failure paths:
+    `log_every` steps (means over the finite steps, clips/s, epoch, bad clips) to stdout,
+    TensorBoard and metrics.jsonl; `evaluate_fn(state)` every `eval_every` steps (0: never)
+    and at the end; a checkpoint with the data position when `ckpt` is due
+    (config.checkpoint_every) and at the end; and the failure paths:
     - a data error saves the progress so far, then raises;
-    - config.max_consecutive_nonfinite skipped (non-finite) steps in a row stop the run
+    - `max_consecutive_nonfinite` skipped (non-finite) steps in a row stop the run
       with FloatingPointError naming the last good checkpoint;
     - SIGTERM / SIGINT (on any host) finish the step, save and stop.
 
@@ -162,13 +166,13 @@ def run_steps(state, *, step_fn: Callable, batches: Iterator, position: tuple[in
             bar.update(1)
             window.append(m)
             nonfinite_run = nonfinite_run + 1 if float(m["skipped_nonfinite"]) else 0
-            if nonfinite_run >= config.max_consecutive_nonfinite:
+            if nonfinite_run >= max_consecutive_nonfinite:
                 raise FloatingPointError(
                     f"{nonfinite_run} consecutive steps (up to step {step}) had a non-finite "
                     f"loss or gradient and were skipped; stopping. The last good checkpoint "
                     f"is step {ckpt.latest_step()} in {ckpt.directory}. Lower optim.lr, check "
                     "the data for NaN/Inf, or raise config.max_consecutive_nonfinite")
-            if step % config.log_every == 0 or step == total_steps:
+            if step % log_every == 0 or step == total_steps:
                 finite = [w for w in window if not float(w["skipped_nonfinite"])]
                 scalars = {k: float(np.mean([float(w[k]) for w in finite or window]))
                            for k in window[0] if k != "clips"}
@@ -182,8 +186,7 @@ def run_steps(state, *, step_fn: Callable, batches: Iterator, position: tuple[in
                 final["train_loss"] = scalars["loss"]
                 window, window_start = [], time.perf_counter()
             last = step == total_steps
-            if evaluate_fn is not None and (last or (config.eval_every
-                                                     and step % config.eval_every == 0)):
+            if evaluate_fn is not None and (last or (eval_every and step % eval_every == 0)):
                 result = evaluate_fn(state)
                 writer.write(step, {f"eval/{k}": v for k, v in result.items()}, echo=bar.write)
                 final.update({f"eval_{k}": v for k, v in result.items()})
@@ -237,40 +240,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         packed runs with eval data also "eval_table": rows {"hop_ms", "max_frames",
         "accuracy", ...} over config.elastic.eval_hops_ms x eval_max_frames.
     """
-    sharding.initialize_distributed(config.distributed)
+    if "://" in str(workdir):  # pathlib would make a local "gs:/..." directory
+        raise ValueError(f"--workdir {workdir}: a URL is not a workdir here (checkpoints, "
+                         "metrics and TensorBoard are written to a local path); mount the "
+                         "bucket (gcsfuse, docs/TPU.md section 4) and give the mounted path")
+    run = read_config(config)  # the one reading of the config
+    sharding.initialize_distributed(run.distributed)
     workdir = Path(workdir)
     is_main = jax.process_index() == 0
-    validate_config(config, device_count=jax.device_count())
-    config = with_auto_stats(config, workdir=workdir)  # the FrontEnd's, and checkpoint's
-    frontend = FrontEnd.from_dict(config.frontend.to_dict())
+    validate(run, device_count=jax.device_count())
 
     # --- data and model ----------------------------------------------------------------------
     teacher = None
-    if config.distill.teacher_logits:  # checked against the whole split before step 1
-        teacher = distill.load(config.distill.teacher_logits)
-    task = make_task(config, frontend=frontend, teacher=teacher)
-    model, source = task.model, task.train.source
+    if run.distill.teacher_logits:  # checked against the whole split before step 1
+        teacher = teacher_logits.load(run.distill.teacher_logits)
+    task = make_task(run, workdir=workdir, teacher=teacher)
+    run, model, source, loss = task.run, task.model, task.train.source, task.loss
     # a model without a classifier (masked pretraining) has no label names to keep
     labels = list(source.labels) if objective(model) == "classify" else []
-    loss = loss_kind(config, source.multi_label)
     steps_per_epoch = task.train.steps(0)
-    total_steps = config.num_steps or config.num_epochs * steps_per_epoch
+    total_steps = run.num_steps or run.num_epochs * steps_per_epoch
 
     # --- optimiser, state ----------------------------------------------------------------------
-    lr_fn = learning_rate_schedule(config.optim, total_steps=total_steps,
+    lr_fn = learning_rate_schedule(run.optim, total_steps=total_steps,
                                    steps_per_epoch=steps_per_epoch)
-    tx = make_optimizer(config.optim, lr_fn)
+    tx = make_optimizer(run.optim, lr_fn)
     mesh = sharding.make_mesh()
     replicated = NamedSharding(mesh, P())
     init, abstract, shardings = init_state(task, tx=tx, mesh=mesh,
-                                           param_sharding=config.param_sharding,
-                                           seed=config.seed)
+                                           param_sharding=run.param_sharding, seed=run.seed)
     meta = {"model": model_fields(model), "model_class": model_name(model),
-            "frontend": frontend.to_dict(), "labels": labels,
-            "loss": loss, "config": json.loads(config.to_json_best_effort())}
+            "frontend": run.frontend.to_dict(), "labels": labels, "loss": loss,
+            "config": run.config}
 
-    ckpt = Checkpointer(workdir / "checkpoints", every=config.checkpoint_every,
-                        keep=config.keep_checkpoints)
+    ckpt = Checkpointer(workdir / "checkpoints", every=run.checkpoint_every,
+                        keep=run.keep_checkpoints)
     position = (0, 0)
     if ckpt.latest_step() is not None:  # 1. resume
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -278,22 +282,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state, position, model = resume(ckpt, target=target, meta=meta, model=model)
         meta["model"] = model_fields(model)
     else:
-        state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
-        if config.init_from:  # 2. pretrained
-            params = checkpoints.init_params(config.init_from, model, seed=config.seed,
+        state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(run.seed))
+        if run.init_from:  # 2. pretrained
+            params = checkpoints.init_params(run.init_from, model, seed=run.seed,
                                              fresh=state.params)
             params = jax.device_put(params, shardings.params)
             state = jax.jit(lambda p, s: s.replace(params=p, opt_state=tx.init(p)),
                             out_shardings=shardings)(params, state)
 
-    kd = float(config.distill.lam) if teacher else None
+    kd = float(run.distill.lam) if teacher else None
     scheduled = keep_rate.scheduled_step_fn(  # one jitted step per scheduled keep rate
         lambda m: jax.jit(functools.partial(train_step, model=m, tx=tx, loss=loss,
-                                            lr_fn=lr_fn, distill=kd, frontend=frontend,
-                                            augment=Augment(**config.augment)),
+                                            lr_fn=lr_fn, distill=kd, frontend=run.frontend,
+                                            augment=run.augment),
                           in_shardings=(shardings, sharding.batch_sharding(mesh)),
                           out_shardings=(shardings, replicated), donate_argnums=0),
-        model=model, config=config, steps_per_epoch=steps_per_epoch, echo=tqdm.write)
+        model=model, schedule=run.keep_rate_schedule, steps_per_epoch=steps_per_epoch,
+        echo=tqdm.write)
     check = kind_of(model).check
 
     def step_fn(state, local):
@@ -315,7 +320,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state, final = run_steps(
             state, step_fn=step_fn, batches=batches,
             position=position, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-            config=config, ckpt=ckpt, meta=meta, writer=writer,
+            log_every=run.log_every, eval_every=run.eval_every,
+            max_consecutive_nonfinite=run.max_consecutive_nonfinite, ckpt=ckpt, meta=meta,
+            writer=writer,
             bad_clips=lambda: len(task.train.bad_clips),
             evaluate_fn=evaluate_fn if task.evals else None)
         if task.has_table and final["step"] == total_steps:

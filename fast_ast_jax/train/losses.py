@@ -3,10 +3,10 @@
 All losses take keyword-only arguments (so logits and labels cannot be swapped), return a
 scalar mean over the (optionally weighted) batch, and compute in float32.
 
-Distillation follows CMKD (reference.md §9, papers.md §1):
+Distillation follows CMKD (arXiv 2203.06760; docs/REFERENCES.md §7):
     loss = lam * task_loss(student, labels) + (1 - lam) * kd_loss(student, teacher_probs)
 - the teacher enters as *predictions* p_t taken at temperature tau on the teacher logits
-  only (data.pipeline.teacher_probs: softmax(teacher / tau) single-label, sigmoid(teacher /
+  only (data.clips.teacher_probs: softmax(teacher / tau) single-label, sigmoid(teacher /
   tau) multi-label), so that mixup mixes predictions with the labels' weight (see
   data/pipeline.py); the student is not scaled and the loss is not multiplied by tau**2;
   `lam` weights the ground-truth term;
@@ -74,7 +74,7 @@ def kd_loss(*, logits: jax.Array, teacher_probs: jax.Array, multilabel: bool,
     Args:
         logits: (B, C) student logits.
         teacher_probs: (B, C) teacher predictions at the distillation temperature
-            (data.pipeline.teacher_probs): rows of a distribution (single-label) or
+            (data.clips.teacher_probs): rows of a distribution (single-label) or
             per-class probabilities in [0, 1] (multi-label). No gradient flows into them.
         multilabel: sigmoid/BCE (True) or softmax/KL (False).
         weights: optional (B,) per-example weights.
@@ -105,7 +105,7 @@ def distill_loss(*, logits: jax.Array, labels: jax.Array, teacher_probs: jax.Arr
     """CMKD: lam * task_loss(student, labels) + (1 - lam) * kd_loss(student, teacher_probs).
 
     lam = 1 is plain supervised training; lam = 0 is pure distillation. The temperature
-    is in teacher_probs already (data.pipeline.teacher_probs).
+    is in teacher_probs already (data.clips.teacher_probs).
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"distillation weight lam={lam} must be in [0, 1]")

@@ -88,10 +88,10 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
     batch: padded (x (B, frames, bins), y (B, C), mask (B,)) or packed (data.packed: y
         (R, S, C), mask (R, S) per slot); with `distill` = lam (the ground-truth weight)
         also teacher_probs shaped like y, the teacher predictions at the distillation
-        temperature (data.pipeline.teacher_probs), and the loss is losses.distill_loss
+        temperature (data.clips.teacher_probs), and the loss is losses.distill_loss
         (CMKD) on per-clip logits. A padded batch may hold wave (B, samples) / wave_len
         (B,) in place of x (config.frontend.on_device): `frontend` makes the features and
-        `augment` (data.pipeline.Augment) augments them here, on the device.
+        `augment` (audio.augment.Augment) augments them here, on the device.
     Returns the new state and scalar metrics: loss, grad_norm, lr, skipped_nonfinite,
     clips (real clips in the batch), and the objective's own (`classify`: accuracy, with
     distillation task_loss and kd_loss; `reconstruct`: none more).

@@ -1,12 +1,31 @@
-"""python -m fast_ast_jax.distill {dump,ensemble,inspect}: teacher-logits files."""
+"""Teacher-logits files for distillation (format: fast_ast_jax/teacher_logits.py).
+
+    python -m fast_ast_jax.distill dump --checkpoint WORKDIR [--config FILE[:ARG]] \\
+        [--split train] --out teacher.npz [--top_k K] [--batch_size N] [--workers N]
+    python -m fast_ast_jax.distill ensemble a.npz b.npz [...] --out teacher.npz [--top_k K]
+    python -m fast_ast_jax.distill inspect teacher.npz
+
+`dump` runs a checkpoint over a data split (fast_ast_jax.train.dump), `ensemble` averages
+the logits of several files, `inspect` summarises one.
+"""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Sequence
 
 from fast_ast_jax import cli
-from fast_ast_jax.distill import ensemble, load, summary
+from fast_ast_jax.teacher_logits import ensemble, load, summary
+from fast_ast_jax.train.config import recipe
 from fast_ast_jax.train.dump import dump
+
+
+def config_file(spec: str):
+    """FILE[:ARG] -> get_config(ARG) of that config file; a missing file -> cli.fail()."""
+    path, _, arg = spec.partition(":")
+    if not Path(path).is_file():
+        cli.fail(f"config file {path} does not exist")
+    return recipe(path, arg or None)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -35,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--workers {args.workers}: give a count >= 0 (0 = in-process)")
     with cli.user_errors(debug=args.debug):
         if args.command == "dump":
-            config = cli.config_file(args.config) if args.config else None
+            config = config_file(args.config) if args.config else None
             dump(args.checkpoint, out=args.out, config=config, split=args.split,
                  top_k=args.top_k, batch_size=args.batch_size, workers=args.workers)
         elif args.command == "ensemble":

@@ -1,7 +1,8 @@
-"""Teacher logits for cross-model distillation: one file, keyed by clip id.
+"""Teacher logits for cross-model distillation (CMKD, arXiv 2203.06760): one file, keyed by
+clip id.
 
 Teacher logits are computed once, by any model (our CNN teacher, a trained AST, or an
-external program), and read by the data pipeline next to each clip (DESIGN.md §3).
+external program), and read by the data pipeline next to each clip.
 
 File format (`.npz`, written with numpy; external teachers can write it too):
     ids          (N,)   str     clip ids, unique (the ids the data source yields)
@@ -16,9 +17,9 @@ Top-k files keep only the K largest logits per clip (AudioSet has 527 classes); 
 are read as `fill_value` (default -1000: probability 0 under sigmoid and softmax, yet finite
 so KL terms stay 0 * finite, never NaN).
 
-This package reads and writes the format and imports no training code (training reads
-it); `dump` (fast_ast_jax.train.dump) runs a checkpoint over a data split, and the command line
-(fast_ast_jax/distill/__main__.py) is a thin layer over `dump`, `ensemble` and `summary`:
+This module reads, validates and writes the format and imports no training code (training
+reads it); `dump` (fast_ast_jax.train.dump) runs a checkpoint over a data split, and the
+command line (fast_ast_jax/distill.py) is a thin layer over `dump`, `ensemble` and `summary`:
     python -m fast_ast_jax.distill dump --checkpoint WORKDIR [--config FILE[:ARG]] \
         [--split train] --out teacher.npz [--top_k K]
     python -m fast_ast_jax.distill ensemble a.npz b.npz [...] --out teacher.npz
