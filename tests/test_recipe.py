@@ -19,6 +19,7 @@ import pytest
 from fast_ast_jax import bench
 from fast_ast_jax.data.pipeline import Pipeline
 from fast_ast_jax.recipe import __main__ as command
+from fast_ast_jax.recipe import results as results_lib
 from fast_ast_jax.recipe import workdir as workdir_lib
 from fast_ast_jax.recipe.clips import read_clips, target_frames, write_clips
 from fast_ast_jax.recipe.configs import STUDENT_MAC_RATIO, stage_configs
@@ -77,6 +78,9 @@ def _snapshot(path: Path) -> dict[str, float]:
     ("too_few_clips", "fewer than one batch of 32"),
     ("bad_override", "no config field 'model.widht'"),
     ("no_unlabeled_folder", "--unlabeled"),
+    ("set_without_value", "give [STAGE.]FIELD=VALUE"),
+    ("set_stage_only", "name a config field after the stage"),
+    ("force_a_stage_that_does_not_run", "--force 'student': use one of"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case, expected):
     meta = _data(tmp_path)
@@ -103,6 +107,12 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case, expect
         extra += ["--set", "model.widht=64"]
     elif case == "no_unlabeled_folder":
         extra += ["--unlabeled", str(tmp_path / "nowhere")]
+    elif case == "set_without_value":
+        extra += ["--set", "model.depth"]
+    elif case == "set_stage_only":
+        extra += ["--set", "finetune=3"]
+    elif case == "force_a_stage_that_does_not_run":
+        extra += ["--no_student", "--force", "student"]
     err = _fails(capsys, _args(meta, work, *extra, tiny=tiny))
     assert expected in err
     assert not work.exists()
@@ -194,6 +204,45 @@ def test_a_stage_of_another_recipe_is_refused_and_force_allows_it(tmp_path, caps
     (work / "recipe.json").unlink()
     err = _fails(capsys, args)
     assert "does not record" in err and str(work / "finetune") in err
+
+
+def test_record_differences_name_changed_fields_only():
+    old = {"config": {"seed": 0, "optim": {"lr": 1e-3}, "gone": 1}, "data": {"train": 18}}
+    new = {"config": {"seed": 0, "optim": {"lr": 1e-2}, "batch_size": 32},
+           "data": {"train": 18}}
+    # batch_size: absent from the record, at its default now (a field added since): no
+    # change; a recorded field the config no longer has ("gone") is none either
+    assert workdir_lib.differences(old, new) == ["optim.lr: 0.001 recorded, 0.01 now"]
+    new["config"]["batch_size"] = 8  # absent from the record, not at its default
+    assert workdir_lib.differences(old, new) == [
+        "batch_size: None recorded, 8 now", "optim.lr: 0.001 recorded, 0.01 now"]
+    assert workdir_lib.differences(new, new) == []
+
+
+def test_the_result_table_says_what_was_measured_and_under_which_load(tmp_path):
+    at = {"step": 2, "checkpoint": "W/x"}
+    results = {"rows": [
+        {"stage": "pretrain", "what": "p", "loss": 0.21094, **at},
+        {"stage": "finetune", "what": "f", "accuracy": 0.81, "macs": 1.24e8,
+         "mac_ratio": 1.0, "clips_per_s": 101.4, **at},
+        {"stage": "student", "what": "s", "accuracy": 0.818, "macs": 7.68e7,
+         "mac_ratio": 1.24e8 / 7.68e7, "clips_per_s": 160.6, **at}],
+        "load": (0.5, 0.7), "rounds": 7, "batch": 64, "wall_s": {"pretrain": 600.0}}
+    text = results_lib.write_results(tmp_path, results, command="python -m x")
+    lines = text.splitlines()
+    assert lines[0] == "Command: `python -m x`"
+    assert "| pretrain | p | loss 0.2109 | - | - | - | 2 | W/x |" in lines
+    assert "| finetune | f | accuracy 0.8100 | 1.24e+08 | 1.00x | 101 | 2 | W/x |" in lines
+    assert "| student | s | accuracy 0.8180 | 7.68e+07 | 1.61x | 161 | 2 | W/x |" in lines
+    assert "one 64-clip eval batch" in text and "median of 7 rounds" in text
+    assert "load average 0.50 at start, 0.70 at end." in text
+    assert "other processes share the cores" not in text
+    assert "pretrain 10.0 min" in text
+    assert (tmp_path / "results.md").read_text() == text
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["command"] == "python -m x" and saved["rows"][2]["accuracy"] == 0.818
+    busy = results_lib.markdown({**results, "load": (0.5, 5.0)}, command="c")
+    assert "other processes share the cores" in busy
 
 
 def _trained(out: str) -> list[str]:
