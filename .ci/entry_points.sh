@@ -133,6 +133,29 @@ $py train.py --config configs/test_pretrain.py --workdir "$work/pretrain"
 $py train.py --config configs/test.py --workdir "$work/finetune" \
     --config.init_from="$work/pretrain"
 
+step "recipe: pretrain -> fine-tune -> ToMe student -> export on generated clips (tiny sizes), twice"
+mkdir -p "$work/clips"
+$py - "$work/clips" <<'PY'
+import sys, numpy as np, soundfile as sf
+out = sys.argv[1]
+rows = ["filename,label,fold"]
+for i in range(24):
+    label = "low mid high".split()[i % 3]
+    t = np.arange(int(8000 * (0.3 + 0.01 * i))) / 8000
+    sf.write(f"{out}/{i}.wav", 0.4 * np.sin(2 * np.pi * (300 + 300 * (i % 3)) * t), 8000)
+    rows.append(f"{i}.wav,{label},{'test' if i % 4 == 0 else 'train'}")
+open(f"{out}/meta.csv", "w").write("\n".join(rows) + "\n")
+PY
+recipe=(-m fast_ast_jax.recipe --data "$work/clips/meta.csv" --eval fold=test
+        --workdir "$work/recipe" --export --set batch_size=4 --set num_steps=2
+        --set model.width=32 --set model.num_heads=2 --set model.mlp_dim=64
+        --set model.depth=2 --set frontend.num_mel_bins=32 --set student.model.tome_r=1
+        --set pretrain.model.decoder_width=16 --set pretrain.model.decoder_heads=2)
+$py "${recipe[@]}"
+[ -f "$work/recipe/results.md" ] && [ -f "$work/recipe/export/model.jaxexport" ]
+$py "${recipe[@]}" > "$work/recipe_again.out"
+[ "$(grep -c 'skipped' "$work/recipe_again.out")" -eq 4 ]
+
 step "train.py: an impossible config value is one error line and exit status 2"
 set +e
 $py train.py --config configs/test.py --workdir "$work/bad" --config.batch_size=-3 \

@@ -1,7 +1,7 @@
 """Streaming inference speed: real-time factor and latency per hop, one run.
 
     python benchmarks/stream.py [--models demo base] [--checkpoint WORKDIR] [--seconds 30]
-        [--hop_s 1.0] [--tome] [--on_device]
+        [--hop_s 1.0] [--tome] [--on_device] [--rounds 5]
 
 For each model, a generated stream of `--seconds` s (tones and noise) runs through
 `fast_ast_jax.streaming.stream_scores` (what `python -m fast_ast_jax.stream` runs) in chunks
@@ -9,7 +9,7 @@ of one hop, pulled as fast as they are scored:
 
     RTF: processing time / audio time of the stream (< 1: keeps up with a live source;
         compilation is left out: a warm-up stream of one hop runs first, its time is the
-        "warm-up s" column);
+        "warm-up s" column), the median of --rounds passes (5) that interleave the models;
     latency per hop, median and p95: from the arrival of the chunk that completes a hop to
         its scores (the window's features and the model; the command prints the line right
         then); a change of label is reported within window + hop of it, plus this;
@@ -67,42 +67,62 @@ def stream_wave(seconds: float, *, sample_rate: int) -> np.ndarray:
             + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
 
 
-def measure(bundle: Bundle, *, seconds: float, hop_s: float, on_device: bool,
-            **overrides) -> dict:
-    """RTF, latency per hop (median, p95 ms) and GMACs per hop of one model's stream."""
-    sc = scorer(bundle, batch_size=1, on_device=on_device, **overrides)
-    fe = sc.frontend
-    hop_frames = hop_frames_for(hop_s, frontend=fe)
-    block = hop_frames * fe.hop_size
-    arrived: list[float] = []
+class Stream:
+    """One model's stream, compiled: `run()` times one pass of the generated stream."""
 
-    def chunks(wave):
-        for i in range(0, len(wave), block):
-            arrived.append(time.perf_counter())
-            yield wave[i:i + block]
+    def __init__(self, bundle: Bundle, *, seconds: float, hop_s: float, on_device: bool,
+                 **overrides):
+        self.scorer = scorer(bundle, batch_size=1, on_device=on_device, **overrides)
+        fe = self.scorer.frontend
+        self.hop_frames = hop_frames_for(hop_s, frontend=fe)
+        self.block = self.hop_frames * fe.hop_size
+        self.wave = stream_wave(seconds, sample_rate=fe.sample_rate)
+        self.audio_s = len(self.wave) / fe.sample_rate
+        self.arrived: list[float] = []
+        start = time.perf_counter()
+        one_hop = ((self.hop_frames - 1) * fe.hop_size + fe.window_size) / fe.sample_rate
+        self._latencies(stream_wave(one_hop, sample_rate=fe.sample_rate))  # compiles
+        self.warmup_s = time.perf_counter() - start
+        model = bundle.model.clone(**overrides) if overrides else bundle.model
+        self.row = {"window_s": window_seconds(fe),
+                    "hop_s": self.hop_frames * fe.hop_size / fe.sample_rate,
+                    "gmacs_per_hop": (bench.ast_macs(model, frames=fe.target_frames).gmacs
+                                      if hasattr(model, "token_plan") else float("nan"))}
 
-    def run(wave) -> list[float]:
+    def _latencies(self, wave) -> list[float]:
         """Seconds from the arrival of the chunk that completes each hop to its scores."""
-        arrived.clear()
-        return [time.perf_counter() - arrived[-1]
-                for _ in stream_scores(chunks(wave), scorer=sc, hop_frames=hop_frames)]
+        def chunks():
+            for i in range(0, len(wave), self.block):
+                self.arrived.append(time.perf_counter())
+                yield wave[i:i + self.block]
 
-    start = time.perf_counter()
-    one_hop = ((hop_frames - 1) * fe.hop_size + fe.window_size) / fe.sample_rate
-    run(stream_wave(one_hop, sample_rate=fe.sample_rate))  # compiles (the shape of every hop)
-    warmup = time.perf_counter() - start
-    wave = stream_wave(seconds, sample_rate=fe.sample_rate)
-    start = time.perf_counter()
-    latency = run(wave)
-    elapsed = time.perf_counter() - start
-    model = bundle.model.clone(**overrides) if overrides else bundle.model
-    macs = (bench.ast_macs(model, frames=fe.target_frames).gmacs
-            if hasattr(model, "token_plan") else float("nan"))
-    return {"window_s": window_seconds(fe), "hop_s": hop_frames * fe.hop_size / fe.sample_rate,
-            "gmacs_per_hop": macs, "hops": len(latency),
-            "rtf": elapsed / (len(wave) / fe.sample_rate),
-            "latency_median_ms": 1e3 * statistics.median(latency),
-            "latency_p95_ms": 1e3 * float(np.percentile(latency, 95)), "warmup_s": warmup}
+        self.arrived.clear()
+        return [time.perf_counter() - self.arrived[-1]
+                for _ in stream_scores(chunks(), scorer=self.scorer,
+                                       hop_frames=self.hop_frames)]
+
+    def run(self) -> tuple[float, list[float]]:
+        """(RTF, latencies) of one pass of the stream."""
+        start = time.perf_counter()
+        latency = self._latencies(self.wave)
+        return (time.perf_counter() - start) / self.audio_s, latency
+
+
+def measure(streams: dict[str, Stream], *, rounds: int) -> list[dict]:
+    """RTF (median over rounds) and latency per hop (median, p95 ms over every hop of every
+    round) of each stream, the streams interleaved within each round."""
+    rtf = {name: [] for name in streams}
+    latency = {name: [] for name in streams}
+    for _ in range(rounds):
+        for name, stream in streams.items():
+            r, lat = stream.run()
+            rtf[name].append(r)
+            latency[name] += lat
+    return [{"model": name, **s.row, "hops": len(latency[name]) // rounds,
+             "rtf": statistics.median(rtf[name]),
+             "latency_median_ms": 1e3 * statistics.median(latency[name]),
+             "latency_p95_ms": 1e3 * float(np.percentile(latency[name], 95)),
+             "warmup_s": s.warmup_s} for name, s in streams.items()]
 
 
 def main(argv=None) -> list[dict]:
@@ -112,28 +132,34 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--seconds", type=float, default=30.0, help="stream length")
     parser.add_argument("--hop_s", type=float, default=1.0)
     parser.add_argument("--tome", action="store_true", help="also ToMe at half the MACs")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="passes of every stream, interleaved (RTF: their median)")
     parser.add_argument("--on_device", action="store_true",
                         help="features in the compiled program (default: on the host)")
     args = parser.parse_args(argv)
     before, _ = bench.machine_load()
-    rows = []
+    streams = {}
     for name in args.models:
         bundle = (checkpoints.load_classifier(args.checkpoint)
                   if name == "demo" and args.checkpoint else random_bundle(CONFIGS[name]))
         settings = [("", {})]
         if args.tome:
-            settings.append((" ToMe", {"tome_r": bench.halving_tome_r(bundle.model)}))
+            r = bench.halving_tome_r(bundle.model)
+            settings.append((f" ToMe r={r}", {"tome_r": r}))
         for label, overrides in settings:
-            print(f"[{time.strftime('%H:%M:%S')}] {name}{label} ...", file=sys.stderr,
-                  flush=True)
-            row = measure(bundle, seconds=args.seconds, hop_s=args.hop_s,
-                          on_device=args.on_device, **overrides)
-            rows.append({"model": f"{name}{label}" + (f" r={overrides['tome_r']}"
-                                                       if overrides else ""), **row})
+            print(f"[{time.strftime('%H:%M:%S')}] compiling {name}{label} ...",
+                  file=sys.stderr, flush=True)
+            streams[f"{name}{label}"] = Stream(bundle, seconds=args.seconds,
+                                               hop_s=args.hop_s, on_device=args.on_device,
+                                               **overrides)
+    print(f"[{time.strftime('%H:%M:%S')}] {args.rounds} rounds of {len(streams)} streams",
+          file=sys.stderr, flush=True)
+    rows = measure(streams, rounds=args.rounds)
     print(f"machine: JAX backend {jax.default_backend()} ({jax.devices()[0].device_kind}); "
           f"uptime before: {before}; after: {bench.machine_load()[0]}")
     print(f"{args.seconds:g} s streams in chunks of one hop, features on "
-          f"{'the device' if args.on_device else 'the host'}, batch 1")
+          f"{'the device' if args.on_device else 'the host'}, batch 1; {args.rounds} rounds "
+          f"interleaving the models (RTF: median of the rounds; latency: every hop of all)")
     print("| model | window s | hop s | GMACs/hop | hops | RTF | latency median ms | "
           "latency p95 ms | warm-up s |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -133,17 +133,24 @@ def ast_macs(model: Any, *, frames: int | None = None) -> MacCount:
     return MacCount(total=sum(parts.values()), parts=parts, layers=layers)
 
 
-def halving_tome_r(model: Any, *, frames: int | None = None) -> int:
-    """Smallest constant ToMe r whose MACs (`ast_macs`) are at most half the model's
-    without token reduction (the "ToMe at half the MACs" setting of the benchmarks)."""
+def tome_r_for(model: Any, *, mac_ratio: float, frames: int | None = None) -> int:
+    """Smallest constant ToMe r whose MACs (`ast_macs`) are at most 1 / `mac_ratio` of the
+    model's without token reduction (e.g. 2: "ToMe at half the MACs")."""
     plain = model.clone(tome_r=0, prune_keep_rate=1.0)
     base = ast_macs(plain, frames=frames).total
     tokens = layer_tokens(plain, frames=frames or plain.frames)[0].tokens_in
     for r in range(1, tokens // 2 + 1):
-        if ast_macs(plain.clone(tome_r=r), frames=frames).total <= base / 2:
+        if ast_macs(plain.clone(tome_r=r), frames=frames).total * mac_ratio <= base:
             return r
-    raise ValueError(f"no constant ToMe r halves the MACs of this {plain.depth}-block model at "
-                     f"{frames or plain.frames} frames; use more blocks or frames")
+    raise ValueError(f"no constant ToMe r cuts the MACs of this {plain.depth}-block model at "
+                     f"{frames or plain.frames} frames {mac_ratio:g}x; use more blocks or "
+                     "frames")
+
+
+def halving_tome_r(model: Any, *, frames: int | None = None) -> int:
+    """`tome_r_for` at half the MACs (the "ToMe at half the MACs" setting of the
+    benchmarks)."""
+    return tome_r_for(model, mac_ratio=2.0, frames=frames)
 
 
 def xla_flops(fn: Callable, *args) -> float:

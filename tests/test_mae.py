@@ -2,6 +2,8 @@
 the AST parameter layout of the encoder, reconstruction learning, analytic cost."""
 from __future__ import annotations
 
+import json
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -246,6 +248,24 @@ def test_reconstruction_loss_falls_on_generated_audio():
     # Per-patch normalised targets: predicting zeros (or any patch's own mean) scores ~1,
     # so falling well below 1 means the decoder reconstructs masked patches from context.
     assert after < 0.5 * before and after < 0.85, (before, after)  # seen: 1.97 -> 0.71
+
+
+def test_a_pretraining_checkpoint_from_before_the_field_resumes(tmp_path):
+    """A checkpoint saved before a model field existed lacks it (simulated: norm_pix_loss
+    deleted from the saved fields); resuming it with the field's default (what it was
+    trained with) is no mismatch, with another value it is."""
+    from fast_ast_jax.models import model_fields
+    from fast_ast_jax.train.loop import check_resumable
+
+    meta = {"model": json.loads(json.dumps(model_fields(_mae()))), "model_class": "mae",
+            "frontend": FrontEnd().to_dict(), "labels": [], "loss": "softmax"}
+    old = json.loads(json.dumps(meta))
+    del old["model"]["norm_pix_loss"]
+    check_resumable(old, meta, directory=tmp_path)
+    new = json.loads(json.dumps(meta))
+    new["model"]["norm_pix_loss"] = False
+    with pytest.raises(ValueError, match="norm_pix_loss"):
+        check_resumable(old, new, directory=tmp_path)
 
 
 def test_pretraining_macs_are_a_fraction_of_a_supervised_forward():

@@ -545,10 +545,14 @@ def test_command_bad_inputs_and_ctrl_c(trained, tmp_path, env):
 
 @pytest.mark.slow
 def test_stream_benchmark_runs(capsys):
-    """benchmarks/stream.py on the demo model, a short stream: its table, with `uptime`."""
+    """benchmarks/stream.py on the demo model, a short stream, with ToMe, 2 rounds: its
+    table, with `uptime`."""
     from benchmarks import stream as stream_bench
 
-    (row,) = stream_bench.main(["--models", "demo", "--seconds", "3", "--hop_s", "0.5"])
+    row, tome = stream_bench.main(["--models", "demo", "--seconds", "3", "--hop_s", "0.5",
+                                   "--tome", "--rounds", "2"])
+    assert tome["model"].startswith("demo ToMe r=") and tome["hops"] == row["hops"]
+    assert tome["gmacs_per_hop"] < row["gmacs_per_hop"]
     frames = num_frames(3 * SR, window_size=400, hop_size=160)  # the demo's 25 / 10 ms
     assert row["hops"] == -(-frames // 50) and row["window_s"] == pytest.approx(1.295)
     assert row["rtf"] > 0 and 0 < row["latency_median_ms"] <= row["latency_p95_ms"]

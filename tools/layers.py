@@ -46,9 +46,10 @@ LAYERS = {
     "checkpoints": 3, "teacher_logits": 3, "windows": 3, "streaming": 3, "inference": 3,
     "embeddings": 3, "result_files": 3, "exported": 3, "maps": 3, "viz": 3, "bench": 3,
     "train": 4,
-    # the commands (python -m fast_ast_jax.<name>) and what only they use
+    # the commands (python -m fast_ast_jax.<name>) and what only they use; recipe/: the
+    # small-data recipe (stages of the trainer, teacher logits, export, a result table)
     "cli": 5, "file_commands": 5, "predict": 5, "embed": 5, "export": 5, "distill": 5,
-    "stream": 5,
+    "stream": 5, "recipe": 5,
 }
 
 

@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from fast_ast_jax import checkpoints, sharding, teacher_logits
 from fast_ast_jax.audio.frontend import FrontEnd
-from fast_ast_jax.models import model_fields, model_name, objective
+from fast_ast_jax.models import (from_fields, model_fields, model_name, name_from_meta,
+                                 objective)
 from fast_ast_jax.train import keep_rate
 from fast_ast_jax.train import metrics as metrics_lib
 from fast_ast_jax.checkpoints.store import Checkpointer, model_fields_from_meta
@@ -86,6 +87,11 @@ def check_resumable(saved: dict, requested: dict, *, directory) -> None:
         if key == "frontend" and isinstance(have, dict):  # fields added later: defaults
             have = FrontEnd.from_dict(have).to_dict()
         if key == "model" and isinstance(have, dict):
+            missing = [k for k in want if k not in have]
+            if missing:  # fields added later, absent from older checkpoints: defaults
+                full = json.loads(json.dumps(model_fields(from_fields(
+                    name_from_meta(saved), model_fields_from_meta(saved)))))
+                have = {**{k: full[k] for k in missing if k in full}, **have}
             have, want = ({k: v for k, v in d.items() if k not in CHECKPOINT_FIELDS}
                           for d in (have, want))
         if have == want:
