@@ -3,15 +3,17 @@
 * XLA compiles for speed (tests/xla_settings.py: most optimisations off, the older CPU
   fusion emitters), here and, through the environment, in the subprocesses tests start: the
   programs are tiny, so compiling them costs more than running them. No test here depends
-  on the optimised program; tests/data/make_golden.py compiles the same way.
-* One persistent XLA compilation cache for the session, in a temporary directory, also
-  given to subprocesses through the environment: a program that another jit, another run of
-  the same config or another process compiled before is read from disk, not compiled again.
+  on the optimised program (tests/test_golden.py's tolerances hold what its stored numbers,
+  made with the optimisations on, differ by).
+* One persistent XLA compilation cache for the session (each pytest-xdist worker its own),
+  in a temporary directory, also given to subprocesses through the environment: a program
+  that another jit, another run of the same config or another process compiled before is
+  read from disk, not compiled again.
 * Tiers: `slow` marks tests over ~2 s of CPU time (trainings, subprocesses);
   `pytest -m "not slow"` is the fast tier, which still exercises every module of
-  fast_ast_jax (`--module-report` shows it).
+  fast_ast_jax (`-n 0 --module-report` shows it).
 
-Reports for tiering (tests/report.py): `--cpu-durations N`, `--module-report`.
+Reports for tiering (tests/report.py, with -n 0): `--cpu-durations N`, `--module-report`.
 """
 from __future__ import annotations
 

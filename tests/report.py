@@ -1,7 +1,9 @@
 """Reports that keep the test tiers honest (a pytest plugin, loaded by tests/conftest.py).
 
-    pytest --cpu-durations 20 ...   the 20 tests that used the most CPU time (0: all)
-    pytest --module-report ...      which fast_ast_jax modules the run exercised
+    pytest -n 0 --cpu-durations 20  the 20 tests that used the most CPU time (0: all)
+    pytest -n 0 --module-report ... which fast_ast_jax modules the run exercised
+
+Both count one process: with pytest-xdist workers (-n 2) they refuse to run.
 
 CPU time (user + system, of the pytest process and the subprocesses it waited for; a test's
 module-scoped fixtures count for the first test that uses them) is what the tiers are sized
@@ -9,7 +11,7 @@ by: on a machine shared with other work, wall times say more about the neighbour
 
 "Exercised" means at least one function or method defined in the module was called
 (module and class bodies run at import do not count; code run in subprocesses is not seen), so
-`pytest -m "not slow" --module-report` shows that the fast tier touches every module. It
+`pytest -n 0 -m "not slow" --module-report` shows that the fast tier touches every module. It
 lists each module with the number of its functions that ran; a module with none makes a
 passing run fail.
 """
@@ -51,6 +53,12 @@ def pytest_runtest_protocol(item, nextitem):
 
 
 def pytest_configure(config):
+    wanted = [o for o in ("--cpu-durations", "--module-report") if config.getoption(o)
+              not in (None, False)]
+    if wanted and (getattr(config.option, "numprocesses", None)
+                   or hasattr(config, "workerinput")):
+        raise pytest.UsageError(f"{' and '.join(wanted)}: a report of one process; run with "
+                                "-n 0 (no pytest-xdist workers)")
     if not config.getoption("--module-report"):
         return
     called: dict[str, set[str]] = {}  # file -> names of its functions that ran
