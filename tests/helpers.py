@@ -21,11 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def write_folder(root: Path, rows: list[tuple[str, str, str]], *, sr: int = 8000,
                  header=("filename", "label", "fold")) -> Path:
-    """Generated wavs (chirps of label-dependent pitch) and a CSV describing them."""
+    """Generated wavs (tones of label-dependent pitch) and a CSV describing them. A label's
+    pitch is 300 Hz + 150 Hz x its rank among the rows' sorted labels: distinct labels
+    sound different, the same in every process (Python's hash of a str is not)."""
     (root / "audio").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
+    rank = {label: i for i, label in enumerate(sorted({label for _, label, _ in rows}))}
     for name, label, _ in rows:
-        f0 = 300 + 200 * (abs(hash(label)) % 5)
+        f0 = 300 + 150 * rank[label]
         t = np.arange(int(sr * rng.uniform(0.2, 0.4))) / sr
         sf.write(root / "audio" / name, 0.5 * np.sin(2 * np.pi * f0 * t), sr)
     with open(root / "meta.csv", "w", newline="") as f:
@@ -33,6 +36,15 @@ def write_folder(root: Path, rows: list[tuple[str, str, str]], *, sr: int = 8000
         w.writerow(header)
         w.writerows(rows)
     return root / "meta.csv"
+
+
+def stored_workdir(kind: str, dest: Path) -> Path:
+    """A copy at `dest` of the stored training workdir of `kind` ("ast": an AST with ToMe in
+    block 0 of 2, "elastic", "mae"; tests/data/make_golden.py): a trained checkpoint for a
+    test that needs one, without training (and without writing into the repository)."""
+    import shutil
+
+    return Path(shutil.copytree(ROOT / "tests" / "data" / "golden" / kind, dest))
 
 
 def load_config(name: str, arg: str | None = None):

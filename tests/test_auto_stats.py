@@ -19,7 +19,7 @@ from fast_ast_jax.train import loop, task
 from fast_ast_jax.train.evaluation import evaluate_checkpoint
 from tests.helpers import load_config
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
+pytestmark = pytest.mark.slow
 
 
 def numpy_stats(c) -> tuple[float, float]:

@@ -63,6 +63,7 @@ def _xla_ratio(model, frames, mel):
     return flops / (2 * bench.ast_macs(model, frames=frames).total)
 
 
+@pytest.mark.slow
 def test_macs_match_xla_cost_analysis():
     # XLA also counts elementwise flops (LayerNorm, GELU, softmax, adds): ~8% more here,
     # the same share with and without token reduction (the counts track the token plan).
@@ -115,6 +116,7 @@ def test_sweep_macs_never_rise_on_the_demo_model():
     never_rise([dict(prune_keep_rate=0.7, tome_r=r) for r in range(0, tokens // 2 + 1, 3)])
 
 
+@pytest.mark.slow
 def test_token_counts_match_the_forward_pass():
     model = create_ast("tiny", width=16, depth=3, num_heads=2, mlp_dim=32, num_mel_bins=32,
                        frames=96, num_classes=4, tome_r=3, prune_keep_rate=0.5,
@@ -152,6 +154,7 @@ def test_measure_throughput_and_memory():
     assert bench.Timing((1.0,)).spread == 0.0
 
 
+@pytest.mark.slow
 def test_throughput_script_smoke(tmp_path, capsys):
     out = tmp_path / "t.json"
     rows = throughput.main(["--size", "tiny", "--depth", "2", "--frames", "48", "--batch", "1",
@@ -165,6 +168,7 @@ def test_throughput_script_smoke(tmp_path, capsys):
     assert "| 48 | baseline |" in text and "1-minute load average:" in text
 
 
+@pytest.mark.slow
 def test_profile_times_each_block_part_in_jax_and_pytorch_with_flop_rates(capsys):
     rows = throughput.main(["--size", "tiny", "--depth", "1", "--frames", "48", "--batch", "1",
                             "--repeats", "1", "--r", "--keep-rates", "--no-xla-baseline",
@@ -227,6 +231,7 @@ def test_markdown_table_columns():
     assert text.rstrip().endswith("| 1.50 |")
 
 
+@pytest.mark.slow
 def test_packing_benchmark_times_padded_and_packed_train_steps(tmp_path, capsys):
     rng = np.random.default_rng(0)
     names = [f"{i}.wav" for i in range(12)]
@@ -245,6 +250,7 @@ def test_packing_benchmark_times_padded_and_packed_train_steps(tmp_path, capsys)
     assert all("clips/s" in line for line in steps.values())
 
 
+@pytest.mark.slow
 def test_pretrain_cost_benchmark(capsys):
     """benchmarks/pretrain_cost.py on a toy model: both steps run, the table is printed and
     the MAC ratio is the supervised model's MACs over the encoder's on the visible patches

@@ -17,7 +17,8 @@ from fast_ast_jax import bench, packing
 from fast_ast_jax.models.ast import create_ast
 from fast_ast_jax.models.elastic import ElasticAST
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
+pytestmark = pytest.mark.slow
+
 
 SHAPE = dict(width=32, depth=2, num_heads=2, mlp_dim=64, num_classes=4)
 STEPS = 5

@@ -13,14 +13,12 @@ import pytest
 from fast_ast_jax.models.cnn import DepthwiseConv3x3, create_cnn
 
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
-
 def _init(model, x):
     return jax.jit(model.init)(jax.random.PRNGKey(1), x)["params"]
 
 
 @pytest.mark.parametrize("pooling,frames", [("attention", 37), ("mean", 48)])
+@pytest.mark.slow
 def test_shapes_and_finite_under_jit(pooling, frames):
     model = create_cnn("tiny", num_classes=7, pooling=pooling, num_mel_bins=32)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, frames, 32))
@@ -29,6 +27,7 @@ def test_shapes_and_finite_under_jit(pooling, frames):
     chex.assert_tree_all_finite(logits)
 
 
+@pytest.mark.slow
 def test_train_mode_dropout_and_finite_gradients():
     model = create_cnn("tiny", num_classes=3, num_mel_bins=32, dropout=0.5)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32))

@@ -103,6 +103,7 @@ def test_hf_parity_small(tmp_path, cfg, fmt):
     assert diff <= TOL
 
 
+@pytest.mark.slow
 def test_hf_parity_base(tmp_path):
     """The default HF config: base, 1024 frames, stride 10/10, 527 labels."""
     hf = _hf_model(num_labels=527)
@@ -257,6 +258,7 @@ def test_original_ast_grid_adaptation(original_ckpt, frames):
     assert out.shape == (1, 12) and np.isfinite(out).all()
 
 
+@pytest.mark.slow
 def test_load_into_new_head(original_ckpt, caplog):
     """Fine-tuning init: same backbone, another class count -> fresh head (logged)."""
     _, path = original_ckpt

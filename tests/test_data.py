@@ -201,6 +201,7 @@ def test_spec_augment_and_mixup():
         Augment(mixup=1.5)
 
 
+@pytest.mark.slow
 def test_training_imports_do_not_load_tensorflow():
     import subprocess
     import sys

@@ -9,9 +9,8 @@ import pytest
 from benchmarks import device_check
 from fast_ast_jax import bench
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
 
-
+@pytest.mark.slow
 def test_smoke_runs_every_section(tmp_path, capsys):
     out = tmp_path / "check.md"
     result = device_check.main(["--smoke", "--out", str(out)])

@@ -24,7 +24,6 @@ from fast_ast_jax.train.evaluation import evaluate_checkpoint
 from fast_ast_jax.train.spec import checkpoint_run, read_config
 from tests.helpers import folder_data, load_config, run_one_step, tiny
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
 
 FSDD_HEADER = ("filename", "label", "official_split")
 
@@ -55,6 +54,7 @@ def random_teacher_file(path, *, ids, labels, seed=0):
     return str(path)
 
 
+@pytest.mark.slow
 def test_cnn_teacher_trains_evaluates_and_predicts(tmp_path):
     paths = folder_data(tmp_path, FSDD_HEADER, fsdd_rows())
     c = with_data(tiny_cnn(load_config("fsdd_teacher_cnn", "official")), paths)
@@ -71,6 +71,7 @@ def test_cnn_teacher_trains_evaluates_and_predicts(tmp_path):
     assert len(out[0]) == 2
 
 
+@pytest.mark.slow
 def test_teacher_dump_then_fastast_student(tmp_path, capsys):
     """CNN teacher (2 steps) -> `distill dump` -> FastAST student (ToMe + CMKD, mixup)."""
     paths = folder_data(tmp_path, FSDD_HEADER, fsdd_rows())
@@ -133,6 +134,7 @@ def run_one_step_n(c, workdir, *, steps):
      [(f"{i}.wav", ["/m/a", "/m/a;/m/b", "/m/c", "/m/b;/m/c"][i % 4], "") for i in range(8)],
      True),
 ])
+@pytest.mark.slow
 def test_paper_fastast_recipes_one_step(name, header, rows, multi, tmp_path):
     c = load_config(name)
     assert c.model.tome_r > 0 and c.distill.lam == 0.1 and c.distill.tau == 1.0
@@ -268,6 +270,7 @@ def test_fsdd_table_script_overrides():
         bench.override(c, ["num_steps"])
 
 
+@pytest.mark.slow
 def test_fsdd_table_script_end_to_end(tmp_path):
     """benchmarks/fsdd_fastast.py --ensemble on generated clips with tiny models: every row
     trained (1 step), evaluated and printed; the ensemble teacher file has both members."""

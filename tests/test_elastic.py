@@ -18,9 +18,6 @@ KW = dict(num_classes=5, width=32, depth=2, num_heads=2, mlp_dim=64, fstride=16,
 RNG = np.random.default_rng(0)
 
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
-
 def _clip(frames):
     return RNG.normal(size=(frames, MEL)).astype(np.float32)
 
@@ -53,6 +50,7 @@ def _plain_ast_mean(params, fbank):
     return nn.Dense(KW["num_classes"]).apply({"params": params["head"]}, x)[0]
 
 
+@pytest.mark.slow
 def test_packed_path_equals_ast_padded_path_with_ast_weights(ast_params):
     model = ElasticAST(**KW, pos_embedding="ast", pool="mean")
     clips = [_clip(128), _clip(70)]  # full table and a shorter clip (first time columns)
@@ -65,6 +63,7 @@ def test_packed_path_equals_ast_padded_path_with_ast_weights(ast_params):
 
 
 @pytest.mark.parametrize("pool", ["attn", "mean"])
+@pytest.mark.slow
 def test_no_leakage_between_samples_of_a_row(pool):
     model = ElasticAST(**KW, pool=pool)
     clips = [_clip(48), _clip(128), _clip(16), _clip(33)]  # 6 + 16 + 2 + 4 tokens
@@ -79,6 +78,7 @@ def test_no_leakage_between_samples_of_a_row(pool):
 
 
 @pytest.mark.parametrize("over", [dict(tome_r=3), dict(prune_keep_rate=0.5, prune_layers=(1,))])
+@pytest.mark.slow
 def test_last_block_never_reduces_unless_an_older_checkpoint_did(over):
     """As in AST, the schedule's last-block entry is ignored. Here it would change the
     pooled tokens, so checkpoints saved before that rule (no reduce_last_block in their
@@ -122,6 +122,7 @@ def test_rows_and_unpack_restore_sample_order():
     assert int(valid.sum()) == 5
 
 
+@pytest.mark.slow
 def test_gradients_are_finite_with_padding_rows():
     model = ElasticAST(**KW, tome_r=3, prune_keep_rate=0.7, prune_layers=(0,))
     packed = _batch([_clip(40), _clip(20)], rows=2, max_tokens=24)
@@ -173,6 +174,7 @@ def test_bad_input_errors():
             jax.random.PRNGKey(0), packed)
 
 
+@pytest.mark.slow
 def test_params_from_ast(ast_params):
     packed = _batch([_clip(128), _clip(40)])
     same = ElasticAST(**KW, pos_embedding="ast", pool="mean")

@@ -23,9 +23,6 @@ from fast_ast_jax.train.validate import validate
 from tests.helpers import bad_folder, load_config, sigint_at_batch
 
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
-
 def config(num_steps: int, **top):
     """configs/test_elastic.py (2 blocks, 24 synthetic clips), constant lr, no eval."""
     c = load_config("test_elastic")
@@ -43,6 +40,7 @@ def steps_saved(workdir: Path) -> list[str]:
     return sorted((p.name for p in (workdir / "checkpoints").iterdir()), key=str)
 
 
+@pytest.mark.slow
 def test_nonfinite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
     original = PackedPipeline.batch
     poisoned = {2}
@@ -87,6 +85,7 @@ def test_bad_clips_skipped_from_the_plan_or_fatal(tmp_path):
                        on_bad_clip="fail").plan(0)
 
 
+@pytest.mark.slow
 def test_training_on_bad_clips_reports_them(tmp_path):
     meta, bad = bad_folder(tmp_path / "data", n=16)
     c = config(2)
@@ -100,6 +99,7 @@ def test_training_on_bad_clips_reports_them(tmp_path):
     assert row["bad_clips"] == len(bad) and row["num_clips"] == 16 - len(bad)
 
 
+@pytest.mark.slow
 def test_interrupted_resumed_run_equals_straight_run(tmp_path, monkeypatch):
     """Ctrl-C after step 3 saves step 3 and stops; resuming reaches the uninterrupted run's
     params bit for bit (same packed batches: the data position is in the checkpoint)."""
@@ -115,6 +115,7 @@ def test_interrupted_resumed_run_equals_straight_run(tmp_path, monkeypatch):
     chex.assert_trees_all_equal(resumed["state"].params, straight["state"].params)
 
 
+@pytest.mark.slow
 def test_unreadable_newest_checkpoint_falls_back(tmp_path, capfd):
     work = tmp_path / "w"
     loop.train_and_evaluate(config(4, checkpoint_every=2), str(work))
@@ -131,6 +132,7 @@ def test_unreadable_newest_checkpoint_falls_back(tmp_path, capfd):
         loop.train_and_evaluate(other, str(work))
 
 
+@pytest.mark.slow
 def test_older_run_resumes_with_its_last_block_rule(tmp_path):
     """A run saved before the last block stopped reducing (its metadata has no
     "reduce_last_block") resumes in its workdir with the meaning it was trained with: ToMe

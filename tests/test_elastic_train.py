@@ -25,9 +25,6 @@ FRONTEND = FrontEnd(num_mel_bins=32, target_frames=64)
 SPEC = PackSpec(rows=2, max_tokens=40, max_slots=8)
 
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
-
 @pytest.fixture(scope="module")
 def source():
     return SyntheticSource(num_examples=12, split="eval", min_seconds=0.2, max_seconds=0.6,
@@ -63,6 +60,7 @@ def test_pipeline_native_lengths_hops_and_fixed_shapes(source):
     np.testing.assert_array_equal(again.batch(1, 0)["patches"], pipe.batch(1, 0)["patches"])
 
 
+@pytest.mark.slow
 def test_sweep_runs_every_length_and_hop_through_one_program(source):
     model = ElasticAST(num_classes=len(source.labels), width=32, depth=2, num_heads=2,
                        mlp_dim=64, num_mel_bins=32, frames=64, tome_r=2)  # merges in block 0
@@ -81,6 +79,7 @@ def test_sweep_runs_every_length_and_hop_through_one_program(source):
     assert eval_forward(model, mesh)._cache_size() == 1
 
 
+@pytest.mark.slow
 def test_one_step_test_config(tmp_path):
     c = load_config("test_elastic")
     c.num_steps = 3
@@ -107,6 +106,7 @@ def test_one_step_test_config(tmp_path):
     assert loop.train_and_evaluate(c, str(tmp_path / "work"))["step"] == 4
 
 
+@pytest.mark.slow
 def test_fsdd_elastic_config_on_generated_folder(tmp_path):
     c = load_config("fsdd_elastic", "official")
     rows = [(f"{i}.wav", str(i % 3), "train" if i < 8 else "test") for i in range(12)]
@@ -138,6 +138,7 @@ def test_recipe_configs_build():
                        spec=SPEC, train=True, augment=Augment(mixup=0.5))
 
 
+@pytest.mark.slow
 def test_init_from_pretrained_hf_directory(tmp_path):
     transformers = pytest.importorskip("transformers")
     from fast_ast_jax import convert
@@ -164,6 +165,7 @@ def test_init_from_pretrained_hf_directory(tmp_path):
                                atol=1e-7)
 
 
+@pytest.mark.slow
 def test_fsdd_elastic_table_script(tmp_path):
     """benchmarks/fsdd_elastic.py end to end on generated clips: a padded AST run, the
     packed run, and the table (padded at other hops/caps, packed with and without ToMe)."""

@@ -12,22 +12,29 @@ import pytest
 from fast_ast_jax import export, exported
 from fast_ast_jax.audio import features
 from fast_ast_jax.audio.fbank_jax import pad_waves
-from fast_ast_jax.train import loop
 from fast_ast_jax.checkpoints import load as load_checkpoint
-from tests.helpers import load_config
-
-pytestmark = pytest.mark.usefixtures("fast_compile")
+from tests.helpers import stored_workdir
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, fast_compile):
-    path = tmp_path_factory.mktemp("export") / "w"
-    c = load_config("test")
-    c.num_steps = 1
-    loop.train_and_evaluate(c, str(path))
-    return path
+def workdir(tmp_path_factory):
+    """A trained AST checkpoint (the stored one: no training here)."""
+    return stored_workdir("ast", tmp_path_factory.mktemp("export") / "w")
 
 
+def test_missing_checkpoint_is_one_error_line(tmp_path, capsys):
+    """The command, given a workdir that does not exist: status 2, one `error:` line naming
+    it, no artifact written."""
+    missing = tmp_path / "no-such-run"
+    with pytest.raises(SystemExit) as exit_:
+        export.main(["--checkpoint", str(missing), "--out", str(tmp_path / "m.jaxexport")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "no-such-run" in err[0]
+    assert not (tmp_path / "m.jaxexport").exists()
+
+
+@pytest.mark.slow
 def test_exported_artifact_matches_the_live_model(workdir, capsys):
     out = workdir / "model.jaxexport"
     export.main(["--checkpoint", str(workdir), "--out", str(out)])  # the CLI
@@ -47,7 +54,8 @@ def test_exported_artifact_matches_the_live_model(workdir, capsys):
     np.testing.assert_allclose(got, live(batch["wave"], batch["wave_len"]), atol=1e-5)
     # The host front-end path (what predict does on a CPU) agrees as well.
     x = np.stack([features(c, frontend=restored.frontend) for c in clips])
-    host = restored.model.apply({"params": restored.params}, x, train=False)
+    host = jax.jit(lambda p, x: restored.model.apply({"params": p}, x, train=False))(
+        restored.params, x)  # one program, not one per op
     np.testing.assert_allclose(got, host, atol=1e-3)
     assert got.shape == (3, len(restored.labels))
     # Symbolic batch: another batch size runs the same artifact.

@@ -41,6 +41,7 @@ def _device(waves: list[np.ndarray], frontend: FrontEnd, key=None) -> np.ndarray
     return np.asarray(fn(batch["wave"], batch["wave_len"], key))
 
 
+@pytest.mark.slow
 def test_parity_with_numpy_frontend_per_rate_and_length(record_property):
     fe = FrontEnd()
     cases = [(sr, s) for sr in (8000, 16000, 44100) for s in (1, 5, 10, 12)]
@@ -118,6 +119,7 @@ def test_spec_augment_masks_one_band_each_per_example():
     np.testing.assert_array_equal(same, x)
 
 
+@pytest.mark.slow
 def test_mixup_mixes_features_labels_and_teacher_alike():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((32, 5, 3)), jnp.float32)
@@ -154,6 +156,7 @@ def test_noise_and_roll_rolls_each_example_and_adds_small_noise():
     assert len(shifts) > 3 and all(s < 10 or s >= 30 for s in shifts)  # in [-10, 9]
 
 
+@pytest.mark.slow
 def test_wave_pipeline_and_device_batch_equal_host_features():
     fe = FrontEnd(num_mel_bins=32, target_frames=48)
     src = SyntheticSource(num_examples=6, seed=0, sample_rate=16000, min_seconds=0.2,
@@ -178,6 +181,7 @@ def test_wave_pipeline_and_device_batch_equal_host_features():
 
 
 @pytest.mark.usefixtures("fast_compile")
+@pytest.mark.slow
 def test_training_on_device_records_it_and_predicts(tmp_path):
     from fast_ast_jax.inference import predict
     from fast_ast_jax.train import loop

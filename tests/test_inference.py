@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,9 +36,8 @@ from fast_ast_jax.train.task import pack_spec
 from fast_ast_jax.train.forward import packed_forward
 from fast_ast_jax.train.evaluation import evaluate_checkpoint, write_split_maps
 from fast_ast_jax.windows import scorer
-from tests.helpers import load_config
+from tests.helpers import load_config, stored_workdir
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -73,6 +73,7 @@ def packed(tmp_path_factory) -> Path:
 # --- predict over many files -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_mixed_good_and_bad_files(padded, tmp_path, capsys):
     good1, good2 = tone(tmp_path / "good1.wav", 0.4), tone(tmp_path / "good2.flac", 1.5)
     (tmp_path / "corrupt.wav").write_bytes(b"RIFF not really audio" * 10)
@@ -107,6 +108,7 @@ def test_mixed_good_and_bad_files(padded, tmp_path, capsys):
     assert by_file[files[4]]["error"] and by_file[files[5]]["label_1"] == ""
 
 
+@pytest.mark.slow
 def test_folders_globs_and_jsonl(padded, tmp_path, capsys):
     a = tone(tmp_path / "data" / "a.wav", 0.3)
     b = tone(tmp_path / "data" / "sub" / "b.flac", 0.5, freq=880)
@@ -125,6 +127,7 @@ def test_folders_globs_and_jsonl(padded, tmp_path, capsys):
     assert rows[1]["duration_s"] == pytest.approx(0.5)
 
 
+@pytest.mark.slow
 def test_batched_equals_one_at_a_time(padded, tmp_path):
     files = [tone(tmp_path / f"{i}.wav", s, freq=200 + 150 * i)
              for i, s in enumerate((0.3, 2.2, 0.5, 1.1, 0.2))]
@@ -153,6 +156,7 @@ def _cnn_bundle() -> Bundle:
 
 
 @pytest.mark.parametrize("kind", ["padded", "packed", "cnn"])
+@pytest.mark.slow
 def test_device_features_predict_as_host_features(kind, request, tmp_path):
     """The fbank made on the device, inside the model's program, from waveform windows
     gives the predictions of the host's fbank cut into windows: clips shorter than one
@@ -177,6 +181,7 @@ def test_device_features_predict_as_host_features(kind, request, tmp_path):
     assert len(device[-1].windows) > 10 and len(device[0].windows) == 1
 
 
+@pytest.mark.slow
 def test_predict_benchmark_runs_both_feature_paths(padded, capsys):
     predict_bench.main(["--checkpoint", str(padded), "--files", "3", "--seconds", "1",
                         "--rounds", "2", "--batch_size", "4", "--workers", "1"])
@@ -189,6 +194,7 @@ def test_predict_benchmark_runs_both_feature_paths(padded, capsys):
 # --- maps ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_maps_from_predict_and_evaluate(padded, tmp_path, capsys):
     clip = tone(tmp_path / "clip.wav", 0.4)
     assert predict_main([clip, "--checkpoint", str(padded), "--maps",
@@ -202,6 +208,17 @@ def test_maps_from_predict_and_evaluate(padded, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "m2").iterdir()) == ["clip_merge.png"]
     paths = write_split_maps(padded, directory=tmp_path / "ev", num_maps=3)
     assert len(paths) == 6 and all(p.is_file() for p in paths)
+
+
+def test_merge_map_of_a_checkpoint_without_pruning(tmp_path, capsys):
+    """predict --maps on a ToMe checkpoint that does not prune (the stored AST): the merge
+    map alone."""
+    work = stored_workdir("ast", tmp_path / "ast")
+    clip = tone(tmp_path / "clip.wav", 0.4)
+    assert predict_main([clip, "--checkpoint", str(work), "--maps", str(tmp_path / "maps")]) == 0
+    assert "map: " in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["clip_merge.png"]
+    assert mpimg.imread(tmp_path / "maps" / "clip_merge.png").ndim == 3
 
 
 # --- an ElasticAST checkpoint everywhere -----------------------------------------------------
@@ -222,6 +239,7 @@ class _Clips:
         return {"audio": self.waves[i], "label": 0, "id": str(i)}
 
 
+@pytest.mark.slow
 def test_elastic_checkpoint_predict_evaluate_dump_init(packed, padded, tmp_path, capsys):
     bundle = checkpoints.load(packed)
     assert isinstance(bundle.model, ElasticAST) and bundle.step == 1
@@ -272,6 +290,7 @@ def test_elastic_checkpoint_predict_evaluate_dump_init(packed, padded, tmp_path,
         checkpoints.init_params(packed, ast.model, fresh=ast.params)
 
 
+@pytest.mark.slow
 def test_old_elastic_metadata_is_read(packed, tmp_path):
     """Checkpoints written before the registry carry meta "model_kind" only; those written
     before the last block stopped reducing have no "reduce_last_block" and keep reducing
@@ -300,6 +319,7 @@ def test_old_elastic_metadata_is_read(packed, tmp_path):
 # --- wrong paths and flags ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_usage_errors_one_line_exit_2(padded, packed, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -332,7 +352,9 @@ def test_usage_errors_one_line_exit_2(padded, packed, tmp_path):
     import matplotlib.font_manager  # noqa: F401  (builds the cache here if absent)
 
     env = {"PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin",
-           "HOME": str(tmp_path), "MPLCONFIGDIR": matplotlib.get_cachedir()}
+           "HOME": str(tmp_path), "MPLCONFIGDIR": matplotlib.get_cachedir(),
+           # and the session's XLA settings and compilation cache
+           **{k: v for k, v in os.environ.items() if k.startswith(("JAX_", "XLA_"))}}
     # Alongside: evaluate.py on an ElasticAST checkpoint with --sweep, --plot and --maps,
     # loading in a worker process.
     works = py + ["evaluate.py", "--checkpoint", str(packed), "--sweep", "r=0,1", "--plot",
@@ -363,6 +385,7 @@ def test_usage_errors_one_line_exit_2(padded, packed, tmp_path):
 # --- imports ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_no_import_cycles_and_format_without_training_code():
     modules = ["fast_ast_jax.train.evaluation", "fast_ast_jax.train.loop",
                "fast_ast_jax.train.elastic", "fast_ast_jax.train.task",

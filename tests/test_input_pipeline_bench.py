@@ -9,9 +9,8 @@ from benchmarks import input_pipeline
 from fast_ast_jax import bench
 from fast_ast_jax.models.ast import create_ast
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
 
-
+@pytest.mark.slow
 def test_quick_run_measures_everything_and_writes(tmp_path, capsys):
     out = tmp_path / "r.json"
     results = input_pipeline.main(["--quick", "--out", str(out), "--allow-load"])

@@ -11,8 +11,6 @@ from fast_ast_jax.train.config import recipe
 from fast_ast_jax.train.spec import read_config
 from tests.helpers import ROOT, load_config, tiny
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 def test_keep_rate_values():
     kw = dict(target=0.4, start_step=10, end_step=20, num_rates=4)  # grid 1, .8, .6, .4
@@ -42,6 +40,7 @@ def test_recipe_uses_the_schedule():
                                    steps_per_epoch=10) is None
 
 
+@pytest.mark.slow
 def test_training_compiles_one_step_per_rate(tmp_path, capsys):
     from fast_ast_jax.train.loop import train_and_evaluate
 

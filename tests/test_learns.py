@@ -15,7 +15,8 @@ import pytest
 
 from tests.helpers import load_config
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
+pytestmark = pytest.mark.slow
+
 
 FRACTION = 0.5  # mean loss of the last 5 steps < FRACTION x the first step's loss
 

@@ -23,8 +23,6 @@ from tests.helpers import bad_folder, constant_lr
 
 FE = FrontEnd(num_mel_bins=32, target_frames=48)
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 def take(pipeline, n, **kw):
     """The first n (batch, position) of the loader, then closed (workers stopped)."""
@@ -43,6 +41,7 @@ def assert_same(a, b):
             np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
+@pytest.mark.slow
 def test_workers_give_the_in_process_batches_padded():
     src = SyntheticSource(num_examples=24, seed=0, min_seconds=0.1, max_seconds=0.3)
     pipe = Pipeline(src, frontend=FE, batch_size=8, train=True, seed=1, cache=False,
@@ -61,6 +60,7 @@ def test_workers_give_the_in_process_batches_padded():
     assert_same(take(ev, 10, worker_count=1), one_pass)
 
 
+@pytest.mark.slow
 def test_workers_give_the_in_process_batches_packed():
     src = SyntheticSource(num_examples=12, split="eval", min_seconds=0.2, max_seconds=0.6,
                           sample_rate=16000)
@@ -75,6 +75,7 @@ def test_workers_give_the_in_process_batches_packed():
     assert_same(take(pipe, n, worker_count=2), in_process)
 
 
+@pytest.mark.slow
 def test_bad_clips_in_workers(tmp_path):
     meta, bad = bad_folder(tmp_path)
     src = FolderSource(csv_path=meta, audio_dir=tmp_path / "audio")
@@ -89,6 +90,7 @@ def test_bad_clips_in_workers(tmp_path):
         take(failing, 2, worker_count=1)
 
 
+@pytest.mark.slow
 def test_resume_with_another_worker_count_is_bit_exact(tmp_path):
     def run(workdir, steps, workers):
         c = constant_lr(steps, checkpoint_every=2)

@@ -18,7 +18,6 @@ from fast_ast_jax.data.synthetic import SyntheticSource
 from fast_ast_jax.models import ast, elastic, mae
 from fast_ast_jax.patches import patch_shape
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
 
 # The small model of the brief: depth 2, width 64, 64 mel bins, 128 frames; 16x16 patches
 # at stride 16 -> a 4 x 8 grid of N = 32 patches.
@@ -88,6 +87,7 @@ def test_encoder_arrays_shrink_to_the_visible_patches(patch, strides, n, dim):
     chex.assert_shape([out.visible, out.masked, out.loss], [(2, v), (2, n - v), (2,)])
 
 
+@pytest.mark.slow
 def test_one_compilation_serves_every_mask():
     model = _mae()
     x = _inputs()
@@ -107,6 +107,7 @@ def test_one_compilation_serves_every_mask():
 
 @pytest.mark.parametrize("patch,fstride,tstride", [(16, 16, 16), (16, 10, 12), ((64, 2), 64, 2),
                                                   ((16, 8), 10, 6)])
+@pytest.mark.slow
 def test_patches_are_what_the_patch_embedding_sees(patch, fstride, tstride):
     """extract_patches @ kernel == AST's conv patch embedding, overlapping or not, square or
     not; folding them back restores every covered fbank value."""
@@ -175,6 +176,7 @@ def _shapes(tree):
     return jax.tree.map(np.shape, tree)
 
 
+@pytest.mark.slow
 def test_encoder_params_load_into_ast_and_elastic_ast():
     model = _mae()
     x = _inputs()
@@ -217,6 +219,7 @@ def _packed_batch(model: elastic.ElasticAST) -> dict:
             "slot_index": jnp.zeros((1, 1), jnp.int32)}
 
 
+@pytest.mark.slow
 def test_reconstruction_loss_falls_on_generated_audio():
     frontend = FrontEnd(num_mel_bins=64, target_frames=128, mean=-6.0, std=3.0)
     # Clips of 1.3-1.6 s fill all 128 frames (no padded, trivially predictable patches).

@@ -37,6 +37,7 @@ def _fbank(batch: int, frames: int, mel: int = 128, seed: int = 1) -> jax.Array:
 
 @pytest.mark.parametrize("size,frames,batch", [("tiny", 128, 2), ("small", 128, 2),
                                                ("base", 48, 1)])
+@pytest.mark.slow
 def test_sizes(size, frames, batch):
     model = create_ast(size, frames=frames, fstride=16, tstride=16, num_classes=7)
     params = _init(model)
@@ -107,6 +108,7 @@ def _with_pos(params, pos):
     return {**params, "pos_embed": jnp.asarray(pos)}
 
 
+@pytest.mark.slow
 def test_runtime_posemb_shorter_input():
     """A shorter input uses the first time columns of the position grid (method "prefix")."""
     long = AST(frames=128, fstride=10, tstride=10, **MINI)  # grid 12 x 12
@@ -121,6 +123,7 @@ def test_runtime_posemb_shorter_input():
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_runtime_posemb_longer_input():
     """A longer input interpolates the time axis bilinearly, like torch (align_corners=False)."""
     torch = pytest.importorskip("torch")
@@ -150,6 +153,7 @@ def test_no_dist_token():
     chex.assert_tree_all_finite(out)
 
 
+@pytest.mark.slow
 def test_bfloat16_close_to_float32():
     model = AST(frames=96, fstride=16, tstride=16, **MINI)
     params = _init(model)
@@ -182,6 +186,7 @@ def test_dropout_only_in_train_mode():
         model.apply({"params": params}, x, train=True)  # needs a "dropout" rng
 
 
+@pytest.mark.slow
 def test_prefix_only_last_block_keeps_the_logits():
     """The last block computes only CLS / DIST (the head reads nothing else): same logits as
     the full block (trace_source turns the shortcut off), and its MACs are not counted."""

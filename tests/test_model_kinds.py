@@ -24,8 +24,6 @@ from fast_ast_jax.train.task import build_model
 from fast_ast_jax.train.validate import validate
 from tests.helpers import load_config, write_folder
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 # --- the new kind: one module ------------------------------------------------------------
 

@@ -4,7 +4,6 @@ distillation that equals the same run in one process."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -18,21 +17,19 @@ from fast_ast_jax import checkpoints, teacher_logits
 from fast_ast_jax.data import SyntheticSource, source_ids
 from fast_ast_jax.train import loop, task
 from fast_ast_jax.train.spec import read_config
+from tests import xla_settings
 from tests.helpers import load_config, packed_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
+pytestmark = pytest.mark.slow
 
 WORKER = """
 import hashlib, json, os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-os.environ["JAX_PLATFORMS"] = "cpu"
 root, port, pid, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 sys.path.insert(0, root)
 import jax
 import numpy as np
-jax.config.update("jax_disable_most_optimizations", True)
 # The documented launch (docs/MULTIHOST.md): environment + config.distributed=True, which
 # calls jax.distributed.initialize with gloo CPU collectives.
 os.environ.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
@@ -132,10 +129,10 @@ def free_port() -> int:
 
 def test_two_processes_train_identically_and_resume(tmp_path):
     write_teacher(tmp_path / "teacher.npz")
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     port = free_port()
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(ROOT), str(port), str(i),
-                               str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                               str(tmp_path)], env=xla_settings.with_devices(2),
+                              stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
     try:
         outs = [p.communicate(timeout=300)[0] for p in procs]

@@ -16,9 +16,6 @@ from fast_ast_jax.models.elastic import ElasticAST
 RNG = np.random.default_rng(0)
 
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
-
 def _segments(lengths, total):
     """Row of segment ids: samples of the given lengths, then padding up to `total`."""
     seg = np.concatenate([np.full(n, s + 1) for s, n in enumerate(lengths)]
@@ -37,6 +34,7 @@ ADVERSARIAL = {
 
 
 @pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+@pytest.mark.slow
 def test_merging_never_crosses_samples(name):
     rows_lengths, t, slots, r, layers = ADVERSARIAL[name]
     seg0 = np.stack([_segments(lengths, t) for lengths in rows_lengths])
@@ -159,6 +157,7 @@ def _clip(frames):
     return RNG.normal(size=(frames, 32)).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_reduced_model_no_leakage():
     model = ElasticAST(**KW, trace_source=True)
     clips = [_clip(48), _clip(64), _clip(32)]  # 6 + 8 + 4 tokens
@@ -201,6 +200,7 @@ def _logits_across_packings(over):
 
 @pytest.mark.parametrize("over", [dict(tome_r=6), dict(prune_keep_rate=0.6, prune_layers=(0, 1)),
                                   dict(tome_r=4, prune_keep_rate=0.7, prune_layers=(1,))])
+@pytest.mark.slow
 def test_a_clips_logits_do_not_depend_on_its_packing(over):
     # Tolerance 1e-5: float32 rounding of masked sums over rows laid out differently.
     # Before per-clip quotas (leftover merges / keeps given out in slot order) the same

@@ -4,7 +4,7 @@ AST-family kinds, and what cannot work is refused in one line."""
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -27,7 +27,8 @@ from fast_ast_jax.train import loop
 from fast_ast_jax.train.forward import kind_of
 from fast_ast_jax.train.spec import read_config
 from fast_ast_jax.train.task import make_task
-from tests.helpers import ROOT, folder_data, load_config, tiny, write_folder
+from tests import xla_settings
+from tests.helpers import ROOT, folder_data, load_config, stored_workdir, tiny, write_folder
 
 
 def logged(workdir, key="train/loss"):
@@ -35,17 +36,23 @@ def logged(workdir, key="train/loss"):
     return [json.loads(s)[key] for s in lines if key in json.loads(s)]
 
 
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    """A 40-step pretraining run of configs/test_pretrain.py with 2 encoder blocks (so that
-    ToMe has a block to merge in), and its final result."""
+def pretrain_config():
+    """configs/test_pretrain.py for 40 steps with 2 encoder blocks (so that ToMe has a block
+    to merge in), checkpoints at steps 20 and 40."""
     c = load_config("test_pretrain")
     c.update(num_steps=40, log_every=5, checkpoint_every=20)
     c.model.depth = 2
+    return c
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """The `pretrain_config` run (shared by the module's tests) and its final result."""
     workdir = tmp_path_factory.mktemp("pretrain") / "work"
-    return workdir, loop.train_and_evaluate(c, str(workdir))
+    return workdir, loop.train_and_evaluate(pretrain_config(), str(workdir))
 
 
+@pytest.mark.slow
 def test_pretraining_loss_falls_and_is_evaluated(pretrained):
     workdir, final = pretrained
     losses = logged(workdir)
@@ -62,17 +69,16 @@ def test_pretraining_loss_falls_and_is_evaluated(pretrained):
     assert meta["model_class"] == "mae" and meta["model"]["mask_ratio"] == 0.75
 
 
-def test_pretraining_resumes_where_it_stopped(tmp_path):
-    def config(steps):
-        c = load_config("test_pretrain")
-        c.update(num_steps=steps, checkpoint_every=2)
-        c.optim.schedule = "constant"  # the same lr at every step, whatever num_steps says
-        return c
-
-    straight = loop.train_and_evaluate(config(6), str(tmp_path / "a"))
-    loop.train_and_evaluate(config(4), str(tmp_path / "b"))
-    resumed = loop.train_and_evaluate(config(6), str(tmp_path / "b"))
-    assert resumed["step"] == 6
+@pytest.mark.slow
+def test_pretraining_resumes_where_it_stopped(pretrained, tmp_path):
+    """The shared run, stopped after its step-20 checkpoint (the copy's later one removed)
+    and resumed, ends with the params of the run that went straight through."""
+    workdir, straight = pretrained
+    stopped = shutil.copytree(workdir, tmp_path / "b")
+    shutil.rmtree(stopped / "checkpoints" / "40")
+    resumed = loop.train_and_evaluate(pretrain_config(), str(stopped))
+    assert resumed["step"] == 40
+    assert logged(stopped)[-4:] == pytest.approx(logged(workdir)[-4:], rel=1e-5)
     chex.assert_trees_all_close(resumed["state"].params, straight["state"].params,
                                 rtol=1e-6, atol=1e-7)
 
@@ -93,6 +99,7 @@ def _fine_tune_config(kind: str):
 
 
 @pytest.mark.parametrize("kind", ["ast", "tome", "topk", "ast_longer", "elastic"])
+@pytest.mark.slow
 def test_init_from_pretraining_loads_the_encoder(pretrained, kind, tmp_path):
     workdir, _ = pretrained
     c = _fine_tune_config(kind)
@@ -128,6 +135,7 @@ def fine_tuned(pretrained, tmp_path_factory):
     return ft, loop.train_and_evaluate(c, str(ft))
 
 
+@pytest.mark.slow
 def test_fine_tune_run_starts_from_the_pretrained_encoder(pretrained, fine_tuned):
     workdir, _ = pretrained
     _, final = fine_tuned
@@ -153,6 +161,7 @@ def pretrained_frames(tmp_path_factory):
     return workdir, loop.train_and_evaluate(c, str(workdir))
 
 
+@pytest.mark.slow
 def test_frame_patches_pretrain_and_resume(pretrained_frames):
     workdir, final = pretrained_frames
     assert final["step"] == 4 and np.isfinite(final["eval_loss"])
@@ -166,6 +175,7 @@ def test_frame_patches_pretrain_and_resume(pretrained_frames):
 
 
 @pytest.mark.parametrize("kind", ["ast", "elastic"])
+@pytest.mark.slow
 def test_frame_patches_init_from_pretraining(pretrained_frames, kind, tmp_path):
     """The frame-patch encoder initialises an AST and an ElasticAST with the same patch (one
     step at lr 0: the encoder as pretrained); a 16x16 model refuses it in one line."""
@@ -207,6 +217,7 @@ def _one_line_error(fn, match):
     return str(e.value)
 
 
+@pytest.mark.slow
 def test_unlabeled_folder_pretrains_and_is_refused_by_supervised_kinds(tmp_path):
     write_folder(tmp_path / "audio_src", [(f"c{i}.wav", "a", "") for i in range(8)])
     c = load_config("test_pretrain")
@@ -221,8 +232,13 @@ def test_unlabeled_folder_pretrains_and_is_refused_by_supervised_kinds(tmp_path)
                     r"^config\.data\.train=.*no labels.*model\.name='mae'")
 
 
-def test_refusals_are_one_line(pretrained, tmp_path):
-    workdir, _ = pretrained
+@pytest.fixture(scope="module")
+def stored_mae(tmp_path_factory):
+    """A masked-pretraining checkpoint for the refusals (the stored one: no training)."""
+    return stored_workdir("mae", tmp_path_factory.mktemp("stored") / "mae")
+
+
+def test_refusals_are_one_line(stored_mae, tmp_path):
     c = load_config("test_pretrain")
     c.distill.teacher_logits = str(tmp_path / "t.npz")
     _one_line_error(lambda: loop.train_and_evaluate(c, str(tmp_path / "d")),
@@ -238,17 +254,17 @@ def test_refusals_are_one_line(pretrained, tmp_path):
                     r"^config\.model\.tome_r=2: token reduction")
     # a CNN cannot take an AST encoder
     cnn = models.create_cnn(num_classes=4)
-    _one_line_error(lambda: checkpoints.init_params(workdir, cnn, fresh={}),
+    _one_line_error(lambda: checkpoints.init_params(stored_mae, cnn, fresh={}),
                     r"masked-pretraining \(mae\) checkpoint.*not a CNNTeacher")
 
 
-def test_predict_evaluate_dump_refuse_a_pretraining_checkpoint(pretrained, tmp_path):
+def test_predict_evaluate_dump_refuse_a_pretraining_checkpoint(stored_mae, tmp_path):
     from fast_ast_jax.exported import export_checkpoint
     from fast_ast_jax.inference import predict_files
     from fast_ast_jax.train.dump import dump
     from fast_ast_jax.train.evaluation import evaluate_checkpoint
 
-    workdir, _ = pretrained
+    workdir = stored_mae
     for fn in (lambda: list(predict_files([], checkpoint=workdir)),
                lambda: evaluate_checkpoint(workdir, echo=None),
                lambda: dump(workdir, out=tmp_path / "t.npz"),
@@ -257,9 +273,7 @@ def test_predict_evaluate_dump_refuse_a_pretraining_checkpoint(pretrained, tmp_p
 
 
 SHARDED = textwrap.dedent("""
-    import json, os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    os.environ["JAX_PLATFORMS"] = "cpu"
+    import json, sys
     import jax
     sys.path.insert(0, sys.argv[1])
     from fast_ast_jax.train import loop
@@ -272,13 +286,14 @@ SHARDED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sharded_pretraining_matches_one_device(tmp_path):
     """8 simulated devices (a subprocess: XLA flags are read when jax starts) give the
     losses of 1 device: the mask key and the loss's clip weighting do not depend on the
     split."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run([sys.executable, "-c", SHARDED, str(ROOT), str(tmp_path / "eight")],
-                          capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+                          capture_output=True, text=True, env=xla_settings.with_devices(8),
+                          timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     eight = json.loads(proc.stdout.strip().splitlines()[-1])
     c = load_config("test_pretrain")
@@ -290,6 +305,7 @@ def test_sharded_pretraining_matches_one_device(tmp_path):
 
 
 @pytest.mark.parametrize("arg", ["fold", "frames"])
+@pytest.mark.slow
 def test_fsdd_pretrain_then_fine_tune_on_generated_folder(tmp_path, arg):
     """configs/fsdd_pretrain.py's two commands (shrunk) on a generated FSDD-like folder:
     pretraining reads the CSV without its labels, fine-tuning starts from its encoder;
@@ -324,6 +340,7 @@ def _audio(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["mae", "ast"])
+@pytest.mark.slow
 def test_embed_command(pretrained, fine_tuned, kind, tmp_path, capsys):
     """python -m fast_ast_jax.embed: embeddings of the good files (a short clip's is the
     model's own: MAE.encode, or the AST's pooled pre-head features), the bad one reported,
@@ -365,6 +382,7 @@ def test_embed_command(pretrained, fine_tuned, kind, tmp_path, capsys):
     np.testing.assert_allclose(emb[:1], clip, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_embed_parquet_holds_what_the_npz_holds(pretrained, tmp_path, capsys):
     """--out x.parquet: one row per input file (the failed one with its error and nulls),
     the .npz's embeddings; --tokens: x.tokens.parquet, one row per window, the .npz's tokens
@@ -415,6 +433,7 @@ def test_embed_parquet_holds_what_the_npz_holds(pretrained, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("kind", ["mae", "ast"])
+@pytest.mark.slow
 def test_exported_embedding_is_embeds(pretrained, fine_tuned, kind, tmp_path, capsys):
     """export --embed --tokens: the serialised waveform -> (embedding, tokens) function
     gives what python -m fast_ast_jax.embed gives for the same clip (one window), for a
@@ -461,6 +480,7 @@ def test_embed_refusals(tmp_path, capsys):
     _one_line_error(lambda: encoder(bundle, where="w"), r"^w holds a CNNTeacher")
 
 
+@pytest.mark.slow
 def test_linear_probe_benchmark(pretrained, tmp_path, capsys):
     """benchmarks/linear_probe.py on generated tones (one pitch per label): every feature set
     is probed; the fbank statistics separate the pitches perfectly, so a probe that cannot

@@ -48,6 +48,7 @@ def test_topk_order_and_prefix():
         prune.topk_prune(x, scores, num_keep=6, num_prefix=2)
 
 
+@pytest.mark.slow
 def test_fusion_is_score_weighted_mean_of_dropped():
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 4))
     scores = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(1), (2, 8)))
@@ -64,6 +65,7 @@ def test_fusion_is_score_weighted_mean_of_dropped():
     np.testing.assert_array_equal(out[:, -1], 0)
 
 
+@pytest.mark.slow
 def test_class_token_scores_match_full_attention():
     kq, kk, kb = jax.random.split(jax.random.PRNGKey(2), 3)
     q = jax.random.normal(kq, (2, 12, 3, 8))
@@ -88,6 +90,7 @@ def test_gather_tokens():
     np.testing.assert_array_equal(got[..., 0], [[0, 4, 1, -1], [6, 8, 9, -1]])
 
 
+@pytest.mark.slow
 def test_prune_grad_finite():
     x = jax.random.normal(jax.random.PRNGKey(3), (2, 10, 4))
     scores = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(4), (2, 8)))

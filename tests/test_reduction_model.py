@@ -31,6 +31,7 @@ def _apply(model, params, x):
         params, x)
 
 
+@pytest.mark.slow
 def test_off_is_bit_identical(params_and_input):
     params, x = params_and_input
     def run(model):
@@ -126,6 +127,7 @@ def test_token_plan_matches_reference_counts():
     dict(prune_keep_rate=0.5, prune_layers=(1, 2), prune_fuse=True),
     dict(prune_keep_rate=0.6, prune_layers=(2,), tome_r=3, prune_score="cls_dist"),
 ])
+@pytest.mark.slow
 def test_last_block_reduction_of_older_versions_gave_these_logits(params_and_input, over,
                                                                   monkeypatch):
     """Older versions reduced in the last block when the schedule said so (and then ran it
@@ -147,6 +149,7 @@ def test_last_block_reduction_of_older_versions_gave_these_logits(params_and_inp
     np.testing.assert_allclose(np.asarray(new), np.asarray(old), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_gradients_finite(params_and_input):
     params, x = params_and_input
     model = create_ast("tiny", **TINY, tome_r=6, prune_keep_rate=0.6, prune_layers=(1,),
@@ -178,6 +181,7 @@ def test_no_recompilation(params_and_input):
     assert not jnp.array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_bfloat16_runs(params_and_input):
     params, x = params_and_input
     model = create_ast("tiny", **TINY, tome_r=5, prune_keep_rate=0.7, prune_layers=(1,),
@@ -217,6 +221,7 @@ def test_json_round_trip_schedule():
     assert again.tome_r == model.tome_r and again.r_schedule() == [16, 8, 0]
 
 
+@pytest.mark.slow
 def test_prune_scores_are_class_attention(params_and_input):
     # The sown scores equal the CLS row of a full softmax attention computed by hand.
     params, x = params_and_input
@@ -253,6 +258,7 @@ def test_prune_scores_are_class_attention(params_and_input):
     np.testing.assert_allclose(got, -np.sort(-np.asarray(scores), axis=1)[:, :18])
 
 
+@pytest.mark.slow
 def test_proportional_attention_switch(params_and_input):
     params, x = params_and_input
 

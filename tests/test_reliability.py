@@ -47,9 +47,6 @@ ROOT = Path(__file__).resolve().parents[1]
 FE = FrontEnd(num_mel_bins=32, target_frames=48)
 
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
-
 def jsonl(workdir: Path) -> list[dict]:
     return [json.loads(s) for s in (workdir / "metrics.jsonl").read_text().splitlines()]
 
@@ -75,6 +72,7 @@ def _tiny_state():
     return model, tx, state
 
 
+@pytest.mark.slow
 def test_nonfinite_step_keeps_params_and_counts():
     model, tx, state = _tiny_state()
     step = jax.jit(lambda s, b: train_step(s, b, model=model, tx=tx, loss="softmax",
@@ -106,6 +104,7 @@ def _poison(monkeypatch, steps: set[int]):
     monkeypatch.setattr(Pipeline, "batch", batch)
 
 
+@pytest.mark.slow
 def test_nonfinite_batches_are_skipped_counted_then_stop(tmp_path, monkeypatch, capsys):
     _poison(monkeypatch, {2})
     final = loop.train_and_evaluate(config(num_steps=3, checkpoint_every=0), str(tmp_path / "a"))
@@ -168,6 +167,7 @@ def test_bad_clip_fail_mode_names_the_file(tmp_path):
         Pipeline(src, frontend=FE, batch_size=4, train=True, on_bad_clip="drop")
 
 
+@pytest.mark.slow
 def test_training_reports_bad_clips(tmp_path):
     meta, bad = bad_folder(tmp_path / "data", n=16)
     c = config(num_steps=2, batch_size=4)
@@ -180,6 +180,7 @@ def test_training_reports_bad_clips(tmp_path):
     assert final["eval_bad_clips"] == len(bad) and final["eval_num_clips"] == 16 - len(bad)
 
 
+@pytest.mark.slow
 def test_data_error_mid_run_keeps_progress(tmp_path, monkeypatch):
     original = Pipeline.batch
 
@@ -199,6 +200,7 @@ def test_data_error_mid_run_keeps_progress(tmp_path, monkeypatch):
 
 # --- 3. preemption and unreadable checkpoints -------------------------------------------------
 
+@pytest.mark.slow
 def test_unreadable_newest_checkpoint_falls_back(tmp_path, capfd):
     straight = loop.train_and_evaluate(config(num_steps=4, checkpoint_every=2),
                                        str(tmp_path / "b"))
@@ -238,6 +240,7 @@ loop.train_and_evaluate(constant_lr(1000, checkpoint_every=2), sys.argv[2])
 """
 
 
+@pytest.mark.slow
 def test_killed_process_resumes(tmp_path):
     """kill -9 mid-run: the next run resumes from the last complete checkpoint and ends
     with the same params as an uninterrupted run, bit for bit."""
@@ -260,6 +263,7 @@ def test_killed_process_resumes(tmp_path):
     chex.assert_trees_all_equal(resumed["state"].params, straight["state"].params)
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_stops(tmp_path, monkeypatch):
     """SIGINT (Ctrl-C) is handled like SIGTERM: finish the step, save it, stop cleanly."""
     handler = signal.getsignal(signal.SIGINT)  # the default, or SIG_IGN under `cmd &`
@@ -344,6 +348,7 @@ def test_batch_not_divisible_by_devices_and_locked_config():
         c.batch_size = "abc"
 
 
+@pytest.mark.slow
 def test_train_py_rejects_bad_flags(tmp_path):
     def run(*flags, recipe="test.py"):
         return subprocess.run([sys.executable, str(ROOT / "train.py"), "--config",
@@ -398,6 +403,7 @@ def test_library_value_errors_keep_their_traceback():
             raise ValueError("raised by a test")
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_size(trained, tmp_path):
     c = config(num_steps=3)
     c.model.width = 32
@@ -475,6 +481,7 @@ def test_windowed_scores_batch_and_aggregate():
     assert sum(s[0] for s in calls) >= 20 * 100 // 24  # the 20 s clip alone: ~80 windows
 
 
+@pytest.mark.slow
 def test_predict_and_evaluate_long_audio(trained, tmp_path, capsys):
     sr = 22050
     t = np.arange(int(sr * 3.0)) / sr  # 3 s, the model was trained on 0.48 s

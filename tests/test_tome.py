@@ -160,6 +160,7 @@ def _four_layers(metric, x):
     return x, size, source
 
 
+@pytest.mark.slow
 def test_wavg_sizes_and_sources_through_layers():
     x, size, source = _four_layers(*_random_case(0))
     chex.assert_shape([x, size, source], [(2, 9, 24), (2, 9, 1), (2, 9, 40)])
@@ -182,6 +183,7 @@ def test_wavg_is_size_weighted_mean_of_originals():
     np.testing.assert_allclose(x, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_identical_tokens_unchanged():
     metric, _ = _random_case(2)
     x = jnp.broadcast_to(jnp.arange(24.0), (2, 40, 24))

@@ -51,6 +51,7 @@ def schedule(out: subprocess.CompletedProcess) -> list[int]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_schedules_from_config_file_and_flags(tmp_path):
     # Config file: a constant and each tagged form (the last block never merges).
     assert schedule(run_flags(tmp_path, "c.model.tome_r = 6")) == [6, 6, 6, 0]
@@ -66,6 +67,7 @@ def test_schedules_from_config_file_and_flags(tmp_path):
                               "--config.model.tome_schedule=blocks:3,2,1")) == [3, 2, 1, 0]
 
 
+@pytest.mark.slow
 def test_bad_schedules_are_clear_errors(tmp_path):
     both = run_flags(tmp_path, "c.model.tome_r = 6",
                      "--config.model.tome_schedule=ramp:6,-1")

@@ -22,22 +22,21 @@ from fast_ast_jax.train.evaluation import evaluate_checkpoint, parse_sweep
 from fast_ast_jax.train.spec import read_config
 from fast_ast_jax.train.task import build_model
 from fast_ast_jax.inference import predict
+from tests import xla_settings
 from tests.helpers import (folder_data, load_config, run_one_step, sharded_configs, tiny,
                            write_folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
-
-@pytest.mark.parametrize("name", ["test", "demo"])
+@pytest.mark.parametrize("name", ["test", pytest.param("demo", marks=pytest.mark.slow)])
 def test_synthetic_configs_one_step(name, tmp_path):
     c = tiny(load_config(name))
     c.data.train.num_examples, c.data.eval.num_examples = 8, 6
     run_one_step(c, tmp_path)
 
 
+@pytest.mark.slow
 def test_fsdd_config_on_generated_folder(tmp_path):
     c = tiny(load_config("fsdd", "official"))
     rows = [(f"{i}.wav", str(i % 3), "train" if i < 8 else "test") for i in range(12)]
@@ -52,6 +51,7 @@ def test_fsdd_config_on_generated_folder(tmp_path):
         evaluate_checkpoint(tmp_path / "work", echo=None, workers=-1)
 
 
+@pytest.mark.slow
 def test_fsdd_config_on_real_data(tmp_path):
     c = load_config("fsdd")
     if not Path(c.data.train.csv_path).is_file():
@@ -63,6 +63,7 @@ def test_fsdd_config_on_real_data(tmp_path):
     assert final["eval_num_clips"] == 50
 
 
+@pytest.mark.slow
 def test_esc50_recipe_one_step(tmp_path):
     c = tiny(load_config("esc50", "fold=2"))
     rows = [(f"{i}.wav", str(i % 5 + 1), ["dog", "rain", "siren"][i % 3]) for i in range(15)]
@@ -72,6 +73,7 @@ def test_esc50_recipe_one_step(tmp_path):
     run_one_step(c, tmp_path)
 
 
+@pytest.mark.slow
 def test_speechcommands_recipe_one_step_bf16(tmp_path):
     c = tiny(load_config("speechcommands"))
     c.model.dtype = "bfloat16"
@@ -83,6 +85,7 @@ def test_speechcommands_recipe_one_step_bf16(tmp_path):
     run_one_step(c, tmp_path, reevaluate=True)
 
 
+@pytest.mark.slow
 def test_audioset_recipe_one_step(tmp_path):
     c = tiny(load_config("audioset"), frames=96)
     c.optim.warmup_steps = 1
@@ -96,6 +99,7 @@ def test_audioset_recipe_one_step(tmp_path):
     run_one_step(c, tmp_path, expect_map=True, reevaluate=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["tfrecord", "array_record"])
 def test_spoken_digit_tfds_one_step(fmt, tmp_path):
     c = load_config("spoken_digit_tfds", fmt)
@@ -108,7 +112,7 @@ def test_spoken_digit_tfds_one_step(fmt, tmp_path):
     assert final["eval_num_clips"] == 6
 
 
-def test_tfds_source_on_mock_data():
+def test_tfds_source_on_mock_data():  # the fast tier's test of data/tfds_source.py
     import tensorflow_datasets as tfds
 
     from fast_ast_jax.data.tfds_source import TfdsSource
@@ -137,6 +141,7 @@ def test_checkpoint_roundtrip(tmp_path):
     assert meta2 == meta
 
 
+@pytest.mark.slow
 def test_resume_with_another_model_config_is_refused(tmp_path):
     """Orbax would restore a 2-block checkpoint into a 1-block model without complaint."""
     c = tiny(load_config("test"))
@@ -162,6 +167,7 @@ def test_resume_with_another_model_config_is_refused(tmp_path):
         loop.train_and_evaluate(c, str(tmp_path / "work"))
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_same_order_and_params(tmp_path, monkeypatch):
     def config():
         c = load_config("test")
@@ -211,15 +217,12 @@ def test_interrupted_run_resumes_same_order_and_params(tmp_path, monkeypatch):
 
 
 SHARDED = textwrap.dedent("""
-    import json, os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    os.environ["JAX_PLATFORMS"] = "cpu"
+    import json, sys
     import jax, numpy as np
     sys.path.insert(0, sys.argv[1])
     from fast_ast_jax import sharding
     from fast_ast_jax.train import loop
     from tests.helpers import sharded_configs
-    jax.config.update("jax_disable_most_optimizations", True)  # as in the parent test
     assert jax.device_count() == 8
     seen = {}
     global_batch = sharding.global_batch
@@ -248,13 +251,14 @@ SHARDED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sharded_training_matches_one_device(tmp_path):
     """8 simulated devices (a subprocess: XLA flags are read when jax starts) give the loss,
     gradient norm and parameters of 1 device, padded and packed, and the step's batch
     really is split over the 8 devices."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run([sys.executable, "-c", SHARDED, str(ROOT), str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+                          capture_output=True, text=True, env=xla_settings.with_devices(8),
+                          timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = json.loads((tmp_path / "batches.json").read_text())
     assert seen["padded_fsdp"] == {"devices": 8, "global": [8, 48, 32],
@@ -291,6 +295,7 @@ def test_sharded_training_matches_one_device(tmp_path):
     assert rows[0]["num_clips"] == 16 and correct == pytest.approx(round(correct), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_tome_training_evaluate_sweep_and_predict(tmp_path):
     c = load_config("test")
     c.num_steps = 1
@@ -347,6 +352,20 @@ def test_sweep_footer_says_what_clips_per_s_measured_and_why_a_cheaper_row_was_s
     assert quiet[0].endswith("0.70 at end.") and "timing noise" in quiet[1]
 
 
+def test_result_table_columns():
+    """evaluate.py's table: the keys in first-seen order (num_clips left out), floats to 4
+    significant digits, a key a row lacks left blank."""
+    from fast_ast_jax.train.table import format_table
+
+    lines = format_table([{"tome_r": 0, "accuracy": 0.5, "num_clips": 8.0},
+                          {"tome_r": 8, "accuracy": 0.123456, "macs": 2.5e6}]).splitlines()
+    assert [c.strip() for c in lines[0].split(" | ")] == ["tome_r", "accuracy", "macs"]
+    assert [c.strip() for c in lines[1].split(" | ")] == ["0", "0.5", ""]
+    assert [c.strip() for c in lines[2].split(" | ")] == ["8", "0.1235", "2.5e+06"]
+    assert len({len(line) for line in lines}) == 1  # aligned columns
+
+
+@pytest.mark.slow
 def test_init_from_pretrained_hf_directory(tmp_path):
     transformers = pytest.importorskip("transformers")
     from fast_ast_jax import convert

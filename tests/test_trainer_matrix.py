@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 
-import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 from fast_ast_jax import teacher_logits
 from fast_ast_jax.data import SyntheticSource, source_ids
@@ -19,7 +17,6 @@ from fast_ast_jax.train.spec import read_config
 from fast_ast_jax.train.task import make_task
 from tests.helpers import load_config, write_folder
 
-pytestmark = pytest.mark.usefixtures("fast_compile", "persistent_compilation_cache")
 
 TRAIN = {"num_examples": 16, "split": "train", "min_seconds": 0.2, "max_seconds": 0.5}
 EVAL = {"num_examples": 6, "split": "eval", "min_seconds": 0.2, "max_seconds": 0.5}
@@ -27,23 +24,6 @@ REDUCTIONS = {"none": dict(tome_r=0),
               "tome": dict(tome_r=1),
               "topk": dict(tome_r=0, prune_keep_rate=0.5, prune_layers=(0,))}
 KINDS = ("padded", "packed")
-
-
-@pytest.fixture(scope="module")
-def persistent_compilation_cache(tmp_path_factory):
-    """XLA's on-disk compilation cache for this module: the resumed call of each cell
-    compiles the very train step of its first call (a new jit, same program), so it loads
-    it instead (compilation dominates these tiny runs). Restored afterwards."""
-    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-            "jax_persistent_cache_min_entry_size_bytes")
-    old = {k: jax.config.values[k] for k in keys}
-    for key, value in zip(keys, (str(tmp_path_factory.mktemp("xla")), 0.0, 0)):
-        jax.config.update(key, value)
-    compilation_cache.reset_cache()
-    yield
-    for key, value in old.items():
-        jax.config.update(key, value)
-    compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +72,7 @@ def train_cell(cell, tmp_path_factory, teacher_file) -> str:
 
 
 @pytest.mark.parametrize("cell", CELLS, ids=["-".join(map(str, c)) for c in CELLS])
+@pytest.mark.slow
 def test_cell_trains_checkpoints_resumes_and_evaluates(cell, tmp_path_factory, teacher_file,
                                                        capsys):
     kind, reduction, kd = cell
@@ -117,6 +98,7 @@ def test_cell_trains_checkpoints_resumes_and_evaluates(cell, tmp_path_factory, t
 
 
 @pytest.mark.parametrize("cell", CELLS, ids=["-".join(map(str, c)) for c in CELLS])
+@pytest.mark.slow
 def test_cell_predicts(cell, tmp_path_factory, teacher_file):
     work = train_cell(cell, tmp_path_factory, teacher_file)
     folder = tmp_path_factory.mktemp("clips")

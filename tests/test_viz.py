@@ -74,6 +74,7 @@ def test_bad_inputs(tmp_path):
                           path=tmp_path / "x.png")
 
 
+@pytest.mark.slow
 def test_maps_from_model(tmp_path):
     kw = dict(num_classes=3, width=32, depth=3, num_heads=2, mlp_dim=64, frames=100,
               num_mel_bins=64, fstride=16, tstride=10)
