@@ -209,6 +209,12 @@ def measure_throughput(fn: Callable, *args, warmup: int = 1, repeats: int = 3) -
                                repeats=repeats)["fn"]
 
 
+# Interleaved rounds (median) when models of one run are compared by clips/s (the
+# evaluate sweep, the recipe's table): a stabler ratio on a shared machine, ~5 s for the
+# demo's 4 settings.
+TIMING_ROUNDS = 7
+
+
 def measure_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 1,
                         repeats: int = 3, log: Callable[[str], None] | None = None
                         ) -> dict[str, Timing]:

@@ -20,7 +20,6 @@ from fast_ast_jax.train.forward import eval_forward, evaluate
 from fast_ast_jax.train.spec import checkpoint_run
 from fast_ast_jax.train.task import build_pipeline
 
-TIMING_ROUNDS = 7
 WHAT = {"pretrain": "masked pretraining (eval: reconstruction loss)",
         "finetune": "fine-tuned AST (the teacher)",
         "student": "ToMe student, distilled from the teacher"}
@@ -38,7 +37,7 @@ def _timed(entries: dict[str, tuple[Any, Any]], batch: dict, *, mesh, rounds: in
 
 
 def stage_results(stages: dict[str, tuple[Path, ml_collections.ConfigDict]], *,
-                  rounds: int = TIMING_ROUNDS) -> dict[str, Any]:
+                  rounds: int = bench.TIMING_ROUNDS) -> dict[str, Any]:
     """Evaluate each finished stage's checkpoint on its config's eval split.
 
     stages: name -> (stage folder, config), in stage order.

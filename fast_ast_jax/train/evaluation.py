@@ -30,9 +30,6 @@ from fast_ast_jax.train.task import build_pipeline, pack_spec, packed_evals, spl
 from fast_ast_jax.train.table import format_table
 from fast_ast_jax.windows import ordered_map, scorer, windowed_scores
 
-# Interleaved timing rounds of a padded sweep (median): a stabler ratio on a shared
-# machine, ~5 s for the demo's 4 settings.
-TIMING_ROUNDS = 7
 
 # Short names accepted by --sweep / overrides -> model fields.
 FIELD_ALIASES = {"r": "tome_r", "tome_r": "tome_r", "keep_rate": "prune_keep_rate",
@@ -193,12 +190,12 @@ def _evaluate_padded(bundle: Bundle, run: Run, *, split: str, settings: Sequence
                           desc=" ".join(f"{k}={v}" for k, v in setting.items()) or "eval")
         rows.append({**setting, **result, **_cost(model, params, bundle.frontend)})
     timings, clips = time_forwards(params, models=models, pipeline=pipeline, mesh=mesh,
-                                   rounds=TIMING_ROUNDS)
+                                   rounds=bench.TIMING_ROUNDS)
     for row, timing in zip(rows, timings):
         row["clips_per_s"] = timing.rate(clips)
     noise = max(t.spread for t in timings)
     return rows, (f"the jitted forward alone on one {clips}-clip eval batch, compiled first, "
-                  f"median of {TIMING_ROUNDS} rounds interleaving the settings (rounds vary "
+                  f"median of {bench.TIMING_ROUNDS} rounds interleaving the settings (rounds vary "
                   f"by {noise:.0%}: interquartile range / median)", noise)
 
 
