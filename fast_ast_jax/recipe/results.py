@@ -5,7 +5,6 @@ checkpoint is; written to W/results.md and W/results.json.
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 from pathlib import Path
@@ -13,27 +12,15 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 
 from fast_ast_jax import bench, checkpoints, models, sharding
-from fast_ast_jax.train.forward import eval_forward, evaluate
+from fast_ast_jax.train.forward import evaluate, time_forwards
 from fast_ast_jax.train.spec import checkpoint_run
 from fast_ast_jax.train.task import build_pipeline
 
 WHAT = {"pretrain": "masked pretraining (eval: reconstruction loss)",
         "finetune": "fine-tuned AST (the teacher)",
         "student": "ToMe student, distilled from the teacher"}
-
-
-def _timed(entries: dict[str, tuple[Any, Any]], batch: dict, *, mesh, rounds: int
-           ) -> dict[str, float]:
-    """clips/s of each (model, params)'s jitted forward on one eval batch, the models
-    timed against each other (bench.measure_interleaved, median of `rounds`)."""
-    calls = {name: functools.partial(eval_forward(model, mesh), params, batch)
-             for name, (model, params) in entries.items()}
-    clips = float(np.asarray(batch["mask"]).sum())
-    timings = bench.measure_interleaved(calls, repeats=rounds)
-    return {name: timing.rate(clips) for name, timing in timings.items()}
 
 
 def stage_results(stages: dict[str, tuple[Path, ml_collections.ConfigDict]], *,
@@ -49,7 +36,7 @@ def stage_results(stages: dict[str, tuple[Path, ml_collections.ConfigDict]], *,
     """
     mesh = sharding.make_mesh()
     load_start = os.getloadavg()[0]
-    rows, timed, batch = [], {}, None  # timed: row number -> (model, params)
+    rows, timed, timing_pipeline = [], {}, None  # timed: row number -> (model, params)
     for name, (path, config) in stages.items():
         bundle = checkpoints.load(path)
         pipeline = build_pipeline(checkpoint_run(bundle, config), "eval", train=False)
@@ -69,21 +56,22 @@ def stage_results(stages: dict[str, tuple[Path, ml_collections.ConfigDict]], *,
             else:
                 row.update(accuracy=result["accuracy"],
                            macs=float(bench.ast_macs(model).total))
-                timed[str(len(rows))] = (model, params)
-                if batch is None:  # the batch every classifier is timed on
-                    batches = pipeline.iterate()
-                    batch = sharding.global_batch(next(batches)[0], mesh)
-                    batches.close()
+                timed[len(rows)] = (model, params)
+                timing_pipeline = timing_pipeline or pipeline  # every classifier's batch
             rows.append(row)
-    rates = _timed(timed, batch, mesh=mesh, rounds=rounds) if timed else {}
+    rates, clips = {}, 0
+    if timed:
+        timings, clips = time_forwards(list(timed.values()), pipeline=timing_pipeline,
+                                       mesh=mesh, rounds=rounds)
+        rates = {i: t.rate(clips) for i, t in zip(timed, timings)}
     base = next((r["macs"] for r in rows if r["stage"] == "finetune"), None)
     for i, row in enumerate(rows):
-        if str(i) in rates:
-            row["clips_per_s"] = rates[str(i)]
+        if i in rates:
+            row["clips_per_s"] = rates[i]
         if base and "macs" in row:
             row["mac_ratio"] = base / row["macs"]
     return {"rows": rows, "load": (load_start, os.getloadavg()[0]), "rounds": rounds,
-            "batch": int(np.asarray(batch["mask"]).sum()) if batch is not None else 0}
+            "batch": clips}
 
 
 def markdown(results: dict[str, Any], *, command: str) -> str:

@@ -189,8 +189,8 @@ def _evaluate_padded(bundle: Bundle, run: Run, *, split: str, settings: Sequence
                           multi_label=bundle.multi_label,
                           desc=" ".join(f"{k}={v}" for k, v in setting.items()) or "eval")
         rows.append({**setting, **result, **_cost(model, params, bundle.frontend)})
-    timings, clips = time_forwards(params, models=models, pipeline=pipeline, mesh=mesh,
-                                   rounds=bench.TIMING_ROUNDS)
+    timings, clips = time_forwards([(model, params) for model in models], pipeline=pipeline,
+                                   mesh=mesh, rounds=bench.TIMING_ROUNDS)
     for row, timing in zip(rows, timings):
         row["clips_per_s"] = timing.rate(clips)
     noise = max(t.spread for t in timings)

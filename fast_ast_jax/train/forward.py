@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.struct
 import jax
@@ -128,24 +128,27 @@ def _pipeline_forward(model, mesh, pipeline) -> Callable:
                         else None)
 
 
-def time_forwards(params, *, models, pipeline, mesh, rounds: int
+def time_forwards(entries: Sequence[tuple[Any, Any]], *, pipeline, mesh, rounds: int
                   ) -> tuple[list[bench.Timing], int]:
-    """Times each model's jitted forward alone on the first batch of `pipeline`, the models
-    against each other: all compiled first, then `rounds` interleaved rounds of one call
-    each (`bench.measure_interleaved`), so a load that comes and goes hits them alike.
+    """Times each (model, params)'s jitted forward alone on the first batch of `pipeline`,
+    the models against each other: all compiled first, then `rounds` interleaved rounds of
+    one call each (`bench.measure_interleaved`), so a load that comes and goes hits them
+    alike.
 
-    models: variants reading the same batches (e.g. ToMe r settings).
-    Returns: a Timing per model and the clips in the batch (clips/s = timing.rate(clips)).
+    entries: models reading the same batches (e.g. ToMe r settings of one checkpoint, or
+        the stages of a recipe), each with its params.
+    Returns: a Timing per entry and the clips in the batch (clips/s = timing.rate(clips)).
     """
     local, _ = next(iter(pipeline.iterate()))
-    kind_of(models[0]).check(models[0], local)
+    first, first_params = entries[0]
+    kind_of(first).check(first, local)
     batch = sharding.global_batch(local, mesh)
-    fwds = [_pipeline_forward(m, mesh, pipeline) for m in models]
-    clips = int((np.asarray(fwds[0](params, batch).mask) > 0).sum())
+    fwds = [_pipeline_forward(model, mesh, pipeline) for model, _ in entries]
+    clips = int((np.asarray(fwds[0](first_params, batch).mask) > 0).sum())
     timings = bench.measure_interleaved(
-            {str(i): functools.partial(fwd, params, batch) for i, fwd in enumerate(fwds)},
-            repeats=rounds)
-    return [timings[str(i)] for i in range(len(models))], clips
+            {str(i): functools.partial(fwd, params, batch)
+             for i, (fwd, (_, params)) in enumerate(zip(fwds, entries))}, repeats=rounds)
+    return [timings[str(i)] for i in range(len(entries))], clips
 
 
 def evaluate(params, *, model, pipeline, mesh, multi_label: bool,
