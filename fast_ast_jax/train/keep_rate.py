@@ -17,13 +17,21 @@ Config (`config.keep_rate_schedule`, off while end_epoch = 0):
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import ml_collections
 
-if TYPE_CHECKING:  # train.spec reads the config, whose defaults come from here
-    from fast_ast_jax.train.spec import KeepRateSchedule
+
+@dataclasses.dataclass(frozen=True)
+class KeepRateSchedule:
+    """config.keep_rate_schedule as read by train.spec: the TopK keep rate's descent in
+    training (its fields: this module's docstring)."""
+
+    start_epoch: float
+    end_epoch: float
+    num_rates: int
 
 
 def defaults() -> ml_collections.ConfigDict:

@@ -32,6 +32,7 @@ from fast_ast_jax.bundle import Bundle
 from fast_ast_jax.models import SIZES
 from fast_ast_jax.train.config import default_config
 from fast_ast_jax.train.elastic import elastic_defaults
+from fast_ast_jax.train.keep_rate import KeepRateSchedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,15 +74,6 @@ class Optim:
     decay_start_epoch: int
     decay_epochs: int
     decay_rate: float
-
-
-@dataclasses.dataclass(frozen=True)
-class KeepRateSchedule:
-    """config.keep_rate_schedule: the TopK keep rate's descent in training (train.keep_rate)."""
-
-    start_epoch: float
-    end_epoch: float
-    num_rates: int
 
 
 @dataclasses.dataclass(frozen=True)
