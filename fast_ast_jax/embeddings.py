@@ -1,8 +1,8 @@
 """Embeddings of audio from an AST or a masked-pretraining (mae) checkpoint.
 
-    from fast_ast_jax.embeddings import embed_files
-    for r in embed_files(["a.wav"], checkpoint="workdirs/fsdd_pretrain"):
-        r.clip.scores  # (W,) the clip embedding, or r.error
+    >>> from fast_ast_jax.embeddings import embed_files
+    >>> for r in embed_files(["a.wav"], checkpoint="workdirs/fsdd_pretrain"):
+    ...     r.clip.scores  # (W,) the clip embedding, or r.error
 
 The encoder runs on every patch (no masking, no token reduction, whatever the checkpoint's
 ToMe / TopK settings), after the final LayerNorm:

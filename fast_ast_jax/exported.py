@@ -1,10 +1,10 @@
 """A checkpoint as one serialised function, waveform in, logits (or embeddings) out
 (jax.export, StableHLO), and back.
 
-    from fast_ast_jax import exported
-    exported.export_checkpoint("workdirs/fsdd", "fsdd.jaxexport")
-    call, spec = exported.load("fsdd.jaxexport")
-    logits = call(waves, lengths)  # (B, samples) float32, (B,) int32 -> (B, num_labels)
+    >>> from fast_ast_jax import exported
+    >>> exported.export_checkpoint("workdirs/fsdd", "fsdd.jaxexport")
+    >>> call, spec = exported.load("fsdd.jaxexport")
+    >>> logits = call(waves, lengths)  # (B, samples) f32, (B,) int32 -> (B, num_labels)
 
 The exported function takes
     waves (B, samples) float32 mono waveforms at the checkpoint's sample rate, each clip

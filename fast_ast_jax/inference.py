@@ -1,8 +1,8 @@
 """Inference on many audio files: files -> per-file scores -> top-k labels.
 
-    from fast_ast_jax.inference import predict, predict_files
-    predict(["a.wav", "b.flac"], checkpoint="workdirs/fsdd", top_k=3)
-        # -> [[("seven", 0.91), ("one", 0.04), ...], ...]
+    >>> from fast_ast_jax.inference import predict, predict_files
+    >>> predict(["a.wav", "b.flac"], checkpoint="workdirs/fsdd", top_k=3)
+    [[("seven", 0.91), ("one", 0.04), ...], ...]
 
 The file engine (`score_files`, shared by predictions and fast_ast_jax.embeddings): files
 of any format, sample rate and channel count are decoded in a background thread pool,
