@@ -37,6 +37,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from fast_ast_jax import atomic
+
 FORMAT_VERSION = 1
 DEFAULT_FILL = -1000.0
 
@@ -127,10 +129,8 @@ def save(path: str | os.PathLike, *, ids: Sequence[str], logits: np.ndarray,
                       fill_value=np.asarray(fill_value, np.float32))
     else:
         arrays.update(logits=logits)
-    path = os.fspath(path)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic.replacing(path) as tmp:
+        np.savez(tmp, **arrays)
 
 
 def load(path: str | os.PathLike) -> TeacherLogits:

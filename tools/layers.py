@@ -39,7 +39,7 @@ ROOT = Path(sys.argv[sys.argv.index("--root") + 1] if "--root" in sys.argv
 
 # Lower layers must not import higher ones.
 LAYERS = {
-    "audio": 0, "sharding": 0, "patches": 0,
+    "audio": 0, "sharding": 0, "patches": 0, "atomic": 0,
     "models": 1, "bundle": 1, "convert": 1,
     "packing": 2, "data": 2,
     # file formats and inference libraries that training and the commands use

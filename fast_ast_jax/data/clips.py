@@ -36,6 +36,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from fast_ast_jax import atomic
 from fast_ast_jax.audio.augment import Augment, noise_and_roll, spec_augment
 from fast_ast_jax.audio.fbank import fbank, num_frames
 from fast_ast_jax.audio.fbank_jax import samples_for_frames
@@ -136,12 +137,9 @@ def teacher_rows(teacher, source, *, tau: float, multilabel: bool) -> _TeacherRo
 
 
 def _save(path: Path, **arrays: np.ndarray) -> None:
-    """Write a cache .npz atomically: into a temporary file named by this process (hosts
-    sharing a cache_dir may write the same file at once), then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    """Write a cache .npz atomically (hosts sharing a cache_dir may write it at once)."""
+    with atomic.replacing(path) as tmp:
+        np.savez(tmp, **arrays)
 
 
 class ClipStore:

@@ -36,6 +36,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from fast_ast_jax import atomic
 from fast_ast_jax.audio.io import AudioError, load_audio
 
 SUBTYPES = ("PCM_16", "PCM_24")
@@ -60,10 +61,8 @@ def convert_clip(task: tuple[str, str, int, str, bool]) -> tuple[str, str | None
     except AudioError as e:
         return src, str(e), False
     clipped = bool(np.abs(wave).max() > 1.0)
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    tmp = f"{dst}.{os.getpid()}.tmp"
-    sf.write(tmp, np.clip(wave, -1.0, 1.0), rate, format="FLAC", subtype=subtype)
-    os.replace(tmp, dst)
+    with atomic.replacing(dst) as tmp:
+        sf.write(tmp, np.clip(wave, -1.0, 1.0), rate, format="FLAC", subtype=subtype)
     return src, None, clipped
 
 

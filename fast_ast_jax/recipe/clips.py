@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from fast_ast_jax import atomic
 from fast_ast_jax.audio.fbank import num_frames
 from fast_ast_jax.audio.frontend import FrontEnd
 from fast_ast_jax.audio.io import AudioError, audio_files, load_audio
@@ -250,9 +251,7 @@ def write_clips(clips: Clips, data_dir: Path) -> None:
 
 
 def _write_rows(path: Path, header: tuple[str, ...], rows) -> None:
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic.replacing(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
-    os.replace(tmp, path)

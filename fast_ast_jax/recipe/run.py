@@ -32,7 +32,7 @@ from fast_ast_jax.recipe import configs as configs_lib
 from fast_ast_jax.recipe import results as results_lib
 from fast_ast_jax.recipe import workdir as workdir_lib
 from fast_ast_jax.recipe.clips import clip_frames, read_clips, target_frames, write_clips
-from fast_ast_jax.recipe.configs import STAGES, TEACHER_LOGITS, stage_configs
+from fast_ast_jax.recipe.configs import TEACHER_LOGITS, stage_configs
 from fast_ast_jax.train.dump import dump
 from fast_ast_jax.train.loop import train_and_evaluate
 from fast_ast_jax.train.spec import read_config
@@ -72,17 +72,14 @@ def _train(name: str, config, *, workdir: Path, echo: Callable[[str], None]) -> 
 
 
 def _teacher_logits(configs: dict, *, workdir: Path, echo: Callable[[str], None]) -> None:
-    """The fine-tuned model's logits on the training clips, for the student (once; written
-    under a temporary name first, so a killed dump is redone, never half-read)."""
+    """The fine-tuned model's logits on the training clips, for the student (once; the file
+    appears whole or not at all, teacher_logits.save, so a killed dump is redone)."""
     out = workdir / "student" / TEACHER_LOGITS
     if out.is_file():
         return
     echo(f"recipe: student: teacher logits of the training clips from {workdir / 'finetune'}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"teacher_train.{os.getpid()}.tmp.npz")
-    logits = dump(workdir / "finetune", out=tmp, config=configs["student"], split="train",
+    logits = dump(workdir / "finetune", out=out, config=configs["student"], split="train",
                   echo=None)
-    os.replace(tmp, out)
     echo(f"recipe: student: wrote {out} ({len(logits.ids)} clips x {len(logits.labels)} "
          "labels)")
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+from fast_ast_jax import atomic
 from fast_ast_jax.checkpoints import checkpoint_dir
 from fast_ast_jax.recipe.configs import record
 from fast_ast_jax.train.config import default_config
@@ -44,10 +44,8 @@ def read_record(workdir: Path) -> dict | None:
 
 
 def write_record(workdir: Path, record: dict) -> None:
-    path = workdir / RECORD
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    with atomic.replacing(workdir / RECORD) as tmp:
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
 
 
 def latest_step(stage_dir: Path) -> int | None:

@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from fast_ast_jax import models
+from fast_ast_jax import atomic, models
 from fast_ast_jax.audio.augment import Augment
 from fast_ast_jax.data import make_source
 from fast_ast_jax.data.clips import fbank_moments
@@ -151,10 +150,8 @@ def with_auto_stats(run: Run, *, source, workdir) -> Run:
         mean = total / cells
         stats = {"mean": mean, "std": math.sqrt(max(squares / cells - mean ** 2, 0.0)),
                  "clips": len(source), "cells": int(cells)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # hosts may share the directory
-        tmp.write_text(json.dumps(stats, indent=1))
-        os.replace(tmp, path)
+        with atomic.replacing(path) as tmp:  # hosts may share the directory
+            tmp.write_text(json.dumps(stats, indent=1))
     if jax.process_index() == 0:
         print(f"frontend statistics of the training set: mean={stats['mean']:.6g}, "
               f"std={stats['std']:.6g} ({path})")
