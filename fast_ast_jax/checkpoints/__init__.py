@@ -34,10 +34,17 @@ def checkpoint_dir(path: str | Path) -> Path:
     return path / "checkpoints" if (path / "checkpoints").is_dir() else path
 
 
+def saved_steps(path: str | Path) -> list[int]:
+    """The steps saved in a training workdir or checkpoints dir (its numeric step dirs),
+    ascending; [] when there are none (or no such directory)."""
+    path = checkpoint_dir(path)
+    return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and p.is_dir()) \
+        if path.is_dir() else []
+
+
 def is_checkpoint_dir(path: str | Path) -> bool:
     """Whether `path` is a training workdir or checkpoints dir (numeric step dirs)."""
-    path = checkpoint_dir(path)
-    return path.is_dir() and any(p.name.isdigit() and p.is_dir() for p in path.iterdir())
+    return bool(saved_steps(path))
 
 
 def _is_imported(path: Path) -> bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fast_ast_jax import atomic
-from fast_ast_jax.checkpoints import checkpoint_dir
+from fast_ast_jax.checkpoints import saved_steps
 from fast_ast_jax.recipe.configs import record
 from fast_ast_jax.train.config import default_config
 
@@ -50,10 +50,7 @@ def write_record(workdir: Path, record: dict) -> None:
 
 def latest_step(stage_dir: Path) -> int | None:
     """The newest checkpoint step in a stage folder (None: no checkpoint yet)."""
-    path = checkpoint_dir(stage_dir)
-    steps = [int(p.name) for p in path.iterdir() if p.name.isdigit() and p.is_dir()] \
-        if path.is_dir() else []
-    return max(steps, default=None)
+    return max(saved_steps(stage_dir), default=None)
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
